@@ -1,0 +1,176 @@
+"""Embedding cache: L2-normalised float32 vectors as Parquet, keyed by (image_id, encoder_id).
+
+Layout: ``<workdir>/embeddings/<encoder_id>/part-<time>-<uuid>.parquet``. Each part is written atomically as
+soon as ``flush_rows`` vectors are ready, so a run that is killed keeps everything it flushed and the rerun embeds
+only what is missing. An image already embedded with the same encoder is never embedded again. Parts are compacted
+into one file at the end of a run (write the merged part first, then delete the old ones; readers de-duplicate by
+image id, so a crash in between loses nothing).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from skurec.audit import read_uri_bytes
+from skurec.storage import Workspace
+
+log = logging.getLogger(__name__)
+
+EMBEDDINGS_DIR = "embeddings"
+
+
+@dataclass
+class UpdateStats:
+    encoder_id: str
+    n_requested: int
+    n_cached: int
+    n_computed: int = 0
+    failures: list[tuple[str, str, str]] = field(default_factory=list)  # (image_id, reason, detail)
+    seconds: float = 0.0
+    n_parts_written: int = 0
+
+    def as_metadata(self) -> dict:
+        return {
+            "encoder_id": self.encoder_id,
+            "n_requested": self.n_requested,
+            "n_already_cached": self.n_cached,
+            "n_computed": self.n_computed,
+            "n_failed": len(self.failures),
+            "seconds": round(self.seconds, 2),
+            "images_per_second": round(self.n_computed / self.seconds, 2) if self.seconds > 0 and self.n_computed else 0.0,
+        }
+
+
+def _safe_dir(encoder_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._@+-]", "_", encoder_id)
+
+
+class EmbeddingCache:
+    def __init__(self, workspace: Workspace, flush_rows: int = 512):
+        self.ws = workspace
+        self.flush_rows = flush_rows
+
+    def rel_dir(self, encoder_id: str) -> str:
+        return f"{EMBEDDINGS_DIR}/{_safe_dir(encoder_id)}"
+
+    def parts(self, encoder_id: str) -> list[str]:
+        return [p for p in self.ws.glob(f"{self.rel_dir(encoder_id)}/part-*.parquet")]
+
+    def cached_ids(self, encoder_id: str) -> set[str]:
+        ids: set[str] = set()
+        for part in self.parts(encoder_id):
+            ids.update(self.ws.read_parquet(part, columns=["image_id"]).column("image_id").to_pylist())
+        return ids
+
+    # ------------------------------------------------------------------ write
+    def _write_part(self, encoder_id: str, ids: list[str], vectors: np.ndarray) -> str:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        dim = vectors.shape[1]
+        table = pa.table(
+            {
+                "image_id": pa.array(ids, pa.string()),
+                "encoder_id": pa.array([encoder_id] * len(ids), pa.string()),
+                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim),
+            }
+        )
+        rel = f"{self.rel_dir(encoder_id)}/part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+        self.ws.write_parquet(rel, table)
+        return rel
+
+    def update(
+        self,
+        encoder,
+        images: pd.DataFrame,
+        *,
+        batch_size: int = 32,
+        num_workers: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        storage_options: dict | None = None,
+        compact: bool = True,
+    ) -> UpdateStats:
+        """Embed every row of ``images`` (columns image_id, image_uri) not yet cached for ``encoder``."""
+        from skurec.embedding import iter_embeddings
+
+        encoder_id = encoder.encoder_id
+        wanted = images.drop_duplicates("image_id")
+        cached = self.cached_ids(encoder_id)
+        missing = wanted[~wanted["image_id"].isin(cached)]
+        stats = UpdateStats(encoder_id=encoder_id, n_requested=len(wanted), n_cached=len(wanted) - len(missing))
+        if missing.empty:
+            return stats
+        t0 = time.perf_counter()
+        items = [
+            (row.image_id, (lambda uri=row.image_uri: read_uri_bytes(uri, storage_options=storage_options)))
+            for row in missing.itertuples()
+        ]
+        buf_ids: list[str] = []
+        buf_vecs: list[np.ndarray] = []
+
+        def flush() -> None:
+            if buf_ids:
+                self._write_part(encoder_id, list(buf_ids), np.concatenate(buf_vecs))
+                stats.n_parts_written += 1
+                buf_ids.clear()
+                buf_vecs.clear()
+
+        for batch in iter_embeddings(encoder, items, batch_size=batch_size, num_workers=num_workers, progress=progress):
+            stats.failures.extend(batch.failures)
+            if len(batch.ids):
+                buf_ids.extend(batch.ids)
+                buf_vecs.append(batch.vectors)
+                stats.n_computed += len(batch.ids)
+            if len(buf_ids) >= self.flush_rows:
+                flush()
+        flush()
+        stats.seconds = time.perf_counter() - t0
+        if compact:
+            self.compact(encoder_id)
+        return stats
+
+    def compact(self, encoder_id: str) -> None:
+        parts = self.parts(encoder_id)
+        if len(parts) <= 1:
+            return
+        ids, X = self._read_all(encoder_id, parts)
+        self._write_part(encoder_id, ids, X)
+        for p in parts:
+            self.ws.delete(p)
+
+    # ------------------------------------------------------------------ read
+    def _read_all(self, encoder_id: str, parts: list[str]) -> tuple[list[str], np.ndarray]:
+        ids: list[str] = []
+        blocks: list[np.ndarray] = []
+        seen: set[str] = set()
+        for part in parts:
+            t = self.ws.read_parquet(part, columns=["image_id", "embedding"])
+            part_ids = t.column("image_id").to_pylist()
+            emb = t.column("embedding").combine_chunks()
+            dim = emb.type.list_size
+            vecs = emb.values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+            keep = [k for k, i in enumerate(part_ids) if i not in seen]
+            seen.update(part_ids)
+            ids.extend(part_ids[k] for k in keep)
+            blocks.append(vecs[keep])
+        if not blocks:
+            return [], np.zeros((0, 0), np.float32)
+        return ids, np.concatenate(blocks).astype(np.float32, copy=False)
+
+    def load(self, encoder_id: str, image_ids: list[str] | None = None) -> tuple[list[str], np.ndarray]:
+        """Vectors for ``image_ids`` in that order (all cached vectors when None). Missing ids raise KeyError."""
+        ids, X = self._read_all(encoder_id, self.parts(encoder_id))
+        if image_ids is None:
+            return ids, X
+        index = {i: k for k, i in enumerate(ids)}
+        missing = [i for i in image_ids if i not in index]
+        if missing:
+            raise KeyError(f"{len(missing)} image(s) have no cached embedding for {encoder_id}, e.g. {missing[:3]}")
+        return list(image_ids), X[[index[i] for i in image_ids]]
