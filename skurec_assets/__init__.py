@@ -1,0 +1,1 @@
+"""Thin Dagster layer over the ``skurec`` core: assets, checks, sensors, schedules and ``Definitions``."""

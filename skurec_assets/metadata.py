@@ -1,0 +1,35 @@
+"""Helpers that turn core results into Dagster metadata the UI renders."""
+
+from __future__ import annotations
+
+import base64
+
+import dagster as dg
+import pandera.pandas as pa
+
+
+def png_markdown(png: bytes, alt: str) -> str:
+    """Markdown embedding a PNG inline, so plots show in the asset's metadata panel without a file server."""
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"
+
+
+def table_schema(schema: pa.DataFrameSchema) -> dg.TableSchema:
+    """A pandera schema as a Dagster column schema (shown in the UI's Columns tab)."""
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(
+                name=name,
+                type=str(col.dtype),
+                constraints=dg.TableColumnConstraints(nullable=bool(col.nullable), unique=bool(col.unique)),
+            )
+            for name, col in schema.columns.items()
+        ]
+    )
+
+
+def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    if not rows:
+        return "_(empty)_"
+    columns = columns or list(rows[0].keys())
+    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
+    return head + "\n".join("| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows)
