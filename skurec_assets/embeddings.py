@@ -5,6 +5,7 @@ import time
 
 import dagster as dg
 
+from skurec.datasets import CURRENT_ENCODER
 from skurec.embedding_cache import EmbeddingCache
 from skurec_assets.ingest import audited_catalogue
 from skurec_resources import EncoderResource, StorageResource
@@ -54,6 +55,7 @@ def image_embeddings(
     for image_id, reason, detail in stats.failures[:20]:
         context.log.warning(f"could not embed {image_id}: {reason} ({detail})")
     ws.write_json(f"{cache.rel_dir(enc.encoder_id)}/encoder.json", identity)
+    ws.write_json(CURRENT_ENCODER, identity)
     ws.write_json("reports/embedding_failures.json", [list(f) for f in stats.failures])
     ws.mirror_parquet_view("embeddings", f"{cache.rel_dir(enc.encoder_id)}/part-*.parquet")
     return dg.MaterializeResult(

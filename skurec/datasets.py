@@ -1,0 +1,93 @@
+"""Training data: the audited catalogue joined with the cached embeddings of the current encoder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from skurec.embedding_cache import EmbeddingCache
+from skurec.storage import Workspace
+
+CURRENT_ENCODER = "embeddings/current_encoder.json"
+
+
+class TrainingDataError(ValueError):
+    """The catalogue cannot be trained on (too few classes, missing embeddings, ...)."""
+
+
+@dataclass
+class Split:
+    image_ids: list[str]
+    X: np.ndarray
+    y: np.ndarray  # str sku ids
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+
+@dataclass
+class TrainingData:
+    encoder: dict
+    train: Split
+    val: Split
+    test: Split
+    classes: list[str]
+    group_of_class: dict[str, str] = field(default_factory=dict)
+    name_of_class: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def encoder_id(self) -> str:
+        return self.encoder["encoder_id"]
+
+    @property
+    def eval_split_name(self) -> str:
+        """Evaluation scores the pinned ``test`` rows when the catalogue has them, else the validation split."""
+        return "test" if len(self.test) else "val"
+
+    @property
+    def eval_split(self) -> Split:
+        return self.test if len(self.test) else self.val
+
+
+def current_encoder(ws: Workspace) -> dict:
+    if not ws.exists(CURRENT_ENCODER):
+        raise TrainingDataError("no embeddings yet: materialise image_embeddings first")
+    return ws.read_json(CURRENT_ENCODER)
+
+
+def load_training_data(ws: Workspace, min_classes: int = 2) -> TrainingData:
+    """Active images of the audited catalogue with their embeddings, by split."""
+    encoder = current_encoder(ws)
+    images = ws.read_table("images")
+    images = images[images["active"]].sort_values("image_id").reset_index(drop=True)
+    classes = sorted(images["sku_id"].unique().tolist())
+    if len(classes) < min_classes:
+        raise TrainingDataError(
+            f"only {len(classes)} active class(es) (classes need >= min_samples accepted images); need >= {min_classes}"
+        )
+    cache = EmbeddingCache(ws)
+    ids, X = cache.load(encoder["encoder_id"])
+    index = {i: k for k, i in enumerate(ids)}
+    present = images["image_id"].isin(index)
+    if not present.all():
+        missing = int((~present).sum())
+        # Images that failed to embed are reported by the embedding asset; train on the rest.
+        images = images[present].reset_index(drop=True)
+        if missing > 0.05 * (len(images) + missing):
+            raise TrainingDataError(f"{missing} active images have no embedding; re-materialise image_embeddings")
+
+    def split(name: str) -> Split:
+        part = images[images["split"] == name]
+        rows = [index[i] for i in part["image_id"]]
+        dim = X.shape[1] if X.size else 0
+        return Split(part["image_id"].tolist(), X[rows] if rows else np.zeros((0, dim), np.float32), part["sku_id"].to_numpy(dtype=object).astype(str))
+
+    classes_tbl = ws.read_table("classes").set_index("sku_id")
+    groups = {c: g for c, g in classes_tbl["group_id"].items() if c in set(classes) and isinstance(g, str) and g}
+    names = {c: n for c, n in classes_tbl["sku_name"].items() if c in set(classes) and isinstance(n, str) and n}
+    data = TrainingData(encoder, split("train"), split("val"), split("test"), classes, groups, names)
+    missing_train = sorted(set(classes) - set(data.train.y))
+    if missing_train:
+        raise TrainingDataError(f"active classes without training images: {missing_train[:10]}")
+    return data
