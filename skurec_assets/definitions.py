@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dagster as dg
 
-from skurec_assets import embeddings, ingest
+from skurec_assets import embeddings, ingest, training
 from skurec_resources import default_resources
 
-ASSET_MODULES = [ingest, embeddings]
+ASSET_MODULES = [ingest, embeddings, training]
 
 all_assets = dg.load_assets_from_modules(ASSET_MODULES)
 all_checks = dg.load_asset_checks_from_modules(ASSET_MODULES)

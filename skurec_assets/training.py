@@ -1,0 +1,1 @@
+"""Training assets (prototypes, superclasses, coarse and fine heads, flat baselines, evaluation) — being written."""
