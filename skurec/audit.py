@@ -17,22 +17,20 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import fsspec
 import numpy as np
 import pandas as pd
 
 from skurec.catalogue import normalise_rows
 from skurec.images import ImageRejected, inspect_image, sha256_bytes
 from skurec.schemas import ClassesSchema, ImagesSchema, QuarantineSchema
+from skurec.storage import RETRY_ATTEMPTS, filesystem_for, retry_transient
 
 log = logging.getLogger(__name__)
 
-READ_ATTEMPTS = 4
 
 
 @dataclass(frozen=True)
@@ -53,26 +51,22 @@ class AuditResult:
 
 
 def read_uri_bytes(uri: str, max_bytes: int | None = None, storage_options: dict | None = None) -> bytes:
-    """Read a local path or fsspec URI, retrying transient errors with backoff. Missing files raise at once."""
-    delay = 0.1
-    for attempt in range(1, READ_ATTEMPTS + 1):
-        try:
-            fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
-            if max_bytes is not None:
-                size = fs.size(path)
-                if size is not None and size > max_bytes:
-                    raise ImageRejected("file_too_large", f"{size} bytes exceeds the {max_bytes}-byte limit")
-            with fs.open(path, "rb") as f:
-                return f.read()
-        except (FileNotFoundError, ImageRejected, IsADirectoryError, PermissionError):
-            raise
-        except Exception as exc:  # network hiccups, throttling: retry
-            if attempt == READ_ATTEMPTS:
-                raise
-            log.warning("read of %s failed (%s), retry %d/%d", uri, exc, attempt, READ_ATTEMPTS - 1)
-            time.sleep(delay)
-            delay *= 2
-    raise AssertionError("unreachable")
+    """Read a local path or fsspec URI, retrying transient errors with backoff (see
+    :func:`skurec.storage.retry_transient`). A missing file, a permission problem or a file over ``max_bytes`` raise
+    at once."""
+    fs, path = filesystem_for(uri, storage_options)
+
+    def read() -> bytes:
+        if max_bytes is not None:
+            size = fs.size(path)
+            if size is not None and size > max_bytes:
+                raise ImageRejected("file_too_large", f"{size} bytes exceeds the {max_bytes}-byte limit")
+        data = fs.cat_file(path)
+        if max_bytes is not None and len(data) > max_bytes:  # the file grew after the size check
+            raise ImageRejected("file_too_large", f"{len(data)} bytes exceeds the {max_bytes}-byte limit")
+        return data
+
+    return retry_transient(read, f"read of {uri}", attempts=RETRY_ATTEMPTS)
 
 
 def split_hash(image_id: str, salt: str) -> float:

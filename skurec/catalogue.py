@@ -14,14 +14,16 @@ input location.
 
 from __future__ import annotations
 
+import csv
 import io
+import os
 import posixpath
 from dataclasses import dataclass
 
 import fsspec
 import pandas as pd
 
-from skurec.storage import filesystem_for, is_remote
+from skurec.storage import filesystem_for, is_remote, retry_transient
 
 REQUIRED_COLUMNS = ("image_uri", "sku_id")
 OPTIONAL_COLUMNS = ("sku_name", "group_id", "batch_id", "split")
@@ -81,72 +83,152 @@ def _join_uri(base_dir: str, protocol: str | None, rel: str) -> str:
 
 
 def _resolve(raw: str, manifest_dir: str, manifest_protocol: str | None, root: str | None) -> tuple[str | None, str | None, str | None]:
-    """Resolve a manifest's image_uri. Returns (uri, error_code, detail)."""
+    """Resolve a manifest's image_uri. Returns (uri, error_code, detail).
+
+    Relative paths may not leave the manifest's folder (or ``root`` when set). Absolute paths and URIs are allowed
+    anywhere unless ``root`` is set, in which case they must be inside it, and so must the real path behind any
+    symlink on local disk (a symlink cannot smuggle a file from outside the declared root in).
+    """
     if "://" in raw:
         uri = raw
         if root is not None and not _inside(uri, root):
             return None, "path_outside_root", f"{raw!r} is outside the catalogue root {root!r}"
-        return uri, None, None
-    if raw.startswith("/"):
+    elif raw.startswith("/"):
         if manifest_protocol:
             return None, "path_outside_root", f"absolute local path {raw!r} in a remote manifest"
         uri = posixpath.normpath(raw)
         if root is not None and not _inside(uri, root):
             return None, "path_outside_root", f"{raw!r} is outside the catalogue root {root!r}"
-        return uri, None, None
-    uri = _join_uri(manifest_dir, manifest_protocol, raw)
-    bound = root if root is not None else (f"{manifest_protocol}://{manifest_dir}" if manifest_protocol else manifest_dir)
-    if not _inside(uri, bound):
-        return None, "path_outside_root", f"{raw!r} escapes the manifest folder {bound!r}"
+    else:
+        uri = _join_uri(manifest_dir, manifest_protocol, raw)
+        bound = root if root is not None else (f"{manifest_protocol}://{manifest_dir}" if manifest_protocol else manifest_dir)
+        if not _inside(uri, bound):
+            return None, "path_outside_root", f"{raw!r} escapes the manifest folder {bound!r}"
+    if root is not None and _symlink_escapes(uri, root):
+        return None, "path_outside_root", f"{raw!r} is a symlink to {os.path.realpath(_local_path(uri))!r}, outside the catalogue root {root!r}"
     return uri, None, None
 
 
+def _local_path(uri: str) -> str | None:
+    """The local filesystem path of a plain path or ``file://`` URI; None for remote URIs."""
+    if "://" not in uri:
+        return uri
+    if fsspec.utils.get_protocol(uri) in ("file", "local"):
+        return uri.split("://", 1)[1]
+    return None
+
+
+def _symlink_escapes(uri: str, root: str) -> bool:
+    """True when a local ``uri`` resolves (through symlinks) to a file outside the local ``root``."""
+    path, root_path = _local_path(uri), _local_path(root)
+    if path is None or root_path is None:
+        return False
+    real, real_root = os.path.realpath(path), os.path.realpath(root_path).rstrip("/")
+    return not (real == real_root or real.startswith(real_root + "/"))
+
+
 def _inside(uri: str, root: str) -> bool:
+    """True when ``uri`` is ``root`` or below it (same protocol; local paths compared as absolute paths)."""
+
     def norm(u: str) -> str:
         proto = fsspec.utils.get_protocol(u)
         path = u.split("://", 1)[1] if "://" in u else u
-        proto = "file" if proto in ("file", "local") else proto
+        if proto in ("file", "local"):
+            return f"file::{os.path.abspath(path)}"
         return f"{proto}::{posixpath.normpath(path)}"
 
     u, r = norm(uri), norm(root).rstrip("/")
     return u == r or u.startswith(r + "/")
 
 
-def _read_manifest_frame(fs: fsspec.AbstractFileSystem, path: str) -> tuple[pd.DataFrame, list[int]]:
-    """Read a manifest as strings. Returns the frame and the row positions that held non-UTF-8 bytes."""
+@dataclass(frozen=True)
+class _ManifestFrame:
+    """A manifest read as strings: the rows, each row's line number (CSV) or index (Parquet), and per-row problems
+    found while parsing (``{row position: (code, detail)}``) such as non-UTF-8 bytes or extra fields."""
+
+    df: pd.DataFrame
+    line_numbers: list[int]
+    row_errors: dict[int, tuple[str, str]]
+
+
+def _read_manifest_frame(fs: fsspec.AbstractFileSystem, path: str) -> _ManifestFrame:
+    """Read a CSV or Parquet manifest as strings, never failing on one bad row.
+
+    CSV is parsed with the ``csv`` module on text decoded with ``surrogateescape``: invalid UTF-8 bytes survive as
+    lone surrogates, so the row that holds them can be quarantined (pandas' C parser would crash on them), and a row
+    with more fields than the header is reported instead of aborting the whole import. Blank lines are skipped.
+    """
     if path.lower().endswith((".parquet", ".pq")):
-        with fs.open(path, "rb") as f:
-            df = pd.read_parquet(f)
-        return df.astype(object).where(df.notna(), None), []
-    with fs.open(path, "rb") as f:
-        data = f.read()
+        df = pd.read_parquet(io.BytesIO(retry_transient(lambda: fs.cat_file(path), f"read of {path}")))
+        df.columns = [str(c).strip() for c in df.columns]
+        return _ManifestFrame(df.astype(object).where(df.notna(), None), list(range(len(df))), {})
+    data = retry_transient(lambda: fs.cat_file(path), f"read of {path}")
     text = data.decode("utf-8-sig", errors="surrogateescape")
-    if not text.strip():
-        return pd.DataFrame(columns=list(REQUIRED_COLUMNS)), []
-    df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True)
-    df.columns = [str(c).strip() for c in df.columns]
-    bad_rows = [i for i, row in enumerate(df.itertuples(index=False)) if any(_has_surrogates(v) for v in row)]
-    return df, bad_rows
+    reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True)
+    header: list[str] | None = None
+    records: list[list[str]] = []
+    lines: list[int] = []
+    errors: dict[int, tuple[str, str]] = {}
+    for fields in reader:
+        if not fields or all(not f.strip() for f in fields):
+            continue  # blank line
+        if header is None:
+            header = [_repair(f).strip() for f in fields]
+            continue
+        pos = len(records)
+        if len(fields) > len(header):
+            errors[pos] = ("malformed_row", f"row has {len(fields)} fields but the header has {len(header)}")
+        elif any(_has_surrogates(v) for v in fields):
+            errors[pos] = ("non_utf8", "row holds bytes that are not valid UTF-8")
+        fields = (fields + [""] * len(header))[: len(header)]
+        records.append(fields)
+        lines.append(reader.line_num)
+    if header is None:
+        return _ManifestFrame(pd.DataFrame(columns=list(REQUIRED_COLUMNS)), [], {})
+    df = pd.DataFrame(records, columns=_unique_names(header), dtype=object)
+    return _ManifestFrame(df, lines, errors)
+
+
+def _repair(s: str) -> str:
+    """Replace undecodable bytes (kept as surrogates) by U+FFFD so the text can be stored and printed."""
+    return s.encode("utf-8", "surrogateescape").decode("utf-8", "replace") if _has_surrogates(s) else s
+
+
+def _unique_names(header: list[str]) -> list[str]:
+    """Header names made unique (a repeated column keeps its first name; later copies get a ``.N`` suffix)."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in header:
+        k = seen.get(name, 0)
+        seen[name] = k + 1
+        out.append(name if k == 0 else f"{name}.{k}")
+    return out
 
 
 def import_manifest(manifest_uri: str, root: str | None = None, storage_options: dict | None = None) -> ImportReport:
     """Rows of a CSV/Parquet manifest. Missing required columns quarantine every row (the run still succeeds)."""
     fs, path = filesystem_for(manifest_uri, storage_options)
-    if not fs.exists(path):
+    if not retry_transient(lambda: fs.exists(path), f"exists({manifest_uri})"):
         raise CatalogueError(f"manifest {manifest_uri!r} does not exist")
     protocol = fsspec.utils.get_protocol(manifest_uri) if is_remote(manifest_uri) else None
     manifest_dir = posixpath.dirname(path)
-    df, bad_rows = _read_manifest_frame(fs, path)
+    try:
+        frame = _read_manifest_frame(fs, path)
+    except (OSError, ValueError, csv.Error) as exc:  # damaged Parquet, unreadable object, ...
+        raise CatalogueError(
+            f"manifest {manifest_uri!r} cannot be read ({type(exc).__name__}: {exc}); it must be a UTF-8 CSV or a "
+            f"Parquet file with columns {list(REQUIRED_COLUMNS)}"
+        ) from exc
+    df = frame.df
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     unknown = tuple(c for c in df.columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS)
-    bad = set(bad_rows)
     rows = []
     for i, rec in enumerate(df.to_dict("records")):
         raw_uri = _clean_str(rec.get("image_uri"))
         row = {
             "source": manifest_uri,
-            "row_number": i + 2 if not path.lower().endswith((".parquet", ".pq")) else i,  # CSV line number
-            "image_uri_raw": raw_uri if not _has_surrogates(raw_uri) else raw_uri.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
+            "row_number": frame.line_numbers[i],  # CSV line number (header = 1) or Parquet row index
+            "image_uri_raw": _repair(raw_uri) if raw_uri is not None else None,
             "image_uri": None,
             "sku_id": _clean_str(rec.get("sku_id")),
             "sku_name": _clean_str(rec.get("sku_name")),
@@ -158,11 +240,11 @@ def import_manifest(manifest_uri: str, root: str | None = None, storage_options:
         }
         if missing:
             row["import_error"], row["import_detail"] = "missing_column", f"manifest lacks required column(s) {missing}"
-        elif i in bad:
-            row["import_error"], row["import_detail"] = "non_utf8", "row holds bytes that are not valid UTF-8"
-            for k in ("sku_id", "sku_name", "group_id", "batch_id"):
-                if _has_surrogates(row[k]):
-                    row[k] = row[k].encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        elif i in frame.row_errors:
+            row["import_error"], row["import_detail"] = frame.row_errors[i]
+            for k in ("sku_id", "sku_name", "group_id", "batch_id", "split"):
+                if row[k] is not None:
+                    row[k] = _repair(row[k])
         elif raw_uri is None:
             row["import_error"], row["import_detail"] = "missing_image_uri", "image_uri is empty"
         elif row["sku_id"] is None:
@@ -176,25 +258,38 @@ def import_manifest(manifest_uri: str, root: str | None = None, storage_options:
     return ImportReport(rows=rows_frame(rows), unknown_columns=unknown)
 
 
-def import_folder(root_uri: str, storage_options: dict | None = None) -> ImportReport:
+def import_folder(root_uri: str, storage_options: dict | None = None, root: str | None = None) -> ImportReport:
     """Rows of a ``ROOT/<sku_id>/<files>`` layout (files may sit in sub-folders of the SKU folder).
 
     Hidden files (``.name``) are not catalogue content and are not listed; files directly in ROOT have no SKU and
-    are imported with ``import_error='no_sku_folder'`` so that they are reported, not ignored.
+    are imported with ``import_error='no_sku_folder'`` so that they are reported, not ignored. When ``root`` (the
+    declared catalogue root) is set, a file outside it, or a local symlink resolving outside it, is imported with
+    ``import_error='path_outside_root'``.
     """
+    boundary = root
     fs, root = filesystem_for(root_uri, storage_options)
-    if not fs.exists(root) or not fs.isdir(root):
+    if not retry_transient(lambda: fs.exists(root) and fs.isdir(root), f"exists({root_uri})"):
         raise CatalogueError(f"catalogue folder {root_uri!r} does not exist or is not a folder")
     protocol = fsspec.utils.get_protocol(root_uri) if is_remote(root_uri) else None
     root = root.rstrip("/")
     rows = []
-    for i, path in enumerate(sorted(fs.find(root))):
+    # find() without maxdepth: one flat listing that raises on errors (a folder-by-folder walk would silently skip a
+    # SKU folder whose listing failed, and its images would vanish from the catalogue).
+    strict = {} if protocol else {"on_error": "raise"}  # local walks skip unreadable folders unless told to raise
+    try:
+        listing = retry_transient(lambda: fs.find(root, **strict), f"listing of {root_uri}")
+    except (PermissionError, NotADirectoryError) as exc:
+        raise CatalogueError(f"cannot list catalogue folder {root_uri!r}: {exc}; fix its permissions") from exc
+    for i, path in enumerate(sorted(listing)):
         rel = path[len(root) + 1:] if path.startswith(root + "/") else posixpath.basename(path)
         parts = rel.split("/")
         if any(p.startswith(".") for p in parts):
             continue
         uri = f"{protocol}://{path}" if protocol else path
         sku = parts[0] if len(parts) > 1 else None
+        error, detail = (None, None) if sku else ("no_sku_folder", "file is not inside a <sku_id>/ folder")
+        if boundary is not None and (not _inside(uri, boundary) or _symlink_escapes(uri, boundary)):
+            error, detail = "path_outside_root", f"{rel!r} resolves outside the catalogue root {boundary!r}"
         rows.append(
             {
                 "source": root_uri,
@@ -206,8 +301,8 @@ def import_folder(root_uri: str, storage_options: dict | None = None) -> ImportR
                 "group_id": None,
                 "batch_id": None,
                 "split": None,
-                "import_error": None if sku else "no_sku_folder",
-                "import_detail": None if sku else "file is not inside a <sku_id>/ folder",
+                "import_error": error,
+                "import_detail": detail,
             }
         )
     return ImportReport(rows=rows_frame(rows))
@@ -217,4 +312,4 @@ def import_catalogue(location: str, root: str | None = None, storage_options: di
     """Import a folder or a manifest, chosen by what ``location`` is."""
     if location.lower().endswith(MANIFEST_SUFFIXES):
         return import_manifest(location, root=root, storage_options=storage_options)
-    return import_folder(location, storage_options=storage_options)
+    return import_folder(location, storage_options=storage_options, root=root)

@@ -21,11 +21,26 @@ import pandas as pd
 import pyarrow as pa
 
 from skurec.audit import read_uri_bytes
-from skurec.storage import Workspace
+from skurec.storage import Workspace, parse_parquet
 
 log = logging.getLogger(__name__)
 
 EMBEDDINGS_DIR = "embeddings"
+CORRUPT_DIR = "corrupt"
+PART_COLUMNS = {"image_id": pa.string(), "encoder_id": pa.string()}
+
+
+def _check_part_schema(table: pa.Table, columns: list[str]) -> None:
+    """Raise ValueError unless ``table`` has the part columns asked for, with the right types."""
+    for name in columns:
+        if name not in table.column_names:
+            raise ValueError(f"part lacks column {name!r}")
+        typ = table.schema.field(name).type
+        if name == "embedding":
+            if not (pa.types.is_fixed_size_list(typ) and pa.types.is_floating(typ.value_type)):
+                raise ValueError(f"column 'embedding' has type {typ}, expected fixed_size_list<float>")
+        elif name in PART_COLUMNS and typ != PART_COLUMNS[name]:
+            raise ValueError(f"column {name!r} has type {typ}, expected {PART_COLUMNS[name]}")
 
 
 @dataclass
@@ -63,13 +78,56 @@ class EmbeddingCache:
         return f"{EMBEDDINGS_DIR}/{_safe_dir(encoder_id)}"
 
     def parts(self, encoder_id: str) -> list[str]:
+        """Relative paths of the complete part files (temporary ``.tmp-*`` files never match)."""
         return [p for p in self.ws.glob(f"{self.rel_dir(encoder_id)}/part-*.parquet")]
 
-    def cached_ids(self, encoder_id: str) -> set[str]:
+    def corrupt_dir(self, encoder_id: str) -> str:
+        return f"{self.rel_dir(encoder_id)}/{CORRUPT_DIR}"
+
+    def cached_ids(self, encoder_id: str, verify: bool = False) -> set[str]:
+        """Ids with a cached vector. ``verify=True`` also reads and checks the vectors (page checksums, one
+        dimension across parts), so a part whose vectors are damaged is quarantined here and its images count as
+        missing; :meth:`update` verifies, so the embedding run heals a damaged cache instead of training failing."""
         ids: set[str] = set()
+        columns = ["image_id", "embedding"] if verify else ["image_id"]
+        dim: int | None = None
         for part in self.parts(encoder_id):
-            ids.update(self.ws.read_parquet(part, columns=["image_id"]).column("image_id").to_pylist())
+            table = self._read_part(encoder_id, part, columns)
+            if table is None:
+                continue
+            if verify:
+                part_dim = table.schema.field("embedding").type.list_size
+                if dim is not None and part_dim != dim:
+                    self._quarantine_part(encoder_id, part, f"vectors have {part_dim} dims, other parts {dim}")
+                    continue
+                dim = part_dim
+            ids.update(table.column("image_id").to_pylist())
         return ids
+
+    def _read_part(self, encoder_id: str, part: str, columns: list[str]) -> pa.Table | None:
+        """One part, or None when it is unusable: gone (compacted away by another run) or damaged (truncated,
+        not Parquet, wrong columns). A damaged part is moved to ``corrupt/`` with a warning, so it is never read
+        again and the images it held are simply embedded again by the next update."""
+        try:
+            data = self.ws.read_bytes(part)  # storage errors (after retries) propagate: they say nothing of the part
+        except FileNotFoundError:
+            log.debug("part %s disappeared while reading (compacted by another run)", part)
+            return None
+        try:
+            table = parse_parquet(data, columns)
+            _check_part_schema(table, columns)
+        except Exception as exc:  # the bytes are not a valid part: truncated, checksum mismatch, wrong schema
+            self._quarantine_part(encoder_id, part, f"{type(exc).__name__}: {exc}")
+            return None
+        return table
+
+    def _quarantine_part(self, encoder_id: str, part: str, why: str) -> None:
+        dest = f"{self.corrupt_dir(encoder_id)}/{part.rsplit('/', 1)[-1]}"
+        log.warning("embedding cache part %s is damaged (%s); moved to %s, its images will be embedded again", part, why, dest)
+        try:
+            self.ws.move(part, dest)
+        except FileNotFoundError:
+            pass  # another reader moved it first
 
     # ------------------------------------------------------------------ write
     def _write_part(self, encoder_id: str, ids: list[str], vectors: np.ndarray) -> str:
@@ -102,7 +160,7 @@ class EmbeddingCache:
 
         encoder_id = encoder.encoder_id
         wanted = images.drop_duplicates("image_id")
-        cached = self.cached_ids(encoder_id)
+        cached = self.cached_ids(encoder_id, verify=True)
         missing = wanted[~wanted["image_id"].isin(cached)]
         stats = UpdateStats(encoder_id=encoder_id, n_requested=len(wanted), n_cached=len(wanted) - len(missing))
         if missing.empty:
@@ -137,40 +195,58 @@ class EmbeddingCache:
         return stats
 
     def compact(self, encoder_id: str) -> None:
+        """Merge the parts into one: write the merged part first, then delete exactly the parts it was read from
+        (a part written meanwhile by another run is kept; a crash in between only leaves duplicates, which readers
+        drop). Also removes temporary files left by killed writers."""
+        self.ws.remove_stale_temp_files(self.rel_dir(encoder_id))
         parts = self.parts(encoder_id)
         if len(parts) <= 1:
             return
-        ids, X = self._read_all(encoder_id, parts)
-        self._write_part(encoder_id, ids, X)
-        for p in parts:
+        ids, X, used = self._read_all(encoder_id, parts)
+        if ids:
+            self._write_part(encoder_id, ids, X)
+        for p in used:
             self.ws.delete(p)
 
     # ------------------------------------------------------------------ read
-    def _read_all(self, encoder_id: str, parts: list[str]) -> tuple[list[str], np.ndarray]:
+    def _read_all(self, encoder_id: str, parts: list[str]) -> tuple[list[str], np.ndarray, list[str]]:
+        """(ids, vectors, parts actually read), first occurrence of an id wins; unusable parts are skipped."""
         ids: list[str] = []
         blocks: list[np.ndarray] = []
+        used: list[str] = []
         seen: set[str] = set()
+        dim: int | None = None
         for part in parts:
-            t = self.ws.read_parquet(part, columns=["image_id", "embedding"])
+            t = self._read_part(encoder_id, part, ["image_id", "embedding"])
+            if t is None:
+                continue
             part_ids = t.column("image_id").to_pylist()
             emb = t.column("embedding").combine_chunks()
-            dim = emb.type.list_size
+            if dim is None:
+                dim = emb.type.list_size
+            elif emb.type.list_size != dim:
+                self._quarantine_part(encoder_id, part, f"vectors have {emb.type.list_size} dims, other parts {dim}")
+                continue
             vecs = emb.values.to_numpy(zero_copy_only=False).reshape(-1, dim)
             keep = [k for k, i in enumerate(part_ids) if i not in seen]
             seen.update(part_ids)
             ids.extend(part_ids[k] for k in keep)
             blocks.append(vecs[keep])
+            used.append(part)
         if not blocks:
-            return [], np.zeros((0, 0), np.float32)
-        return ids, np.concatenate(blocks).astype(np.float32, copy=False)
+            return [], np.zeros((0, 0), np.float32), used
+        return ids, np.concatenate(blocks).astype(np.float32, copy=False), used
 
     def load(self, encoder_id: str, image_ids: list[str] | None = None) -> tuple[list[str], np.ndarray]:
         """Vectors for ``image_ids`` in that order (all cached vectors when None). Missing ids raise KeyError."""
-        ids, X = self._read_all(encoder_id, self.parts(encoder_id))
+        ids, X, _ = self._read_all(encoder_id, self.parts(encoder_id))
         if image_ids is None:
             return ids, X
         index = {i: k for k, i in enumerate(ids)}
         missing = [i for i in image_ids if i not in index]
         if missing:
-            raise KeyError(f"{len(missing)} image(s) have no cached embedding for {encoder_id}, e.g. {missing[:3]}")
+            raise KeyError(
+                f"{len(missing)} image(s) have no cached embedding for {encoder_id}, e.g. {missing[:3]}; "
+                "materialise image_embeddings first"
+            )
         return list(image_ids), X[[index[i] for i in image_ids]]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -18,6 +19,8 @@ from PIL import Image, ImageOps
 MAX_PIXELS = 64_000_000
 # Images smaller than this on either side carry no usable signal for a product photo.
 MIN_SIDE = 8
+
+_WARNINGS_LOCK = threading.Lock()
 
 _SUPPORTED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO"}
 
@@ -56,15 +59,20 @@ def _open(data: bytes) -> Image.Image:
     if len(data) == 0:
         raise ImageRejected("empty_file", "the file has zero bytes")
     try:
-        with warnings.catch_warnings():
+        # catch_warnings swaps process-global state: the lock keeps the audit's reader threads from restoring each
+        # other's filters in the wrong order (Image.open only parses the header, so this serialises little).
+        with _WARNINGS_LOCK, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageRejected("decompression_bomb", str(exc)) from exc
     except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, SyntaxError...
         if looks_like_image(data):
-            raise ImageRejected("corrupt_image", f"image header is damaged ({type(exc).__name__}: {exc})") from exc
-        raise ImageRejected("not_an_image", f"cannot identify image data ({type(exc).__name__}: {exc})") from exc
+            raise ImageRejected("corrupt_image", f"image file is damaged or truncated ({type(exc).__name__}: {exc})") from exc
+        raise ImageRejected(
+            "not_an_image",
+            f"the {len(data)} bytes are not an image in a supported format ({', '.join(sorted(_SUPPORTED_FORMATS))})",
+        ) from exc
     if img.format not in _SUPPORTED_FORMATS:
         raise ImageRejected("unsupported_format", f"format {img.format!r} is not supported")
     w, h = img.size
