@@ -392,3 +392,22 @@ def _fsync_dir(path: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+_SECRET_QUERY_KEYS = ("signature", "credential", "token", "sig", "secret", "password", "key")
+
+
+def redact_uri(uri: str) -> str:
+    """A location safe to log or store: drops ``user:password@`` and secret-looking query parameters
+    (pre-signed URL signatures, tokens). Plain paths are returned unchanged."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    if "://" not in uri:
+        return uri
+    parts = urlsplit(uri)
+    netloc = parts.netloc.rsplit("@", 1)[-1] if "@" in parts.netloc else parts.netloc
+    query = [
+        (k, "REDACTED" if any(s in k.lower() for s in _SECRET_QUERY_KEYS) else v)
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query), parts.fragment))

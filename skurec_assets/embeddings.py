@@ -17,6 +17,7 @@ EMBED = "embed"
     group_name=EMBED,
     deps=[audited_catalogue],
     code_version="embed-v1",
+    retry_policy=dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL),
     kinds={"pytorch", "parquet"},
     description=(
         "L2-normalised float32 embeddings of every accepted image from the frozen encoder, cached as Parquet keyed "

@@ -8,6 +8,7 @@ from skurec.audit import audit, catalogue_snapshot_hash
 from skurec.catalogue import import_catalogue
 from skurec.ingest import ingested_batch_rows
 from skurec.plots import class_count_histogram_png
+from skurec.storage import redact_uri
 from skurec.schemas import ClassesSchema, ImagesSchema, QuarantineSchema
 from skurec_assets.metadata import markdown_table, png_markdown, table_schema
 from skurec_resources import CatalogueResource, StorageResource
@@ -18,6 +19,7 @@ INGEST = "ingest"
 @dg.asset(
     group_name=INGEST,
     code_version="audit-v1",
+    retry_policy=dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL),
     kinds={"duckdb", "parquet"},
     description=(
         "The labelled catalogue (folder or manifest) plus every ingested labelling batch, audited: content-hashed "
@@ -33,7 +35,7 @@ def audited_catalogue(
     batch_rows = ingested_batch_rows(ws)
     raw = pd.concat([report.rows, batch_rows], ignore_index=True) if len(batch_rows) else report.rows
     context.log.info(
-        f"imported {len(report.rows)} catalogue rows from {catalogue.location} and {len(batch_rows)} batch rows; auditing"
+        f"imported {len(report.rows)} catalogue rows from {redact_uri(catalogue.location)} and {len(batch_rows)} batch rows; auditing"
     )
     if report.unknown_columns:
         context.log.warning(f"manifest columns ignored (unknown): {list(report.unknown_columns)}")
@@ -53,7 +55,7 @@ def audited_catalogue(
     hist = class_count_histogram_png(counts, catalogue.min_samples)
     ws.write_bytes("reports/class_counts.png", hist)
     snapshot = catalogue_snapshot_hash(result.images)
-    ws.write_json("reports/audit_summary.json", {**s, "catalogue_snapshot": snapshot, "location": catalogue.location})
+    ws.write_json("reports/audit_summary.json", {**s, "catalogue_snapshot": snapshot, "location": redact_uri(catalogue.location)})
     quarantine_preview = result.quarantine.head(20)[["image_uri", "sku_id", "reason", "detail"]].to_dict("records")
     return dg.MaterializeResult(
         metadata={

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 
 import dagster as dg
 import pandera.pandas as pa
@@ -27,9 +28,16 @@ def table_schema(schema: pa.DataFrameSchema) -> dg.TableSchema:
     )
 
 
+def md_cell(value) -> str:
+    """A value made safe for one Markdown table cell: catalogue strings (file names, SKU ids) are user input."""
+    text = "" if value is None else str(value)
+    text = text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+    return html.escape(text, quote=False).replace("`", "\\`").replace("[", "\\[").replace("]", "\\]")
+
+
 def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
     if not rows:
         return "_(empty)_"
     columns = columns or list(rows[0].keys())
-    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
-    return head + "\n".join("| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows)
+    head = "| " + " | ".join(md_cell(c) for c in columns) + " |\n|" + "---|" * len(columns) + "\n"
+    return head + "\n".join("| " + " | ".join(md_cell(r.get(c, "")) for c in columns) + " |" for r in rows)
