@@ -1,8 +1,11 @@
 """The ``skurec`` command line.
 
 ``skurec demo``     build a synthetic catalogue (or use ``--catalogue``) and materialise the whole graph via Dagster.
+``skurec demo --add-batch``  drop one more labelled batch (with a new SKU) into the drop location and run the loop.
 ``skurec ui``       open the Dagster UI (webserver + daemon) on the same work directory and Dagster instance.
 ``skurec run``      materialise the whole graph for the work directory's saved settings.
+``skurec predict IMAGE...``  recognise images with the deployed model (one JSON line per image).
+``skurec lineage [MODEL_ID]``  print a model's card (default: the deployed model).
 
 The Dagster-facing commands import dagster lazily: the core (``skurec predict``/``lineage``) runs without it.
 A work directory remembers its settings in ``<workdir>/skurec.json`` so that ``ui`` and later runs use the same
@@ -88,6 +91,8 @@ def materialize_all(settings: dict, selection: str | None = None) -> bool:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.add_batch:
+        return cmd_add_batch(args)
     workdir = Path(args.workdir).resolve()
     catalogue = args.catalogue
     if catalogue is None:
@@ -111,6 +116,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "encoder": args.encoder,
             "encoder_checkpoint": args.checkpoint,
             "min_samples": args.min_samples,
+            "demo": None if args.catalogue else {
+                "families": args.families, "skus_per_family": args.skus_per_family,
+                "images_per_sku": args.images_per_sku, "seed": args.seed,
+            },
         },
     )
     print(f"materialising the skurec graph (encoder {settings['encoder']}) in {workdir} ...", flush=True)
@@ -137,6 +146,171 @@ def _print_summary(workdir: Path) -> None:
             models = ", ".join(f"{m} {r['top1']:.3f}" for m, r in v.get("models", {}).items())
             print(f"top-1 [{variant}: {v.get('n_classes')} classes, {v.get('n_images')} images]: {models}")
     print(f"DuckDB file: {ws.duckdb_path}")
+
+
+LOOP_CURSORS = "skurec_loop_cursors.json"
+
+
+def _load_cursors(settings: dict) -> tuple[str | None, object]:
+    from dagster._serdes import deserialize_value
+
+    path = Path(settings["dagster_home"]) / LOOP_CURSORS
+    if not path.exists():
+        return None, None
+    doc = json.loads(path.read_text())
+    auto = deserialize_value(doc["automation"]) if doc.get("automation") else None
+    return doc.get("sensor"), auto
+
+
+def _save_cursors(settings: dict, sensor_cursor: str | None, automation_cursor: object) -> None:
+    from dagster._serdes import serialize_value
+
+    path = Path(settings["dagster_home"]) / LOOP_CURSORS
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"sensor": sensor_cursor,
+                               "automation": serialize_value(automation_cursor) if automation_cursor is not None else None}))
+    os.replace(tmp, path)
+
+
+def run_labelling_loop(settings: dict) -> bool:
+    """One synchronous pass of the labelling loop (batch sensor + automation) on the work directory's instance."""
+    import dagster as dg
+
+    from skurec_assets.definitions import build_definitions
+    from skurec_assets.loop import run_loop_in_process
+    from skurec_resources import default_resources
+
+    defs = build_definitions(default_resources())
+    instance = dg.DagsterInstance.get()
+    sensor_cursor, automation_cursor = _load_cursors(settings)
+    result = run_loop_in_process(defs, instance, sensor_cursor=sensor_cursor, automation_cursor=automation_cursor)
+    _save_cursors(settings, result.sensor_cursor, result.automation_cursor)
+    skip = getattr(result.sensor_result, "skip_reason", None)
+    if skip is not None:
+        print(f"batch sensor: {getattr(skip, 'skip_message', skip)}")
+    for name, run in result.batch_runs.items():
+        print(f"ingested batch {name}: run {'succeeded' if run.success else 'FAILED'}")
+    for keys, run in result.automation_runs:
+        print(f"automation run [{', '.join(keys)}]: {'succeeded' if run.success else 'FAILED (see the UI for why)'}")
+    return result.success
+
+
+def cmd_add_batch(args: argparse.Namespace) -> int:
+    """Drop one labelled batch (a new SKU + fresh photos of two known SKUs) and run the loop, or leave it to the UI."""
+    from skurec.synthetic import make_labelled_batch
+
+    workdir = Path(args.workdir)
+    settings = _load_settings(workdir)
+    drop = Path(settings["drop_location"])
+    drop.mkdir(parents=True, exist_ok=True)
+    existing = sorted(p.name for p in drop.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    name = args.batch_name or f"batch-{len(existing) + 1:03d}"
+    demo = settings.get("demo") or {}
+    min_samples = int(settings.get("min_samples", 50))
+    known = _known_skus(settings)
+    # The new SKU needs >= min_samples accepted images to become active (trained on); leave room for the val split.
+    images_per_new = max(args.images_per_sku, min_samples + max(6, min_samples // 5))
+    manifest = make_labelled_batch(
+        drop,
+        name,
+        new_skus=1,
+        images_per_new_sku=images_per_new,
+        extra_images_for=known[:2],
+        images_per_existing=10,
+        seed=int(demo.get("seed", 0)) + len(existing) + 1,
+        n_families=int(demo.get("families", 8)),
+        skus_per_family=int(demo.get("skus_per_family", 4)),
+    )
+    print(f"dropped labelled batch {name} ({images_per_new} images of a new SKU + 10 each of {known[:2]}) at {manifest}")
+    if args.no_run:
+        print("the labelled_batch_sensor picks it up within 30 s: watch it in the UI (skurec ui --workdir "
+              f"{args.workdir}) under Assets > labelled_batch and the candidate_model / deployed_model assets")
+        return 0
+    ok = run_labelling_loop(settings)
+    _print_deployed(Path(settings["workdir"]))
+    return 0 if ok else 1
+
+
+def _known_skus(settings: dict) -> list[str]:
+    from skurec.storage import Workspace
+
+    ws = Workspace(settings["workdir"])
+    if not ws.has_table("classes"):
+        return []
+    classes = ws.read_table("classes", columns=["sku_id", "status"])
+    return sorted(classes.loc[classes["status"] == "active", "sku_id"].tolist())
+
+
+def _print_deployed(workdir: Path) -> None:
+    from skurec.model_store import ModelStore
+    from skurec.storage import Workspace
+
+    store = ModelStore(Workspace(str(workdir)))
+    model_id = store.deployed_id()
+    if model_id is None:
+        print("no model deployed yet")
+        return
+    card = store.card(model_id)
+    fast = card.get("fast_path") or {}
+    print(f"deployed model: {model_id} ({card.get('source')}, {card.get('classes', {}).get('n')} classes"
+          + (f", new SKUs {fast.get('new_skus')}" if fast.get("new_skus") else "") + ")")
+    print(f"try it:  skurec predict --workdir {workdir} IMAGE.jpg     lineage:  skurec lineage --workdir {workdir}")
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from skurec.recognizer import Recognizer, RecognizerError
+    from skurec.review_queue import ReviewQueue
+    from skurec.storage import Workspace
+
+    ws = Workspace(str(Path(args.workdir).resolve()))
+    try:
+        rec = Recognizer.from_workdir(ws, args.model, device=args.device, checkpoint=args.checkpoint,
+                                      top_k=args.top_k, threshold=args.threshold)
+    except (RecognizerError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    queue = ReviewQueue(ws) if args.review_queue else None
+    failed = 0
+    for image in args.images:
+        try:
+            out = rec.predict(image, review_queue=queue).to_dict()
+        except RecognizerError as exc:
+            failed += 1
+            out = {"image": image, "error": str(exc)}
+        print(json.dumps(out, sort_keys=True), flush=True)
+    return 1 if failed else 0
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    from skurec.lineage import LINEAGE_TABLE, model_card_markdown
+    from skurec.model_store import ModelStore, ModelStoreError
+    from skurec.storage import Workspace
+
+    ws = Workspace(str(Path(args.workdir).resolve()))
+    store = ModelStore(ws)
+    model_id = args.model_id or store.deployed_id()
+    if model_id is None:
+        print(f"error: no model is deployed in {ws.root_uri}; pass a model id (models: "
+              f"{[r.model_id for r in store.list()][-5:]})", file=sys.stderr)
+        return 2
+    try:
+        card = store.card(model_id)
+        files = store.load_files(model_id) if args.training_set else None
+    except ModelStoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.training_set:
+        from skurec.lineage import table_from_parquet
+
+        table = table_from_parquet(files[LINEAGE_TABLE])
+        table.to_csv(args.training_set, index=False)
+        print(f"wrote {len(table)} (image_id, sku_id, split, added_by) rows to {args.training_set}", file=sys.stderr)
+    deployed = store.deployed_id()
+    if args.json:
+        print(json.dumps({**card, "deployed": model_id == deployed}, indent=2, sort_keys=True, default=str))
+    else:
+        print(model_card_markdown(card) + f"\n_deployed: {'yes' if model_id == deployed else 'no (deployed: ' + str(deployed) + ')'}_")
+    return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -170,6 +344,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--skus-per-family", type=int, default=4)
     d.add_argument("--images-per-sku", type=int, default=60)
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--add-batch", action="store_true",
+                   help="drop one more labelled batch (a new SKU) into an existing demo's drop location and run the loop")
+    d.add_argument("--batch-name", help="with --add-batch: the batch folder name (default batch-NNN)")
+    d.add_argument("--no-run", action="store_true",
+                   help="with --add-batch: only drop the batch; the sensor of a running `skurec ui` ingests it")
     d.set_defaults(func=cmd_demo)
 
     r = sub.add_parser("run", help="materialise the whole graph for an existing work directory")
@@ -181,11 +360,33 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     u.add_argument("--port", type=int, default=3000)
     u.set_defaults(func=cmd_ui)
+
+    default_workdir = os.environ.get("SKUREC_WORKDIR", "demo")
+    pr = sub.add_parser("predict", help="recognise images with the deployed model (one JSON line per image)")
+    pr.add_argument("images", nargs="+", metavar="IMAGE")
+    pr.add_argument("--workdir", default=default_workdir, help="work directory (default: $SKUREC_WORKDIR or demo)")
+    pr.add_argument("--model", help="model id (default: the deployed model)")
+    pr.add_argument("--top-k", type=int, default=3)
+    pr.add_argument("--threshold", type=float, default=None,
+                    help="top-1 score below which the answer is 'unknown' (default: the model's calibrated threshold, else 0.5)")
+    pr.add_argument("--review-queue", action="store_true", help="queue unknown predictions for labelling")
+    pr.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    pr.add_argument("--checkpoint", help="encoder weights file, for checkpoint-based encoders")
+    pr.set_defaults(func=cmd_predict)
+
+    li = sub.add_parser("lineage", help="print a model card: data, batches, encoder, code, config, evaluation")
+    li.add_argument("model_id", nargs="?", help="model id (default: the deployed model)")
+    li.add_argument("--workdir", default=default_workdir, help="work directory (default: $SKUREC_WORKDIR or demo)")
+    li.add_argument("--json", action="store_true", help="print the JSON card instead of Markdown")
+    li.add_argument("--training-set", metavar="CSV", help="also write the (image_id, sku_id, split) table to CSV")
+    li.set_defaults(func=cmd_lineage)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("SKUREC_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("dagster.automation_condition_tester", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

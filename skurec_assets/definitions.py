@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import dagster as dg
 
-from skurec_assets import embeddings, ingest, training
+from skurec_assets import deploy, embeddings, evaluation, ingest, loop, training
 from skurec_resources import default_resources
 
-ASSET_MODULES = [ingest, embeddings, training]
+ASSET_MODULES = [ingest, embeddings, training, evaluation, loop, deploy]
 
-all_assets = dg.load_assets_from_modules(ASSET_MODULES)
+# The labelling loop connects audited_catalogue to the batch partitions and automates it and the embeddings.
+all_assets = loop.wire_loop_automation(dg.load_assets_from_modules(ASSET_MODULES))
 all_checks = dg.load_asset_checks_from_modules(ASSET_MODULES)
 
 pipeline_job = dg.define_asset_job(
     "skurec_pipeline",
-    selection=dg.AssetSelection.all(),
+    # Everything except the per-batch partitions (those are materialised by the labelled_batch_sensor).
+    selection=loop.REBUILD_SELECTION,
     description="Audit the catalogue, embed it, and build, evaluate and gate the models: the whole graph.",
 )
 
@@ -23,7 +25,9 @@ def build_definitions(resources: dict | None = None) -> dg.Definitions:
     return dg.Definitions(
         assets=all_assets,
         asset_checks=all_checks,
-        jobs=[pipeline_job],
+        jobs=[pipeline_job, loop.full_rebuild_job],
+        sensors=[loop.labelled_batch_sensor, loop.automation_sensor],
+        schedules=[loop.weekly_full_rebuild],
         resources=resources or default_resources(),
     )
 

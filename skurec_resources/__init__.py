@@ -65,6 +65,30 @@ class EncoderResource(dg.ConfigurableResource):
         return load_encoder(self.name, checkpoint=self.checkpoint, device=self.device, **options)
 
 
+class LabellingLoopResource(dg.ConfigurableResource):
+    """The labelling loop: where labelled batches are dropped (folder or ``s3://`` prefix; the storage resource's
+    S3 endpoint applies) and the deployment gate's tolerances."""
+
+    drop_location: str
+    # Largest allowed drop of validation top-1 accuracy below the deployed model's (absolute; 0.01 = 1 point).
+    gate_tolerance: float = 0.01
+    # Largest share of validated classes allowed to have zero validation accuracy.
+    gate_max_zero_accuracy_share: float = 0.05
+    # Floor for the very first deployment (no model to compare with).
+    gate_min_accuracy: float = 0.0
+    # How the fast path attaches a new SKU to a superclass: "coarse", "nearest_class" or "centroid".
+    attach_rule: str = "coarse"
+
+    def gate_config(self):
+        from skurec.lineage import GateConfig
+
+        return GateConfig(
+            tolerance=self.gate_tolerance,
+            max_zero_accuracy_share=self.gate_max_zero_accuracy_share,
+            min_accuracy=self.gate_min_accuracy,
+        )
+
+
 def default_resources() -> dict:
     """Resources configured from the environment (the definitions that ``dagster dev`` loads)."""
     workdir = os.environ.get("SKUREC_WORKDIR", os.path.abspath("workdir"))
@@ -83,5 +107,11 @@ def default_resources() -> dict:
             name=os.environ.get("SKUREC_ENCODER", "dinov2_vits14"),
             checkpoint=os.environ.get("SKUREC_ENCODER_CHECKPOINT") or None,
             views=os.environ.get("SKUREC_ENCODER_VIEWS") or None,
+        ),
+        "loop": LabellingLoopResource(
+            drop_location=os.environ.get("SKUREC_DROP_LOCATION") or os.path.join(workdir, "drop"),
+            gate_tolerance=float(os.environ.get("SKUREC_GATE_TOLERANCE", "0.01")),
+            gate_max_zero_accuracy_share=float(os.environ.get("SKUREC_GATE_MAX_ZERO_SHARE", "0.05")),
+            attach_rule=os.environ.get("SKUREC_ATTACH_RULE", "coarse"),
         ),
     }

@@ -1,0 +1,245 @@
+"""Real-time recognition: image -> top-k SKUs with scores and superclass, or ``unknown`` when not confident.
+
+:class:`Recognizer` loads a published model (by default the deployed one) and the frozen encoder named in its
+model card, once; every call then only decodes the image (JPEG DCT-domain downscaling via ``Image.draft``),
+preprocesses it, runs the encoder under ``torch.inference_mode`` and the classifier on one embedding. There is no
+file or network I/O per call beyond reading the image itself, so the recogniser adds a fraction of a millisecond to
+the encoder's own latency (``benchmarks/latency.py`` measures it).
+
+Predictions whose top-1 score (the hierarchical model's ``p(superclass) * p(SKU | superclass)``) is below
+``threshold`` (default: the model's threshold calibrated on its validation split, see
+:func:`skurec.lineage.calibrate_threshold`) are flagged ``unknown`` instead of guessed;
+:class:`skurec.review_queue.ReviewQueue` collects them so a person can label them and drop them back in as a batch.
+No Dagster import here.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from skurec.images import ImageRejected, decode_rgb, sha256_bytes
+from skurec.lineage import load_published
+from skurec.model_store import ModelStore
+from skurec.storage import Workspace
+
+ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
+
+DEFAULT_THRESHOLD = 0.5
+UNKNOWN = "unknown"
+
+
+class RecognizerError(RuntimeError):
+    """The recogniser cannot be built (no deployed model, encoder mismatch) or an input is not an image."""
+
+
+@dataclass
+class Recognition:
+    """One image's result. ``label`` is the top-1 SKU id, or ``"unknown"`` when ``score < threshold``."""
+
+    label: str
+    sku_id: str | None  # top-1 SKU id even when unknown (the best guess, for the review queue); None if no candidate
+    score: float
+    unknown: bool
+    superclass: int
+    top_k: list[dict[str, Any]]
+    model_id: str
+    threshold: float
+    image: str | None = None
+    image_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if not d["extra"]:
+            d.pop("extra")
+        return d
+
+
+def _as_rgb(image: ImageInput, min_side: int) -> tuple[Image.Image, bytes | None, str | None]:
+    """Decode any supported input into an RGB PIL image; returns (image, raw bytes if any, display name)."""
+    if isinstance(image, (str, os.PathLike)):
+        path = os.fspath(image)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise RecognizerError(f"cannot read image {path!r}: {exc}") from exc
+        return _decode(data, min_side, path), data, path
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        data = bytes(image)
+        return _decode(data, min_side, "<bytes>"), data, None
+    if isinstance(image, Image.Image):
+        return (image if image.mode == "RGB" else image.convert("RGB")), None, None
+    if isinstance(image, np.ndarray):
+        arr = image
+        if arr.ndim == 2:
+            arr = np.stack([arr] * 3, axis=-1)
+        if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+            raise RecognizerError(f"a numpy image must be (H, W), (H, W, 3) or (H, W, 4); got shape {image.shape}")
+        if arr.dtype != np.uint8:
+            if np.issubdtype(arr.dtype, np.floating) and arr.size and float(np.nanmax(arr)) <= 1.0:
+                arr = arr * 255.0
+            arr = np.clip(np.nan_to_num(arr), 0, 255).astype(np.uint8)
+        img = Image.fromarray(np.ascontiguousarray(arr))
+        return (img if img.mode == "RGB" else img.convert("RGB")), None, None
+    raise RecognizerError(
+        f"unsupported image input {type(image).__name__}; pass a path, bytes, a PIL image or a numpy array"
+    )
+
+
+def _decode(data: bytes, min_side: int, name: str) -> Image.Image:
+    try:
+        return decode_rgb(data, target_min_side=min_side)
+    except ImageRejected as exc:
+        raise RecognizerError(f"{name} is not a usable image: {exc.reason} ({exc.detail})") from exc
+
+
+def _encode_png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class Recognizer:
+    """A loaded model + encoder that maps images to SKUs. Build it with :meth:`from_workdir` (or inject both)."""
+
+    def __init__(self, model: Any, card: dict, encoder: Any, *, top_k: int = 3, threshold: float | None = None,
+                 m: int | None = None, model_id: str | None = None):
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        if threshold is None:  # the model's calibrated threshold (see skurec.lineage.calibrate_threshold)
+            threshold = (card.get("recognition") or {}).get("threshold")
+            threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        want = (card.get("encoder") or {}).get("encoder_id")
+        if want and encoder.encoder_id != want:
+            raise RecognizerError(
+                f"model {model_id or card.get('model_id')} was trained on embeddings of encoder {want} but the encoder "
+                f"given is {encoder.encoder_id}; load the encoder named in the model card"
+            )
+        if getattr(model, "dim", encoder.dim) != encoder.dim:
+            raise RecognizerError(f"model expects {model.dim}-d embeddings but the encoder produces {encoder.dim}-d")
+        self.model = model
+        self.card = card
+        self.encoder = encoder
+        self.top_k = int(top_k)
+        self.threshold = float(threshold)
+        self.m = m
+        self.model_id = model_id or card.get("model_id", "")
+        self.names: dict[str, str] = dict((card.get("classes") or {}).get("names") or {})
+        self._min_side = int(encoder.min_decode_side)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_workdir(cls, workdir: str | os.PathLike | Workspace, model_id: str | None = None, *, device: str | None = "cpu",
+                     encoder: Any | None = None, checkpoint: str | None = None, top_k: int = 3,
+                     threshold: float | None = None, m: int | None = None,
+                     storage_options: dict | None = None) -> Recognizer:
+        """Load ``model_id`` (default: the deployed model) and the encoder its card names.
+
+        ``checkpoint``: local weights for checkpoint-based encoders (``dinov2_vits14``, ``timm:<arch>``; default
+        ``$SKUREC_ENCODER_CHECKPOINT``). ``encoder``: an already loaded encoder (must have the card's encoder id).
+        ``threshold``: top-1 score below which the answer is ``unknown``; default: the threshold calibrated on the
+        validation split when the model was published (model card ``recognition.threshold``), else 0.5.
+        """
+        ws = workdir if isinstance(workdir, Workspace) else Workspace(os.fspath(workdir), storage_options=storage_options)
+        store = ModelStore(ws)
+        model_id = model_id or store.deployed_id()
+        if model_id is None:
+            raise RecognizerError(
+                f"no model is deployed in {ws.root_uri}; run the pipeline first (skurec demo / skurec run) or pass a model id"
+            )
+        published = load_published(ws, model_id, device=device or "cpu")
+        if encoder is None:
+            encoder = load_encoder_for_card(published.card, device=device, checkpoint=checkpoint)
+        return cls(published.model, published.card, encoder, top_k=top_k, threshold=threshold, m=m, model_id=model_id)
+
+    # ------------------------------------------------------------------ inference
+    def embed(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """``(n, dim)`` L2-normalised embeddings of the images (one batched forward)."""
+        tensors = [self.encoder.preprocess(_as_rgb(im, self._min_side)[0]) for im in images]
+        if not tensors:
+            return np.zeros((0, self.encoder.dim), dtype=np.float32)
+        return self.encoder.forward_batch(torch.stack(tensors)).numpy()
+
+    def predict(self, image: ImageInput, review_queue: Any | None = None) -> Recognition:
+        """Recognise one image. With ``review_queue``, an ``unknown`` result is also queued for labelling."""
+        img, data, name = _as_rgb(image, self._min_side)
+        x = self.encoder.preprocess(img).unsqueeze(0)
+        emb = self.encoder.forward_batch(x).numpy()
+        rec = self._results(emb, [name], [data])[0]
+        if review_queue is not None and rec.unknown:
+            review_queue.add(rec, data if data is not None else _encode_png(img))
+        return rec
+
+    def predict_many(self, images: Sequence[ImageInput], batch_size: int = 32, review_queue: Any | None = None) -> list[Recognition]:
+        """Recognise many images with batched forward passes (throughput mode)."""
+        out: list[Recognition] = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            decoded = [_as_rgb(im, self._min_side) for im in chunk]
+            x = torch.stack([self.encoder.preprocess(img) for img, _, _ in decoded])
+            emb = self.encoder.forward_batch(x).numpy()
+            recs = self._results(emb, [n for _, _, n in decoded], [d for _, d, _ in decoded])
+            if review_queue is not None:
+                for rec, (img, data, _) in zip(recs, decoded):
+                    if rec.unknown:
+                        review_queue.add(rec, data if data is not None else _encode_png(img))
+            out.extend(recs)
+        return out
+
+    def _results(self, emb: np.ndarray, names: Sequence[str | None], datas: Sequence[bytes | None]) -> list[Recognition]:
+        kwargs = {} if self.m is None else {"m": self.m}
+        pred = self.model.predict_topk(emb, k=self.top_k, **kwargs)
+        sc = pred.superclass if pred.superclass is not None else np.full(len(emb), -1)
+        out = []
+        for i in range(len(emb)):
+            top = [{"sku_id": str(lab), "score": round(float(s), 6), **({"sku_name": self.names[lab]} if lab in self.names else {})}
+                   for lab, s in zip(pred.labels[i].tolist(), pred.scores[i].tolist()) if lab]
+            best = top[0] if top else None
+            score = best["score"] if best else 0.0
+            unknown = best is None or score < self.threshold
+            out.append(Recognition(
+                label=UNKNOWN if unknown else best["sku_id"],
+                sku_id=best["sku_id"] if best else None,
+                score=score,
+                unknown=unknown,
+                superclass=int(sc[i]),
+                top_k=top,
+                model_id=self.model_id,
+                threshold=self.threshold,
+                image=names[i],
+                image_id=sha256_bytes(datas[i]) if datas[i] is not None else None,
+            ))
+        return out
+
+
+def load_encoder_for_card(card: dict, device: str | None = "cpu", checkpoint: str | None = None) -> Any:
+    """The frozen encoder a model card names, verified to have the same encoder id (weights hash + options)."""
+    from skurec.encoders import load_encoder
+
+    ident = card.get("encoder") or {}
+    name = ident.get("name")
+    if not name:
+        raise RecognizerError(f"model card of {card.get('model_id')} names no encoder; it cannot be served")
+    opts = {k: v for k, v in (ident.get("options") or {}).items() if k in ("views", "input_size", "crop_pct")}
+    checkpoint = checkpoint or os.environ.get("SKUREC_ENCODER_CHECKPOINT") or None
+    if checkpoint is None and (name == "dinov2_vits14" or str(name).startswith("timm:")):
+        checkpoint = (ident.get("source") or {}).get("checkpoint")
+    enc = load_encoder(name, checkpoint=checkpoint, device=device, **opts)
+    if ident.get("encoder_id") and enc.encoder_id != ident["encoder_id"]:
+        raise RecognizerError(
+            f"the model was trained with encoder {ident['encoder_id']} (weights sha256 {str(ident.get('weights_sha256'))[:16]}...) "
+            f"but loading {name!r} here gives {enc.encoder_id}; pass the same checkpoint file (--checkpoint / "
+            "SKUREC_ENCODER_CHECKPOINT) that produced the training embeddings"
+        )
+    return enc

@@ -1,0 +1,287 @@
+"""The deployment gate and publication: promotion only when every criterion passes, refusals and interrupted
+training never touch the deployed model. Synthetic embeddings (no encoder) keep these tests fast."""
+
+from __future__ import annotations
+
+import hashlib
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+
+from skurec.artifacts import write_files
+from skurec.audit import catalogue_snapshot_hash
+from skurec.datasets import load_training_data
+from skurec.embedding_cache import EmbeddingCache
+from skurec.lineage import (
+    GateConfig,
+    LineageError,
+    build_candidate,
+    decide_deployment,
+    evaluate_gate,
+    image_ids_sha256,
+)
+from skurec.model_store import ModelStore, TamperedModelError
+from skurec.models import DenseConfig, FineConfig, l2_normalize, train_hierarchical
+from skurec.storage import Workspace
+
+ENCODER = {"name": "synthetic", "encoder_id": "synthetic@00000000", "weights_sha256": "0" * 64, "pretrained": False,
+           "dim": 16, "options": {}}
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _image_id(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+_BASIS = np.linalg.qr(np.random.default_rng(123).normal(size=(16, 16)))[0]
+
+
+def _centre(sku: str) -> np.ndarray:
+    """Class centres: ``c<i>`` -> orthonormal basis vector i; any other SKU (added later by the fast path) -> a
+    distinct unit mix of the first six, i.e. inside the span the trained heads were fitted on (a frozen projection
+    cannot separate directions it never saw; real encoders spread classes over a shared space)."""
+    if sku[1:].isdigit() and sku[0] == "c" and int(sku[1:]) < 16:
+        return _BASIS[:, int(sku[1:])]
+    signs = np.random.default_rng(int(hashlib.sha256(sku.encode()).hexdigest()[:8], 16)).choice([-1.0, 1.0], 6)
+    v = _BASIS[:, :6] @ signs
+    return v / np.linalg.norm(v)
+
+
+def add_images(ws: Workspace, counts: dict[str, int], seed: int, batch_id: str | None = None, n_val: int = 2,
+               centres: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Append synthetic, well separated class clusters to the images/classes tables and the embedding cache."""
+    rng = np.random.default_rng(seed)
+    centres = dict(centres or {})
+    rows, ids, vecs = [], [], []
+    for sku, n in counts.items():
+        centres.setdefault(sku, _centre(sku))
+        for i in range(n):
+            iid = _image_id(f"{sku}/{seed}/{i}")
+            ids.append(iid)
+            vecs.append(centres[sku] + rng.normal(0, 0.12, ENCODER["dim"]))
+            rows.append({"image_id": iid, "sku_id": sku, "sku_name": f"{sku} name", "group_id": None, "batch_id": batch_id,
+                         "image_uri": f"memory://{iid}.png", "source": batch_id or "catalogue", "n_bytes": 100,
+                         "width": 32, "height": 32, "split": "val" if i < n_val else "train", "split_pinned": False,
+                         "active": True})
+    new = pd.DataFrame(rows)
+    images = pd.concat([ws.read_table("images"), new], ignore_index=True) if ws.has_table("images") else new
+    ws.write_table("images", images)
+    g = images.groupby("sku_id")
+    classes = pd.DataFrame({"sku_id": list(g.groups), "sku_name": [f"{s} name" for s in g.groups], "group_id": None,
+                            "n_images": g.size().values, "n_train": g["split"].agg(lambda s: int((s == "train").sum())).values,
+                            "n_val": g["split"].agg(lambda s: int((s == "val").sum())).values, "n_test": 0, "status": "active"})
+    ws.write_table("classes", classes)
+    EmbeddingCache(ws)._write_part(ENCODER["encoder_id"], ids, l2_normalize(np.asarray(vecs)))
+    ws.write_json("embeddings/current_encoder.json", ENCODER)
+    ws.write_json("reports/audit_summary.json", {"catalogue_snapshot": catalogue_snapshot_hash(images)})
+    return centres
+
+
+def make_workspace(tmp_path, n_classes: int = 6, per_class: int = 12) -> Workspace:
+    ws = Workspace(str(tmp_path / "work"))
+    add_images(ws, {f"c{i}": per_class for i in range(n_classes)}, seed=0)
+    return ws
+
+
+def write_trained_model(ws: Workspace, shuffle: bool = False, seed: int = 0):
+    """Train like the fine_model asset and write its artifacts (ARTIFACTS.md): hierarchical model, training set,
+    superclasses and the training manifest. ``shuffle`` trains on permuted labels (a worse model)."""
+    data = load_training_data(ws)
+    sc_map = {c: i % 2 for i, c in enumerate(data.classes)}
+    y = data.train.y.copy()
+    if shuffle:
+        y = y[np.random.default_rng(seed).permutation(len(y))]
+    model = train_hierarchical(data.train.X, y, sc_map, coarse_config=DenseConfig(max_epochs=5),
+                               fine_config=FineConfig(steps=10), n_superclasses=2, device="cpu")
+    digest = write_files(ws, "artifacts/hierarchical", model.to_files())
+    rows = {"image_id": [], "sku_id": [], "split": []}
+    for name, split in (("train", data.train), ("val", data.val)):
+        rows["image_id"] += split.image_ids
+        rows["sku_id"] += [str(v) for v in split.y]
+        rows["split"] += [name] * len(split)
+    ws.write_parquet("artifacts/training_set.parquet", pd.DataFrame(rows))
+    version = hashlib.sha256(repr(sorted(sc_map.items())).encode()).hexdigest()
+    ws.write_json("artifacts/superclasses.json", {"classes": list(sc_map), "assignment": list(sc_map.values()),
+                                                  "n_superclasses": 2, "version": version, "method": "test"})
+    ws.write_json("artifacts/training_manifest.json", {
+        "catalogue_snapshot": ws.read_json("reports/audit_summary.json")["catalogue_snapshot"],
+        "encoder": ENCODER, "superclass_version": version,
+        "train_image_ids_sha256": image_ids_sha256(data.train.image_ids), "training_set": "artifacts/training_set.parquet",
+        "n_train": len(data.train), "n_val": len(data.val), "n_test": 0, "classes": data.classes,
+        "configs": {"fine": {"steps": 10}, "coarse": {"max_epochs": 5}}, "seeds": {"fine": 0, "superclasses": 0},
+        "code_version": "train-test", "metrics": {"val_top1_soft": 1.0}, "hierarchical_digest": digest,
+    })
+    return model
+
+
+def deploy_first(ws: Workspace) -> str:
+    write_trained_model(ws)
+    cand = build_candidate(ws)
+    assert cand.source == "full_rebuild" and cand.gate.passed, cand.gate.to_dict()
+    decision = decide_deployment(ws, cand.model_id)
+    assert decision.deployed
+    return cand.model_id
+
+
+# ------------------------------------------------------------------------------------------------ tests
+def test_worse_candidate_is_refused_and_the_previous_model_stays(tmp_path):
+    ws = make_workspace(tmp_path)
+    store = ModelStore(ws)
+    first = deploy_first(ws)
+    files_before = store.load_files(first)
+
+    write_trained_model(ws, shuffle=True)
+    bad = build_candidate(ws)
+    assert bad.source == "full_rebuild" and bad.model_id != first
+    assert not bad.gate.accuracy_ok and bad.gate.candidate_top1 < bad.gate.deployed_top1 - 0.01
+    decision = decide_deployment(ws, bad.model_id)
+    assert not decision.deployed and decision.model_id == first
+    assert any("below the deployed model" in r for r in decision.report.reasons)
+    assert store.deployed_id() == first
+    assert store.load_files(first) == files_before
+    history = store.history()
+    assert [h["event"] for h in history] == ["deployed", "refused"]
+    assert history[-1]["model_id"] == bad.model_id and history[-1]["reasons"]
+    # The refused bundle stays published (auditable) but is not deployed; publishing it again is a no-op.
+    assert store.exists(bad.model_id)
+    again = build_candidate(ws)
+    assert again.model_id is None and "already published" in again.reason
+
+
+def test_gate_thresholds_are_configurable(tmp_path):
+    ws = make_workspace(tmp_path)
+    deploy_first(ws)
+    write_trained_model(ws, shuffle=True)
+    bad = build_candidate(ws)
+    strict = evaluate_gate(ws, bad.model_id, GateConfig())
+    lenient = evaluate_gate(ws, bad.model_id, GateConfig(tolerance=1.0, max_zero_accuracy_share=1.0))
+    assert not strict.passed and lenient.passed
+    assert lenient.candidate_top1 == strict.candidate_top1
+    with pytest.raises(ValueError, match="tolerance"):
+        GateConfig(tolerance=-0.1)
+    with pytest.raises(ValueError, match="max_zero_accuracy_share"):
+        GateConfig(max_zero_accuracy_share=2)
+
+
+def test_dead_classes_fail_the_gate_even_when_accuracy_holds(tmp_path):
+    ws = make_workspace(tmp_path)
+    first = deploy_first(ws)
+    data = load_training_data(ws)
+    # A class whose validation images look like another class: no model can get it right.
+    y = data.val.y
+    dead = y == "c0"
+    data.val.X[dead] = _centre("c1")
+    report = evaluate_gate(ws, first, GateConfig(), data=data)  # vs itself: accuracy criterion is trivially met
+    assert report.accuracy_ok and not report.zero_ok and report.zero_accuracy_classes == ["c0"]
+    assert report.zero_accuracy_share == pytest.approx(1 / 6)
+    assert evaluate_gate(ws, first, GateConfig(max_zero_accuracy_share=0.2), data=data).zero_ok
+
+
+def test_input_schema_and_encoder_problems_fail_the_gate(tmp_path):
+    ws = make_workspace(tmp_path)
+    first = deploy_first(ws)
+    images = ws.read_table("images")
+    images.loc[0, "split"] = "holdout"  # violates the images schema
+    ws.write_parquet(ws.table_rel("images"), images)
+    report = evaluate_gate(ws, first)
+    assert not report.inputs_ok and any("schema" in p for p in report.input_problems)
+
+    ws2 = make_workspace(tmp_path / "b")
+    first2 = deploy_first(ws2)
+    ws2.write_json("embeddings/current_encoder.json", {**ENCODER, "encoder_id": "other@1"})
+    EmbeddingCache(ws2)._write_part("other@1", *EmbeddingCache(ws2).load(ENCODER["encoder_id"]))
+    report = evaluate_gate(ws2, first2)
+    assert not report.inputs_ok and any("encoder" in p for p in report.input_problems)
+    # The fast path refuses to extend a model built on another encoder.
+    cand = build_candidate(ws2)
+    assert cand.model_id is None and "encoder changed" in cand.reason
+
+
+def test_interrupted_training_leaves_the_deployed_model_untouched(tmp_path, monkeypatch):
+    ws = make_workspace(tmp_path)
+    store = ModelStore(ws)
+    first = deploy_first(ws)
+    files_before = store.load_files(first)
+    pointer_before = ws.read_bytes("models/deployed.json")
+    listed_before = [r.model_id for r in store.list()]
+
+    # 1) training crashes half-way through writing its artifact: the new coarse head is written, the fine head and
+    #    the index are not.
+    real_write = Workspace.write_bytes
+
+    def crash_after_first_file(self, rel, data):
+        if rel.startswith("artifacts/hierarchical/fine/"):
+            raise RuntimeError("simulated crash during training")
+        return real_write(self, rel, data)
+
+    monkeypatch.setattr(Workspace, "write_bytes", crash_after_first_file)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        write_trained_model(ws, shuffle=True, seed=3)
+    monkeypatch.setattr(Workspace, "write_bytes", real_write)
+    with pytest.raises((TamperedModelError, LineageError)):
+        build_candidate(ws)  # the half-written artifact is detected and never reaches the gate
+
+    # 2) publication crashes after the first bundle file: no card -> the bundle is invisible.
+    write_trained_model(ws, seed=4)
+
+    def crash_in_bundle(self, rel, data):
+        if rel.startswith("models/") and "/lineage/" in rel:
+            raise OSError("simulated disk failure")
+        return real_write(self, rel, data)
+
+    monkeypatch.setattr(Workspace, "write_bytes", crash_in_bundle)
+    with pytest.raises(OSError, match="simulated disk failure"):
+        build_candidate(ws)
+    monkeypatch.setattr(Workspace, "write_bytes", real_write)
+
+    assert store.deployed_id() == first
+    assert ws.read_bytes("models/deployed.json") == pointer_before
+    assert store.load_files(first) == files_before
+    assert [r.model_id for r in store.list()] == listed_before
+    assert [h["event"] for h in store.history()] == ["deployed"]
+
+
+def test_failed_candidate_blocks_deployment_in_dagster(tmp_path):
+    from skurec_assets.deploy import candidate_gate, candidate_model, deployed_model
+    from skurec_resources import LabellingLoopResource, StorageResource
+
+    ws = make_workspace(tmp_path)
+    store = ModelStore(ws)
+    resources = {"storage": StorageResource(workdir=ws.root), "loop": LabellingLoopResource(drop_location=str(tmp_path / "drop"))}
+    assets = [candidate_model, deployed_model, candidate_gate]
+    write_trained_model(ws)
+    ok = dg.materialize(assets, resources=resources)
+    first = store.deployed_id()
+    assert ok.success and first is not None
+    meta = {k: v.value for k, v in ok.asset_materializations_for_node("deployed_model")[0].metadata.items()}
+    assert meta["decision"] == "deployed" and meta["model_id"] == first
+
+    # A training run that died mid-write: candidate_model fails, deployed_model never runs.
+    write_trained_model(ws, shuffle=True)
+    ws.write_bytes("artifacts/hierarchical/tensors.safetensors", b"truncated")
+    failed = dg.materialize(assets, resources=resources, raise_on_error=False)
+    assert not failed.success
+    assert failed.asset_materializations_for_node("deployed_model") == []
+    assert store.deployed_id() == first
+
+    # Nothing new: candidate_model materialises nothing and deployed_model is skipped (not re-materialised).
+    write_trained_model(ws)
+    noop_first = dg.materialize(assets, resources=resources)  # publishes the retrained model (passes the gate)
+    assert noop_first.success
+    deployed = store.deployed_id()
+    noop = dg.materialize(assets, resources=resources)
+    assert noop.success
+    assert noop.asset_materializations_for_node("candidate_model") == []
+    assert noop.asset_materializations_for_node("deployed_model") == []
+    assert store.deployed_id() == deployed
+
+
+def test_training_table_mismatch_is_an_error(tmp_path):
+    ws = make_workspace(tmp_path)
+    write_trained_model(ws)
+    t = ws.read_parquet("artifacts/training_set.parquet").to_pandas()
+    ws.write_parquet("artifacts/training_set.parquet", t.iloc[1:])  # one training image missing from the record
+    with pytest.raises(LineageError, match="does not list the images"):
+        build_candidate(ws)
