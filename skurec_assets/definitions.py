@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import dagster as dg
 
 from skurec_assets import deploy, embeddings, evaluation, ingest, loop, training
@@ -21,8 +23,21 @@ pipeline_job = dg.define_asset_job(
 )
 
 
+def executor_from_env() -> dg.ExecutorDefinition:
+    """``SKUREC_EXECUTOR``: ``in_process`` (default: on a small machine every step in one process avoids re-importing
+    torch per step) or ``multiprocess`` (one process per step). On a cluster, the run launcher / executor configured
+    in dagster.yaml (Celery, Kubernetes) takes over; see docs/scaling.md."""
+    choice = os.environ.get("SKUREC_EXECUTOR", "in_process")
+    if choice == "in_process":
+        return dg.in_process_executor
+    if choice == "multiprocess":
+        return dg.multiprocess_executor
+    raise ValueError(f"SKUREC_EXECUTOR must be 'in_process' or 'multiprocess', not {choice!r}")
+
+
 def build_definitions(resources: dict | None = None) -> dg.Definitions:
     return dg.Definitions(
+        executor=executor_from_env(),
         assets=all_assets,
         asset_checks=all_checks,
         jobs=[pipeline_job, loop.full_rebuild_job],

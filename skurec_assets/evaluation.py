@@ -1,0 +1,114 @@
+"""Evaluation: the hierarchical model side by side with flat baselines, on all SKUs and on the similar subset."""
+
+import time
+
+import dagster as dg
+import numpy as np
+
+from skurec.artifacts import files_digest, read_files
+from skurec.datasets import load_training_data
+from skurec.evaluation import (
+    confusion_png,
+    evaluate,
+    per_superclass_table,
+    predict_all,
+    render_markdown_report,
+    standard_models,
+)
+from skurec.models import load_classifier
+from skurec.models.similar import similar_class_set
+from skurec_assets.metadata import png_markdown
+from skurec_assets.training import (
+    FLAT_LINEAR_DIR,
+    FLAT_PROTOTYPE_DIR,
+    HIERARCHICAL_DIR,
+    SIMILAR_JSON,
+    load_superclass_map,
+)
+from skurec_resources import StorageResource
+
+EVALUATE = "evaluate"
+EVALUATION_JSON = "reports/evaluation.json"
+EVALUATION_MD = "reports/evaluation.md"
+CONFUSION_PNG = "reports/confusion_similar.png"
+
+
+class EvaluationConfig(dg.Config):
+    # Routing width of the soft hierarchical model (m=1 is always reported too, as hierarchical_hard).
+    route_m: int = 3
+
+
+@dg.asset(
+    group_name=EVALUATE,
+    deps=["fine_model", "flat_baselines", "similar_groups"],
+    code_version="eval-v1",
+    kinds={"pytorch"},
+    description=(
+        "Exact top-1 / top-3 of the hierarchical model (soft and hard routing), the coarse stage alone and the flat "
+        "baselines, on every evaluation image and on the visually similar subset. Scores the pinned test split "
+        "when the catalogue has one, else the validation split. Writes reports/evaluation.{json,md} and a "
+        "confusion plot of the worst similar groups."
+    ),
+)
+def evaluation_report(
+    context: dg.AssetExecutionContext, config: EvaluationConfig, storage: StorageResource
+) -> dg.MaterializeResult:
+    ws = storage.workspace()
+    data = load_training_data(ws)
+    split = data.eval_split
+    if len(split) == 0:
+        raise ValueError("no evaluation images: the catalogue has neither test rows nor a validation split")
+    hier_files = read_files(ws, HIERARCHICAL_DIR)
+    hier = load_classifier(hier_files)
+    models = standard_models(
+        hier,
+        load_classifier(read_files(ws, FLAT_LINEAR_DIR)),
+        load_classifier(read_files(ws, FLAT_PROTOTYPE_DIR)),
+        soft_m=config.route_m,
+    )
+    groups = ws.read_json(SIMILAR_JSON)
+    sc_map, _ = load_superclass_map(ws)
+    t0 = time.perf_counter()
+    preds = predict_all(models, split.X)
+    seconds = time.perf_counter() - t0
+    result = evaluate(models, split.X, split.y, similar_class_set(groups), coarse=(hier.coarse, sc_map), predictions=preds)
+    result = {
+        "encoder": data.encoder_id,
+        "encoder_pretrained": bool(data.encoder.get("pretrained", False)),
+        "split": data.eval_split_name,
+        "route_m": config.route_m,
+        "hierarchical_digest": files_digest(hier_files),
+        **result,
+    }
+    coarse_top, _ = hier.coarse.predict_topk(split.X, 1)
+    table = per_superclass_table(preds, split.y, sc_map, coarse_superclass=coarse_top[:, 0])
+    notes = [f"Scored on the `{data.eval_split_name}` split ({len(split)} images)."]
+    if not result["encoder_pretrained"]:
+        notes.append("The encoder has RANDOM weights (test encoder): these numbers say nothing about real accuracy.")
+    markdown = render_markdown_report(result, table, notes=notes)
+    png = confusion_png(split.y, preds["hierarchical_soft"].labels[:, 0], groups)
+    markdown += f"\n\n![confusion among the worst similar groups](confusion_similar.png)\n"
+    ws.write_json(EVALUATION_JSON, result)
+    ws.write_text(EVALUATION_MD, markdown)
+    ws.write_bytes(CONFUSION_PNG, png)
+
+    flat = {}
+    for variant, block in result["variants"].items():
+        for model, scores in block["models"].items():
+            for k, v in scores.items():
+                if v is not None:
+                    flat[f"{variant}/{model}/{k}"] = round(float(v), 4)
+    context.log.info(
+        "top-1 on %s: %s" % (data.eval_split_name, {m: s["top1"] for m, s in result["variants"]["all"]["models"].items()})
+    )
+    return dg.MaterializeResult(
+        metadata={
+            **flat,
+            "split": data.eval_split_name,
+            "n_images": len(split),
+            "predict_seconds": round(seconds, 3),
+            "report": dg.MetadataValue.md(markdown.replace("![confusion among the worst similar groups](confusion_similar.png)", "")),
+            "confusion_similar": dg.MetadataValue.md(png_markdown(png, "confusion among the worst similar groups")),
+            "evaluation_json": dg.MetadataValue.path(ws.uri(EVALUATION_JSON)),
+        }
+    )
