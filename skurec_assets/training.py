@@ -71,7 +71,9 @@ class SimilarConfig(dg.Config):
 
 
 class CoarseTrainConfig(dg.Config):
-    hidden: int = 0
+    # Hidden width of the coarse head; -1 = auto: linear below 500 SKUs, a 512-wide MLP above (a linear router
+    # under-routes at ~20 SKUs per superclass: superclass top-1 0.75 vs 0.95 with the MLP at 2000 SKUs).
+    hidden: int = -1
     max_epochs: int = 30
     lr: float = 3e-3
     label_smoothing: float = 0.1
@@ -285,7 +287,8 @@ def coarse_model(context: dg.AssetExecutionContext, config: CoarseTrainConfig, s
     ws = storage.workspace()
     data = load_training_data(ws)
     sc_map, sc_doc = load_superclass_map(ws)
-    cfg = DenseConfig(hidden=config.hidden, max_epochs=config.max_epochs, lr=config.lr, label_smoothing=config.label_smoothing, seed=config.seed)
+    hidden = config.hidden if config.hidden >= 0 else (512 if len(data.classes) >= 500 else 0)
+    cfg = DenseConfig(hidden=hidden, max_epochs=config.max_epochs, lr=config.lr, label_smoothing=config.label_smoothing, seed=config.seed)
     t0 = time.perf_counter()
     head = train_coarse(
         data.train.X, data.train.y, sc_map,
@@ -348,7 +351,7 @@ def fine_model(context: dg.AssetExecutionContext, config: FineTrainConfig, stora
         "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
         "classes": data.classes,
         "configs": {
-            "coarse": json.loads(read_files(ws, COARSE_DIR)["config.json"]).get("config", {}),
+            "coarse": json.loads(read_files(ws, COARSE_DIR)["config.json"]).get("hyper_params", {}),
             "fine": cfg.__dict__,
             "superclasses": sc_doc.get("params", {}),
             "route_m": config.route_m,

@@ -1,0 +1,212 @@
+"""Evaluation report: accuracy of every model on the whole test set and on its visually-similar subset.
+
+Pure functions: :func:`evaluate` returns a JSON-serialisable dict, :func:`render_markdown_report` a string and
+:func:`confusion_png` PNG bytes (matplotlib's Agg canvas, no pyplot global state); the caller writes files.
+
+Result shape (the caller adds ``"encoder"``)::
+
+    {"variants": {"all":     {"n_classes": N, "n_images": N, "models": {"<model>": {"top1": x, "top3": y}}},
+                  "similar": {...same...}}}
+
+``similar`` = test images whose true SKU is in a visually-similar group of >= 2 SKUs. ``coarse_only`` is the
+coarse head's *superclass* accuracy (top-1/top-3) - a different quantity from the SKU accuracies next to it.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .models._common import Classifier, Predictions, check_xy
+from .models.coarse import CoarseHead
+from .models.metrics import confusion_matrix, normalize_rows, superclass_accuracy, topk_accuracy
+
+STANDARD_MODELS = ("hierarchical_soft", "hierarchical_hard", "flat_linear", "flat_prototype")
+COARSE_KEY = "coarse_only"
+K = 3
+
+
+def _nan_to_none(x: float) -> float | None:
+    return None if (x is None or (isinstance(x, float) and math.isnan(x))) else float(x)
+
+
+def predict_all(models: Mapping[str, Classifier], X: np.ndarray, k: int = K) -> dict[str, Predictions]:
+    """Top-k predictions of every model on ``X`` (compute once, reuse for every variant / table / plot)."""
+    return {name: model.predict_topk(X, k) for name, model in models.items()}
+
+
+def evaluate(models: Mapping[str, Classifier], X: np.ndarray, y: np.ndarray, similar_classes: set[str],
+             coarse: tuple[CoarseHead, Mapping[str, int]] | None = None,
+             predictions: Mapping[str, Predictions] | None = None) -> dict[str, Any]:
+    """Top-1 / top-3 accuracy of each model on the ``all`` and ``similar`` variants (shape in module doc).
+
+    ``coarse=(coarse_head, superclass_of_class)`` adds ``coarse_only`` (superclass accuracy). ``predictions`` may
+    pass precomputed :func:`predict_all` output to avoid predicting twice. Accuracies of an empty variant are
+    ``None`` (JSON null).
+    """
+    X, y = check_xy(X, y)
+    preds = dict(predictions) if predictions is not None else predict_all(models, X)
+    missing = [name for name in models if name not in preds]
+    if missing:
+        raise ValueError(f"predictions missing for models {missing}")
+    coarse_top = None
+    if coarse is not None:
+        head, sc_of_class = coarse
+        coarse_top, _ = head.predict_topk(X, K)
+    variants = {"all": np.ones(len(y), dtype=bool), "similar": np.isin(y, sorted(similar_classes))}
+    out: dict[str, Any] = {"variants": {}}
+    for variant, mask in variants.items():
+        block: dict[str, Any] = {"n_classes": int(np.unique(y[mask]).size), "n_images": int(mask.sum()),
+                                 "models": {}}
+        for name in models:
+            labels = preds[name].labels[mask]
+            block["models"][name] = {"top1": _nan_to_none(topk_accuracy(labels, y[mask], 1)),
+                                     "top3": _nan_to_none(topk_accuracy(labels, y[mask], K))}
+        if coarse_top is not None and coarse is not None:
+            block["models"][COARSE_KEY] = {
+                f"top{k}": _nan_to_none(superclass_accuracy(coarse_top[mask], y[mask], coarse[1], k)) for k in (1, K)}
+        out["variants"][variant] = block
+    return out
+
+
+def per_superclass_table(predictions: Mapping[str, Predictions], y: np.ndarray,
+                         superclass_of_class: Mapping[str, int],
+                         coarse_superclass: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """One row per superclass: its size, test images and each model's top-1 on images whose true SKU is in it.
+
+    ``coarse_superclass`` (n,) optional top-1 superclass predictions -> a ``coarse_only`` routing-accuracy column.
+    """
+    y = np.asarray(y).astype(str)
+    truth = np.asarray([superclass_of_class.get(c, -1) for c in y.tolist()])
+    sizes: dict[int, int] = {}
+    for s in superclass_of_class.values():
+        sizes[int(s)] = sizes.get(int(s), 0) + 1
+    rows = []
+    for s in sorted(sizes):
+        mask = truth == s
+        row: dict[str, Any] = {"superclass": s, "n_classes": sizes[s], "n_images": int(mask.sum())}
+        for name, p in predictions.items():
+            row[name] = _nan_to_none(float((p.labels[mask, 0] == y[mask]).mean()) if mask.any() else float("nan"))
+        if coarse_superclass is not None:
+            row["coarse_only"] = _nan_to_none(float((coarse_superclass[mask] == s).mean()) if mask.any()
+                                              else float("nan"))
+        rows.append(row)
+    return rows
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def render_markdown_report(result: Mapping[str, Any], per_superclass_table: Sequence[Mapping[str, Any]],
+                           title: str = "skurec evaluation", notes: Sequence[str] = (),
+                           worst_superclasses: int = 15) -> str:
+    """Markdown: a model x variant accuracy table and the per-superclass accuracy table (worst first)."""
+    lines = [f"# {title}", ""]
+    if "encoder" in result:
+        lines += [f"Encoder: `{result['encoder']}`", ""]
+    variants = result["variants"]
+    names: list[str] = []
+    for block in variants.values():
+        names += [n for n in block["models"] if n not in names]
+    header = "| model | " + " | ".join(f"{v} top-1 | {v} top-3" for v in variants) + " |"
+    lines += ["## Accuracy", "", "Images / classes per variant: " + ", ".join(
+        f"{v}: {b['n_images']} / {b['n_classes']}" for v, b in variants.items()), "", header,
+              "|" + "---|" * (1 + 2 * len(variants))]
+    for name in names:
+        cells = []
+        for block in variants.values():
+            m = block["models"].get(name, {})
+            cells += [_fmt(m.get("top1")), _fmt(m.get("top3"))]
+        label = f"{name} (superclass acc.)" if name == COARSE_KEY else name
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("")
+    if per_superclass_table:
+        cols = [c for c in per_superclass_table[0] if c not in ("superclass", "n_classes", "n_images")]
+        first = cols[0] if cols else None
+        rows = sorted(per_superclass_table, key=lambda r: (r.get(first) is None, r.get(first) or 0.0))
+        shown = rows[:worst_superclasses] if worst_superclasses else rows
+        lines += ["## Per-superclass top-1 accuracy" + (f" ({len(shown)} worst by {first})" if first else ""), "",
+                  "| superclass | classes | images | " + " | ".join(cols) + " |",
+                  "|" + "---|" * (3 + len(cols))]
+        for r in shown:
+            lines.append(f"| {r['superclass']} | {r['n_classes']} | {r['n_images']} | "
+                         + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
+        lines.append("")
+    if notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    return "\n".join(lines)
+
+
+def worst_similar_groups(y_true: np.ndarray, y_pred: np.ndarray, groups: Mapping[str, str],
+                         n_groups: int = 4) -> list[tuple[str, list[str], float]]:
+    """The multi-SKU groups with the lowest top-1 accuracy: ``(group_id, members, accuracy)``, worst first."""
+    y_true = np.asarray(y_true).astype(str)
+    y_pred = np.asarray(y_pred).astype(str)
+    if y_pred.ndim == 2:
+        y_pred = y_pred[:, 0]
+    members: dict[str, list[str]] = {}
+    for sku, g in groups.items():
+        members.setdefault(g, []).append(sku)
+    scored = []
+    for g, m in members.items():
+        if len(m) < 2:
+            continue
+        mask = np.isin(y_true, m)
+        if mask.any():
+            scored.append((g, sorted(m), float((y_pred[mask] == y_true[mask]).mean())))
+    return sorted(scored, key=lambda t: (t[2], t[0]))[:n_groups]
+
+
+def confusion_png(y_true: np.ndarray, y_pred: np.ndarray, groups: Mapping[str, str], n_groups: int = 4,
+                  max_classes: int = 30, title: str = "Confusion among the worst similar groups",
+                  dpi: int = 110) -> bytes:
+    """PNG heat-map of the row-normalised confusion among the SKUs of the worst similar groups.
+
+    Predictions outside the shown SKUs fall in an ``<other>`` column. Returns PNG bytes (an explanatory
+    placeholder image when there is no multi-SKU group in the test set).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    worst = worst_similar_groups(y_true, y_pred, groups, n_groups)
+    labels: list[str] = []
+    for _, m, _ in worst:
+        labels += [c for c in m if c not in labels]
+    labels = labels[:max_classes]
+    fig = Figure(figsize=(1.2 + 0.32 * max(4, len(labels)), 1.0 + 0.3 * max(4, len(labels))), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    if not labels:
+        ax.text(0.5, 0.5, "no visually-similar group in the test set", ha="center", va="center")
+        ax.set_axis_off()
+    else:
+        M, cols = confusion_matrix(y_true, y_pred, labels)
+        im = ax.imshow(normalize_rows(M), vmin=0.0, vmax=1.0, cmap="viridis")
+        ax.set_xticks(range(len(cols)), labels=cols, rotation=90, fontsize=6)
+        ax.set_yticks(range(len(labels)), labels=labels, fontsize=6)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        ax.set_title(title + "\n" + ", ".join(f"{g} ({a:.2f})" for g, _, a in worst), fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def standard_models(hierarchical: Any, flat_linear: Any, flat_prototype: Any, soft_m: int | None = None,
+                    **extra: Any) -> dict[str, Any]:
+    """The report's model dict: ``hierarchical_soft`` (routing width ``soft_m`` or the model's default),
+    ``hierarchical_hard`` (m=1), ``flat_linear``, ``flat_prototype`` plus any ``extra`` named models."""
+    soft = hierarchical.with_m(soft_m) if soft_m is not None else hierarchical
+    return {"hierarchical_soft": soft, "hierarchical_hard": hierarchical.with_m(1), "flat_linear": flat_linear,
+            "flat_prototype": flat_prototype, **extra}

@@ -1,0 +1,74 @@
+"""skurec's framework-free classifier core (no dagster): everything works on cached, L2-normalised embeddings.
+
+Pipeline: :func:`class_prototypes` -> :func:`derive_superclasses` -> :func:`train_coarse` + :func:`train_fine`
+-> :class:`HierarchicalClassifier` (or :func:`train_hierarchical` for both heads), compared against the flat
+baselines :func:`train_flat_linear` / :class:`FlatPrototype` / :class:`FlatKNN`. Every model serialises to
+``dict[str, bytes]`` (``to_files``) and back (``from_files`` / :func:`load_classifier`).
+"""
+
+from ._common import (
+    Classifier,
+    EmbeddingInputError,
+    Predictions,
+    ProgressFn,
+    check_embeddings,
+    check_xy,
+    l2_normalize,
+    resolve_device,
+)
+from .coarse import CoarseHead, DenseConfig, train_coarse
+from .fine import FineConfig, FineHead, train_fine
+from .flat import FlatKNN, FlatLinear, FlatPrototype, train_flat_linear
+from .hierarchical import AddClassesResult, HierarchicalClassifier, train_hierarchical
+from .metrics import (
+    confusion_matrix,
+    mean_per_class_accuracy,
+    per_class_accuracy,
+    superclass_accuracy,
+    topk_accuracy,
+)
+from .prototypes import Prototypes, class_prototypes
+from .serialization import ModelFormatError, load_classifier
+from .similar import group_members, nearest_neighbour_cosines, similar_class_set, similar_groups
+from .superclasses import Superclasses, derive_superclasses, superclass_group_ami, superclass_scatter_png
+
+__all__ = [
+    "AddClassesResult",
+    "Classifier",
+    "CoarseHead",
+    "DenseConfig",
+    "EmbeddingInputError",
+    "FineConfig",
+    "FineHead",
+    "FlatKNN",
+    "FlatLinear",
+    "FlatPrototype",
+    "HierarchicalClassifier",
+    "ModelFormatError",
+    "Predictions",
+    "ProgressFn",
+    "Prototypes",
+    "Superclasses",
+    "check_embeddings",
+    "check_xy",
+    "class_prototypes",
+    "confusion_matrix",
+    "derive_superclasses",
+    "group_members",
+    "l2_normalize",
+    "load_classifier",
+    "mean_per_class_accuracy",
+    "nearest_neighbour_cosines",
+    "per_class_accuracy",
+    "resolve_device",
+    "similar_class_set",
+    "similar_groups",
+    "superclass_accuracy",
+    "superclass_group_ami",
+    "superclass_scatter_png",
+    "topk_accuracy",
+    "train_coarse",
+    "train_fine",
+    "train_flat_linear",
+    "train_hierarchical",
+]

@@ -1,0 +1,184 @@
+"""Shared helpers of the classifier core: input validation, devices, seeding and the prediction record.
+
+Every public training / prediction function of :mod:`skurec.models` validates its inputs here, so a bad array
+fails in one place with one clear message (what is wrong and how to fix it) instead of deep inside torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+logger = logging.getLogger("skurec.models")
+
+#: Rows whose L2 norm differs from 1 by more than this are rejected as "not normalised".
+NORM_TOLERANCE = 1e-3
+
+#: Progress callback signature used by all trainers: ``progress(stage, step, total, metrics)``.
+ProgressFn = Callable[[str, int, int, Mapping[str, float]], None]
+
+
+class EmbeddingInputError(ValueError):
+    """Embeddings or labels handed to the classifier core are malformed (shape, dtype, NaN, normalisation)."""
+
+
+def l2_normalize(X: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Return float32 rows scaled to unit L2 norm (zero rows stay zero)."""
+    X = np.asarray(X, dtype=np.float32)
+    norms = np.linalg.norm(X, axis=-1, keepdims=True)
+    return (X / np.maximum(norms, eps)).astype(np.float32, copy=False)
+
+
+def check_embeddings(X: Any, name: str = "X", dim: int | None = None) -> np.ndarray:
+    """Validate an (n, d) array of L2-normalised embeddings and return it as contiguous float32.
+
+    Raises :class:`EmbeddingInputError` naming the problem: wrong rank, empty, wrong width, non-finite values
+    or rows that are not unit length (remedy: ``skurec.models.l2_normalize``).
+    """
+    arr = np.asarray(X)
+    if arr.ndim != 2:
+        raise EmbeddingInputError(f"{name} must be a 2-D array (n, d) of embeddings, got shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise EmbeddingInputError(f"{name} is empty (shape {arr.shape}); need at least one row and one column")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise EmbeddingInputError(f"{name} must be a float array, got dtype {arr.dtype}")
+    if dim is not None and arr.shape[1] != dim:
+        raise EmbeddingInputError(
+            f"{name} has embedding width {arr.shape[1]} but the model expects {dim}; "
+            "were these embeddings produced by a different encoder?"
+        )
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    finite = np.isfinite(arr).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)[:5].tolist()
+        raise EmbeddingInputError(f"{name} contains NaN/inf values in rows {bad} ({int((~finite).sum())} rows)")
+    norms = np.linalg.norm(arr, axis=1)
+    off = np.abs(norms - 1.0) > NORM_TOLERANCE
+    if off.any():
+        i = int(np.flatnonzero(off)[0])
+        raise EmbeddingInputError(
+            f"{name} rows must be L2-normalised: {int(off.sum())} rows are not (row {i} has norm {norms[i]:.4f}); "
+            "normalise them with skurec.models.l2_normalize(X)"
+        )
+    return arr
+
+
+def check_labels(y: Any, n: int, name: str = "y") -> np.ndarray:
+    """Validate a length-``n`` vector of SKU ids and return it as a numpy array of ``str``."""
+    arr = np.asarray(y)
+    if arr.ndim != 1:
+        raise EmbeddingInputError(f"{name} must be a 1-D array of SKU ids, got shape {arr.shape}")
+    if arr.shape[0] != n:
+        raise EmbeddingInputError(f"{name} has {arr.shape[0]} labels but there are {n} embeddings; they must match")
+    arr = arr.astype(str)
+    if (arr == "").any():
+        raise EmbeddingInputError(f"{name} contains empty SKU ids (rows {np.flatnonzero(arr == '')[:5].tolist()})")
+    return arr
+
+
+def check_xy(X: Any, y: Any, dim: int | None = None, prefix: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """Validate a pair of embeddings and labels (see :func:`check_embeddings` and :func:`check_labels`)."""
+    Xc = check_embeddings(X, name=f"{prefix}X", dim=dim)
+    return Xc, check_labels(y, Xc.shape[0], name=f"{prefix}y")
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``None``/``"auto"`` -> CUDA when available, else CPU; anything else is passed to :class:`torch.device`."""
+    if device is None or (isinstance(device, str) and device == "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} was requested but CUDA is not available; use device='cpu' or 'auto'")
+    return dev
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run a block with torch's global RNG seeded, restoring the caller's RNG state afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def report(progress: ProgressFn | None, stage: str, step: int, total: int, metrics: Mapping[str, float]) -> None:
+    """Forward training progress to the callback (if any) and to the ``skurec.models`` logger."""
+    if progress is not None:
+        progress(stage, step, total, dict(metrics))
+    if logger.isEnabledFor(logging.INFO):
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+        logger.info("%s %d/%d %s", stage, step, total, shown)
+
+
+def encode_labels(y: np.ndarray, classes: Sequence[str], name: str = "y") -> np.ndarray:
+    """Map SKU ids to indices of ``classes``; raise if a label is not a known class."""
+    index = {c: i for i, c in enumerate(classes)}
+    out = np.empty(len(y), dtype=np.int64)
+    unknown: set[str] = set()
+    for i, lab in enumerate(y.tolist()):
+        j = index.get(lab)
+        if j is None:
+            unknown.add(lab)
+            j = -1
+        out[i] = j
+    if unknown:
+        shown = sorted(unknown)[:5]
+        raise EmbeddingInputError(f"{name} contains {len(unknown)} SKU ids the model does not know, e.g. {shown}")
+    return out
+
+
+def topk_stable(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k along the last dim with a deterministic tie order (lower index first) unlike ``torch.topk``."""
+    vals, idx = torch.sort(scores, dim=-1, descending=True, stable=True)
+    return vals[..., :k], idx[..., :k]
+
+
+@dataclass
+class Predictions:
+    """Top-k predictions of any classifier.
+
+    ``labels`` (n, k) SKU ids (``""`` pads rows when fewer than k candidates exist, e.g. hard routing into a
+    superclass with fewer than k classes); ``scores`` (n, k) float32, higher is better (probabilities for the
+    softmax models, cosine similarities for :class:`FlatPrototype`); ``superclass`` (n,) int superclass of the top
+    label (-1 for flat models); ``coarse_proba`` (n, S) superclass probabilities of hierarchical models.
+    """
+
+    labels: np.ndarray
+    scores: np.ndarray
+    superclass: np.ndarray | None = None
+    coarse_proba: np.ndarray | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def top1(self) -> np.ndarray:
+        """The top-1 SKU id of every row."""
+        return self.labels[:, 0]
+
+
+class Classifier(Protocol):
+    """What :func:`skurec.evaluation.evaluate` needs from a model."""
+
+    classes: list[str]
+
+    def predict_topk(self, X: np.ndarray, k: int = 3) -> Predictions: ...
+
+    def to_files(self) -> dict[str, bytes]: ...
+
+
+def labels_from_indices(idx: np.ndarray, valid: np.ndarray, classes: Sequence[str]) -> np.ndarray:
+    """Turn (n, k) class indices into SKU ids, writing ``""`` where ``valid`` is False."""
+    names = np.asarray(list(classes) + [""], dtype=object)
+    safe = np.where(valid, idx, len(classes))
+    out = names[safe]
+    return out.astype(str) if out.size else np.empty(idx.shape, dtype="<U1")
+
+
+def batched_rows(n: int, batch: int) -> Iterator[slice]:
+    """Slices covering ``range(n)`` in chunks of ``batch`` rows (bounded memory for big inference sets)."""
+    for start in range(0, n, batch):
+        yield slice(start, min(n, start + batch))

@@ -1,0 +1,240 @@
+"""Data-derived superclasses: class prototypes -> UMAP (cosine) -> agglomerative clustering.
+
+Why: the coarse head routes an image to a superclass of visually similar SKUs and the fine head only has to
+separate SKUs inside it, so superclasses must group *confusable* classes. UMAP keeps the local neighbourhood
+structure of the prototypes (cosine metric, as the embeddings are unit vectors) in a few dimensions where Ward
+agglomerative clustering gives compact, balanced groups. For catalogues too small for UMAP (its spectral
+initialisation needs ``n_components < n_classes - 1`` and a few neighbours) the prototypes are clustered directly
+with cosine/average-linkage agglomerative clustering, and :attr:`Superclasses.method` / ``note`` say so.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sklearn.cluster import AgglomerativeClustering
+from sklearn.metrics import adjusted_mutual_info_score
+
+from ._common import EmbeddingInputError, check_embeddings
+
+logger = logging.getLogger("skurec.models.superclasses")
+
+METHOD_UMAP = "umap+agglomerative"
+METHOD_DIRECT = "agglomerative-on-prototypes"
+METHOD_IDENTITY = "one-class-per-superclass"
+
+#: Below this many classes UMAP is not run (its neighbour graph and spectral init are meaningless that small).
+MIN_UMAP_CLASSES = 8
+
+
+@dataclass(frozen=True)
+class Superclasses:
+    """A partition of the catalogue's classes into superclasses.
+
+    ``assignment[i]`` is the superclass (0..n_superclasses-1) of ``classes[i]``; labels are canonical (numbered by
+    first appearance in class order) so equal partitions have equal arrays. ``projection_2d`` (C, 2) is the 2-D
+    layout used by :func:`superclass_scatter_png`. ``method`` is one of ``umap+agglomerative``,
+    ``agglomerative-on-prototypes`` (UMAP skipped, ``note`` says why) or ``one-class-per-superclass``.
+    """
+
+    classes: list[str]
+    assignment: np.ndarray
+    n_superclasses: int
+    projection_2d: np.ndarray
+    method: str
+    note: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def superclass_of_class(self) -> dict[str, int]:
+        """SKU id -> superclass id."""
+        return {c: int(s) for c, s in zip(self.classes, self.assignment)}
+
+    def members(self) -> list[list[str]]:
+        """The SKU ids of every superclass, indexed by superclass id."""
+        out: list[list[str]] = [[] for _ in range(self.n_superclasses)]
+        for c, s in zip(self.classes, self.assignment):
+            out[int(s)].append(c)
+        return out
+
+    def sizes(self) -> np.ndarray:
+        """Number of classes in each superclass."""
+        return np.bincount(self.assignment, minlength=self.n_superclasses)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable form (the projection is small: 2 floats per class)."""
+        return {
+            "classes": list(self.classes),
+            "assignment": self.assignment.astype(int).tolist(),
+            "n_superclasses": self.n_superclasses,
+            "projection_2d": np.round(self.projection_2d.astype(float), 6).tolist(),
+            "method": self.method,
+            "note": self.note,
+            "params": self.params,
+        }
+
+    @classmethod
+    def from_json_dict(cls, data: Mapping[str, Any]) -> Superclasses:
+        """Inverse of :meth:`to_json_dict`, with consistency checks."""
+        classes = [str(c) for c in data["classes"]]
+        assignment = np.asarray(data["assignment"], dtype=np.int64)
+        proj = np.asarray(data["projection_2d"], dtype=np.float32).reshape(-1, 2)
+        S = int(data["n_superclasses"])
+        if assignment.shape != (len(classes),) or proj.shape[0] != len(classes):
+            raise ValueError("superclasses JSON: assignment / projection length differs from the class list")
+        if len(classes) and (assignment.min() < 0 or assignment.max() >= S):
+            raise ValueError(f"superclasses JSON: assignment outside 0..{S - 1}")
+        return cls(classes, assignment, S, proj, str(data["method"]), str(data.get("note", "")),
+                   dict(data.get("params", {})))
+
+
+def canonical_labels(labels: np.ndarray) -> np.ndarray:
+    """Renumber cluster labels by order of first appearance (0, 1, 2...) so equal partitions compare equal."""
+    mapping: dict[Any, int] = {}
+    return np.asarray([mapping.setdefault(v, len(mapping)) for v in np.asarray(labels).tolist()], dtype=np.int64)
+
+
+def _umap(vectors: np.ndarray, n_components: int, n_neighbors: int, min_dist: float, seed: int,
+          n_epochs: int | None) -> np.ndarray:
+    import umap  # local import: numba start-up cost only when superclasses are derived
+
+    import torch
+
+    reducer = umap.UMAP(n_neighbors=n_neighbors, n_components=n_components, metric="cosine", min_dist=min_dist,
+                        random_state=seed, n_jobs=1, n_epochs=n_epochs, init="spectral")
+    threads = torch.get_num_threads()  # UMAP's thread handling resets torch's intra-op thread count: restore it
+    try:
+        with warnings.catch_warnings():
+            # With random_state set UMAP is single-threaded by design; its notices about that are noise here.
+            warnings.filterwarnings("ignore", message=".*n_jobs.*")
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            emb = reducer.fit_transform(vectors)
+    finally:
+        torch.set_num_threads(threads)
+    emb = np.asarray(emb, dtype=np.float32)
+    if not np.isfinite(emb).all():
+        raise FloatingPointError("UMAP produced non-finite coordinates")
+    return emb
+
+
+def _pca_2d(vectors: np.ndarray) -> np.ndarray:
+    """A 2-D layout for the scatter plot when UMAP is not used (first two principal components)."""
+    centered = vectors - vectors.mean(axis=0, keepdims=True)
+    if vectors.shape[0] < 2:
+        return np.zeros((vectors.shape[0], 2), dtype=np.float32)
+    u, s, _ = np.linalg.svd(centered.astype(np.float64), full_matrices=False)
+    out = np.zeros((vectors.shape[0], 2), dtype=np.float32)
+    r = min(2, s.size)
+    out[:, :r] = (u[:, :r] * s[:r]).astype(np.float32)
+    return out
+
+
+def derive_superclasses(vectors: np.ndarray, classes: Sequence[str], n_superclasses: int = 100, seed: int = 0,
+                        n_neighbors: int = 15, n_components: int = 8, min_dist: float = 0.0,
+                        n_epochs: int | None = None, linkage: str = "ward") -> Superclasses:
+    """Cluster class prototypes ``vectors`` (C, d) into ``min(n_superclasses, C)`` superclasses.
+
+    UMAP (umap-learn, ``metric="cosine"``, ``random_state=seed``, single-threaded hence deterministic) reduces the
+    prototypes to ``n_components`` dims (clamped to ``C - 2``; ``n_neighbors`` clamped to ``C - 1``), then sklearn
+    ``AgglomerativeClustering(linkage)`` partitions them. A separate 2-D UMAP is kept for plotting when
+    ``n_components != 2``. Same input + seed -> identical assignment. Falls back to clustering the prototypes
+    directly (cosine, average linkage) when ``C < 8`` or UMAP fails, recording why in ``note``.
+    """
+    vectors = check_embeddings(vectors, name="vectors")
+    classes = [str(c) for c in classes]
+    C = vectors.shape[0]
+    if len(classes) != C:
+        raise EmbeddingInputError(f"{len(classes)} class names for {C} prototype vectors")
+    if len(set(classes)) != C:
+        raise EmbeddingInputError("class names must be unique")
+    if n_superclasses < 1:
+        raise ValueError(f"n_superclasses must be >= 1, got {n_superclasses}")
+    k = min(n_superclasses, C)
+    nn = max(2, min(n_neighbors, C - 1))
+    nc = max(2, min(n_components, C - 2))
+    params: dict[str, Any] = {"requested_n_superclasses": n_superclasses, "seed": seed, "n_neighbors": nn,
+                              "n_components": nc, "min_dist": min_dist, "linkage": linkage, "n_epochs": n_epochs}
+    note = ""
+    if k == C:
+        assignment = np.arange(C, dtype=np.int64)
+        proj = _umap_or_pca_2d(vectors, nn, min_dist, seed, n_epochs)
+        return Superclasses(classes, assignment, C, proj, METHOD_IDENTITY,
+                            f"n_superclasses ({n_superclasses}) >= number of classes ({C})", params)
+    embedding: np.ndarray | None = None
+    if C < MIN_UMAP_CLASSES:
+        note = f"UMAP skipped: only {C} classes (< {MIN_UMAP_CLASSES}); clustered the prototypes directly"
+    else:
+        try:
+            embedding = _umap(vectors, nc, nn, min_dist, seed, n_epochs)
+        except Exception as exc:  # noqa: BLE001 - any UMAP failure falls back, and we record it
+            note = f"UMAP failed ({type(exc).__name__}: {exc}); clustered the prototypes directly"
+            logger.warning(note)
+    if embedding is not None:
+        labels = AgglomerativeClustering(n_clusters=k, linkage=linkage).fit_predict(embedding)
+        proj = embedding[:, :2] if nc == 2 else _umap(vectors, 2, nn, min_dist, seed, n_epochs)
+        method = METHOD_UMAP
+    else:
+        labels = AgglomerativeClustering(n_clusters=k, metric="cosine", linkage="average").fit_predict(vectors)
+        proj = _pca_2d(vectors)
+        method = METHOD_DIRECT
+    return Superclasses(classes, canonical_labels(labels), k, proj.astype(np.float32), method, note, params)
+
+
+def _umap_or_pca_2d(vectors: np.ndarray, nn: int, min_dist: float, seed: int, n_epochs: int | None) -> np.ndarray:
+    if vectors.shape[0] < MIN_UMAP_CLASSES:
+        return _pca_2d(vectors)
+    try:
+        return _umap(vectors, 2, nn, min_dist, seed, n_epochs)
+    except Exception:  # noqa: BLE001 - the projection is only for a plot
+        return _pca_2d(vectors)
+
+
+def superclass_group_ami(assignment: np.ndarray, classes: Sequence[str], group_of_class: Mapping[str, str]) -> float:
+    """Adjusted mutual information between the superclasses and a given grouping (e.g. product families).
+
+    Only classes present in ``group_of_class`` are compared; 1.0 = the superclasses reproduce the groups,
+    ~0 = unrelated.
+    """
+    assignment = np.asarray(assignment)
+    if assignment.shape != (len(classes),):
+        raise ValueError(f"assignment has shape {assignment.shape}, expected ({len(classes)},)")
+    keep = [i for i, c in enumerate(classes) if c in group_of_class]
+    if len(keep) < 2:
+        raise ValueError("fewer than 2 classes have a group in group_of_class; AMI is undefined")
+    groups = [str(group_of_class[classes[i]]) for i in keep]
+    return float(adjusted_mutual_info_score(groups, assignment[keep].tolist()))
+
+
+def superclass_scatter_png(superclasses: Superclasses, title: str | None = None, dpi: int = 110) -> bytes:
+    """PNG of the 2-D projection of the class prototypes, coloured by superclass (pure: returns the bytes)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 6.5), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    xy = superclasses.projection_2d
+    cmap = _cmap(superclasses.n_superclasses)
+    ax.scatter(xy[:, 0], xy[:, 1], c=[cmap(int(s)) for s in superclasses.assignment], s=12, linewidths=0)
+    if len(superclasses.classes) <= 60:
+        for (px, py), name in zip(xy, superclasses.classes):
+            ax.annotate(name, (px, py), fontsize=6, alpha=0.7)
+    ax.set_title(title or f"{len(superclasses.classes)} classes -> {superclasses.n_superclasses} superclasses "
+                          f"({superclasses.method})", fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _cmap(n: int) -> Any:
+    from matplotlib import colormaps
+
+    base = colormaps["tab20"]
+    return lambda i: base((i * 7) % 20 / 19.0) if n > 1 else base(0)
