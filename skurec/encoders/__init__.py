@@ -1,0 +1,167 @@
+"""Frozen image encoders selected by NAME (the Dagster resource and the CLI pass a name + optional checkpoint).
+
+Names:
+
+* ``dinov2_vits14``      DINOv2 ViT-S/14 via timm; hub weights, or ``checkpoint=PATH`` to a local file.
+* ``efficientnet_lite2`` real ImageNet weights shipped in a pip package (offline).
+* ``mobilenetv2_100``    real ImageNet weights shipped in a pip package (offline).
+* ``tiny_random_vit``    tiny RANDOM ViT for tests (``pretrained: False``).
+* ``timm:<arch>``        any timm architecture + ``checkpoint=PATH``.
+* ``a+b``                concatenation of the above (each part L2-normalised, then re-normalised).
+
+Options (keyword arguments of :func:`load_encoder`, all part of the identity and ``encoder_id``):
+``views`` ("center" | "flip": average with the horizontally flipped image), ``input_size`` (crop side, px),
+``crop_pct`` (crop / resized shorter side).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from .base import (
+    VIEWS,
+    Backbone,
+    EncoderCheckpointError,
+    EncoderUnavailableError,
+    FrozenEncoder,
+    default_device,
+)
+from .combined import SEPARATOR, load_combined_backbones, split_combined_name
+from .packaged import PACKAGED, load_packaged
+
+__all__ = [
+    "EncoderCheckpointError",
+    "EncoderUnavailableError",
+    "FrozenEncoder",
+    "OPTIONS",
+    "available_encoders",
+    "clear_encoder_cache",
+    "load_encoder",
+]
+
+TIMM_PREFIX = "timm:"
+OPTIONS = {
+    "views": f"one of {VIEWS}; 'flip' averages the embedding of the image and its mirror",
+    "input_size": "crop side in pixels (default: the encoder's native size)",
+    "crop_pct": "centre-crop fraction of the resized shorter side (default: the encoder's)",
+}
+
+_DESCRIPTIONS: dict[str, str] = {
+    "dinov2_vits14": "DINOv2 ViT-S/14 (timm), 384-d, 224 px; hub weights or checkpoint=PATH (production default online)",
+    **{name: spec.description for name, spec in PACKAGED.items()},
+    "tiny_random_vit": "tiny RANDOMLY initialised ViT (32 px, 32-d) for tests only; pretrained=False",
+    "timm:<arch>": "any timm architecture with checkpoint=PATH (.safetensors or .pth/.pt/.bin state dict)",
+    "efficientnet_lite2+mobilenetv2_100": "concatenation of the two packaged encoders, 2560-d (any 'a+b' works)",
+}
+
+_CACHE: dict[tuple[Any, ...], FrozenEncoder] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def available_encoders() -> dict[str, str]:
+    """Encoder names (and name patterns) -> one-line description."""
+    return dict(_DESCRIPTIONS)
+
+
+def clear_encoder_cache() -> None:
+    """Forget the per-process cache of loaded encoders (frees their memory)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+
+
+def _load_backbone(name: str, checkpoint: str | None, input_size: int | None) -> Backbone:
+    """One backbone by its (non-combined) name."""
+    if name == "dinov2_vits14":
+        from .timm_hub import load_dinov2
+
+        return load_dinov2(checkpoint=checkpoint, input_size=input_size)
+    if name.startswith(TIMM_PREFIX):
+        arch = name[len(TIMM_PREFIX) :]
+        if not arch:
+            raise ValueError("name 'timm:' needs an architecture, e.g. 'timm:vit_small_patch16_224'")
+        if checkpoint is None:
+            raise EncoderUnavailableError(
+                f"{name!r} needs checkpoint=PATH (downloading timm weights is not supported offline); "
+                "or use a packaged encoder such as 'efficientnet_lite2'"
+            )
+        from .checkpoint import load_timm_checkpoint
+
+        return load_timm_checkpoint(arch, checkpoint, input_size=input_size)
+    if checkpoint is not None:
+        raise ValueError(f"encoder {name!r} does not take a checkpoint; use 'timm:<arch>' or 'dinov2_vits14' for files")
+    if name in PACKAGED:
+        return load_packaged(name, input_size=input_size)
+    if name == "tiny_random_vit":
+        from .tiny import TINY_KWARGS, load_tiny_random_vit
+
+        if input_size not in (None, TINY_KWARGS["img_size"]):
+            raise ValueError(f"tiny_random_vit has a fixed input_size of {TINY_KWARGS['img_size']}, got {input_size}")
+
+        return load_tiny_random_vit()
+    raise EncoderUnavailableError(f"unknown encoder {name!r}; available: {sorted(_DESCRIPTIONS)}")
+
+
+def _validate_options(options: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown encoder option(s) {unknown}; supported: {OPTIONS}")
+    views = options.get("views", "center")
+    if views not in VIEWS:
+        raise ValueError(f"views={views!r} is not supported; use one of {VIEWS}")
+    input_size = options.get("input_size")
+    if input_size is not None and (int(input_size) != input_size or not 16 <= int(input_size) <= 1024):
+        raise ValueError(f"input_size must be an integer between 16 and 1024, got {input_size!r}")
+    crop_pct = options.get("crop_pct")
+    if crop_pct is not None and not 0.1 <= float(crop_pct) <= 1.0:
+        raise ValueError(f"crop_pct must be in [0.1, 1.0], got {crop_pct!r}")
+    return {
+        "views": views,
+        "input_size": None if input_size is None else int(input_size),
+        "crop_pct": None if crop_pct is None else float(crop_pct),
+    }
+
+
+def load_encoder(
+    name: str, checkpoint: str | None = None, device: str | None = None, *, cpu_threads: int | None = None, **options: Any
+) -> FrozenEncoder:
+    """Load (or reuse from the per-process cache) the frozen encoder ``name``.
+
+    ``checkpoint``: local weights file for ``dinov2_vits14`` / ``timm:<arch>``. ``device``: defaults to CUDA when
+    available. ``cpu_threads``: CPU forward threads (default: torch's intra-op thread count; 1 = plain torch; not
+    part of the identity, see :mod:`skurec.encoders.cpu_pool`). ``options``: see :data:`OPTIONS`. Raises :class:`EncoderUnavailableError` (with a remedy) when the
+    weights cannot be obtained and :class:`EncoderCheckpointError` when a file does not fit the architecture.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"encoder name must be a non-empty string, got {name!r}")
+    name = name.strip()
+    opts = _validate_options(dict(options))
+    dev = default_device(device)
+    ckpt = None if checkpoint is None else os.path.abspath(os.fspath(checkpoint))
+    ckpt_stamp = None
+    if ckpt is not None and os.path.isfile(ckpt):
+        st = os.stat(ckpt)
+        ckpt_stamp = (st.st_size, st.st_mtime_ns)  # a rewritten file is reloaded
+    key = (name, ckpt, ckpt_stamp, str(dev), cpu_threads, tuple(sorted(opts.items())))
+    with _CACHE_LOCK:
+        cached = _CACHE.get(key)
+    if cached is not None:
+        return cached
+    if SEPARATOR in name:
+        parts = split_combined_name(name)
+        backbones = load_combined_backbones(parts, ckpt, lambda p, c: _load_backbone(p, c, opts["input_size"]))
+    else:
+        backbones = [_load_backbone(name, ckpt, opts["input_size"])]
+    encoder = FrozenEncoder(
+        name,
+        backbones,
+        device=dev,
+        views=opts["views"],
+        input_size=opts["input_size"],
+        crop_pct=opts["crop_pct"],
+        cpu_threads=cpu_threads,
+    )
+    with _CACHE_LOCK:
+        _CACHE.setdefault(key, encoder)
+        return _CACHE[key]
