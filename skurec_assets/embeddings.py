@@ -1,13 +1,12 @@
 """Embeddings: every accepted image embedded once with the frozen encoder and cached as Parquet."""
 
 
-import time
-
 import dagster as dg
 
 from skurec.datasets import CURRENT_ENCODER
 from skurec.embedding_cache import EmbeddingCache
 from skurec_assets.ingest import audited_catalogue
+from skurec_assets.metadata import throttled_progress
 from skurec_resources import EncoderResource, StorageResource
 
 EMBED = "embed"
@@ -34,13 +33,7 @@ def image_embeddings(
         context.log.warning(f"encoder {enc.name} has RANDOM weights: its features are for tests only")
     images = ws.read_table("images", columns=["image_id", "image_uri"])
     cache = EmbeddingCache(ws)
-    last_log = [0.0]
-
-    def progress(done: int, total: int) -> None:
-        now = time.monotonic()
-        if done == total or now - last_log[0] > 5:
-            last_log[0] = now
-            context.log.info(f"embedded {done}/{total} new images with {enc.encoder_id}")
+    progress = throttled_progress(context, f"embedded {{done}}/{{total}} new images with {enc.encoder_id}")
 
     stats = cache.update(
         enc,

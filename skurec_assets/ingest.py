@@ -10,7 +10,7 @@ from skurec.ingest import ingested_batch_rows
 from skurec.plots import class_count_histogram_png
 from skurec.storage import redact_uri
 from skurec.schemas import ClassesSchema, ImagesSchema, QuarantineSchema
-from skurec_assets.metadata import markdown_table, png_markdown, table_schema
+from skurec_assets.metadata import markdown_table, png_markdown, table_schema, throttled_progress
 from skurec_resources import CatalogueResource, StorageResource
 
 INGEST = "ingest"
@@ -44,7 +44,7 @@ def audited_catalogue(
         raw,
         catalogue.audit_config(),
         storage_options=storage.storage_options(),
-        progress=lambda done, total: context.log.info(f"audited {done}/{total} images"),
+        progress=throttled_progress(context, "audited {done}/{total} images"),
     )
     ws.write_table("images", result.images)
     ws.write_table("quarantine", result.quarantine)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 import html
 
 import dagster as dg
@@ -41,3 +42,16 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
     columns = columns or list(rows[0].keys())
     head = "| " + " | ".join(md_cell(c) for c in columns) + " |\n|" + "---|" * len(columns) + "\n"
     return head + "\n".join("| " + " | ".join(md_cell(r.get(c, "")) for c in columns) + " |" for r in rows)
+
+
+def throttled_progress(context, template: str, every_s: float = 5.0):
+    """A ``progress(done, total)`` callback logging to Dagster at most every ``every_s`` seconds, and at the end."""
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done >= total or now - last[0] >= every_s:
+            last[0] = now
+            context.log.info(template.format(done=done, total=total))
+
+    return progress

@@ -23,6 +23,7 @@ from skurec.models import (
     DenseConfig,
     FineConfig,
     FlatPrototype,
+    fit_flat_logreg,
     HierarchicalClassifier,
     Prototypes,
     class_prototypes,
@@ -32,7 +33,6 @@ from skurec.models import (
     superclass_scatter_png,
     train_coarse,
     train_fine,
-    train_flat_linear,
 )
 from skurec.models.coarse import CoarseHead
 from skurec_assets.embeddings import image_embeddings
@@ -90,9 +90,9 @@ class FineTrainConfig(dg.Config):
 
 
 class FlatTrainConfig(dg.Config):
-    max_epochs: int = 30
-    lr: float = 3e-3
-    seed: int = 0
+    # L2 regularisation of the flat logistic regression (inverse strength, scikit-learn's C).
+    C: float = 1.0
+    max_iter: int = 300
 
 
 # ---------------------------------------------------------------------------------------------------------- helpers
@@ -381,18 +381,17 @@ def fine_model(context: dg.AssetExecutionContext, config: FineTrainConfig, stora
     deps=[image_embeddings],
     code_version=CODE_VERSION,
     kinds={"pytorch", "safetensors"},
-    description="Flat baselines on the same embeddings and split: a linear softmax classifier and nearest prototype.",
+    description=(
+        "Flat baselines on the same embeddings and split: L2-regularised multinomial logistic regression over all "
+        "SKUs (the standard frozen-feature baseline) and nearest class prototype."
+    ),
 )
 def flat_baselines(context: dg.AssetExecutionContext, config: FlatTrainConfig, storage: StorageResource) -> dg.MaterializeResult:
     ws = storage.workspace()
     data = load_training_data(ws)
-    cfg = DenseConfig(max_epochs=config.max_epochs, lr=config.lr, seed=config.seed)
     t0 = time.perf_counter()
-    linear = train_flat_linear(
-        data.train.X, data.train.y,
-        X_val=data.val.X if len(data.val) else None, y_val=data.val.y if len(data.val) else None,
-        config=cfg, progress=_progress(context),
-    )
+    context.log.info(f"fitting the flat logistic regression over {len(data.classes)} SKUs")
+    linear = fit_flat_logreg(data.train.X, data.train.y, C=config.C, max_iter=config.max_iter)
     proto = FlatPrototype.fit(data.train.X, data.train.y)
     seconds = time.perf_counter() - t0
     d1 = write_files(ws, FLAT_LINEAR_DIR, linear.to_files())

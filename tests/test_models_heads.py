@@ -266,3 +266,23 @@ def test_bad_training_inputs_are_rejected(trained: Trained) -> None:
         train_flat_linear(cat.X_train, cat.y_train, X_val=cat.X_val)
     with pytest.raises(EmbeddingInputError, match="no superclass"):
         HierarchicalClassifier(trained.coarse, trained.fine, {"sku-0-0": 0})
+
+
+def test_flat_logreg_baseline_is_accurate_and_round_trips(trained: Trained) -> None:
+    """The sklearn-fitted flat baseline is stored as plain FlatLinear tensors and predicts the same after loading."""
+    from skurec.models import FlatLinear, fit_flat_logreg, load_classifier
+
+    cat = trained.cat
+    model = fit_flat_logreg(cat.X_train, cat.y_train)
+    pred = model.predict_topk(cat.X_test, k=3)
+    assert topk_accuracy(pred.labels, cat.y_test, 1) >= 0.98
+    loaded = load_classifier(model.to_files())
+    assert isinstance(loaded, FlatLinear)
+    np.testing.assert_array_equal(loaded.predict_topk(cat.X_test, k=3).labels, pred.labels)
+    # probabilities match scikit-learn's own predict_proba on the same standardised inputs
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(cat.X_train)
+    ref = LogisticRegression(C=1.0, max_iter=300).fit(scaler.transform(cat.X_train), cat.y_train)
+    np.testing.assert_allclose(model.predict_proba(cat.X_test), ref.predict_proba(scaler.transform(cat.X_test)), atol=1e-4)

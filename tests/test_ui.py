@@ -29,7 +29,6 @@ RUN_TIMEOUT_S = 100
 # 24 SKUs: the superclass step groups ~8 SKUs per superclass and the evaluation reports top-3 superclass accuracy,
 # which (as of writing) fails with fewer than 3 superclasses, see the report; 4 images each (min_samples 3).
 UI_SKUS = 24
-IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
 
 LINEAGE_QUERY = """
 query Lineage($runId: ID!) {
@@ -174,11 +173,10 @@ def test_dagster_dev_launches_the_whole_pipeline_and_shows_lineage(tmp_path: Pat
         assert listening == {"127.0.0.1"}, f"webserver must bind loopback only, listens on {listening}"
 
         client = DagsterGraphQLClient("127.0.0.1", port_number=port)
-        # What the UI's Launchpad sends for the whole job: the run goes through the queue and the daemon to a run
-        # worker. Steps execute in that worker (in_process executor) rather than one subprocess per step, which
-        # would spend ~6 s per step re-importing torch on a small machine; the run is otherwise the same.
+        # What the UI's Materialize button sends for the whole job, with no run config: the run goes through the
+        # queue and the daemon to a run worker, whose steps run in-process (the definitions' default executor).
         t_server = time.monotonic() - t0
-        run_id = client.submit_job_execution(JOB, run_config=IN_PROCESS)
+        run_id = client.submit_job_execution(JOB)
         deadline = time.monotonic() + RUN_TIMEOUT_S
         status = None
         while time.monotonic() < deadline:

@@ -18,7 +18,7 @@ from ._common import (
 )
 from .coarse import CoarseHead, DenseConfig, train_coarse
 from .fine import FineConfig, FineHead, train_fine
-from .flat import FlatKNN, FlatLinear, FlatPrototype, train_flat_linear
+from .flat import FlatKNN, FlatLinear, FlatPrototype, fit_flat_logreg, train_flat_linear
 from .hierarchical import AddClassesResult, HierarchicalClassifier, train_hierarchical
 from .metrics import (
     confusion_matrix,
@@ -70,5 +70,6 @@ __all__ = [
     "train_coarse",
     "train_fine",
     "train_flat_linear",
+    "fit_flat_logreg",
     "train_hierarchical",
 ]
