@@ -11,8 +11,7 @@ from skurec_resources import default_resources
 
 ASSET_MODULES = [ingest, embeddings, training, evaluation, loop, deploy]
 
-# The labelling loop connects audited_catalogue to the batch partitions and automates it and the embeddings.
-all_assets = loop.wire_loop_automation(dg.load_assets_from_modules(ASSET_MODULES))
+all_assets = dg.load_assets_from_modules(ASSET_MODULES)
 all_checks = dg.load_asset_checks_from_modules(ASSET_MODULES)
 
 pipeline_job = dg.define_asset_job(

@@ -15,6 +15,7 @@ EMBED = "embed"
 @dg.asset(
     group_name=EMBED,
     deps=[audited_catalogue],
+    automation_condition=dg.AutomationCondition.eager(),
     code_version="embed-v1",
     retry_policy=dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL),
     kinds={"pytorch", "parquet"},

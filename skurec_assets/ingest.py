@@ -18,6 +18,10 @@ INGEST = "ingest"
 
 @dg.asset(
     group_name=INGEST,
+    # Every ingested labelling batch (a partition of labelled_batch) is part of the audited catalogue, and a new
+    # batch refreshes it (and, eagerly, what is downstream of it) through declarative automation.
+    deps=["labelled_batch"],
+    automation_condition=dg.AutomationCondition.eager(),
     code_version="audit-v1",
     retry_policy=dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL),
     kinds={"duckdb", "parquet"},

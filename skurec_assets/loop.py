@@ -35,10 +35,6 @@ REBUILD_CRON = os.environ.get("SKUREC_REBUILD_CRON") or DEFAULT_REBUILD_CRON
 SENSOR_INTERVAL_S = int(os.environ.get("SKUREC_SENSOR_INTERVAL_S", "30"))
 INBOX_TABLE = "batch_inbox"
 
-# Assets of other modules that the loop automates (by key, so this module does not depend on their code).
-AUDITED_CATALOGUE = dg.AssetKey("audited_catalogue")
-IMAGE_EMBEDDINGS = dg.AssetKey("image_embeddings")
-LOOP_AUTOMATED = {AUDITED_CATALOGUE, IMAGE_EMBEDDINGS}
 
 
 @dg.asset(
@@ -162,26 +158,6 @@ def loop_automation_condition() -> dg.AutomationCondition:
     """Eager: materialise when any upstream asset (partition) was updated, once nothing upstream is missing or in
     progress. Chains within one tick, so a new batch flows catalogue -> embeddings -> candidate -> deployment in one run."""
     return dg.AutomationCondition.eager()
-
-
-def wire_loop_automation(assets: Sequence) -> list:
-    """Connect the catalogue to the batch partitions and make it and the embeddings follow new batches.
-
-    ``audited_catalogue`` gains a dependency on ``labelled_batch`` (it already reads the ingested batch rows) and both
-    it and ``image_embeddings`` get the eager automation condition, unless their module already set one.
-    """
-
-    def wire(spec: dg.AssetSpec) -> dg.AssetSpec:
-        if spec.key not in LOOP_AUTOMATED:
-            return spec
-        attrs = {}
-        if spec.automation_condition is None:
-            attrs["automation_condition"] = loop_automation_condition()
-        if spec.key == AUDITED_CATALOGUE and labelled_batch.key not in {d.asset_key for d in spec.deps}:
-            attrs["deps"] = [*spec.deps, dg.AssetDep(labelled_batch.key)]
-        return spec.replace_attributes(**attrs) if attrs else spec
-
-    return list(dg.map_asset_specs(wire, assets))
 
 
 automation_sensor = dg.AutomationConditionSensorDefinition(
