@@ -5,6 +5,7 @@ import dagster as dg
 
 from skurec.datasets import CURRENT_ENCODER
 from skurec.embedding_cache import EmbeddingCache
+from skurec.encoders import EncoderCheckpointError, EncoderUnavailableError
 from skurec_assets.ingest import audited_catalogue
 from skurec_assets.metadata import throttled_progress
 from skurec_resources import EncoderResource, StorageResource
@@ -28,7 +29,11 @@ def image_embeddings(
     context: dg.AssetExecutionContext, storage: StorageResource, encoder: EncoderResource
 ) -> dg.MaterializeResult:
     ws = storage.workspace()
-    enc = encoder.load()
+    try:
+        enc = encoder.load()
+    except (EncoderUnavailableError, EncoderCheckpointError) as exc:
+        # A configuration problem, not a transient one: fail at once with the remedy instead of retrying.
+        raise dg.Failure(description=str(exc), allow_retries=False) from exc
     identity = enc.identity()
     if not identity.get("pretrained", False):
         context.log.warning(f"encoder {enc.name} has RANDOM weights: its features are for tests only")
