@@ -22,7 +22,7 @@ from skurec.encoders.checkpoint import create_timm_model
 from skurec.encoders.packaged import PACKAGED, build_packaged_model, read_packaged_state_dict
 from skurec.encoders.tiny import TINY_ARCH, TINY_KWARGS
 
-GROCERY = Path("/work/shared/datasets/grocery_store/dataset")
+GROCERY = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "grocery_store" / "dataset"
 
 
 def _images(n: int, size: tuple[int, int] = (40, 30), seed: int = 0) -> list[Image.Image]:
@@ -253,7 +253,7 @@ def test_combined_encoder_concatenates_normalised_parts() -> None:
     assert both.encoder_id != a.encoder_id and "input_size=64" in both.encoder_id
 
 
-@pytest.mark.skipif(not GROCERY.is_dir(), reason="Grocery Store dataset (/work/shared) not present")
+@pytest.mark.skipif(not GROCERY.is_dir(), reason="Grocery Store dataset (../shared beside the checkout) not present")
 def test_efficientnet_lite2_head_recognises_granny_smith() -> None:
     """With the shipped ImageNet head, Granny-Smith photos come out as ImageNet class 948 'Granny Smith'."""
     from skurec.images import decode_rgb
