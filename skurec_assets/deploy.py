@@ -23,7 +23,6 @@ from skurec.lineage import (
     record_candidate,
 )
 from skurec.model_store import ModelStore, ModelStoreError
-from skurec_assets.loop import loop_automation_condition
 from skurec_resources import LabellingLoopResource, StorageResource
 
 DEPLOY = "deploy"
@@ -53,7 +52,7 @@ def _lineage_metadata(card: dict) -> dict:
     deps=["fine_model", "image_embeddings"],
     code_version="candidate-v1",
     output_required=False,
-    automation_condition=loop_automation_condition(),
+    automation_condition=dg.AutomationCondition.eager(),
     kinds={"pytorch", "safetensors"},
     description=(
         "The next model to deploy, published as an immutable bundle with its model card: the newly trained model of a "
@@ -103,7 +102,7 @@ GATE_CHECKS = {
 @dg.multi_asset_check(
     specs=[
         dg.AssetCheckSpec(name, asset="candidate_model", blocking=True, description=desc,
-                          automation_condition=loop_automation_condition())
+                          automation_condition=dg.AutomationCondition.eager())
         for name, desc in GATE_CHECKS.items()
     ],
     description="The deployment gate: a candidate that fails any of these is never deployed.",
@@ -156,7 +155,7 @@ def candidate_gate(storage: StorageResource, loop: LabellingLoopResource):
     deps=[candidate_model],
     code_version="deploy-v1",
     output_required=False,
-    automation_condition=loop_automation_condition(),
+    automation_condition=dg.AutomationCondition.eager(),
     description=(
         "The model that serves predictions (models/deployed.json -> an immutable, SHA-256 verified bundle). The latest "
         "candidate is promoted only when the deployment gate passes; a refused candidate leaves the previous model "

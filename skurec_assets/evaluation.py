@@ -3,7 +3,6 @@
 import time
 
 import dagster as dg
-import numpy as np
 
 from skurec.artifacts import files_digest, read_files
 from skurec.datasets import load_training_data
@@ -87,7 +86,7 @@ def evaluation_report(
         notes.append("The encoder has RANDOM weights (test encoder): these numbers say nothing about real accuracy.")
     markdown = render_markdown_report(result, table, notes=notes)
     png = confusion_png(split.y, preds["hierarchical_soft"].labels[:, 0], groups)
-    markdown += f"\n\n![confusion among the worst similar groups](confusion_similar.png)\n"
+    markdown += "\n\n![confusion among the worst similar groups](confusion_similar.png)\n"
     ws.write_json(EVALUATION_JSON, result)
     ws.write_text(EVALUATION_MD, markdown)
     ws.write_bytes(CONFUSION_PNG, png)

@@ -154,12 +154,10 @@ def labelled_batch_sensor(
 
 
 # ------------------------------------------------------------------------------------------------ automation
-def loop_automation_condition() -> dg.AutomationCondition:
-    """Eager: materialise when any upstream asset (partition) was updated, once nothing upstream is missing or in
-    progress. Chains within one tick, so a new batch flows catalogue -> embeddings -> candidate -> deployment in one run."""
-    return dg.AutomationCondition.eager()
-
-
+# The catalogue, embeddings, candidate and deployment assets are AutomationCondition.eager(): materialised when an
+# upstream asset (partition) was updated, once nothing upstream is missing or in progress. Eager chains within one
+# tick, so a new batch flows catalogue -> embeddings -> candidate -> deployment in one run. Training assets have no
+# condition: only the full rebuild retrains.
 automation_sensor = dg.AutomationConditionSensorDefinition(
     "skurec_automation",
     target=dg.AssetSelection.all(),

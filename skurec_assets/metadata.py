@@ -44,14 +44,38 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
     return head + "\n".join("| " + " | ".join(md_cell(r.get(c, "")) for c in columns) + " |" for r in rows)
 
 
-def throttled_progress(context, template: str, every_s: float = 5.0):
-    """A ``progress(done, total)`` callback logging to Dagster at most every ``every_s`` seconds, and at the end."""
+def _throttle(every_s: float):
+    """``due(done, total)``: True at most every ``every_s`` seconds, and always at the end."""
     last = [0.0]
 
-    def progress(done: int, total: int) -> None:
+    def due(done: int, total: int) -> bool:
         now = time.monotonic()
         if done >= total or now - last[0] >= every_s:
             last[0] = now
+            return True
+        return False
+
+    return due
+
+
+def throttled_progress(context, template: str, every_s: float = 5.0):
+    """A ``progress(done, total)`` callback logging to Dagster at most every ``every_s`` seconds, and at the end."""
+    due = _throttle(every_s)
+
+    def progress(done: int, total: int) -> None:
+        if due(done, total):
             context.log.info(template.format(done=done, total=total))
 
     return progress
+
+
+def training_progress(context, every_s: float = 5.0):
+    """A ``skurec.models`` progress callback ``(stage, step, total, metrics)`` logging to Dagster, throttled."""
+    due = _throttle(every_s)
+
+    def report(stage: str, step: int, total: int, metrics) -> None:
+        if due(step, total):
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+            context.log.info(f"{stage} {step}/{total} {shown}")
+
+    return report

@@ -36,7 +36,7 @@ from skurec.models import (
 )
 from skurec.models.coarse import CoarseHead
 from skurec_assets.embeddings import image_embeddings
-from skurec_assets.metadata import markdown_table, png_markdown
+from skurec_assets.metadata import markdown_table, png_markdown, training_progress
 from skurec_resources import StorageResource
 
 TRAIN = "train"
@@ -96,19 +96,6 @@ class FlatTrainConfig(dg.Config):
 
 
 # ---------------------------------------------------------------------------------------------------------- helpers
-def _progress(context: dg.AssetExecutionContext, every_s: float = 5.0):
-    last = [0.0]
-
-    def report(stage: str, step: int, total: int, metrics) -> None:
-        now = time.monotonic()
-        if step >= total or now - last[0] >= every_s:
-            last[0] = now
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-            context.log.info(f"{stage} {step}/{total} {shown}")
-
-    return report
-
-
 def superclass_count(n_classes: int, max_superclasses: int, classes_per_superclass: float) -> int:
     """How many superclasses: ``n_classes / classes_per_superclass`` rounded, within [2, max_superclasses]."""
     return int(min(max_superclasses, n_classes, max(2, round(n_classes / max(1.0, classes_per_superclass)))))
@@ -293,7 +280,7 @@ def coarse_model(context: dg.AssetExecutionContext, config: CoarseTrainConfig, s
     head = train_coarse(
         data.train.X, data.train.y, sc_map,
         X_val=data.val.X if len(data.val) else None, y_val=data.val.y if len(data.val) else None,
-        config=cfg, n_superclasses=int(sc_doc["n_superclasses"]), progress=_progress(context),
+        config=cfg, n_superclasses=int(sc_doc["n_superclasses"]), progress=training_progress(context),
     )
     seconds = time.perf_counter() - t0
     digest = write_files(ws, COARSE_DIR, head.to_files())
@@ -325,13 +312,14 @@ def fine_model(context: dg.AssetExecutionContext, config: FineTrainConfig, stora
     ws = storage.workspace()
     data = load_training_data(ws)
     sc_map, sc_doc = load_superclass_map(ws)
-    coarse = CoarseHead.from_files(read_files(ws, COARSE_DIR))
+    coarse_files = read_files(ws, COARSE_DIR)
+    coarse = CoarseHead.from_files(coarse_files)
     cfg = FineConfig(proj_dim=config.proj_dim, steps=config.steps, n_support=config.n_support, n_query=config.n_query, seed=config.seed)
     t0 = time.perf_counter()
     fine = train_fine(
         data.train.X, data.train.y, sc_map,
         X_val=data.val.X if len(data.val) else None, y_val=data.val.y if len(data.val) else None,
-        config=cfg, progress=_progress(context),
+        config=cfg, progress=training_progress(context),
     )
     seconds = time.perf_counter() - t0
     model = HierarchicalClassifier(coarse, fine, sc_map, m=config.route_m)
@@ -351,7 +339,7 @@ def fine_model(context: dg.AssetExecutionContext, config: FineTrainConfig, stora
         "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
         "classes": data.classes,
         "configs": {
-            "coarse": json.loads(read_files(ws, COARSE_DIR)["config.json"]).get("hyper_params", {}),
+            "coarse": json.loads(coarse_files["config.json"]).get("hyper_params", {}),
             "fine": cfg.__dict__,
             "superclasses": sc_doc.get("params", {}),
             "route_m": config.route_m,
