@@ -37,6 +37,38 @@ def test_registry_lists_every_family() -> None:
     assert "random" in names["tiny_random_vit"].lower()
 
 
+def test_registry_is_the_one_table_of_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Adding an encoder is one registered loader: load_encoder, combined names and takes_checkpoint all see it."""
+    from skurec.encoders import ENCODERS, encoder_spec, register_encoder, takes_checkpoint
+    from skurec.encoders.tiny import load_tiny_random_vit
+
+    for name in ("dinov2_vits14", "dinov2_vitb14", "dinov2_vits14_reg", "dinov2_vitb14_reg"):
+        assert ENCODERS[name].takes_checkpoint and not ENCODERS[name].requires_checkpoint and name in available_encoders()
+    assert takes_checkpoint("timm:resnet50") and encoder_spec("timm:resnet50").requires_checkpoint
+    assert not takes_checkpoint("efficientnet_lite2") and takes_checkpoint("efficientnet_lite2+dinov2_vits14")
+    assert encoder_spec("tiny_random_vit").pretrained is False
+
+    monkeypatch.setattr("skurec.encoders.registry.ENCODERS", dict(ENCODERS))  # the registration is undone after
+    import skurec.encoders.registry as registry
+
+    calls = []
+
+    @register_encoder("random_test_encoder", description="RANDOM tiny ViT under another name (test only)", pretrained=False)
+    def _load(name: str, checkpoint: str | None, input_size: int | None):
+        calls.append((name, checkpoint, input_size))
+        return load_tiny_random_vit(seed=5)
+
+    assert "random_test_encoder" in registry.descriptions()
+    enc = load_encoder("random_test_encoder", device="cpu")
+    assert calls == [("random_test_encoder", None, None)] and enc.dim == 32 and enc.pretrained is False
+    both = load_encoder("random_test_encoder+tiny_random_vit", device="cpu")
+    assert both.dim == 64 and not takes_checkpoint("random_test_encoder+tiny_random_vit")
+    with pytest.raises(ValueError, match="does not take a checkpoint"):
+        load_encoder("random_test_encoder", checkpoint="x.pth", device="cpu")
+    with pytest.raises(ValueError, match="already registered"):
+        register_encoder("random_test_encoder", description="again")(lambda n, c, s: None)
+
+
 def test_unknown_name_and_option_are_clear_errors() -> None:
     with pytest.raises(EncoderUnavailableError, match="unknown encoder 'nope'"):
         load_encoder("nope")

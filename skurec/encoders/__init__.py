@@ -1,13 +1,14 @@
 """Frozen image encoders selected by NAME (the Dagster resource and the CLI pass a name + optional checkpoint).
 
-Names:
+Every name lives in one table, :data:`skurec.encoders.registry.ENCODERS`, filled by each family's file with
+``@register_encoder`` (see :func:`available_encoders` for the list with descriptions):
 
-* ``dinov2_vits14``      DINOv2 ViT-S/14 via timm; hub weights, or ``checkpoint=PATH`` to a local file.
-* ``efficientnet_lite2`` real ImageNet weights shipped in a pip package (offline).
-* ``mobilenetv2_100``    real ImageNet weights shipped in a pip package (offline).
-* ``tiny_random_vit``    tiny RANDOM ViT for tests (``pretrained: False``).
-* ``timm:<arch>``        any timm architecture + ``checkpoint=PATH``.
-* ``a+b``                concatenation of the above (each part L2-normalised, then re-normalised).
+* ``dinov2_vits14``, ``dinov2_vitb14``, ``dinov2_vits14_reg``, ``dinov2_vitb14_reg``: DINOv2 via timm; hub
+  weights, or ``checkpoint=PATH`` to a local file in Meta's, timm's or Hugging Face's layout.
+* ``efficientnet_lite2``, ``mobilenetv2_100``: real ImageNet weights shipped in a pip package (offline).
+* ``tiny_random_vit``: tiny RANDOM ViT for tests (``pretrained: False``).
+* ``timm:<arch>``: any timm architecture + ``checkpoint=PATH``.
+* ``a+b``: concatenation of the above (each part L2-normalised, then re-normalised).
 
 Options (keyword arguments of :func:`load_encoder`, all part of the identity and ``encoder_id``):
 ``views`` ("center" | "flip": average with the horizontally flipped image), ``input_size`` (crop side, px),
@@ -28,33 +29,33 @@ from .base import (
     FrozenEncoder,
     default_device,
 )
-from .combined import SEPARATOR, load_combined_backbones, split_combined_name
-from .packaged import PACKAGED, load_packaged
+from .combined import load_combined_backbones, split_combined_name
+from .registry import ENCODERS, SEPARATOR, EncoderSpec, descriptions, encoder_spec, load_families, register_encoder, takes_checkpoint
+
+load_families()  # every family registers its names on import: ENCODERS is complete from here on
 
 __all__ = [
+    "ENCODERS",
     "EncoderCheckpointError",
+    "EncoderSpec",
     "EncoderUnavailableError",
     "FrozenEncoder",
     "OPTIONS",
     "available_encoders",
     "clear_encoder_cache",
+    "encoder_spec",
     "load_encoder",
+    "register_encoder",
+    "takes_checkpoint",
 ]
 
-TIMM_PREFIX = "timm:"
 OPTIONS = {
     "views": f"one of {VIEWS}; 'flip' averages the embedding of the image and its mirror",
     "input_size": "crop side in pixels (default: the encoder's native size)",
     "crop_pct": "centre-crop fraction of the resized shorter side (default: the encoder's)",
 }
 
-_DESCRIPTIONS: dict[str, str] = {
-    "dinov2_vits14": "DINOv2 ViT-S/14 (timm), 384-d, 224 px; hub weights or checkpoint=PATH (production default online)",
-    **{name: spec.description for name, spec in PACKAGED.items()},
-    "tiny_random_vit": "tiny RANDOMLY initialised ViT (32 px, 32-d) for tests only; pretrained=False",
-    "timm:<arch>": "any timm architecture with checkpoint=PATH (.safetensors or .pth/.pt/.bin state dict)",
-    "efficientnet_lite2+mobilenetv2_100": "concatenation of the two packaged encoders, 2560-d (any 'a+b' works)",
-}
+_COMBINED_EXAMPLE = ("efficientnet_lite2+mobilenetv2_100", "concatenation of the two packaged encoders, 2560-d (any 'a+b' works)")
 
 _CACHE: dict[tuple[Any, ...], FrozenEncoder] = {}
 _CACHE_LOCK = threading.Lock()
@@ -62,7 +63,7 @@ _CACHE_LOCK = threading.Lock()
 
 def available_encoders() -> dict[str, str]:
     """Encoder names (and name patterns) -> one-line description."""
-    return dict(_DESCRIPTIONS)
+    return {**descriptions(), _COMBINED_EXAMPLE[0]: _COMBINED_EXAMPLE[1]}
 
 
 def clear_encoder_cache() -> None:
@@ -72,35 +73,8 @@ def clear_encoder_cache() -> None:
 
 
 def _load_backbone(name: str, checkpoint: str | None, input_size: int | None) -> Backbone:
-    """One backbone by its (non-combined) name."""
-    if name == "dinov2_vits14":
-        from .timm_hub import load_dinov2
-
-        return load_dinov2(checkpoint=checkpoint, input_size=input_size)
-    if name.startswith(TIMM_PREFIX):
-        arch = name[len(TIMM_PREFIX) :]
-        if not arch:
-            raise ValueError("name 'timm:' needs an architecture, e.g. 'timm:vit_small_patch16_224'")
-        if checkpoint is None:
-            raise EncoderUnavailableError(
-                f"{name!r} needs checkpoint=PATH (downloading timm weights is not supported offline); "
-                "or use a packaged encoder such as 'efficientnet_lite2'"
-            )
-        from .checkpoint import load_timm_checkpoint
-
-        return load_timm_checkpoint(arch, checkpoint, input_size=input_size)
-    if checkpoint is not None:
-        raise ValueError(f"encoder {name!r} does not take a checkpoint; use 'timm:<arch>' or 'dinov2_vits14' for files")
-    if name in PACKAGED:
-        return load_packaged(name, input_size=input_size)
-    if name == "tiny_random_vit":
-        from .tiny import TINY_KWARGS, load_tiny_random_vit
-
-        if input_size not in (None, TINY_KWARGS["img_size"]):
-            raise ValueError(f"tiny_random_vit has a fixed input_size of {TINY_KWARGS['img_size']}, got {input_size}")
-
-        return load_tiny_random_vit()
-    raise EncoderUnavailableError(f"unknown encoder {name!r}; available: {sorted(_DESCRIPTIONS)}")
+    """One backbone by its (non-combined) name, through the registry."""
+    return encoder_spec(name).load(name, checkpoint, input_size)
 
 
 def _validate_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -128,7 +102,7 @@ def load_encoder(
 ) -> FrozenEncoder:
     """Load (or reuse from the per-process cache) the frozen encoder ``name``.
 
-    ``checkpoint``: local weights file for ``dinov2_vits14`` / ``timm:<arch>``. ``device``: defaults to CUDA when
+    ``checkpoint``: local weights file for the encoders that take one (:func:`takes_checkpoint`). ``device``: defaults to CUDA when
     available. ``cpu_threads``: CPU forward threads (default: torch's intra-op thread count; 1 = plain torch; not
     part of the identity, see :mod:`skurec.encoders.cpu_pool`). ``options``: see :data:`OPTIONS`. Raises :class:`EncoderUnavailableError` (with a remedy) when the
     weights cannot be obtained and :class:`EncoderCheckpointError` when a file does not fit the architecture.

@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from .base import Backbone, EncoderCheckpointError, EncoderUnavailableError, sha256_file
+from .registry import register_encoder
 
 _PT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 _WRAPPER_KEYS = ("state_dict", "model", "model_state", "model_state_dict", "module", "teacher")
@@ -80,8 +81,12 @@ def classifier_prefixes(model: torch.nn.Module) -> tuple[str, ...]:
     return tuple(f"{n}." for n in names)
 
 
-def load_matching_state_dict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], where: str) -> None:
-    """Strictly load ``sd`` into ``model``; raise a readable error listing missing/unexpected/mis-shaped keys."""
+def mismatch_report(
+    model: torch.nn.Module, sd: Mapping[str, torch.Tensor], *, check_shapes: bool = True
+) -> str | None:
+    """``None`` when ``sd``'s keys (and shapes) are exactly the model's; else a readable report listing what is
+    missing, unexpected or (with ``check_shapes``) of the wrong shape. Classifier-head keys the model lacks are
+    ignored (embeddings do not use them)."""
     target = model.state_dict()
     heads = classifier_prefixes(model)
     sd = {k: v for k, v in sd.items() if k in target or not k.startswith(heads)}
@@ -90,20 +95,37 @@ def load_matching_state_dict(model: torch.nn.Module, sd: Mapping[str, torch.Tens
     mis_shaped = [
         f"{k}: file {tuple(sd[k].shape)} vs model {tuple(target[k].shape)}"
         for k in target
-        if k in sd and tuple(sd[k].shape) != tuple(target[k].shape)
+        if check_shapes and k in sd and tuple(sd[k].shape) != tuple(target[k].shape)
     ]
-    if missing or unexpected or mis_shaped:
-        parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mis_shaped)):
-            if keys:
-                more = f" (+{len(keys) - _MAX_LISTED} more)" if len(keys) > _MAX_LISTED else ""
-                parts.append(f"{len(keys)} {label}: {', '.join(keys[:_MAX_LISTED])}{more}")
-        arch = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
-        raise EncoderCheckpointError(
-            f"checkpoint {where!r} does not match architecture {arch!r}: " + "; ".join(parts)
-            + ". Check that the file holds weights for exactly this architecture (same depth/width/patch size)."
-        )
-    model.load_state_dict(sd, strict=True)
+    if not (missing or unexpected or mis_shaped):
+        return None
+    parts = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mis_shaped)):
+        if keys:
+            more = f" (+{len(keys) - _MAX_LISTED} more)" if len(keys) > _MAX_LISTED else ""
+            parts.append(f"{len(keys)} {label}: {', '.join(keys[:_MAX_LISTED])}{more}")
+    return "; ".join(parts)
+
+
+def model_arch(model: torch.nn.Module) -> str:
+    return str((getattr(model, "pretrained_cfg", None) or {}).get("architecture", type(model).__name__))
+
+
+def mismatch_error(model: torch.nn.Module, where: str, report: str, note: str = "") -> EncoderCheckpointError:
+    return EncoderCheckpointError(
+        f"checkpoint {where!r} does not match architecture {model_arch(model)!r}{note}: {report}"
+        ". Check that the file holds weights for exactly this architecture (same depth/width/patch size)."
+    )
+
+
+def load_matching_state_dict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], where: str, note: str = "") -> None:
+    """Strictly load ``sd`` into ``model``; raise a readable error listing missing/unexpected/mis-shaped keys."""
+    report = mismatch_report(model, sd)
+    if report is not None:
+        raise mismatch_error(model, where, report, note)
+    target = model.state_dict()
+    heads = classifier_prefixes(model)
+    model.load_state_dict({k: v for k, v in sd.items() if k in target or not k.startswith(heads)}, strict=True)
 
 
 def create_timm_model(arch: str, input_size: int | None = None, **kwargs: Any) -> torch.nn.Module:
@@ -200,3 +222,17 @@ def load_timm_checkpoint(
         input_size=input_size,
         native_input_size=native_input_size,
     )
+
+
+TIMM_PREFIX = "timm:"
+
+
+@register_encoder(
+    TIMM_PREFIX,
+    description="any timm architecture with checkpoint=PATH (.safetensors or .pth/.pt/.bin state dict)",
+    requires_checkpoint=True,
+    prefix=True,
+)
+def _load_timm_file(name: str, checkpoint: str | None, input_size: int | None) -> Backbone:
+    assert checkpoint is not None  # EncoderSpec.load enforces requires_checkpoint
+    return load_timm_checkpoint(name[len(TIMM_PREFIX):], checkpoint, input_size=input_size)

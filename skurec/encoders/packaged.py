@@ -156,3 +156,17 @@ def load_packaged(name: str, input_size: int | None = None) -> Backbone:
         raise EncoderCheckpointError(f"timm's pretrained_cfg for {spec.arch} disagrees with the packaged normalisation")
     backbone.mean, backbone.std, backbone.crop_pct = spec.mean, spec.std, spec.crop_pct
     return backbone
+
+
+def _register_packaged() -> None:
+    from .registry import register_encoder
+
+    for spec in PACKAGED.values():
+
+        def load(name: str, checkpoint: str | None, input_size: int | None) -> Backbone:
+            return load_packaged(name, input_size=input_size)
+
+        register_encoder(spec.name, description=spec.description)(load)
+
+
+_register_packaged()

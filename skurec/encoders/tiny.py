@@ -10,6 +10,7 @@ import torch
 
 from .base import Backbone, sha256_state_dict
 from .checkpoint import create_timm_model
+from .registry import register_encoder
 
 TINY_ARCH = "vit_tiny_patch16_224"
 TINY_KWARGS = {"img_size": 32, "patch_size": 16, "embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0}
@@ -39,3 +40,14 @@ def load_tiny_random_vit(seed: int = TINY_SEED) -> Backbone:
         pretrained=False,
         source={"kind": "random", "arch": TINY_ARCH, "seed": seed, **TINY_KWARGS},
     )
+
+
+@register_encoder(
+    "tiny_random_vit",
+    description="tiny RANDOMLY initialised ViT (32 px, 32-d) for tests only; pretrained=False",
+    pretrained=False,
+)
+def _load_registered(name: str, checkpoint: str | None, input_size: int | None) -> Backbone:
+    if input_size not in (None, TINY_KWARGS["img_size"]):
+        raise ValueError(f"tiny_random_vit has a fixed input_size of {TINY_KWARGS['img_size']}, got {input_size}")
+    return load_tiny_random_vit()
