@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from skurec.encoders import load_encoder  # noqa: E402
 from skurec.images import decode_rgb  # noqa: E402
-from skurec.recognizer import Recognizer  # noqa: E402
+from skurec.serving.recognizer import Recognizer  # noqa: E402
 
 GROCERY = "/work/shared/datasets/grocery_store/dataset"
 
@@ -41,7 +41,7 @@ def load_images(pattern: str | None, n: int) -> tuple[list[bytes], str]:
     if files:
         step = max(1, len(files) // n)
         return [Path(f).read_bytes() for f in files[::step][:n]], f"{pattern} ({len(files)} files)"
-    from skurec.synthetic import demo_skus, image_rng, render_sku_jpeg
+    from skurec.demo import demo_skus, image_rng, render_sku_jpeg
 
     skus = demo_skus()
     return [render_sku_jpeg(skus[i % len(skus)], image_rng(0, skus[i % len(skus)].sku_id, i, "bench"), 224)

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from skurec.embedding_cache import EmbeddingCache
+from skurec.layout import CURRENT_ENCODER
 from skurec.storage import Workspace
 
-CURRENT_ENCODER = "embeddings/current_encoder.json"
 
 
 class TrainingDataError(ValueError):

@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from skurec.catalogue import RAW_COLUMNS, normalise_rows
+from skurec.layout import BATCH_IMAGES, BATCHES_DIR
+from skurec.layout import BATCH_RECORD as RECORD
+from skurec.layout import BATCH_ROWS as ROWS
 from skurec.storage import Workspace
 
 if TYPE_CHECKING:
     from skurec.batches import BatchInspection
 
-BATCHES_DIR = "batches"
-RECORD = "batch.json"
-ROWS = "rows.parquet"
 
 
 def batch_rows_rel(batch_id: str) -> str:
@@ -90,7 +90,7 @@ def ingest_batch(ws: Workspace, inspection: BatchInspection) -> dict:
     rows = inspection.rows.copy()
     copied: dict[str, str] = {}
     for uri, data in inspection.image_bytes.items():
-        rel = f"{BATCHES_DIR}/{name}/images/{hashlib.sha256(data).hexdigest()}{_ext(uri)}"
+        rel = f"{BATCHES_DIR}/{name}/{BATCH_IMAGES}/{hashlib.sha256(data).hexdigest()}{_ext(uri)}"
         if not ws.exists(rel):
             ws.write_bytes(rel, data)
         copied[uri] = ws.uri(rel)

@@ -16,12 +16,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from skurec.layout import DEPLOYED_POINTER, MODEL_HISTORY_DIR, MODELS_DIR
 from skurec.storage import Workspace
 
-MODELS_DIR = "models"
 CARD_JSON = "model_card.json"
 CARD_MD = "model_card.md"
-DEPLOYED = f"{MODELS_DIR}/deployed.json"
+DEPLOYED = DEPLOYED_POINTER
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,255}$")
 
@@ -135,7 +135,7 @@ class ModelStore:
 
     def record_event(self, kind: str, event: dict) -> None:
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
-        self.ws.write_bytes(f"{MODELS_DIR}/history/{stamp}-{kind}.json", json.dumps({"event": kind, **event}, indent=2, default=str).encode())
+        self.ws.write_bytes(f"{MODEL_HISTORY_DIR}/{stamp}-{kind}.json", json.dumps({"event": kind, **event}, indent=2, default=str).encode())
 
     def history(self) -> list[dict]:
-        return [self.ws.read_json(f"{MODELS_DIR}/history/{n}") for n in self.ws.listdir(MODELS_DIR, "history")]
+        return [self.ws.read_json(f"{MODEL_HISTORY_DIR}/{n}") for n in self.ws.listdir(MODEL_HISTORY_DIR)]

@@ -27,9 +27,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.utils import glob_translate
 
+from skurec import layout
+
 log = logging.getLogger(__name__)
 
-TABLES_DIR = "tables"
 
 
 def is_remote(uri: str) -> bool:
@@ -117,7 +118,7 @@ class Workspace:
                     "a remote work directory needs a local duckdb_path for the SQL mirror "
                     "(e.g. duckdb_path='/var/lib/skurec/skurec.duckdb')"
                 )
-            duckdb_path = os.path.join(self.root, "skurec.duckdb")
+            duckdb_path = os.path.join(self.root, layout.DUCKDB_FILE)
         self.duckdb_path = duckdb_path
 
     # ---------------------------------------------------------------- paths
@@ -306,7 +307,7 @@ class Workspace:
     def table_rel(self, name: str) -> str:
         if not name.replace("_", "").isalnum():
             raise ValueError(f"table names are letters, digits and underscores: {name!r}")
-        return f"{TABLES_DIR}/{name}.parquet"
+        return layout.table_path(name)
 
     def has_table(self, name: str) -> bool:
         return self.exists(self.table_rel(name))

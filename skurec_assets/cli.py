@@ -7,7 +7,8 @@
 ``skurec predict IMAGE...``  recognise images with the deployed model (one JSON line per image).
 ``skurec lineage [MODEL_ID]``  print a model's card (default: the deployed model).
 
-The Dagster-facing commands import dagster lazily: the core (``skurec predict``/``lineage``) runs without it.
+It lives in the Dagster layer because ``demo``/``run``/``ui`` drive Dagster; ``predict`` and ``lineage`` only call
+the framework-free core (``skurec.serving``, ``skurec.deployment``) and import Dagster lazily, never at start-up.
 A work directory remembers its settings in ``<workdir>/skurec.json`` so that ``ui`` and later runs use the same
 catalogue and encoder; its Dagster instance (SQLite run/event storage) lives in ``<workdir>/dagster_home``.
 """
@@ -22,7 +23,9 @@ import shutil
 import sys
 from pathlib import Path
 
-SETTINGS_FILE = "skurec.json"
+from skurec import layout
+from skurec.layout import SETTINGS_FILE
+
 DEMO_ENCODER = "efficientnet_lite2"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,14 +54,15 @@ def _prepare_workdir(workdir: Path, settings_update: dict) -> dict:
     settings = json.loads(path.read_text()) if path.exists() else {}
     settings.update({k: v for k, v in settings_update.items() if v is not None})
     settings["workdir"] = str(workdir)
-    settings.setdefault("dagster_home", str(workdir / "dagster_home"))
-    settings.setdefault("drop_location", str(workdir / "drop"))
+    settings.setdefault("dagster_home", str(workdir / layout.DAGSTER_HOME_DIR))
+    settings.setdefault("drop_location", str(workdir / layout.DROP_DIR))
     home = Path(settings["dagster_home"])
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists():
-        shutil.copyfile(REPO_ROOT / "dagster.yaml", home / "dagster.yaml") if (REPO_ROOT / "dagster.yaml").exists() else (
-            home / "dagster.yaml"
-        ).write_text("telemetry:\n  enabled: false\n")
+        if (REPO_ROOT / "dagster.yaml").exists():  # a source checkout: the project's instance settings
+            shutil.copyfile(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+        else:  # an installed wheel: Dagster's defaults (SQLite storage under DAGSTER_HOME)
+            (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(settings, indent=2, sort_keys=True))
     os.replace(tmp, path)
@@ -81,7 +85,7 @@ def materialize_all(settings: dict, selection: str | None = None) -> bool:
     from skurec_resources import default_resources
 
     defs = build_definitions(default_resources())
-    job = defs.resolve_job_def("skurec_pipeline")
+    job = defs.resolve_job_def("full_rebuild")
     instance = dg.DagsterInstance.get()
     result = job.execute_in_process(instance=instance, raise_on_error=False)
     for event in result.all_events:
@@ -96,9 +100,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir).resolve()
     catalogue = args.catalogue
     if catalogue is None:
-        from skurec.synthetic import make_demo_catalogue
+        from skurec.demo import make_demo_catalogue
 
-        cat_dir = workdir / "catalogue"
+        cat_dir = workdir / layout.DEMO_CATALOGUE_DIR
         print(f"rendering the synthetic demo catalogue into {cat_dir} ...", flush=True)
         catalogue = str(
             make_demo_catalogue(
@@ -134,42 +138,18 @@ def _print_summary(workdir: Path) -> None:
     from skurec.storage import Workspace
 
     ws = Workspace(str(workdir))
-    if ws.exists("reports/audit_summary.json"):
-        s = ws.read_json("reports/audit_summary.json")
+    s = layout.audit_summary(ws)
+    if s:
         print(
             f"catalogue: {s['n_input_rows']} rows -> {s['n_accepted']} accepted, {s['n_quarantined']} quarantined; "
             f"{s['n_active_classes']} active classes ({s['n_filtered_classes']} below min_samples)"
         )
-    if ws.exists("reports/evaluation.json"):
-        ev = ws.read_json("reports/evaluation.json")
+    ev = layout.evaluation(ws)
+    if ev:
         for variant, v in ev.get("variants", {}).items():
             models = ", ".join(f"{m} {r['top1']:.3f}" for m, r in v.get("models", {}).items())
             print(f"top-1 [{variant}: {v.get('n_classes')} classes, {v.get('n_images')} images]: {models}")
     print(f"DuckDB file: {ws.duckdb_path}")
-
-
-LOOP_CURSORS = "skurec_loop_cursors.json"
-
-
-def _load_cursors(settings: dict) -> tuple[str | None, object]:
-    from dagster._serdes import deserialize_value
-
-    path = Path(settings["dagster_home"]) / LOOP_CURSORS
-    if not path.exists():
-        return None, None
-    doc = json.loads(path.read_text())
-    auto = deserialize_value(doc["automation"]) if doc.get("automation") else None
-    return doc.get("sensor"), auto
-
-
-def _save_cursors(settings: dict, sensor_cursor: str | None, automation_cursor: object) -> None:
-    from dagster._serdes import serialize_value
-
-    path = Path(settings["dagster_home"]) / LOOP_CURSORS
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"sensor": sensor_cursor,
-                               "automation": serialize_value(automation_cursor) if automation_cursor is not None else None}))
-    os.replace(tmp, path)
 
 
 def run_labelling_loop(settings: dict) -> bool:
@@ -177,14 +157,14 @@ def run_labelling_loop(settings: dict) -> bool:
     import dagster as dg
 
     from skurec_assets.definitions import build_definitions
-    from skurec_assets.loop import run_loop_in_process
+    from skurec_assets.inprocess import load_cursors, run_loop_in_process, save_cursors
     from skurec_resources import default_resources
 
     defs = build_definitions(default_resources())
     instance = dg.DagsterInstance.get()
-    sensor_cursor, automation_cursor = _load_cursors(settings)
+    sensor_cursor, automation_cursor = load_cursors(settings["dagster_home"])
     result = run_loop_in_process(defs, instance, sensor_cursor=sensor_cursor, automation_cursor=automation_cursor)
-    _save_cursors(settings, result.sensor_cursor, result.automation_cursor)
+    save_cursors(settings["dagster_home"], result.sensor_cursor, result.automation_cursor)
     skip = getattr(result.sensor_result, "skip_reason", None)
     if skip is not None:
         print(f"batch sensor: {getattr(skip, 'skip_message', skip)}")
@@ -197,7 +177,7 @@ def run_labelling_loop(settings: dict) -> bool:
 
 def cmd_add_batch(args: argparse.Namespace) -> int:
     """Drop one labelled batch (a new SKU + fresh photos of two known SKUs) and run the loop, or leave it to the UI."""
-    from skurec.synthetic import make_labelled_batch
+    from skurec.demo import make_labelled_batch
 
     workdir = Path(args.workdir)
     settings = _load_settings(workdir)
@@ -258,13 +238,14 @@ def _print_deployed(workdir: Path) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from skurec.recognizer import Recognizer, RecognizerError
-    from skurec.review_queue import ReviewQueue
+    from skurec.serving.recognizer import Recognizer, RecognizerError
+    from skurec.serving.review_queue import ReviewQueue
     from skurec.storage import Workspace
 
     ws = Workspace(str(Path(args.workdir).resolve()))
     try:
-        rec = Recognizer.from_workdir(ws, args.model, device=args.device, checkpoint=args.checkpoint,
+        checkpoint = args.checkpoint or os.environ.get("SKUREC_ENCODER_CHECKPOINT") or None
+        rec = Recognizer.from_workdir(ws, args.model, device=args.device, checkpoint=checkpoint,
                                       top_k=args.top_k, threshold=args.threshold)
     except (RecognizerError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -282,7 +263,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
-    from skurec.lineage import LINEAGE_TABLE, model_card_markdown
+    from skurec.deployment.card import model_card_markdown
+    from skurec.deployment.training_table import table_from_parquet
     from skurec.model_store import ModelStore, ModelStoreError
     from skurec.storage import Workspace
 
@@ -300,9 +282,7 @@ def cmd_lineage(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.training_set:
-        from skurec.lineage import table_from_parquet
-
-        table = table_from_parquet(files[LINEAGE_TABLE])
+        table = table_from_parquet(files[layout.BUNDLE_TRAINING_TABLE])
         table.to_csv(args.training_set, index=False)
         print(f"wrote {len(table)} (image_id, sku_id, split, added_by) rows to {args.training_set}", file=sys.stderr)
     deployed = store.deployed_id()

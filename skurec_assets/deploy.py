@@ -14,14 +14,9 @@
 
 import dagster as dg
 
-from skurec.lineage import (
-    build_candidate,
-    decide_deployment,
-    evaluate_gate,
-    latest_candidate,
-    model_card_markdown,
-    record_candidate,
-)
+from skurec.deployment.candidates import build_candidate, latest_candidate, record_candidate
+from skurec.deployment.card import model_card_markdown
+from skurec.deployment.gate import decide_deployment, evaluate_gate
 from skurec.model_store import ModelStore, ModelStoreError
 from skurec_resources import LabellingLoopResource, StorageResource
 
@@ -49,7 +44,9 @@ def _lineage_metadata(card: dict) -> dict:
 
 @dg.asset(
     group_name=DEPLOY,
-    deps=["fine_model", "image_embeddings"],
+    # evaluation_report: the card of a full-rebuild candidate carries the evaluation of exactly that model, so the
+    # evaluation must run first (the graph says what the code reads).
+    deps=["fine_model", "image_embeddings", "evaluation_report"],
     code_version="candidate-v1",
     output_required=False,
     automation_condition=dg.AutomationCondition.eager(),

@@ -17,19 +17,19 @@ from skurec.evaluation import (
 from skurec.models import load_classifier
 from skurec.models.similar import similar_class_set
 from skurec_assets.metadata import png_markdown
-from skurec_assets.training import (
+from skurec.layout import (
+    CONFUSION_PNG,
+    EVALUATION_JSON,
+    EVALUATION_MD,
     FLAT_LINEAR_DIR,
     FLAT_PROTOTYPE_DIR,
     HIERARCHICAL_DIR,
     SIMILAR_JSON,
-    load_superclass_map,
 )
+from skurec.layout import superclass_map as load_superclass_map
 from skurec_resources import StorageResource
 
 EVALUATE = "evaluate"
-EVALUATION_JSON = "reports/evaluation.json"
-EVALUATION_MD = "reports/evaluation.md"
-CONFUSION_PNG = "reports/confusion_similar.png"
 
 
 class EvaluationConfig(dg.Config):

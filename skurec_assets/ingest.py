@@ -1,26 +1,97 @@
-"""Ingest: the labelled catalogue (plus every ingested labelling batch) audited into DuckDB/Parquet tables."""
+"""Ingest: labelled batches from the drop location (one partition per batch), and the labelled catalogue plus every
+ingested batch audited into DuckDB/Parquet tables (``audited_catalogue``)."""
 
+from collections.abc import Sequence
 
 import dagster as dg
 import pandas as pd
 
+from skurec import layout
 from skurec.audit import audit, catalogue_snapshot_hash
+from skurec.batches import BatchError, find_batch, inspect_batch
 from skurec.catalogue import import_catalogue
-from skurec.ingest import ingested_batch_rows
+from skurec.ingest import batch_record_rel, ingest_batch, ingested_batch_rows, ingested_hashes
 from skurec.plots import class_count_histogram_png
-from skurec.storage import redact_uri
 from skurec.schemas import ClassesSchema, ImagesSchema, QuarantineSchema
+from skurec.storage import redact_uri
 from skurec_assets.metadata import markdown_table, png_markdown, table_schema, throttled_progress
-from skurec_resources import CatalogueResource, StorageResource
+from skurec_resources import CatalogueResource, LabellingLoopResource, StorageResource
 
 INGEST = "ingest"
+BATCH_PARTITIONS = dg.DynamicPartitionsDefinition(name="labelled_batches")
+
+
+@dg.asset(
+    partitions_def=BATCH_PARTITIONS,
+    group_name=INGEST,
+    code_version="batch-v1",
+    kinds={"parquet"},
+    description=(
+        "One labelled batch from the drop location (a partition per batch folder), validated and copied into the work "
+        "directory (batches/<name>/): images, raw rows and an ingestion record keyed by the batch's content hash. "
+        "audited_catalogue unions every ingested batch with the base catalogue."
+    ),
+)
+def labelled_batch(
+    context: dg.AssetExecutionContext, storage: StorageResource, loop: LabellingLoopResource
+) -> dg.MaterializeResult:
+    ws = storage.workspace()
+    name = context.partition_key
+    if ws.exists(batch_record_rel(name)):
+        record = ws.read_json(batch_record_rel(name))
+        context.log.info(f"batch {name} is already ingested (content {record['content_hash'][:12]}); nothing to do")
+        return _batch_result("ingested", record, note="already ingested earlier")
+    try:
+        batch = find_batch(loop.drop_location, name, storage.storage_options())
+    except BatchError as exc:
+        raise dg.Failure(description=f"{exc}; was the folder moved after it was registered?") from exc
+    insp = inspect_batch(batch, storage.storage_options())
+    if not insp.ok:
+        # Recorded, not raised: a failed partition would hold back every later batch (automation waits for it).
+        context.log.error(f"batch {name} rejected: {insp.reason}")
+        return dg.MaterializeResult(
+            metadata={"status": "rejected", "reason": insp.reason or "", "batch_uri": dg.MetadataValue.path(batch.uri)},
+            data_version=dg.DataVersion(f"rejected:{name}"),
+        )
+    other = ingested_hashes(ws).get(insp.content_hash or "")
+    if other is not None and other != name:
+        context.log.warning(f"batch {name} has the same content as {other}: skipped")
+        return dg.MaterializeResult(
+            metadata={"status": "duplicate", "duplicate_of": other, "content_hash": insp.content_hash or ""},
+            data_version=dg.DataVersion(f"duplicate:{insp.content_hash}"),
+        )
+    known = set()
+    if ws.has_table("classes"):
+        known = set(ws.read_table("classes", columns=["sku_id"])["sku_id"])
+    record = ingest_batch(ws, insp)
+    new_skus = sorted(set(insp.skus) - known)
+    context.log.info(f"ingested batch {name}: {insp.n_images} images, {len(insp.skus)} SKUs ({len(new_skus)} new)")
+    return _batch_result("ingested", record, new_skus=new_skus)
+
+
+def _batch_result(status: str, record: dict, new_skus: Sequence[str] = (), note: str = "") -> dg.MaterializeResult:
+    return dg.MaterializeResult(
+        metadata={
+            "status": status,
+            "content_hash": record["content_hash"],
+            "n_images": record["n_images"],
+            "n_rows": record["n_rows"],
+            "skus": dg.MetadataValue.json(record["skus"][:500]),
+            "new_skus": dg.MetadataValue.json(list(new_skus)),
+            "source_uri": dg.MetadataValue.path(record["source_uri"]),
+            "ingested_at": record["ingested_at"],
+            "note": note,
+        },
+        data_version=dg.DataVersion(record["content_hash"]),
+    )
+
 
 
 @dg.asset(
     group_name=INGEST,
     # Every ingested labelling batch (a partition of labelled_batch) is part of the audited catalogue, and a new
     # batch refreshes it (and, eagerly, what is downstream of it) through declarative automation.
-    deps=["labelled_batch"],
+    deps=[labelled_batch],
     automation_condition=dg.AutomationCondition.eager(),
     code_version="audit-v1",
     retry_policy=dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL),
@@ -57,9 +128,9 @@ def audited_catalogue(
     s = result.summary
     counts = result.classes["n_images"].astype(int).tolist()
     hist = class_count_histogram_png(counts, catalogue.min_samples)
-    ws.write_bytes("reports/class_counts.png", hist)
+    ws.write_bytes(layout.CLASS_COUNTS_PNG, hist)
     snapshot = catalogue_snapshot_hash(result.images)
-    ws.write_json("reports/audit_summary.json", {**s, "catalogue_snapshot": snapshot, "location": redact_uri(catalogue.location)})
+    ws.write_json(layout.AUDIT_SUMMARY, {**s, "catalogue_snapshot": snapshot, "location": redact_uri(catalogue.location)})
     quarantine_preview = result.quarantine.head(20)[["image_uri", "sku_id", "reason", "detail"]].to_dict("records")
     return dg.MaterializeResult(
         metadata={
@@ -92,7 +163,7 @@ def audited_catalogue(
 def rows_conserved(storage: StorageResource) -> dg.AssetCheckResult:
     ws = storage.workspace()
     images, quarantine = ws.read_table("images"), ws.read_table("quarantine")
-    n_input = int(ws.read_json("reports/audit_summary.json")["n_input_rows"])
+    n_input = int(layout.audit_summary(ws)["n_input_rows"])
     n_accepted, n_quarantined = len(images), len(quarantine)
     return dg.AssetCheckResult(
         passed=bool(images["image_id"].is_unique and n_accepted + n_quarantined == n_input),

@@ -14,10 +14,23 @@ import dagster as dg
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from safetensors.numpy import load as st_load
-from safetensors.numpy import save as st_save
 
+from skurec import layout
 from skurec.artifacts import files_digest, read_files, write_files
+from skurec.deployment.training_table import image_ids_sha256, training_table
+from skurec.layout import (
+    COARSE_DIR,
+    FLAT_LINEAR_DIR,
+    FLAT_PROTOTYPE_DIR,
+    HIERARCHICAL_DIR,
+    PROTOTYPES_DIR,
+    SIMILAR_JSON,
+    SUPERCLASSES_JSON,
+    TRAINING_MANIFEST,
+    TRAINING_SET,
+)
+from skurec.layout import superclass_map as load_superclass_map
+from skurec.training import TRAINING_CODE_VERSION, load_prototypes, prototypes_files, superclass_count
 from skurec.datasets import TrainingData, load_training_data
 from skurec.models import (
     DenseConfig,
@@ -40,18 +53,7 @@ from skurec_assets.metadata import markdown_table, png_markdown, training_progre
 from skurec_resources import StorageResource
 
 TRAIN = "train"
-CODE_VERSION = "train-v1"
-
-PROTOTYPES_DIR = "artifacts/prototypes"
-SUPERCLASSES_JSON = "artifacts/superclasses.json"
-SIMILAR_JSON = "artifacts/similar_groups.json"
-COARSE_DIR = "artifacts/coarse"
-HIERARCHICAL_DIR = "artifacts/hierarchical"
-FLAT_LINEAR_DIR = "artifacts/flat_linear"
-FLAT_PROTOTYPE_DIR = "artifacts/flat_prototype"
-TRAINING_MANIFEST = "artifacts/training_manifest.json"
-TRAINING_SET = "artifacts/training_set.parquet"
-
+CODE_VERSION = TRAINING_CODE_VERSION
 
 # ---------------------------------------------------------------------------------------------------------- config
 class SuperclassConfig(dg.Config):
@@ -96,43 +98,10 @@ class FlatTrainConfig(dg.Config):
 
 
 # ---------------------------------------------------------------------------------------------------------- helpers
-def superclass_count(n_classes: int, max_superclasses: int, classes_per_superclass: float) -> int:
-    """How many superclasses: ``n_classes / classes_per_superclass`` rounded, within [2, max_superclasses]."""
-    return int(min(max_superclasses, n_classes, max(2, round(n_classes / max(1.0, classes_per_superclass)))))
-
-
-def _save_prototypes(p: Prototypes) -> dict[str, bytes]:
-    return {
-        "prototypes.safetensors": st_save({"vectors": p.vectors.astype(np.float32), "counts": p.counts.astype(np.int64)}),
-        "config.json": json.dumps({"kind": "prototypes", "classes": list(p.classes), "dim": p.dim}).encode(),
-    }
-
-
-def load_prototypes(ws) -> Prototypes:
-    files = read_files(ws, PROTOTYPES_DIR)
-    cfg = json.loads(files["config.json"])
-    t = st_load(files["prototypes.safetensors"])
-    return Prototypes(classes=cfg["classes"], vectors=t["vectors"], counts=t["counts"])
-
-
-def load_superclass_map(ws) -> tuple[dict[str, int], dict]:
-    sc = ws.read_json(SUPERCLASSES_JSON)
-    return {c: int(s) for c, s in zip(sc["classes"], sc["assignment"])}, sc
-
-
 def _training_set_table(data: TrainingData) -> bytes:
-    rows = {"image_id": [], "sku_id": [], "split": []}
-    for name, split in (("train", data.train), ("val", data.val), ("test", data.test)):
-        rows["image_id"] += split.image_ids
-        rows["sku_id"] += [str(v) for v in split.y]
-        rows["split"] += [name] * len(split)
     buf = io.BytesIO()
-    pq.write_table(pa.table(rows), buf)
+    pq.write_table(pa.Table.from_pandas(training_table(data), preserve_index=False), buf)
     return buf.getvalue()
-
-
-def _catalogue_snapshot(ws) -> str:
-    return ws.read_json("reports/audit_summary.json").get("catalogue_snapshot", "")
 
 
 # ---------------------------------------------------------------------------------------------------------- assets
@@ -148,7 +117,7 @@ def class_prototypes_asset(context: dg.AssetExecutionContext, storage: StorageRe
     ws = storage.workspace()
     data = load_training_data(ws)
     protos = class_prototypes(data.train.X, data.train.y)
-    digest = write_files(ws, PROTOTYPES_DIR, _save_prototypes(protos))
+    digest = write_files(ws, PROTOTYPES_DIR, prototypes_files(protos))
     ws.write_bytes(TRAINING_SET, _training_set_table(data))
     context.log.info(f"{len(protos.classes)} prototypes of dim {protos.dim} from {len(data.train)} train images")
     return dg.MaterializeResult(
@@ -194,7 +163,7 @@ def superclasses_asset(
     doc["version"] = version
     ws.write_json(SUPERCLASSES_JSON, doc)
     scatter = superclass_scatter_png(sc)
-    ws.write_bytes("reports/superclasses.png", scatter)
+    ws.write_bytes(layout.SUPERCLASSES_PNG, scatter)
     classes_tbl = ws.read_table("classes").set_index("sku_id")
     groups = {c: g for c, g in classes_tbl["group_id"].items() if isinstance(g, str) and g and c in set(sc.classes)}
     ami = superclass_group_ami(sc.assignment, sc.classes, groups) if groups else None
@@ -331,10 +300,10 @@ def fine_model(context: dg.AssetExecutionContext, config: FineTrainConfig, stora
             pred = model.predict_topk(data.val.X, k=1, m=m)
             val_metrics[name] = round(float(np.mean(pred.labels[:, 0] == data.val.y)), 4)
     manifest = {
-        "catalogue_snapshot": _catalogue_snapshot(ws),
+        "catalogue_snapshot": layout.catalogue_snapshot(ws),
         "encoder": data.encoder,
         "superclass_version": sc_doc["version"],
-        "train_image_ids_sha256": hashlib.sha256("\n".join(sorted(data.train.image_ids)).encode()).hexdigest(),
+        "train_image_ids_sha256": image_ids_sha256(data.train.image_ids),
         "training_set": TRAINING_SET,
         "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
         "classes": data.classes,

@@ -1,19 +1,27 @@
-"""Configurable Dagster resources: where data lives, which frozen encoder embeds it, where models go.
+"""Configurable Dagster resources: the work directory, the catalogue and its audit rules, the frozen encoder, and the
+labelling loop (drop location, deployment gate).
 
 Each resource is a thin, swappable wrapper around the framework-free core in ``skurec``: tests replace them with
 resources pointing at temporary folders (and the tiny random encoder), production points them at object storage.
-Settings come from the environment (``SKUREC_*``) so the same definitions run on a laptop and on a cluster;
-credentials (e.g. ``AWS_ACCESS_KEY_ID``) are read by s3fs/botocore from the environment, never from config.
+Settings come from the environment (``SKUREC_*``, as ``dg.EnvVar`` so Dagster resolves them when a run starts and the
+UI shows where a value comes from); every default is the core's own (``AuditConfig``, ``GateConfig``, ``layout``).
+Credentials (e.g. ``AWS_ACCESS_KEY_ID``) are read by s3fs/botocore from the environment, never from config.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Any, Optional
 
 import dagster as dg
 
+from skurec import layout
+from skurec.audit import AuditConfig
+from skurec.deployment.gate import GateConfig
 from skurec.storage import Workspace
+
+DEFAULT_ENCODER = "dinov2_vits14"  # the production default (timm hub); `skurec demo` uses a packaged one
+DEFAULT_ATTACH_RULE = "coarse"  # how the fast path attaches a new SKU: "coarse", "nearest_class" or "centroid"
 
 
 class StorageResource(dg.ConfigurableResource):
@@ -37,12 +45,10 @@ class CatalogueResource(dg.ConfigurableResource):
 
     location: str
     root: Optional[str] = None  # when set, every image must live under it (manifest paths cannot escape)
-    min_samples: int = 50
-    val_fraction: float = 0.1
+    min_samples: int = AuditConfig.min_samples
+    val_fraction: float = AuditConfig.val_fraction
 
-    def audit_config(self):
-        from skurec.audit import AuditConfig
-
+    def audit_config(self) -> AuditConfig:
         return AuditConfig(min_samples=self.min_samples, val_fraction=self.val_fraction)
 
 
@@ -51,7 +57,7 @@ class EncoderResource(dg.ConfigurableResource):
     ``mobilenetv2_100`` (real ImageNet weights shipped in registry packages, works offline), ``tiny_random_vit``
     (tests only: random weights)."""
 
-    name: str = "dinov2_vits14"
+    name: str = DEFAULT_ENCODER
     checkpoint: Optional[str] = None
     device: Optional[str] = None  # None: CUDA when available, else CPU
     batch_size: int = 32
@@ -71,17 +77,15 @@ class LabellingLoopResource(dg.ConfigurableResource):
 
     drop_location: str
     # Largest allowed drop of validation top-1 accuracy below the deployed model's (absolute; 0.01 = 1 point).
-    gate_tolerance: float = 0.01
+    gate_tolerance: float = GateConfig.tolerance
     # Largest share of validated classes allowed to have zero validation accuracy.
-    gate_max_zero_accuracy_share: float = 0.05
+    gate_max_zero_accuracy_share: float = GateConfig.max_zero_accuracy_share
     # Floor for the very first deployment (no model to compare with).
-    gate_min_accuracy: float = 0.0
+    gate_min_accuracy: float = GateConfig.min_accuracy
     # How the fast path attaches a new SKU to a superclass: "coarse", "nearest_class" or "centroid".
-    attach_rule: str = "coarse"
+    attach_rule: str = DEFAULT_ATTACH_RULE
 
-    def gate_config(self):
-        from skurec.lineage import GateConfig
-
+    def gate_config(self) -> GateConfig:
         return GateConfig(
             tolerance=self.gate_tolerance,
             max_zero_accuracy_share=self.gate_max_zero_accuracy_share,
@@ -89,29 +93,47 @@ class LabellingLoopResource(dg.ConfigurableResource):
         )
 
 
+def _env(name: str, default: Any = None, *, as_int: bool = False) -> Any:
+    """``dg.EnvVar(name)`` when the variable is set (resolved by Dagster at launch), else the core's default."""
+    if not os.environ.get(name):
+        return default
+    return dg.EnvVar.int(name) if as_int else dg.EnvVar(name)
+
+
+def _env_float(name: str, default: float) -> float:
+    # Dagster's EnvVar has no float form: parsed here, with a clear error naming the variable.
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+
+
 def default_resources() -> dict:
     """Resources configured from the environment (the definitions that ``dagster dev`` loads)."""
-    workdir = os.environ.get("SKUREC_WORKDIR", os.path.abspath("workdir"))
+    workdir = os.environ.get("SKUREC_WORKDIR") or os.path.abspath("workdir")
     return {
         "storage": StorageResource(
-            workdir=workdir,
-            duckdb_path=os.environ.get("SKUREC_DUCKDB_PATH") or None,
-            s3_endpoint_url=os.environ.get("SKUREC_S3_ENDPOINT_URL") or None,
+            workdir=_env("SKUREC_WORKDIR", workdir),
+            duckdb_path=_env("SKUREC_DUCKDB_PATH"),
+            s3_endpoint_url=_env("SKUREC_S3_ENDPOINT_URL"),
         ),
         "catalogue": CatalogueResource(
-            location=os.environ.get("SKUREC_CATALOGUE", os.path.join(workdir, "catalogue")),
-            root=os.environ.get("SKUREC_CATALOGUE_ROOT") or None,
-            min_samples=int(os.environ.get("SKUREC_MIN_SAMPLES", "50")),
+            location=_env("SKUREC_CATALOGUE", os.path.join(workdir, layout.DEMO_CATALOGUE_DIR)),
+            root=_env("SKUREC_CATALOGUE_ROOT"),
+            min_samples=_env("SKUREC_MIN_SAMPLES", AuditConfig.min_samples, as_int=True),
         ),
         "encoder": EncoderResource(
-            name=os.environ.get("SKUREC_ENCODER", "dinov2_vits14"),
-            checkpoint=os.environ.get("SKUREC_ENCODER_CHECKPOINT") or None,
-            views=os.environ.get("SKUREC_ENCODER_VIEWS") or None,
+            name=_env("SKUREC_ENCODER", DEFAULT_ENCODER),
+            checkpoint=_env("SKUREC_ENCODER_CHECKPOINT"),
+            views=_env("SKUREC_ENCODER_VIEWS"),
         ),
         "loop": LabellingLoopResource(
-            drop_location=os.environ.get("SKUREC_DROP_LOCATION") or os.path.join(workdir, "drop"),
-            gate_tolerance=float(os.environ.get("SKUREC_GATE_TOLERANCE", "0.01")),
-            gate_max_zero_accuracy_share=float(os.environ.get("SKUREC_GATE_MAX_ZERO_SHARE", "0.05")),
-            attach_rule=os.environ.get("SKUREC_ATTACH_RULE", "coarse"),
+            drop_location=_env("SKUREC_DROP_LOCATION", os.path.join(workdir, layout.DROP_DIR)),
+            gate_tolerance=_env_float("SKUREC_GATE_TOLERANCE", GateConfig.tolerance),
+            gate_max_zero_accuracy_share=_env_float("SKUREC_GATE_MAX_ZERO_SHARE", GateConfig.max_zero_accuracy_share),
+            attach_rule=_env("SKUREC_ATTACH_RULE", DEFAULT_ATTACH_RULE),
         ),
     }

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import skurec.synthetic as synth
+import skurec.demo.render as synth
 from skurec.catalogue import import_catalogue
-from skurec.synthetic import (
+from skurec.demo.render import (
     FAMILIES,
     SyntheticSku,
     demo_skus,

@@ -14,14 +14,9 @@ from skurec.artifacts import write_files
 from skurec.audit import catalogue_snapshot_hash
 from skurec.datasets import load_training_data
 from skurec.embedding_cache import EmbeddingCache
-from skurec.lineage import (
-    GateConfig,
-    LineageError,
-    build_candidate,
-    decide_deployment,
-    evaluate_gate,
-    image_ids_sha256,
-)
+from skurec.deployment.candidates import build_candidate
+from skurec.deployment.gate import GateConfig, decide_deployment, evaluate_gate
+from skurec.deployment.training_table import LineageError, image_ids_sha256
 from skurec.model_store import ModelStore, TamperedModelError
 from skurec.models import DenseConfig, FineConfig, l2_normalize, train_hierarchical
 from skurec.storage import Workspace

@@ -38,7 +38,7 @@ FAST_RUN_CONFIG = {
         "superclasses": {"config": {"classes_per_superclass": 1.5}},
         "coarse_model": {"config": {"max_epochs": 8}},
         "fine_model": {"config": {"steps": 40}},
-        "flat_baselines": {"config": {"max_epochs": 3}},
+        "flat_baselines": {"config": {"max_iter": 50}},
     }
 }
 
@@ -159,10 +159,11 @@ def write_worse_model(ws) -> None:
 
 def test_two_batches_flow_through_sensor_automation_fast_path_and_gate(tmp_path):
     from skurec.model_store import ModelStore
-    from skurec.recognizer import Recognizer
+    from skurec.serving.recognizer import Recognizer
     from skurec.storage import Workspace
     from skurec_assets.definitions import build_definitions
-    from skurec_assets.loop import run_loop_in_process, weekly_full_rebuild
+    from skurec_assets.inprocess import run_loop_in_process
+    from skurec_assets.schedules import weekly_full_rebuild
 
     t0 = time.perf_counter()
     cat = write_catalogue(tmp_path / "cat", {s: 10 for s in BASE_SKUS})

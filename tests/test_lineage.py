@@ -7,17 +7,13 @@ import json
 
 import pandas as pd
 
-from skurec.cli import main
+from skurec.deployment.candidates import build_candidate
+from skurec.deployment.card import code_version_info
+from skurec.deployment.gate import decide_deployment
+from skurec.deployment.training_table import image_ids_sha256, table_from_parquet, training_table_sha256
 from skurec.ingest import batch_record_rel, batch_rows_rel
-from skurec.lineage import (
-    LINEAGE_TABLE,
-    build_candidate,
-    code_version_info,
-    decide_deployment,
-    image_ids_sha256,
-    table_from_parquet,
-    training_table_sha256,
-)
+from skurec.layout import BUNDLE_TRAINING_TABLE as LINEAGE_TABLE
+from skurec_assets.cli import main
 from skurec.model_store import ModelStore
 
 from test_deploy_gate import ENCODER, add_images, deploy_first, make_workspace

@@ -12,14 +12,15 @@ import pytest
 from PIL import Image
 
 from skurec.batches import DropBatch, inspect_batch
-from skurec.cli import main
+from skurec.deployment.bundle import publish_model
+from skurec.deployment.card import build_model_card
 from skurec.encoders import load_encoder
-from skurec.lineage import build_model_card, publish_model
 from skurec.model_store import ModelStore
 from skurec.models import DenseConfig, FineConfig, train_hierarchical
-from skurec.recognizer import Recognizer, RecognizerError
-from skurec.review_queue import ReviewQueue
+from skurec.serving.recognizer import Recognizer, RecognizerError
+from skurec.serving.review_queue import ReviewQueue
 from skurec.storage import Workspace
+from skurec_assets.cli import main
 
 from test_labelling_loop import sku_png
 

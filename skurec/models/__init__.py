@@ -1,9 +1,15 @@
 """skurec's framework-free classifier core (no dagster): everything works on cached, L2-normalised embeddings.
 
-Pipeline: :func:`class_prototypes` -> :func:`derive_superclasses` -> :func:`train_coarse` + :func:`train_fine`
--> :class:`HierarchicalClassifier` (or :func:`train_hierarchical` for both heads), compared against the flat
-baselines :func:`train_flat_linear` / :class:`FlatPrototype` / :class:`FlatKNN`. Every model serialises to
-``dict[str, bytes]`` (``to_files``) and back (``from_files`` / :func:`load_classifier`).
+Pipeline: :func:`class_prototypes` -> :func:`derive_superclasses` -> :func:`train_coarse` (superclass router) +
+:func:`train_fine` (scorer of SKUs inside a superclass) -> :class:`HierarchicalClassifier` (or
+:func:`train_hierarchical` for both heads), compared against the flat baselines :func:`fit_flat_logreg` /
+:func:`train_flat_linear` / :class:`FlatPrototype` / :class:`FlatKNN`. Every model serialises to
+``dict[str, bytes]`` of safetensors + JSON (``to_files``) and back (``from_files``, or :func:`load_classifier` for
+any kind).
+
+Import graph (one way, checked by ``tests/test_models_import_graph.py``): ``_common``, ``serialization`` ->
+``dense``, ``prototypes``, ``metrics``, ``similar``, ``superclasses`` -> ``coarse``, ``fine``, ``flat`` ->
+``hierarchical`` -> ``registry`` (:func:`load_classifier`) -> this package.
 """
 
 from ._common import (
@@ -16,7 +22,8 @@ from ._common import (
     l2_normalize,
     resolve_device,
 )
-from .coarse import CoarseHead, DenseConfig, train_coarse
+from .coarse import CoarseHead, train_coarse
+from .dense import DenseConfig
 from .fine import FineConfig, FineHead, train_fine
 from .flat import FlatKNN, FlatLinear, FlatPrototype, fit_flat_logreg, train_flat_linear
 from .hierarchical import AddClassesResult, HierarchicalClassifier, train_hierarchical
@@ -28,7 +35,8 @@ from .metrics import (
     topk_accuracy,
 )
 from .prototypes import Prototypes, class_prototypes
-from .serialization import ModelFormatError, load_classifier
+from .registry import load_classifier
+from .serialization import ModelFormatError
 from .similar import group_members, nearest_neighbour_cosines, similar_class_set, similar_groups
 from .superclasses import Superclasses, derive_superclasses, superclass_group_ami, superclass_scatter_png
 

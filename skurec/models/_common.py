@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -182,3 +183,23 @@ def batched_rows(n: int, batch: int) -> Iterator[slice]:
     """Slices covering ``range(n)`` in chunks of ``batch`` rows (bounded memory for big inference sets)."""
     for start in range(0, n, batch):
         yield slice(start, min(n, start + batch))
+
+
+def jsonable(d: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a flat metrics dict that ``json.dumps(allow_nan=False)`` accepts (numpy scalars -> Python, NaN/inf -> None)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, (np.floating, np.integer)):
+            v = v.item()
+        if isinstance(v, float) and not math.isfinite(v):
+            v = None
+        out[k] = v
+    return out
+
+
+def superclass_targets(y: np.ndarray, superclass_of_class: Mapping[str, int], name: str = "y") -> np.ndarray:
+    """Map SKU ids to their superclass ids; clear error for SKUs without a superclass."""
+    missing = sorted({s for s in np.unique(y).tolist() if s not in superclass_of_class})
+    if missing:
+        raise EmbeddingInputError(f"{name} has {len(missing)} SKUs without a superclass, e.g. {missing[:5]}")
+    return np.asarray([superclass_of_class[s] for s in y.tolist()], dtype=np.int64)

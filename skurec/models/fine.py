@@ -39,13 +39,14 @@ from ._common import (
     check_embeddings,
     check_xy,
     encode_labels,
+    jsonable,
     labels_from_indices,
     report,
     resolve_device,
     seeded,
+    superclass_targets,
     topk_stable,
 )
-from .coarse import _jsonable, superclass_targets
 from .prototypes import class_sums
 from .serialization import ModelFormatError, pack, read_config, require, unpack
 
@@ -297,7 +298,7 @@ class FineHead:
 
     def to_files(self) -> dict[str, bytes]:
         config = {"dim": self.dim, "proj_dim": self.proj_dim, "classes": self.classes,
-                  "hyper_params": asdict(self.config), "metrics": _jsonable(self.metrics)}
+                  "hyper_params": asdict(self.config), "metrics": jsonable(self.metrics)}
         tensors = {f"net.{k}": v for k, v in self.net.state_dict().items()}
         tensors.update({"class_means": self.class_means, "counts": self.counts})
         if self.raw_means is not None:

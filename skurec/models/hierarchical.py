@@ -29,10 +29,17 @@ from ._common import (
     resolve_device,
     topk_stable,
 )
-from .coarse import CoarseHead, DenseConfig, train_coarse
+from .coarse import CoarseHead, train_coarse
+from .dense import DenseConfig
 from .fine import FineConfig, FineHead, train_fine
+from .lda_router import LDARouter
 from .prototypes import class_sums
-from .serialization import ModelFormatError, nest, pack, require, sub, unpack
+from .serialization import ModelFormatError, nest, pack, read_config, require, sub, unpack
+from .specialists import SpecialistHead
+
+#: The coarse (router) and fine stages a hierarchical bundle may hold, by ``kind``.
+COARSE_KINDS = {cls.KIND: cls for cls in (CoarseHead, LDARouter)}
+FINE_KINDS = {cls.KIND: cls for cls in (FineHead, SpecialistHead)}
 
 ROW_BATCH = 4096
 ATTACH_RULES = ("coarse", "nearest_class", "centroid")
@@ -49,13 +56,18 @@ class AddClassesResult:
 
 
 class HierarchicalClassifier:
-    """Coarse router + fine few-shot head over a fixed SKU -> superclass assignment (``superclass_of_class``
-    must cover exactly ``fine.classes``; ids lie in ``0..coarse.n_superclasses-1``). ``m`` = default routing width.
+    """Coarse router + fine head over a fixed SKU -> superclass assignment (``superclass_of_class`` must cover
+    exactly ``fine.classes``; ids lie in ``0..coarse.n_superclasses-1``). ``m`` = default routing width.
+
+    Stages: a :class:`CoarseHead` (dense superclass classifier) or an :class:`LDARouter` (superclass posterior of a
+    global SKU scorer); a :class:`FineHead` (prototype metric) or a :class:`SpecialistHead` (global scores x
+    superclass-local specialists). The scoring rule is the same for every combination (module docstring).
     """
 
     KIND = "hierarchical"
 
-    def __init__(self, coarse: CoarseHead, fine: FineHead, superclass_of_class: Mapping[str, int], m: int = 3):
+    def __init__(self, coarse: CoarseHead | LDARouter, fine: FineHead | SpecialistHead,
+                 superclass_of_class: Mapping[str, int], m: int = 3):
         if coarse.dim != fine.dim:
             raise EmbeddingInputError(f"coarse head expects d={coarse.dim} but fine head d={fine.dim}")
         missing = [c for c in fine.classes if c not in superclass_of_class]
@@ -69,6 +81,14 @@ class HierarchicalClassifier:
             raise EmbeddingInputError(f"superclass ids must lie in 0..{coarse.n_superclasses - 1}")
         if m < 1:
             raise ValueError(f"routing width m must be >= 1, got {m}")
+        if isinstance(fine, SpecialistHead) and not np.array_equal(fine.sc_of_index, sc):
+            raise EmbeddingInputError("the specialist head was built for another superclass assignment than given")
+        if isinstance(fine, SpecialistHead) and fine.n_superclasses != coarse.n_superclasses:
+            raise EmbeddingInputError(f"specialist head has {fine.n_superclasses} superclasses, the router "
+                                      f"{coarse.n_superclasses}")
+        if isinstance(coarse, LDARouter) and (coarse.classes != fine.classes
+                                              or not np.array_equal(coarse.sc_of_index, sc)):
+            raise EmbeddingInputError("the LDA router scores another class list / superclass assignment than given")
         self.coarse = coarse
         self.fine = fine
         self.m = int(m)
@@ -145,9 +165,17 @@ class HierarchicalClassifier:
         if attach not in ATTACH_RULES:
             raise ValueError(f"unknown attach rule {attach!r}; use one of {ATTACH_RULES}")
         X_new, y_new = check_xy(X_new, y_new, dim=self.dim, prefix="new ")
-        fine, new, refreshed = self.fine.with_images(X_new, y_new)
+        known = set(self.classes)
+        new = sorted({c for c in y_new.tolist() if c not in known})
         chosen = self._attach(X_new, y_new, new, attach)
-        model = HierarchicalClassifier(self.coarse, fine, {**self.superclass_of_class(), **chosen}, self.m)
+        if isinstance(self.fine, SpecialistHead):
+            fine, _, refreshed = self.fine.with_images(X_new, y_new, superclass_of_new=chosen)
+        else:
+            fine, _, refreshed = self.fine.with_images(X_new, y_new)
+        coarse = self.coarse.with_classes(X_new, y_new, chosen) if isinstance(self.coarse, LDARouter) else self.coarse
+        if isinstance(coarse, LDARouter) and coarse.classes != fine.classes:  # refreshed SKUs keep their router row
+            raise EmbeddingInputError("router and fine head disagree on the class list after adding SKUs")
+        model = HierarchicalClassifier(coarse, fine, {**self.superclass_of_class(), **chosen}, self.m)
         return AddClassesResult(model=model, superclass_of_new=chosen, refreshed=refreshed, attach_rule=attach)
 
     def _attach(self, X_new: np.ndarray, y_new: np.ndarray, new: list[str], attach: str) -> dict[str, int]:
@@ -192,20 +220,26 @@ class HierarchicalClassifier:
         where = "hierarchical config.json"
         classes = require(config, "classes", list, where)
         sc_list = require(config, "superclass_of_class", list, where)
-        try:
-            coarse = CoarseHead.from_files(sub(files, "coarse/"), device=device)
-        except ModelFormatError as exc:
-            raise ModelFormatError(f"coarse/ part: {exc}") from exc
-        try:
-            fine = FineHead.from_files(sub(files, "fine/"), device=device)
-        except ModelFormatError as exc:
-            raise ModelFormatError(f"fine/ part: {exc}") from exc
+        parts = {}
+        for prefix, kinds in (("coarse/", COARSE_KINDS), ("fine/", FINE_KINDS)):
+            part_files = sub(files, prefix)
+            try:
+                kind = read_config(part_files)["kind"]
+                if kind not in kinds:
+                    raise ModelFormatError(f"kind {kind!r} is not a {prefix[:-1]} stage (known: {sorted(kinds)})")
+                parts[prefix] = kinds[kind].from_files(part_files, device=device)
+            except ModelFormatError as exc:
+                raise ModelFormatError(f"{prefix} part: {exc}") from exc
+        coarse, fine = parts["coarse/"], parts["fine/"]
         if fine.classes != [str(c) for c in classes] or len(sc_list) != len(classes):
             raise ModelFormatError(f"{where}: class list / superclass list disagree with fine/config.json")
         if coarse.n_superclasses != config["n_superclasses"]:
             raise ModelFormatError(f"{where} says {config['n_superclasses']} superclasses, coarse/ has "
                                    f"{coarse.n_superclasses}")
-        return cls(coarse, fine, {str(c): int(s) for c, s in zip(classes, sc_list)}, int(config["m"]))
+        try:
+            return cls(coarse, fine, {str(c): int(s) for c, s in zip(classes, sc_list)}, int(config["m"]))
+        except EmbeddingInputError as exc:
+            raise ModelFormatError(f"{where}: {exc}") from exc
 
 
 def _unit(a: np.ndarray) -> np.ndarray:

@@ -145,15 +145,14 @@ def require(config: Mapping[str, Any], key: str, typ: type | tuple[type, ...], w
     return value
 
 
-def load_classifier(files: Mapping[str, bytes], device: str | torch.device | None = None) -> Any:
-    """Load any skurec model from its files, dispatching on ``config.json``'s ``kind``."""
-    from .coarse import CoarseHead
-    from .fine import FineHead
-    from .flat import FlatKNN, FlatLinear, FlatPrototype
-    from .hierarchical import HierarchicalClassifier
+def __getattr__(name: str) -> Any:
+    """Transitional alias: ``skurec.models.serialization.load_classifier`` now lives in :mod:`.registry`.
 
-    registry = {cls.KIND: cls for cls in (HierarchicalClassifier, CoarseHead, FineHead, FlatLinear, FlatPrototype, FlatKNN)}
-    kind = read_config(files)["kind"]
-    if kind not in registry:
-        raise ModelFormatError(f"unknown model kind {kind!r}; known kinds: {sorted(registry)}")
-    return registry[kind].from_files(files, device=device)
+    Kept only so callers written before the split keep working; import it from ``skurec.models`` or
+    ``skurec.models.registry``. Resolved lazily so this module stays a leaf of the import graph.
+    """
+    if name == "load_classifier":
+        import importlib
+
+        return importlib.import_module(__name__.rsplit(".", 1)[0] + ".registry").load_classifier
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,8 +8,8 @@ the encoder's own latency (``benchmarks/latency.py`` measures it).
 
 Predictions whose top-1 score (the hierarchical model's ``p(superclass) * p(SKU | superclass)``) is below
 ``threshold`` (default: the model's threshold calibrated on its validation split, see
-:func:`skurec.lineage.calibrate_threshold`) are flagged ``unknown`` instead of guessed;
-:class:`skurec.review_queue.ReviewQueue` collects them so a person can label them and drop them back in as a batch.
+:func:`skurec.serving.calibration.calibrate_threshold`) are flagged ``unknown`` instead of guessed;
+:class:`skurec.serving.review_queue.ReviewQueue` collects them so a person can label them and drop them back in as a batch.
 No Dagster import here.
 """
 
@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from skurec.images import ImageRejected, decode_rgb, sha256_bytes
-from skurec.lineage import load_published
+from skurec.deployment.bundle import load_published
 from skurec.model_store import ModelStore
 from skurec.storage import Workspace
 
@@ -115,7 +115,7 @@ class Recognizer:
                  m: int | None = None, model_id: str | None = None):
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
-        if threshold is None:  # the model's calibrated threshold (see skurec.lineage.calibrate_threshold)
+        if threshold is None:  # the model's calibrated threshold (see skurec.serving.calibration.calibrate_threshold)
             threshold = (card.get("recognition") or {}).get("threshold")
             threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
         if not 0.0 <= threshold <= 1.0:
@@ -226,14 +226,14 @@ class Recognizer:
 def load_encoder_for_card(card: dict, device: str | None = "cpu", checkpoint: str | None = None) -> Any:
     """The frozen encoder a model card names, verified to have the same encoder id (weights hash + options)."""
     from skurec.encoders import load_encoder
+    from skurec.encoders.registry import takes_checkpoint
 
     ident = card.get("encoder") or {}
     name = ident.get("name")
     if not name:
         raise RecognizerError(f"model card of {card.get('model_id')} names no encoder; it cannot be served")
     opts = {k: v for k, v in (ident.get("options") or {}).items() if k in ("views", "input_size", "crop_pct")}
-    checkpoint = checkpoint or os.environ.get("SKUREC_ENCODER_CHECKPOINT") or None
-    if checkpoint is None and (name == "dinov2_vits14" or str(name).startswith("timm:")):
+    if checkpoint is None and takes_checkpoint(name):  # the file recorded when the training embeddings were made
         checkpoint = (ident.get("source") or {}).get("checkpoint")
     enc = load_encoder(name, checkpoint=checkpoint, device=device, **opts)
     if ident.get("encoder_id") and enc.encoder_id != ident["encoder_id"]:

@@ -25,7 +25,7 @@ import pandas as pd
 from skurec.images import sha256_bytes
 from skurec.storage import Workspace
 
-QUEUE_DIR = "review_queue"
+from skurec.layout import REVIEW_QUEUE_DIR as QUEUE_DIR
 _EXT = {b"\xff\xd8\xff": ".jpg", b"\x89PNG": ".png", b"GIF8": ".gif", b"BM": ".bmp", b"RIFF": ".webp"}
 
 
@@ -43,7 +43,7 @@ class ReviewQueue:
         self.ws = ws if isinstance(ws, Workspace) else Workspace(os.fspath(ws))
 
     def add(self, recognition: Any, image_bytes: bytes) -> dict:
-        """Queue one prediction (a :class:`skurec.recognizer.Recognition` or its dict) with the image bytes."""
+        """Queue one prediction (a :class:`skurec.serving.recognizer.Recognition` or its dict) with the image bytes."""
         rec = recognition.to_dict() if hasattr(recognition, "to_dict") else dict(recognition)
         if not image_bytes:
             raise ValueError("the review queue needs the image bytes (got none)")

@@ -1,0 +1,6 @@
+"""The demo catalogue: rendered packaging families with near-identical SKUs (``skurec demo``), and labelled batches
+for the labelling loop. Not used by the pipeline itself."""
+
+from skurec.demo.render import demo_skus, image_rng, make_demo_catalogue, make_labelled_batch, render_sku_jpeg
+
+__all__ = ["demo_skus", "image_rng", "make_demo_catalogue", "make_labelled_batch", "render_sku_jpeg"]

@@ -1,0 +1,266 @@
+"""Candidate models: the next model that could be deployed, from one of two paths, published and judged.
+
+* **full rebuild**: the hierarchical model the training assets wrote to ``artifacts/hierarchical/`` (with
+  ``artifacts/training_manifest.json``), published once per artifact digest;
+* **fast path**: the deployed model plus every active train image it has not seen, added with
+  :meth:`HierarchicalClassifier.add_classes` (new SKUs attached to a superclass, known SKUs' prototypes refreshed);
+  nothing is retrained, so a new SKU is recognisable minutes after its batch lands.
+
+:func:`build_candidate` publishes the candidate with the gate's verdict in its (immutable) card; the deployment step
+(:func:`skurec.deployment.gate.decide_deployment`) judges it again against whatever is deployed at that moment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from skurec import layout
+from skurec.artifacts import files_digest, read_files
+from skurec.deployment.bundle import PublishedModel, load_published, publish_model
+from skurec.deployment.card import batches_of, build_model_card
+from skurec.deployment.gate import GateConfig, GateReport, evaluate_gate
+from skurec.deployment.training_table import TABLE_COLUMNS, LineageError, image_ids_sha256
+from skurec.model_store import ModelStore, new_model_id, now_iso
+from skurec.models import load_classifier
+from skurec.serving.calibration import calibrate_threshold
+from skurec.storage import Workspace
+
+SOURCE_FULL = "full_rebuild"
+SOURCE_FAST = "fast_path"
+
+
+@dataclass
+class CandidateResult:
+    """A published candidate (``model_id``) or, when ``model_id`` is None, why no candidate was needed."""
+
+    source: str | None
+    model_id: str | None
+    reason: str
+    card: dict | None = None
+    gate: GateReport | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _audit_snapshot(ws: Workspace) -> str:
+    return layout.catalogue_snapshot(ws)
+
+
+def _sku_names(ws: Workspace) -> dict[str, str]:
+    if not ws.has_table("classes"):
+        return {}
+    t = ws.read_table("classes", columns=["sku_id", "sku_name"])
+    return {r.sku_id: r.sku_name for r in t.itertuples() if isinstance(r.sku_name, str) and r.sku_name}
+
+
+def published_artifact_digests(ws: Workspace) -> dict[str, str]:
+    """artifact digest -> model id of every bundle published from ``artifacts/hierarchical``."""
+    return {r.card["artifact_digest"]: r.model_id for r in ModelStore(ws).list() if r.card.get("artifact_digest")}
+
+
+def prepare_full_rebuild(ws: Workspace, model_id: str | None = None) -> tuple[PublishedModel | None, str]:
+    """The model in ``artifacts/hierarchical`` with its card and training table, in memory (not yet published).
+
+    Returns ``(None, why)`` when there is no trained model or it is already published. Raises
+    :class:`LineageError` / ``TamperedModelError`` when the training artifacts are inconsistent (an interrupted
+    training run): such a model must never reach the gate.
+    """
+    if not ws.exists(layout.TRAINING_MANIFEST) or not ws.exists(f"{layout.HIERARCHICAL_DIR}/_files.json"):
+        return None, "no trained hierarchical model yet (run the full_rebuild job)"
+    files = read_files(ws, layout.HIERARCHICAL_DIR)  # verifies every file: a half-written artifact raises here
+    digest = files_digest(files)
+    done = published_artifact_digests(ws)
+    if digest in done:
+        return None, f"the trained model {digest[:12]} is already published as {done[digest]}"
+    manifest = ws.read_json(layout.TRAINING_MANIFEST)
+    if manifest.get("hierarchical_digest") not in (None, digest):
+        raise LineageError(
+            f"{layout.HIERARCHICAL_DIR} does not match {layout.TRAINING_MANIFEST} (a training run was interrupted "
+            "between the two writes); re-run the full_rebuild job"
+        )
+    model = load_classifier(files, device="cpu")
+    rel = manifest.get("training_set") or layout.TRAINING_SET
+    if not ws.exists(rel):
+        raise LineageError(f"the training manifest names {rel} but it does not exist; re-run the full_rebuild job")
+    table = ws.read_parquet(rel).to_pandas()
+    train_ids = table.loc[table["split"] == "train", "image_id"].tolist()
+    expected = manifest.get("train_image_ids_sha256")
+    if expected and image_ids_sha256(train_ids) != expected:
+        raise LineageError(
+            f"{rel} does not list the images that trained this model (its train image ids hash differs from the "
+            "training manifest: the catalogue changed during training); re-run the full_rebuild job"
+        )
+    missing = sorted(set(model.classes) - set(table.loc[table["split"] == "train", "sku_id"]))
+    if missing:
+        raise LineageError(f"{len(missing)} model classes have no training rows in {rel}, e.g. {missing[:5]}")
+    sc_doc = layout.superclasses_doc(ws)
+    evaluation = {f"train/{k}": v for k, v in (manifest.get("metrics") or {}).items() if isinstance(v, (int, float))}
+    evaluation.update(_evaluation_summary(ws, digest))
+    model_id = model_id or new_model_id("hier")
+    table = table.assign(added_by=model_id)
+    card = build_model_card(
+        source=SOURCE_FULL,
+        model=model,
+        table=table,
+        catalogue_snapshot=manifest.get("catalogue_snapshot", ""),
+        encoder=manifest.get("encoder", {}),
+        superclasses={"version": manifest.get("superclass_version") or sc_doc.get("version"),
+                      "n_superclasses": int(model.n_superclasses), "method": sc_doc.get("method")},
+        training_config=manifest.get("configs", {}),
+        seeds=manifest.get("seeds", {}),
+        evaluation=evaluation,
+        batches=batches_of(ws, train_ids),
+        sku_names=_sku_names(ws),
+        extra={"artifact_digest": digest, "training_code_version": manifest.get("code_version")},
+    )
+    return PublishedModel(model_id, model, card, table), f"trained model {digest[:12]} from the full rebuild"
+
+
+def _evaluation_summary(ws: Workspace, digest: str) -> dict[str, float]:
+    """Top-1/top-3 numbers of reports/evaluation.json when it says it evaluated exactly this model (its
+    ``hierarchical_digest``); an evaluation of another model is never attached to this card."""
+    ev = layout.evaluation(ws)
+    if ev is None:
+        return {}
+    if ev.get("hierarchical_digest") != digest:
+        return {}
+    out: dict[str, float] = {}
+    for variant, v in (ev.get("variants") or {}).items():
+        for name, r in (v.get("models") or {}).items():
+            for metric in ("top1", "top3"):
+                if isinstance(r, dict) and isinstance(r.get(metric), (int, float)):
+                    out[f"eval/{ev.get('split', 'eval')}/{variant}/{name}/{metric}"] = float(r[metric])
+    return out
+
+
+def prepare_fast_path(ws: Workspace, data: Any, attach: str = "coarse", model_id: str | None = None
+                      ) -> tuple[PublishedModel | None, str, dict[str, Any]]:
+    """The deployed model extended with every active train image it has not seen (in memory, not published).
+
+    Returns ``(None, why, details)`` when there is nothing to add, no deployed model, or the encoder changed.
+    """
+    store = ModelStore(ws)
+    base_id = store.deployed_id()
+    if base_id is None:
+        return None, "no deployed model to extend yet (the first model comes from full_rebuild)", {}
+    base = load_published(ws, base_id)
+    base_enc = base.card.get("encoder", {}).get("encoder_id")
+    details: dict[str, Any] = {"base_model_id": base_id, "inactive_new_skus": _inactive_new_skus(ws, set(base.model.classes))}
+    if base_enc != data.encoder_id:
+        return None, (f"the encoder changed ({base_enc} -> {data.encoder_id}): the fast path cannot extend the "
+                      "deployed model; run the full_rebuild job"), details
+    if not hasattr(base.model, "add_classes"):
+        return None, f"deployed model {base_id} ({type(base.model).__name__}) has no fast path", details
+    seen = set(base.table["image_id"])
+    new_idx = [i for i, image_id in enumerate(data.train.image_ids) if image_id not in seen]
+    if not new_idx:
+        return None, f"no train image that {base_id} has not seen: nothing to add", details
+    X_new, y_new = data.train.X[new_idx], data.train.y[new_idx]
+    result = base.model.add_classes(X_new, y_new, attach=attach)
+    model_id = model_id or new_model_id("fast")
+    added = pd.DataFrame({"image_id": [data.train.image_ids[i] for i in new_idx], "sku_id": y_new.astype(str),
+                          "split": "train", "added_by": model_id})
+    # Validation/test images it will be judged on are recorded too (never trained on).
+    held = [pd.DataFrame({"image_id": s.image_ids, "sku_id": np.asarray(s.y).astype(str), "split": name, "added_by": model_id})
+            for name, s in (("val", data.val), ("test", data.test)) if len(s)]
+    held = [h[~h["image_id"].isin(seen)] for h in held]
+    base_rows = base.table[TABLE_COLUMNS] if set(TABLE_COLUMNS) <= set(base.table.columns) else pd.DataFrame(columns=TABLE_COLUMNS)
+    table = pd.concat([base_rows, added, *held], ignore_index=True)
+    train_ids = table.loc[table["split"] == "train", "image_id"].tolist()
+    sc_base = dict(base.card.get("superclasses", {}))
+    attached = {**sc_base.get("attached", {}), **{k: int(v) for k, v in result.superclass_of_new.items()}}
+    fast = {
+        "new_skus": sorted(result.superclass_of_new),
+        "superclass_of_new": {k: int(v) for k, v in sorted(result.superclass_of_new.items())},
+        "refreshed_skus": sorted(result.refreshed),
+        "n_images_added": int(len(new_idx)),
+        "attach_rule": result.attach_rule,
+        "inactive_new_skus": details["inactive_new_skus"],
+    }
+    assignment = json.dumps(result.model.superclass_of_class(), sort_keys=True).encode()
+    card = build_model_card(
+        source=SOURCE_FAST,
+        model=result.model,
+        table=table,
+        catalogue_snapshot=_audit_snapshot(ws),
+        encoder=data.encoder,
+        superclasses={**sc_base, "attached": attached, "assignment_sha256": hashlib.sha256(assignment).hexdigest()},
+        training_config={**base.card.get("training_config", {}), "fast_path": {"attach_rule": attach}},
+        seeds=base.card.get("seeds", {}),
+        evaluation={},
+        batches=batches_of(ws, train_ids),
+        base_model_id=base_id,
+        fast_path=fast,
+        sku_names=_sku_names(ws),
+        extra={"training_code_version": base.card.get("training_code_version")},
+    )
+    why = f"{len(fast['new_skus'])} new SKU(s) and {len(new_idx)} image(s) added to {base_id} without retraining"
+    return PublishedModel(model_id, result.model, card, table), why, {**details, **fast}
+
+
+def _inactive_new_skus(ws: Workspace, known: set[str]) -> list[dict[str, Any]]:
+    """SKUs the model does not know that are still below min_samples (reported, not trained on)."""
+    if not ws.has_table("classes"):
+        return []
+    c = ws.read_table("classes")
+    c = c[(c["status"] != "active") & ~c["sku_id"].isin(known)]
+    return [{"sku_id": r.sku_id, "n_images": int(r.n_images)} for r in c.itertuples()]
+
+
+def build_candidate(ws: Workspace, attach: str = "coarse", gate: GateConfig | None = None) -> CandidateResult:
+    """Publish the next candidate and judge it: a newly trained full model if there is one, else the fast-path
+    extension of the deployed model, else nothing (``model_id`` None, ``reason`` says why).
+
+    The gate is evaluated before publication so that its numbers are part of the (immutable) model card; the
+    deployment step evaluates it again against whatever is deployed at that moment.
+    """
+    from skurec.datasets import TrainingDataError, load_training_data
+
+    gate = gate or GateConfig()
+    cand, why_full = prepare_full_rebuild(ws)
+    details: dict[str, Any] = {}
+    data = None
+    if cand is None:
+        try:
+            data = load_training_data(ws)
+        except TrainingDataError as exc:
+            return CandidateResult(None, None, f"{why_full}; the catalogue cannot be used yet: {exc}")
+        cand, why_fast, details = prepare_fast_path(ws, data, attach=attach)
+        if cand is None:
+            return CandidateResult(None, None, f"{why_full}; {why_fast}", details=details)
+        why = why_fast
+    else:
+        why = why_full
+    report = evaluate_gate(ws, cand, gate, data)
+    cand.card["recognition"] = calibrate_threshold(ws, cand.model, data)
+    cand.card["evaluation"] = {
+        **cand.card.get("evaluation", {}),
+        "gate/candidate_top1": report.candidate_top1,
+        "gate/deployed_top1": report.deployed_top1,
+        "gate/n_val": report.n_val,
+        "gate/zero_accuracy_share": report.zero_accuracy_share,
+    }
+    cand.card["gate_at_publication"] = report.to_dict()
+    rec = publish_model(ws, cand.model, cand.card, cand.table, model_id=cand.model_id)
+    source = rec.card.get("source")
+    return CandidateResult(source, rec.model_id, why, rec.card, report, details)
+
+
+def record_candidate(ws: Workspace, candidate: CandidateResult) -> dict:
+    """Write ``candidates/<model_id>.json`` and ``candidates/latest.json`` (what the deployment step looks at)."""
+    doc = {"model_id": candidate.model_id, "source": candidate.source, "reason": candidate.reason,
+           "created_at": now_iso(), "gate": candidate.gate.to_dict() if candidate.gate else None,
+           "details": candidate.details}
+    ws.write_json(layout.candidate_record(candidate.model_id), doc)
+    ws.write_json(layout.LATEST_CANDIDATE, doc)
+    return doc
+
+
+def latest_candidate(ws: Workspace) -> dict | None:
+    return layout.latest_candidate(ws)
+

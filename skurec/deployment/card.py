@@ -1,0 +1,174 @@
+"""Model cards: the JSON facts of a model (catalogue snapshot, batches, encoder, superclasses, code, configuration,
+seeds, evaluation) and their Markdown rendering for the UI and ``skurec lineage``."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from skurec.deployment.training_table import image_ids_sha256, training_table_sha256
+from skurec.layout import BUNDLE_TRAINING_TABLE
+from skurec.storage import Workspace
+
+CARD_SCHEMA = "skurec-model-card/1"
+
+
+@functools.lru_cache(maxsize=1)
+def code_version_info() -> dict[str, Any]:
+    """Package version and, when the code runs from a git checkout, the commit and whether the tree was dirty.
+
+    ``SKUREC_GIT_COMMIT`` overrides the commit (container images built without ``.git``).
+    """
+    try:
+        from importlib.metadata import version
+
+        pkg = version("skurec")
+    except Exception:  # not installed (running from a source tree)
+        pkg = "unknown"
+    commit = os.environ.get("SKUREC_GIT_COMMIT") or None
+    dirty = None
+    if commit is None:
+        repo = Path(__file__).resolve().parent.parent
+        try:
+            commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                    timeout=5, check=True).stdout.strip() or None
+            status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                                    capture_output=True, text=True, timeout=5, check=True).stdout
+            dirty = bool(status.strip())
+        except Exception:  # no git, not a checkout: the package version still identifies the code
+            commit = None
+    return {"package": "skurec", "package_version": pkg, "git_commit": commit, "git_dirty": dirty}
+
+
+
+def batches_of(ws: Workspace, image_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """The labelling batches that contributed images to ``image_ids`` (with content hash and image count)."""
+    from skurec.ingest import ingested_batches
+
+    if not ws.has_table("images"):
+        return []
+    images = ws.read_table("images", columns=["image_id", "batch_id"])
+    used = images[images["image_id"].isin(set(image_ids))]
+    counts = used["batch_id"].dropna().value_counts()
+    records = {r["batch_id"]: r for r in ingested_batches(ws)}
+    out = []
+    for batch_id, n in sorted(counts.items()):
+        rec = records.get(batch_id, {})
+        out.append({"batch_id": str(batch_id), "n_images": int(n), "content_hash": rec.get("content_hash"),
+                    "ingested_at": rec.get("ingested_at"), "source_uri": rec.get("source_uri")})
+    return out
+
+
+def build_model_card(
+    *,
+    source: str,
+    model: Any,
+    table: pd.DataFrame,
+    catalogue_snapshot: str,
+    encoder: Mapping[str, Any],
+    superclasses: Mapping[str, Any],
+    training_config: Mapping[str, Any],
+    seeds: Mapping[str, Any],
+    evaluation: Mapping[str, Any],
+    batches: Sequence[Mapping[str, Any]],
+    base_model_id: str | None = None,
+    fast_path: Mapping[str, Any] | None = None,
+    sku_names: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The JSON model card (``model_id``, ``files`` and ``created_at`` are added by the model store)."""
+    train = table[table["split"] == "train"]
+    classes = list(model.classes)
+    return {
+        "schema": CARD_SCHEMA,
+        "kind": getattr(model, "KIND", type(model).__name__),
+        "source": source,
+        "base_model_id": base_model_id,
+        "catalogue_snapshot": catalogue_snapshot,
+        "training_set": {
+            "file": BUNDLE_TRAINING_TABLE,
+            "sha256": training_table_sha256(table),
+            "train_image_ids_sha256": image_ids_sha256(train["image_id"].tolist()),
+            "n_rows": int(len(table)),
+            "n_train": int(len(train)),
+            "n_val": int((table["split"] == "val").sum()),
+            "n_test": int((table["split"] == "test").sum()),
+        },
+        "classes": {"n": len(classes), "list": classes, "names": {c: sku_names[c] for c in classes if sku_names and c in sku_names}},
+        "batches": [dict(b) for b in batches],
+        "encoder": {k: encoder.get(k) for k in ("name", "encoder_id", "weights_sha256", "pretrained", "dim", "options", "source")},
+        "superclasses": dict(superclasses),
+        "code": code_version_info(),
+        "training_config": dict(training_config),
+        "seeds": dict(seeds),
+        "evaluation": dict(evaluation),
+        "fast_path": dict(fast_path) if fast_path else None,
+        **dict(extra or {}),
+    }
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    if isinstance(v, (dict, list)):
+        return "`" + json.dumps(v, sort_keys=True, default=str)[:300] + "`"
+    return "" if v is None else str(v)
+
+
+def model_card_markdown(card: Mapping[str, Any]) -> str:
+    """Human-readable model card (the same facts as the JSON, for the UI and ``skurec lineage``)."""
+    ts, enc, sc, code = card.get("training_set", {}), card.get("encoder", {}), card.get("superclasses", {}), card.get("code", {})
+    lines = [
+        f"# Model card: {card.get('model_id', '(unpublished)')}",
+        "",
+        f"- **source**: {card.get('source')}" + (f" (extends `{card['base_model_id']}`)" if card.get("base_model_id") else ""),
+        f"- **created**: {card.get('created_at', '')}",
+        f"- **classes**: {card.get('classes', {}).get('n')}",
+        f"- **catalogue snapshot**: `{card.get('catalogue_snapshot')}`",
+        f"- **training set**: `{ts.get('file')}` sha256 `{ts.get('sha256')}` — {ts.get('n_train')} train / "
+        f"{ts.get('n_val')} val / {ts.get('n_test')} test rows; train image ids sha256 `{ts.get('train_image_ids_sha256')}`",
+        f"- **encoder**: `{enc.get('encoder_id')}` (weights sha256 `{enc.get('weights_sha256')}`, pretrained={enc.get('pretrained')})",
+        f"- **superclasses**: version `{sc.get('version')}`, {sc.get('n_superclasses')} superclasses"
+        + (f", extended by the fast path ({len(sc.get('attached', {}))} SKUs attached)" if sc.get("attached") else ""),
+        f"- **code**: skurec {code.get('package_version')}, git commit `{code.get('git_commit')}`"
+        + (" (dirty tree)" if code.get("git_dirty") else ""),
+        f"- **seeds**: {_fmt(card.get('seeds'))}",
+        "",
+        "## Evaluation",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
+    for k, v in sorted(card.get("evaluation", {}).items()):
+        if not isinstance(v, (dict, list)):
+            lines.append(f"| {k} | {_fmt(v)} |")
+    rec = card.get("recognition") or {}
+    if rec.get("threshold") is not None:
+        lines.append(f"| recommended unknown threshold | {_fmt(rec['threshold'])} ({rec.get('method')}) |")
+    fp = card.get("fast_path")
+    if fp:
+        lines += ["", "## Fast path", "", f"- new SKUs: {', '.join(fp.get('new_skus', [])) or '(none)'}",
+                  f"- superclass of each new SKU: {_fmt(fp.get('superclass_of_new', {}))}",
+                  f"- refreshed SKUs: {len(fp.get('refreshed_skus', []))}; images added: {fp.get('n_images_added')}",
+                  f"- attach rule: {fp.get('attach_rule')}"]
+    batches = card.get("batches", [])
+    lines += ["", f"## Batches ({len(batches)})", ""]
+    if batches:
+        lines += ["| batch | images | content hash | ingested |", "|---|---|---|---|"]
+        lines += [f"| {b['batch_id']} | {b['n_images']} | `{(b.get('content_hash') or '')[:16]}` | {b.get('ingested_at') or ''} |"
+                  for b in batches]
+    else:
+        lines.append("_(base catalogue only)_")
+    lines += ["", "## Training configuration", "", "```json", json.dumps(card.get("training_config", {}), indent=1, sort_keys=True, default=str), "```"]
+    files = card.get("files", {})
+    if files:
+        lines += ["", "## Files (SHA-256)", ""] + [f"- `{n}` `{h}`" for n, h in sorted(files.items())]
+    return "\n".join(lines) + "\n"
+

@@ -1,0 +1,199 @@
+"""The deployment gate: judge a candidate against the deployed model on the current validation split, and move the
+deployment pointer only when every criterion passes. :class:`GateConfig` holds the only defaults of the gate."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from skurec.deployment.bundle import PublishedModel, load_published
+from skurec.deployment.training_table import training_table_sha256
+from skurec.model_store import ModelStore, now_iso
+from skurec.storage import Workspace
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Deployment gate. ``tolerance``: largest allowed drop of validation top-1 accuracy below the deployed model's
+    (absolute, 0.01 = one point); ``max_zero_accuracy_share``: largest share of validated classes allowed to have
+    zero validation accuracy; ``min_accuracy``: floor for the very first deployment (nothing to compare with)."""
+
+    tolerance: float = 0.01
+    max_zero_accuracy_share: float = 0.05
+    min_accuracy: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.tolerance <= 1.0:
+            raise ValueError(f"gate tolerance must be in [0, 1], got {self.tolerance}")
+        if not 0.0 <= self.max_zero_accuracy_share <= 1.0:
+            raise ValueError(f"max_zero_accuracy_share must be in [0, 1], got {self.max_zero_accuracy_share}")
+        if not 0.0 <= self.min_accuracy <= 1.0:
+            raise ValueError(f"min_accuracy must be in [0, 1], got {self.min_accuracy}")
+
+
+@dataclass
+class GateReport:
+    candidate_id: str
+    deployed_id: str | None
+    config: dict
+    n_val: int = 0
+    candidate_top1: float | None = None
+    deployed_top1: float | None = None
+    deployed_top1_basis: str = ""
+    accuracy_ok: bool = False
+    accuracy_reason: str = ""
+    zero_accuracy_classes: list[str] = field(default_factory=list)
+    n_validated_classes: int = 0
+    zero_accuracy_share: float = 0.0
+    zero_ok: bool = False
+    zero_reason: str = ""
+    input_problems: list[str] = field(default_factory=list)
+    input_warnings: list[str] = field(default_factory=list)
+    inputs_ok: bool = False
+
+    @property
+    def passed(self) -> bool:
+        return self.accuracy_ok and self.zero_ok and self.inputs_ok
+
+    @property
+    def reasons(self) -> list[str]:
+        out = []
+        if not self.inputs_ok:
+            out.append("inputs: " + "; ".join(self.input_problems))
+        if not self.accuracy_ok:
+            out.append("accuracy: " + self.accuracy_reason)
+        if not self.zero_ok:
+            out.append("dead classes: " + self.zero_reason)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed, "reasons": self.reasons}
+
+
+def _top1(model: Any, X: np.ndarray) -> np.ndarray:
+    return model.predict_topk(X, k=1).labels[:, 0].astype(str)
+
+
+def _check_inputs(ws: Workspace, cand: PublishedModel, data: Any, report: GateReport) -> None:
+    from skurec.schemas import ImagesSchema
+
+    problems, warnings = report.input_problems, report.input_warnings
+    try:
+        ImagesSchema.validate(ws.read_table("images"), lazy=True)
+    except Exception as exc:  # pandera SchemaErrors: name it, don't crash the gate
+        problems.append(f"images table violates its schema: {str(exc)[:500]}")
+    enc = cand.card.get("encoder", {}).get("encoder_id")
+    if enc != data.encoder_id:
+        problems.append(f"candidate was built on encoder {enc} but the current embeddings come from {data.encoder_id}")
+    dim = getattr(cand.model, "dim", None)
+    if dim is not None and data.val.X.size and data.val.X.shape[1] != dim:
+        problems.append(f"embedding width {data.val.X.shape[1]} differs from the model's input width {dim}")
+    needed = {"image_id", "sku_id", "split"}
+    if not needed <= set(cand.table.columns):
+        problems.append(f"training table lacks columns {sorted(needed - set(cand.table.columns))}")
+    elif training_table_sha256(cand.table) != cand.card.get("training_set", {}).get("sha256"):
+        problems.append("training table does not match the SHA-256 recorded in the model card")
+    uncovered = sorted(set(data.classes) - set(cand.model.classes))
+    if uncovered:
+        problems.append(f"{len(uncovered)} active class(es) unknown to the candidate, e.g. {uncovered[:5]} "
+                        "(the catalogue changed after training; run full_rebuild or let the fast path add them)")
+    stale = sorted(set(cand.model.classes) - set(data.classes))
+    if stale:
+        warnings.append(f"{len(stale)} class(es) of the model are no longer active, e.g. {stale[:5]}")
+    report.inputs_ok = not problems
+
+
+def evaluate_gate(ws: Workspace, candidate: str | PublishedModel, config: GateConfig = GateConfig(),
+                  data: Any | None = None) -> GateReport:
+    """Judge ``candidate_id`` against the deployed model on the current validation split.
+
+    * inputs: the images table satisfies its schema, the candidate's encoder and input width match the current
+      embeddings, its training table matches its card, and it knows every active class;
+    * accuracy: candidate top-1 >= deployed top-1 - ``tolerance`` (both scored on the same current validation
+      images; if the deployed model used another encoder, its recorded gate accuracy is the reference);
+    * dead classes: at most ``max_zero_accuracy_share`` of the validated classes have zero validation accuracy.
+    """
+    from skurec.datasets import load_training_data
+
+    store = ModelStore(ws)
+    deployed_id = store.deployed_id()
+    cand = load_published(ws, candidate) if isinstance(candidate, str) else candidate
+    candidate_id = cand.model_id
+    report = GateReport(candidate_id=candidate_id, deployed_id=deployed_id, config=asdict(config))
+    data = data if data is not None else load_training_data(ws)
+    _check_inputs(ws, cand, data, report)
+    val = data.val
+    report.n_val = len(val)
+    if len(val) == 0:
+        report.accuracy_reason = "no validation images: the candidate cannot be judged"
+        report.zero_reason = "no validation images"
+        return report
+    if report.inputs_ok or (cand.card.get("encoder", {}).get("encoder_id") == data.encoder_id):
+        pred = _top1(cand.model, val.X)
+    else:
+        report.accuracy_reason = "candidate cannot be scored on the current embeddings"
+        report.zero_reason = report.accuracy_reason
+        return report
+    y = val.y.astype(str)
+    hits = pred == y
+    report.candidate_top1 = float(hits.mean())
+    # Dead classes: validated classes with no correct validation prediction.
+    per_class = pd.Series(hits).groupby(y).mean()
+    dead = sorted(per_class[per_class == 0].index.tolist())
+    report.zero_accuracy_classes = dead
+    report.n_validated_classes = int(len(per_class))
+    report.zero_accuracy_share = float(len(dead) / max(1, len(per_class)))
+    report.zero_ok = report.zero_accuracy_share <= config.max_zero_accuracy_share + 1e-12
+    report.zero_reason = (f"{len(dead)}/{len(per_class)} validated classes ({report.zero_accuracy_share:.1%}) have zero "
+                          f"validation accuracy (allowed: {config.max_zero_accuracy_share:.1%}), e.g. {dead[:10]}") if dead else ""
+    # Accuracy against the deployed model.
+    if deployed_id is None or deployed_id == candidate_id:
+        report.deployed_top1_basis = "none deployed" if deployed_id is None else "candidate is the deployed model"
+        report.accuracy_ok = report.candidate_top1 >= config.min_accuracy
+        report.accuracy_reason = ("" if report.accuracy_ok else
+                                  f"validation top-1 {report.candidate_top1:.4f} is below the minimum {config.min_accuracy:.4f}")
+        return report
+    dep = load_published(ws, deployed_id)
+    if dep.card.get("encoder", {}).get("encoder_id") == data.encoder_id:
+        report.deployed_top1 = float((_top1(dep.model, val.X) == y).mean())
+        report.deployed_top1_basis = "scored on the current validation split"
+    else:
+        recorded = (dep.card.get("evaluation") or {}).get("gate/candidate_top1")
+        report.deployed_top1 = float(recorded) if recorded is not None else None
+        report.deployed_top1_basis = "recorded in its card (it used another encoder)"
+    if report.deployed_top1 is None:
+        report.accuracy_ok = report.candidate_top1 >= config.min_accuracy
+        report.accuracy_reason = "" if report.accuracy_ok else "below the minimum accuracy"
+        return report
+    floor = report.deployed_top1 - config.tolerance
+    report.accuracy_ok = report.candidate_top1 + 1e-12 >= floor and report.candidate_top1 >= config.min_accuracy
+    report.accuracy_reason = "" if report.accuracy_ok else (
+        f"validation top-1 {report.candidate_top1:.4f} is more than {config.tolerance:.4f} below the deployed model "
+        f"{deployed_id} ({report.deployed_top1:.4f}, {report.deployed_top1_basis})")
+    return report
+
+
+@dataclass
+class DeploymentDecision:
+    deployed: bool
+    model_id: str | None  # the model deployed after the decision
+    candidate_id: str
+    report: GateReport
+    event: dict
+
+
+def decide_deployment(ws: Workspace, candidate_id: str, config: GateConfig = GateConfig(), data: Any | None = None) -> DeploymentDecision:
+    """Promote ``candidate_id`` iff the gate passes; a refusal is recorded and leaves the pointer untouched."""
+    store = ModelStore(ws)
+    before = store.deployed_id()
+    report = evaluate_gate(ws, candidate_id, config, data)
+    if report.passed:
+        event = store.deploy(candidate_id, reason="gate passed", extra={"gate": report.to_dict()})
+        return DeploymentDecision(True, candidate_id, candidate_id, report, event)
+    event = {"model_id": candidate_id, "deployed_model_id": before, "refused_at": now_iso(), "reasons": report.reasons,
+             "gate": report.to_dict()}
+    store.record_event("refused", event)
+    return DeploymentDecision(False, before, candidate_id, report, event)

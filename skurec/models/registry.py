@@ -1,0 +1,37 @@
+"""Load any skurec model from its files: the one place that knows every model kind (``kind`` -> class).
+
+It sits on top of the import graph of :mod:`skurec.models` (it imports the models; no model imports it), so
+adding a model kind means adding it here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from .coarse import CoarseHead
+from .fine import FineHead
+from .flat import FlatKNN, FlatLinear, FlatPrototype
+from .hierarchical import HierarchicalClassifier
+from .serialization import ModelFormatError, read_config
+
+MODEL_CLASSES: tuple[type, ...] = (HierarchicalClassifier, CoarseHead, FineHead, FlatLinear, FlatPrototype, FlatKNN)
+
+
+def model_kinds() -> dict[str, type]:
+    """``kind`` (as written in ``config.json``) -> model class, for every loadable model."""
+    return {cls.KIND: cls for cls in MODEL_CLASSES}
+
+
+def load_classifier(files: Mapping[str, bytes], device: str | torch.device | None = None) -> Any:
+    """Load any skurec model from its files, dispatching on ``config.json``'s ``kind``."""
+    registry = model_kinds()
+    kind = read_config(files)["kind"]
+    if kind not in registry:
+        raise ModelFormatError(f"unknown model kind {kind!r}; known kinds: {sorted(registry)}")
+    return registry[kind].from_files(files, device=device)
+
+
+__all__ = ["MODEL_CLASSES", "load_classifier", "model_kinds"]

@@ -1,0 +1,58 @@
+"""The training steps' rules, framework-free (the Dagster training assets call them): how many superclasses, the
+prototype artifact format, the training manifest and whether a scheduled rebuild has anything to do.
+
+``TRAINING_CODE_VERSION`` names the training code: it is recorded in every training manifest and model card, and a
+change of it makes the scheduled rebuild retrain.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+
+from skurec import layout
+from skurec.artifacts import read_files
+from skurec.models import Prototypes
+from skurec.storage import Workspace
+
+TRAINING_CODE_VERSION = "train-v1"
+
+
+def superclass_count(n_classes: int, max_superclasses: int, classes_per_superclass: float) -> int:
+    """How many superclasses: ``n_classes / classes_per_superclass`` rounded, within [2, max_superclasses]."""
+    return int(min(max_superclasses, n_classes, max(2, round(n_classes / max(1.0, classes_per_superclass)))))
+
+
+def prototypes_files(p: Prototypes) -> dict[str, bytes]:
+    """The ``artifacts/prototypes`` folder: tensors + JSON."""
+    return {
+        "prototypes.safetensors": st_save({"vectors": p.vectors.astype(np.float32), "counts": p.counts.astype(np.int64)}),
+        "config.json": json.dumps({"kind": "prototypes", "classes": list(p.classes), "dim": p.dim}).encode(),
+    }
+
+
+def load_prototypes(ws: Workspace) -> Prototypes:
+    files = read_files(ws, layout.PROTOTYPES_DIR)
+    cfg = json.loads(files["config.json"])
+    t = st_load(files["prototypes.safetensors"])
+    return Prototypes(classes=cfg["classes"], vectors=t["vectors"], counts=t["counts"])
+
+
+def rebuild_needed(ws: Workspace, code_version: str = TRAINING_CODE_VERSION) -> tuple[bool, str]:
+    """Whether a scheduled rebuild has anything to do: catalogue, encoder or training code changed since the last
+    trained model (or there is none)."""
+    manifest: dict[str, Any] | None = layout.training_manifest(ws)
+    if manifest is None:
+        return True, "no trained model yet"
+    if layout.catalogue_snapshot(ws) != manifest.get("catalogue_snapshot"):
+        return True, "the catalogue changed since the last full training (new batches were added by the fast path)"
+    enc = (layout.current_encoder(ws) or {}).get("encoder_id")
+    if enc is not None and enc != (manifest.get("encoder") or {}).get("encoder_id"):
+        return True, f"the encoder changed to {enc}"
+    if manifest.get("code_version") != code_version:
+        return True, f"training code version changed ({manifest.get('code_version')} -> {code_version})"
+    return False, "catalogue, encoder and training code unchanged since the last full training"
