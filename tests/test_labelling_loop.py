@@ -177,6 +177,11 @@ def test_two_batches_flow_through_sensor_automation_fast_path_and_gate(tmp_path)
     assert initial_build(defs, instance).success
     first = store.deployed_id()
     assert first is not None and store.card(first)["source"] == "full_rebuild"
+    # The graph says candidate_model reads the evaluation: its card always carries the evaluation of that very model.
+    evaluation = store.card(first)["evaluation"]
+    assert any(k.startswith("eval/") and k.endswith("/hierarchical_soft/top1") for k in evaluation), evaluation
+    upstream = dg.AssetSelection.assets("candidate_model").upstream().resolve(defs.resolve_asset_graph())
+    assert dg.AssetKey("evaluation_report") in upstream
     # The weekly rebuild skips while nothing changed since the last full training.
     schedule_ctx = dg.build_schedule_context(instance=instance, resources={"storage": defs.resources["storage"]})
     assert isinstance(weekly_full_rebuild(schedule_ctx), dg.SkipReason)
