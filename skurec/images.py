@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import threading
 import warnings
 from dataclasses import dataclass
@@ -23,6 +24,15 @@ MIN_SIDE = 8
 _WARNINGS_LOCK = threading.Lock()
 
 _SUPPORTED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO"}
+
+
+_ADDRESS = re.compile(r"<(_io\.BytesIO|[\w.]+) object at 0x[0-9a-fA-F]+>")
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` without memory addresses (PIL names the ``BytesIO`` it read), so the same bad file always
+    gets the same quarantine detail."""
+    return f"{type(exc).__name__}: {_ADDRESS.sub('the image bytes', str(exc))}"
 
 
 class ImageRejected(ValueError):
@@ -68,7 +78,7 @@ def _open(data: bytes) -> Image.Image:
         raise ImageRejected("decompression_bomb", str(exc)) from exc
     except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, SyntaxError...
         if looks_like_image(data):
-            raise ImageRejected("corrupt_image", f"image file is damaged or truncated ({type(exc).__name__}: {exc})") from exc
+            raise ImageRejected("corrupt_image", f"image file is damaged or truncated ({_describe(exc)})") from exc
         raise ImageRejected(
             "not_an_image",
             f"the {len(data)} bytes are not an image in a supported format ({', '.join(sorted(_SUPPORTED_FORMATS))})",
@@ -122,7 +132,7 @@ def decode_rgb(data: bytes, target_min_side: int | None = None) -> Image.Image:
     except ImageRejected:
         raise
     except Exception as exc:
-        raise ImageRejected("corrupt_image", f"decoding failed ({type(exc).__name__}: {exc})") from exc
+        raise ImageRejected("corrupt_image", f"decoding failed ({_describe(exc)})") from exc
 
 
 def inspect_image(data: bytes) -> ImageInfo:

@@ -19,6 +19,7 @@ from skurec_resources import CatalogueResource, LabellingLoopResource, StorageRe
 
 INGEST = "ingest"
 BATCH_PARTITIONS = dg.DynamicPartitionsDefinition(name="labelled_batches")
+AUDIT_PROBES_TABLE = "audit_probes"  # per-location file stamps and probe results of the last audit
 
 
 @dg.asset(
@@ -115,15 +116,19 @@ def audited_catalogue(
     if report.unknown_columns:
         context.log.warning(f"manifest columns ignored (unknown): {list(report.unknown_columns)}")
 
+    # The previous audit's file stamps: an unchanged file is not read again, so a batch costs what the batch holds.
+    previous = ws.read_table(AUDIT_PROBES_TABLE) if ws.has_table(AUDIT_PROBES_TABLE) else None
     result = audit(
         raw,
         catalogue.audit_config(),
         storage_options=storage.storage_options(),
         progress=throttled_progress(context, "audited {done}/{total} images"),
+        previous=previous,
     )
     ws.write_table("images", result.images)
     ws.write_table("quarantine", result.quarantine)
     ws.write_table("classes", result.classes)
+    ws.write_table(AUDIT_PROBES_TABLE, result.probes)
 
     s = result.summary
     counts = result.classes["n_images"].astype(int).tolist()
@@ -144,6 +149,8 @@ def audited_catalogue(
             "split_counts": dg.MetadataValue.json(s["split_counts"]),
             "quarantine_reasons": dg.MetadataValue.json(s["quarantine_reasons"]),
             "filtered_classes": dg.MetadataValue.json(s["filtered_classes"][:200]),
+            "active_classes_without_val": dg.MetadataValue.json(list(s.get("active_classes_without_val", []))[:200]),
+            "audit_io": dg.MetadataValue.json(result.io),
             "unknown_manifest_columns": dg.MetadataValue.json(list(report.unknown_columns)),
             "class_count_histogram": dg.MetadataValue.md(png_markdown(hist, "images per class")),
             "quarantine_preview": dg.MetadataValue.md(markdown_table(quarantine_preview, ["image_uri", "sku_id", "reason", "detail"])),

@@ -1,12 +1,12 @@
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
-
-from skurec.audit import AuditConfig, audit, catalogue_snapshot_hash
-from skurec.catalogue import CatalogueError, import_catalogue
-
 from conftest import image_bytes, snapshot_tree, write_folder_catalogue
+
+from skurec.audit import AuditConfig, audit, catalogue_snapshot_hash, split_hash
+from skurec.catalogue import CatalogueError, import_catalogue
 
 
 def test_folder_import_lists_every_image_with_its_sku(folder_catalogue):
@@ -144,13 +144,81 @@ def test_empty_manifest_gives_empty_tables(tmp_path):
     assert len(res.images) == 0 and len(res.quarantine) == 0 and len(res.classes) == 0
 
 
-def test_pinned_split_is_kept(tmp_path):
+def test_pinned_test_is_kept_and_a_single_train_image_is_reported(tmp_path):
+    """test rows stay test; a class whose only non-test image is one train image keeps it for training and is
+    listed as having no validation image (the gate cannot judge it)."""
     for i in range(3):
         (tmp_path / f"{i}.png").write_bytes(image_bytes(i))
     man = tmp_path / "m.csv"
     man.write_text("image_uri,sku_id,split\n0.png,s,test\n1.png,s,test\n2.png,s,train\n")
-    imgs = audit(import_catalogue(str(man)).rows, AuditConfig(min_samples=1)).images
-    assert sorted(imgs["split"]) == ["test", "test", "train"]
+    res = audit(import_catalogue(str(man)).rows, AuditConfig(min_samples=1))
+    imgs = res.images.set_index("image_uri")
+    h = split_hash(imgs.loc[str(tmp_path / "2.png"), "image_id"], AuditConfig().split_salt)
+    train_split = "val" if h < 0.1 else "train"  # the hash decides, as for an unpinned row
+    assert imgs.loc[str(tmp_path / "0.png"), "split"] == imgs.loc[str(tmp_path / "1.png"), "split"] == "test"
+    assert imgs.loc[str(tmp_path / "2.png"), "split"] == train_split
+    assert imgs["split_pinned"].tolist() == [True, True, False]
+    if train_split == "train":
+        assert res.summary["active_classes_without_val"] == ["s"] and res.summary["n_active_classes_without_val"] == 1
+
+
+def _train_test_manifest(tmp_path, counts: dict[str, tuple[int, int]], seed0: int = 0, name: str = "m.csv"):
+    """Manifest pinning every row to train or test (like an official train/test list), images beside it."""
+    (tmp_path / "imgs").mkdir(exist_ok=True)
+    lines, seed = ["image_uri,sku_id,split"], seed0
+    for sku, (n_train, n_test) in counts.items():
+        for j in range(n_train + n_test):
+            rel = f"imgs/{sku}_{seed}.png"
+            (tmp_path / rel).write_bytes(image_bytes(seed))
+            lines.append(f"{rel},{sku},{'train' if j < n_train else 'test'}")
+            seed += 1
+    man = tmp_path / name
+    man.write_text("\n".join(lines) + "\n")
+    return man
+
+
+def test_train_test_only_manifest_gets_validation_carved_from_train(tmp_path):
+    man = _train_test_manifest(tmp_path, {f"s{k}": (40, 8) for k in range(4)})
+    res = audit(import_catalogue(str(man)).rows, AuditConfig(min_samples=10))
+    imgs = res.images
+    pinned = import_catalogue(str(man)).rows.set_index("image_uri")["split"]
+    asked = imgs["image_uri"].map(pinned)
+    assert (imgs.loc[asked == "test", "split"] == "test").all()  # test rows never move
+    from_train = imgs[asked == "train"]
+    assert set(from_train["split"]) == {"train", "val"}
+    assert 0.04 < (from_train["split"] == "val").mean() < 0.2  # ~10 %
+    # Exactly the hash rule (every class got hashed val images here, so no fallback was needed).
+    expected = np.where(from_train["image_id"].map(lambda i: split_hash(i, AuditConfig().split_salt)) < 0.1, "val", "train")
+    assert from_train["split"].tolist() == expected.tolist()
+    assert res.summary["n_active_classes_without_val"] == 0 and res.summary["split_counts"]["val"] > 0
+    assert len(imgs) + len(res.quarantine) == 4 * 48
+    again = audit(import_catalogue(str(man)).rows, AuditConfig(min_samples=10)).images  # deterministic
+    pd.testing.assert_frame_equal(again, imgs)
+
+
+def test_carved_split_is_stable_when_rows_are_added(tmp_path):
+    man = _train_test_manifest(tmp_path, {"a": (30, 5), "b": (30, 5)})
+    before = audit(import_catalogue(str(man)).rows, AuditConfig(min_samples=10)).images.set_index("image_id")["split"]
+    more = _train_test_manifest(tmp_path, {"a": (20, 2), "c": (30, 5)}, seed0=500, name="more.csv")
+    grown = tmp_path / "grown.csv"
+    grown.write_text(man.read_text() + "".join(more.read_text().splitlines(keepends=True)[1:]))
+    after = audit(import_catalogue(str(grown)).rows, AuditConfig(min_samples=10)).images.set_index("image_id")["split"]
+    assert len(after) == len(before) + 57
+    assert after.loc[before.index].equals(before)
+
+
+def test_explicit_val_rows_win(tmp_path):
+    """A manifest listing its own val rows defines the validation split: its train rows stay train."""
+    (tmp_path / "imgs").mkdir()
+    lines = ["image_uri,sku_id,split"]
+    for j in range(30):
+        (tmp_path / f"imgs/{j}.png").write_bytes(image_bytes(j))
+        lines.append(f"imgs/{j}.png,{'ab'[j % 2]},{'val' if j < 4 else 'test' if j < 8 else 'train'}")
+    man = tmp_path / "m.csv"
+    man.write_text("\n".join(lines) + "\n")
+    imgs = audit(import_catalogue(str(man)).rows, AuditConfig(min_samples=5)).images
+    by_file = dict(zip(imgs["image_uri"].str.rsplit("/", n=1).str[-1], imgs["split"]))
+    assert all(by_file[f"{j}.png"] == ("val" if j < 4 else "test" if j < 8 else "train") for j in range(30))
     assert imgs["split_pinned"].all()
 
 

@@ -11,6 +11,7 @@ import pandas as pd
 
 from skurec.deployment.bundle import PublishedModel, load_published
 from skurec.deployment.training_table import training_table_sha256
+from skurec.layout import audit_summary
 from skurec.model_store import ModelStore, now_iso
 from skurec.storage import Workspace
 
@@ -100,6 +101,10 @@ def _check_inputs(ws: Workspace, cand: PublishedModel, data: Any, report: GateRe
     if uncovered:
         problems.append(f"{len(uncovered)} active class(es) unknown to the candidate, e.g. {uncovered[:5]} "
                         "(the catalogue changed after training; run full_rebuild or let the fast path add them)")
+    unvalidated = list(audit_summary(ws).get("active_classes_without_val") or [])
+    if unvalidated:
+        warnings.append(f"{len(unvalidated)} active class(es) have no validation image, so the gate cannot judge them, "
+                        f"e.g. {unvalidated[:5]} (add labelled images of them)")
     stale = sorted(set(cand.model.classes) - set(data.classes))
     if stale:
         warnings.append(f"{len(stale)} class(es) of the model are no longer active, e.g. {stale[:5]}")
@@ -128,7 +133,8 @@ def evaluate_gate(ws: Workspace, candidate: str | PublishedModel, config: GateCo
     val = data.val
     report.n_val = len(val)
     if len(val) == 0:
-        report.accuracy_reason = "no validation images: the candidate cannot be judged"
+        report.accuracy_reason = ("no validation images: the candidate cannot be judged (a train/test manifest gets its "
+                                  "validation split carved from the train rows; every class here has too few images)")
         report.zero_reason = "no validation images"
         return report
     if report.inputs_ok or (cand.card.get("encoder", {}).get("encoder_id") == data.encoder_id):
