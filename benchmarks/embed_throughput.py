@@ -36,7 +36,19 @@ from skurec.embedding import default_num_workers, iter_embeddings  # noqa: E402
 from skurec.encoders import FrozenEncoder, load_encoder  # noqa: E402
 from skurec.images import decode_rgb, sha256_bytes  # noqa: E402
 
-DEFAULT_FOLDER = Path("/work/shared/datasets/grocery_store/dataset/train")
+REPO = Path(__file__).resolve().parents[1]
+# The Grocery Store dataset (github.com/marcusklasson/GroceryStoreDataset) beside the checkout: <repo>/../shared/...
+DEFAULT_DATASET = REPO.parent / "shared" / "datasets" / "grocery_store"
+
+
+def dataset_root(path: Path) -> Path:
+    """The folder holding ``train/ val/ test/ classes.csv``: ``path`` itself or its ``dataset/`` sub-folder."""
+    path = Path(path)
+    root = path / "dataset" if (path / "dataset").is_dir() else path
+    if not root.is_dir():
+        raise SystemExit(f"Grocery Store dataset not found at {path}; pass --dataset PATH (the clone of "
+                         "github.com/marcusklasson/GroceryStoreDataset or its dataset/ folder)")
+    return root
 EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
@@ -135,7 +147,9 @@ def cache_runs(enc: FrozenEncoder, files: list[Path], extra: list[Path], batch_s
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--folder", type=Path, default=DEFAULT_FOLDER)
+    ap.add_argument("--dataset", type=Path, default=DEFAULT_DATASET,
+                    help="Grocery Store dataset (default: %(default)s, beside the checkout)")
+    ap.add_argument("--folder", type=Path, default=None, help="image folder (default: the dataset's train/ folder)")
     ap.add_argument("--limit", type=int, default=256)
     ap.add_argument("--encoder", default="efficientnet_lite2")
     ap.add_argument("--views", default="center", choices=["center", "flip"])
@@ -148,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep", action="store_true", help="also try torch threads x decode workers splits")
     ap.add_argument("--no-cache", action="store_true", help="skip (d)")
     args = ap.parse_args(argv)
+    if args.folder is None:
+        args.folder = dataset_root(args.dataset) / "train"
 
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)

@@ -1,6 +1,6 @@
 """Embed the Grocery Store dataset with a frozen encoder and write an .npz for calibration/benchmarks.
 
-Output ``/tmp/skurec_real/grocery_<encoder-name>.npz`` (name suffixed with non-default options) with keys
+Output ``<out-dir>/grocery_<encoder-name>.npz`` (default out-dir: ``bench_out/grocery_embeddings`` in the checkout) (name suffixed with non-default options) with keys
 ``X`` float32 (n, d) L2-normalised, ``fine``/``coarse``/``split``/``path`` (unicode string arrays, loadable with
 ``np.load(..., allow_pickle=False)``) and ``encoder_identity`` (JSON string).
 
@@ -32,8 +32,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from skurec.embedding import iter_embeddings  # noqa: E402
 from skurec.encoders import load_encoder  # noqa: E402
 
-DATASET = Path("/work/shared/datasets/grocery_store/dataset")
-OUT_DIR = Path("/tmp/skurec_real")
+REPO = Path(__file__).resolve().parents[1]
+# The Grocery Store dataset (github.com/marcusklasson/GroceryStoreDataset) beside the checkout: <repo>/../shared/...
+DEFAULT_DATASET = REPO.parent / "shared" / "datasets" / "grocery_store"
+
+
+def dataset_root(path: Path) -> Path:
+    """The folder holding ``train/ val/ test/ classes.csv``: ``path`` itself or its ``dataset/`` sub-folder."""
+    path = Path(path)
+    root = path / "dataset" if (path / "dataset").is_dir() else path
+    if not root.is_dir():
+        raise SystemExit(f"Grocery Store dataset not found at {path}; pass --dataset PATH (the clone of "
+                         "github.com/marcusklasson/GroceryStoreDataset or its dataset/ folder)")
+    return root
+
+
+DEFAULT_OUT_DIR = REPO / "bench_out" / "grocery_embeddings"
+DATASET = DEFAULT_DATASET  # replaced by dataset_root(--dataset) in main()
+OUT_DIR = DEFAULT_OUT_DIR  # replaced by --out-dir in main()
 SPLITS = ("train", "val", "test")
 GRANNY_SMITH_IMAGENET = 948
 
@@ -183,7 +199,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compare", nargs="*", default=[], help="extra npz stems (e.g. efficientnet_lite2_flip) to evaluate")
     ap.add_argument("--val-report", action="store_true", help="also print train->val accuracy (for option choices)")
     ap.add_argument("--C", type=float, default=1.0)
+    ap.add_argument("--dataset", type=Path, default=DEFAULT_DATASET,
+                    help="Grocery Store dataset (default: %(default)s, beside the checkout)")
+    ap.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR, help="where the .npz files go (default: %(default)s)")
     args = ap.parse_args(argv)
+    global DATASET, OUT_DIR
+    OUT_DIR = args.out_dir
+    if not args.baseline_only:
+        DATASET = dataset_root(args.dataset)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     options: dict[str, object] = {"views": args.views}

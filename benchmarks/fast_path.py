@@ -10,7 +10,7 @@ and compare wall time and test top-1 accuracy (all classes / new classes / old c
 ``X`` (n, d) L2-normalised embeddings, ``fine`` labels, ``split`` (train/val/test), e.g. written by
 ``benchmarks/export_grocery_embeddings.py``.
 
-    python benchmarks/fast_path.py --npz /tmp/skurec_real/grocery_efficientnet_lite2.npz --new 5 --seed 0
+    python benchmarks/fast_path.py --npz bench_out/grocery_embeddings/grocery_efficientnet_lite2.npz --new 5 --seed 0
 """
 
 from __future__ import annotations
@@ -24,7 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+# Where benchmarks/export_grocery_embeddings.py writes by default (its --out-dir).
+DEFAULT_NPZ = REPO / "bench_out" / "grocery_embeddings" / "grocery_efficientnet_lite2.npz"
 
 from skurec.models import (  # noqa: E402
     DenseConfig,
@@ -72,7 +75,8 @@ def accuracy(model, X, y, mask=None) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--npz", default="/tmp/skurec_real/grocery_efficientnet_lite2.npz")
+    p.add_argument("--npz", default=str(DEFAULT_NPZ),
+                   help="embeddings from benchmarks/export_grocery_embeddings.py (default: %(default)s)")
     p.add_argument("--new", type=int, default=5, help="classes held out and added later")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fine-steps", type=int, default=300)

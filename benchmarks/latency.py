@@ -33,7 +33,15 @@ from skurec.encoders import load_encoder  # noqa: E402
 from skurec.images import decode_rgb  # noqa: E402
 from skurec.serving.recognizer import Recognizer  # noqa: E402
 
-GROCERY = "/work/shared/datasets/grocery_store/dataset"
+REPO = Path(__file__).resolve().parent.parent
+# The Grocery Store dataset beside the checkout (<repo>/../shared/datasets/grocery_store); --dataset overrides it.
+DEFAULT_DATASET = REPO.parent / "shared" / "datasets" / "grocery_store"
+
+
+def default_images(dataset: Path) -> str | None:
+    """Glob of the dataset's test JPEGs, or None (then rendered demo photos are used) when it is not there."""
+    root = dataset / "dataset" if (dataset / "dataset").is_dir() else dataset
+    return str(root / "test" / "**" / "*.jpg") if (root / "test").is_dir() else None
 
 
 def load_images(pattern: str | None, n: int) -> tuple[list[bytes], str]:
@@ -74,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--encoder", default="efficientnet_lite2")
     p.add_argument("--workdir", help="use this work directory's deployed model (and its encoder)")
     p.add_argument("--classes", type=int, default=1000, help="classes of the synthetic model (no --workdir)")
-    p.add_argument("--images", default=f"{GROCERY}/test/**/*.jpg", help="glob of JPEG files")
+    p.add_argument("--dataset", type=Path, default=DEFAULT_DATASET,
+                   help="Grocery Store dataset whose test JPEGs are timed (default: %(default)s, beside the checkout)")
+    p.add_argument("--images", default=None, help="glob of JPEG files (default: the dataset's test/**/*.jpg; "
+                   "rendered demo photos when neither exists)")
     p.add_argument("--n", type=int, default=200, help="timed single-image calls of each kind")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=32)
@@ -82,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
+    if args.images is None:
+        args.images = default_images(args.dataset)
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -299,15 +299,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    from skurec_assets.ui import dagster_dev_command, run_dagster_dev
+
     settings = _load_settings(Path(args.workdir))
-    cmd = [
-        sys.executable, "-m", "dagster", "dev",
-        "-m", "skurec_assets.definitions",
-        "-h", args.host, "-p", str(args.port),
-    ]
+    cmd = dagster_dev_command(args.host, args.port)
     print(f"Dagster UI on http://{args.host}:{args.port}  (DAGSTER_HOME={settings['dagster_home']})", flush=True)
-    os.execvpe(cmd[0], cmd, os.environ.copy())
-    return 0  # unreachable
+    # Supervised, not exec'd: Ctrl-C / SIGTERM stop the webserver, the daemon and the code servers within seconds.
+    return run_dagster_dev(cmd, env=os.environ.copy())
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -94,7 +94,7 @@ def _batch_result(status: str, record: dict, new_skus: Sequence[str] = (), note:
     # batch refreshes it (and, eagerly, what is downstream of it) through declarative automation.
     deps=[labelled_batch],
     automation_condition=dg.AutomationCondition.eager(),
-    code_version="audit-v1",
+    code_version="audit-v2",
     retry_policy=dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL),
     kinds={"duckdb", "parquet"},
     description=(

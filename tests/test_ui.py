@@ -1,4 +1,4 @@
-"""The UI path, for real: ``dagster dev`` (webserver + daemon) on loopback, the whole ``skurec_pipeline`` job
+"""The UI path, for real: ``dagster dev`` (webserver + daemon) on loopback, the whole ``full_rebuild`` job
 launched through GraphQL as the UI's Materialize button does, then its materialisations and lineage read back.
 
 Also validates the scale-out instance example (deploy/dagster.postgres.yaml).
@@ -23,7 +23,7 @@ import yaml
 from badinputs import separable_catalogue
 
 REPO = Path(__file__).resolve().parent.parent
-JOB = "skurec_pipeline"
+JOB = "full_rebuild"
 SERVER_START_TIMEOUT_S = 75
 RUN_TIMEOUT_S = 100
 # 24 SKUs: the superclass step groups ~8 SKUs per superclass and the evaluation reports top-3 superclass accuracy,
@@ -213,6 +213,75 @@ def test_dagster_dev_launches_the_whole_pipeline_and_shows_lineage(tmp_path: Pat
         _stop(proc)
     assert proc.poll() is not None
     assert not _listening_addresses(port)
+
+
+# ------------------------------------------------------------------------------------- clean shutdown of `skurec ui`
+STOP_WITHIN_S = 10.0
+
+
+def _alive(pids) -> list[int]:
+    """The pids that still run (zombies, which only wait to be reaped, do not count)."""
+    out = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            out.append(pid)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_skurec_ui_stops_every_process_on_signal(tmp_path: Path, sig: int):
+    """`skurec ui` stopped with Ctrl-C (SIGINT) or SIGTERM takes the webserver, the daemon and the code servers
+    with it: no descendant of it is left 10 s later, and the port is free."""
+    from skurec.layout import SETTINGS_FILE
+
+    catalogue = separable_catalogue(tmp_path / "catalogue", n_skus=3, per_sku=3)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / SETTINGS_FILE).write_text(json.dumps({"catalogue": str(catalogue), "encoder": "tiny_random_vit", "min_samples": 3}))
+    port = _free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env.pop("DAGSTER_HOME", None)
+    log = tmp_path / "skurec_ui.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "skurec_assets.cli", "ui", "--workdir", str(work), "--port", str(port)],
+            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    seen: set[int] = set()
+    try:
+        _wait_for_server(port, proc, log)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # webserver + daemon (+ their code servers) under dagster dev
+            seen |= set(_children(proc.pid))
+            if len(_alive(seen)) >= 3:
+                break
+            time.sleep(1)
+        time.sleep(2)
+        seen |= set(_children(proc.pid))
+        assert len(_alive(seen)) >= 3, f"expected dagster dev, its webserver and daemon under skurec ui: {seen}"
+        t0 = time.monotonic()
+        os.kill(proc.pid, sig)  # what Ctrl-C (SIGINT to the foreground process) or `kill` does
+        rc = proc.wait(timeout=STOP_WITHIN_S)
+        while _alive(seen) and time.monotonic() - t0 < STOP_WITHIN_S:
+            time.sleep(0.2)
+        took = time.monotonic() - t0
+        left = _alive(seen)
+        assert not left, f"{len(left)} processes still running {took:.1f}s after {signal.Signals(sig).name}: {left}\n{log.read_text()[-3000:]}"
+        assert rc == 128 + sig
+        assert not _listening_addresses(port)
+        print(f"skurec ui stopped {len(seen)} processes {took:.1f}s after {signal.Signals(sig).name}")
+    finally:
+        for pid in _alive(seen | {proc.pid}):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 # ------------------------------------------------------------------------------------- scale-out configuration
