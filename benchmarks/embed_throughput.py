@@ -36,19 +36,7 @@ from skurec.embedding import default_num_workers, iter_embeddings  # noqa: E402
 from skurec.encoders import FrozenEncoder, load_encoder  # noqa: E402
 from skurec.images import decode_rgb, sha256_bytes  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-# The Grocery Store dataset (github.com/marcusklasson/GroceryStoreDataset) beside the checkout: <repo>/../shared/...
-DEFAULT_DATASET = REPO.parent / "shared" / "datasets" / "grocery_store"
-
-
-def dataset_root(path: Path) -> Path:
-    """The folder holding ``train/ val/ test/ classes.csv``: ``path`` itself or its ``dataset/`` sub-folder."""
-    path = Path(path)
-    root = path / "dataset" if (path / "dataset").is_dir() else path
-    if not root.is_dir():
-        raise SystemExit(f"Grocery Store dataset not found at {path}; pass --dataset PATH (the clone of "
-                         "github.com/marcusklasson/GroceryStoreDataset or its dataset/ folder)")
-    return root
+from _dataset import DEFAULT_DATASET, dataset_root  # noqa: E402
 EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 

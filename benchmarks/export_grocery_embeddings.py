@@ -32,19 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from skurec.embedding import iter_embeddings  # noqa: E402
 from skurec.encoders import load_encoder  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-# The Grocery Store dataset (github.com/marcusklasson/GroceryStoreDataset) beside the checkout: <repo>/../shared/...
-DEFAULT_DATASET = REPO.parent / "shared" / "datasets" / "grocery_store"
-
-
-def dataset_root(path: Path) -> Path:
-    """The folder holding ``train/ val/ test/ classes.csv``: ``path`` itself or its ``dataset/`` sub-folder."""
-    path = Path(path)
-    root = path / "dataset" if (path / "dataset").is_dir() else path
-    if not root.is_dir():
-        raise SystemExit(f"Grocery Store dataset not found at {path}; pass --dataset PATH (the clone of "
-                         "github.com/marcusklasson/GroceryStoreDataset or its dataset/ folder)")
-    return root
+from _dataset import DEFAULT_DATASET, REPO, dataset_root  # noqa: E402
 
 
 DEFAULT_OUT_DIR = REPO / "bench_out" / "grocery_embeddings"

@@ -33,9 +33,7 @@ from skurec.encoders import load_encoder  # noqa: E402
 from skurec.images import decode_rgb  # noqa: E402
 from skurec.serving.recognizer import Recognizer  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
-# The Grocery Store dataset beside the checkout (<repo>/../shared/datasets/grocery_store); --dataset overrides it.
-DEFAULT_DATASET = REPO.parent / "shared" / "datasets" / "grocery_store"
+from _dataset import DEFAULT_DATASET  # noqa: E402  (beside the checkout; --dataset overrides it)
 
 
 def default_images(dataset: Path) -> str | None:
