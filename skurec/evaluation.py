@@ -10,6 +10,13 @@ Result shape (the caller adds ``"encoder"``)::
 
 ``similar`` = test images whose true SKU is in a visually-similar group of >= 2 SKUs. ``coarse_only`` is the
 coarse head's *superclass* accuracy (top-1/top-3) - a different quantity from the SKU accuracies next to it.
+
+When the models include hierarchical ones, ``result["hierarchy"]`` adds, per hierarchical model (see
+:func:`hierarchy_diagnostics`): the router's recall at 1..m (true superclass among the top-j routed), the
+within-superclass accuracy (fine stage given the true superclass), the gap hierarchical - best flat per variant
+(best flat = the highest top-1 among the non-hierarchical models of the report) and the SKUs the hierarchy gets
+wrong where the best flat model is right, with counts. The Markdown report's first line says plainly when a
+hierarchical model is more than :data:`GAP_TOLERANCE` below the best flat one.
 """
 
 from __future__ import annotations
@@ -28,6 +35,81 @@ from .models.metrics import confusion_matrix, normalize_rows, superclass_accurac
 STANDARD_MODELS = ("hierarchical_soft", "hierarchical_hard", "flat_linear", "flat_prototype")
 COARSE_KEY = "coarse_only"
 K = 3
+#: A hierarchical model this much (top-1, absolute) below the best flat model is flagged on the report's first line.
+GAP_TOLERANCE = 0.005
+#: At most this many SKUs are listed as "hierarchy wrong, flat right".
+MAX_LOST_SKUS = 25
+
+
+def is_hierarchical(model: Any) -> bool:
+    """A model with a router and a fine stage (``coarse``, ``fine``, ``sc_of_index``)."""
+    return all(hasattr(model, a) for a in ("coarse", "fine", "sc_of_index"))
+
+
+def _within_superclass_top1(model: Any, X: np.ndarray, y: np.ndarray) -> float | None:
+    """Top-1 of the fine stage restricted to the true superclass (the fine stage's own accuracy, routing aside)."""
+    import torch
+
+    from .models.specialists import grouped_log_softmax
+
+    index = {c: i for i, c in enumerate(model.classes)}
+    keep = np.asarray([c in index for c in y.tolist()], dtype=bool)
+    if not keep.any():
+        return None
+    codes = np.asarray([index[c] for c in y[keep].tolist()], dtype=np.int64)
+    sc = torch.from_numpy(np.asarray(model.sc_of_index, dtype=np.int64))
+    logits = model.fine.class_logits(X[keep]).double()
+    fine = grouped_log_softmax(logits, sc, int(sc.max()) + 1)
+    same = sc[None, :] == sc[torch.from_numpy(codes)][:, None]
+    pred = fine.masked_fill(~same, float("-inf")).argmax(dim=1).numpy()
+    return float((pred == codes).mean())
+
+
+def hierarchy_diagnostics(models: Mapping[str, Any], preds: Mapping[str, Predictions], X: np.ndarray,
+                          y: np.ndarray, variants: Mapping[str, np.ndarray],
+                          accuracy: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[str, Any]:
+    """Per hierarchical model: router recall at 1..m, within-superclass top-1, gap to the best flat model per
+    variant, and the SKUs it gets wrong that the best flat model gets right (``[sku, n_images]``, most first).
+
+    ``accuracy[variant][model]["top1"]`` are the report's numbers (see :func:`evaluate`).
+    """
+    flat = [n for n, mdl in models.items() if not is_hierarchical(mdl)]
+    out: dict[str, Any] = {"flat_models": flat, "models": {}}
+    if not flat:
+        return out
+    for name, model in models.items():
+        if not is_hierarchical(model):
+            continue
+        m = int(preds[name].extra.get("m", getattr(model, "m", 1)))
+        sc_map = model.superclass_of_class()
+        known = np.asarray([c in sc_map for c in y.tolist()], dtype=bool)
+        truth = np.asarray([sc_map.get(c, -1) for c in y.tolist()], dtype=np.int64)
+        top, _ = model.coarse.predict_topk(X, m)
+        hit = top == truth[:, None]
+        recall = {str(j): (float(hit[known, :j].any(axis=1).mean()) if known.any() else None)
+                  for j in range(1, top.shape[1] + 1)}
+        entry: dict[str, Any] = {"m": m, "router_recall": recall,
+                                 "within_superclass_top1": _within_superclass_top1(model, X, y), "gap": {}}
+        for variant in variants:
+            block = accuracy[variant]
+            flat_top1 = {f: block[f]["top1"] for f in flat if block.get(f, {}).get("top1") is not None}
+            mine = block.get(name, {}).get("top1")
+            if flat_top1 and mine is not None:
+                best_flat = max(flat_top1, key=lambda f: (flat_top1[f], f))
+                entry["gap"][variant] = {"best_flat": best_flat, "best_flat_top1": flat_top1[best_flat],
+                                         "gap_top1": float(mine - flat_top1[best_flat])}
+        all_gap = entry["gap"].get("all")
+        if all_gap is not None:
+            ref = all_gap["best_flat"]
+            lost = (preds[name].labels[:, 0] != y) & (preds[ref].labels[:, 0] == y)
+            won = (preds[name].labels[:, 0] == y) & (preds[ref].labels[:, 0] != y)
+            skus, counts = np.unique(y[lost], return_counts=True)
+            order = np.lexsort((skus, -counts))[:MAX_LOST_SKUS]
+            entry["wrong_where_flat_right"] = {
+                "reference": ref, "n_images": int(lost.sum()), "n_images_right_where_flat_wrong": int(won.sum()),
+                "skus": [[str(skus[i]), int(counts[i])] for i in order]}
+        out["models"][name] = entry
+    return out
 
 
 def _nan_to_none(x: float) -> float | None:
@@ -70,6 +152,9 @@ def evaluate(models: Mapping[str, Classifier], X: np.ndarray, y: np.ndarray, sim
             block["models"][COARSE_KEY] = {
                 f"top{k}": _nan_to_none(superclass_accuracy(coarse_top[mask], y[mask], coarse[1], k)) for k in (1, K)}
         out["variants"][variant] = block
+    if any(is_hierarchical(mdl) for mdl in models.values()):
+        accuracy = {v: b["models"] for v, b in out["variants"].items()}
+        out["hierarchy"] = hierarchy_diagnostics(models, preds, X, y, variants, accuracy)
     return out
 
 
@@ -110,7 +195,7 @@ def render_markdown_report(result: Mapping[str, Any], per_superclass_table: Sequ
                            title: str = "skurec evaluation", notes: Sequence[str] = (),
                            worst_superclasses: int = 15) -> str:
     """Markdown: a model x variant accuracy table and the per-superclass accuracy table (worst first)."""
-    lines = [f"# {title}", ""]
+    lines = [hierarchy_headline(result), "", f"# {title}", ""]
     if "encoder" in result:
         lines += [f"Encoder: `{result['encoder']}`", ""]
     variants = result["variants"]
@@ -141,9 +226,50 @@ def render_markdown_report(result: Mapping[str, Any], per_superclass_table: Sequ
             lines.append(f"| {r['superclass']} | {r['n_classes']} | {r['n_images']} | "
                          + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
         lines.append("")
+    lines += _hierarchy_section(result.get("hierarchy"))
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(lines)
+
+
+def hierarchy_headline(result: Mapping[str, Any]) -> str:
+    """One plain sentence: is any hierarchical model more than :data:`GAP_TOLERANCE` below the best flat model?"""
+    diag = (result.get("hierarchy") or {}).get("models", {})
+    gaps = {n: e["gap"]["all"] for n, e in diag.items() if "all" in e.get("gap", {})}
+    if not gaps:
+        return "**No hierarchical-vs-flat comparison in this report.**"
+    behind = {n: g for n, g in gaps.items() if g["gap_top1"] < -GAP_TOLERANCE}
+    if behind:
+        parts = [f"{n} {100 * g['gap_top1']:+.1f} points vs {g['best_flat']}" for n, g in sorted(behind.items())]
+        return (f"**WARNING: the hierarchical model is more than {100 * GAP_TOLERANCE:.1f} point below the best flat "
+                f"model on all images ({'; '.join(parts)}).**")
+    best = max(gaps, key=lambda n: gaps[n]["gap_top1"])
+    g = gaps[best]
+    return (f"**Hierarchical is not behind flat: {best} {100 * g['gap_top1']:+.1f} points top-1 vs the best flat "
+            f"model ({g['best_flat']}, {g['best_flat_top1']:.3f}).**")
+
+
+def _hierarchy_section(diag: Mapping[str, Any] | None) -> list[str]:
+    if not diag or not diag.get("models"):
+        return []
+    lines = ["## Hierarchy diagnostics", "",
+             f"Best flat = highest top-1 among: {', '.join(diag.get('flat_models', []))}.", "",
+             "| model | m | router recall @1..m | within-superclass top-1 | gap vs best flat (all) | gap (similar) |",
+             "|---|---|---|---|---|---|"]
+    for name, e in diag["models"].items():
+        recall = " / ".join(_fmt(v) for v in e["router_recall"].values())
+        gap = {v: (f"{100 * g['gap_top1']:+.1f} pt ({g['best_flat']})") for v, g in e.get("gap", {}).items()}
+        lines.append(f"| {name} | {e['m']} | {recall} | {_fmt(e['within_superclass_top1'])} | "
+                     f"{gap.get('all', 'n/a')} | {gap.get('similar', 'n/a')} |")
+    lines.append("")
+    for name, e in diag["models"].items():
+        lost = e.get("wrong_where_flat_right")
+        if not lost:
+            continue
+        shown = ", ".join(f"{s} ({n})" for s, n in lost["skus"]) or "none"
+        lines += [f"**{name}** wrong where {lost['reference']} is right: {lost['n_images']} images "
+                  f"(right where it is wrong: {lost['n_images_right_where_flat_wrong']}); SKUs: {shown}", ""]
+    return lines
 
 
 def worst_similar_groups(y_true: np.ndarray, y_pred: np.ndarray, groups: Mapping[str, str],
@@ -203,10 +329,14 @@ def confusion_png(y_true: np.ndarray, y_pred: np.ndarray, groups: Mapping[str, s
     return buf.getvalue()
 
 
-def standard_models(hierarchical: Any, flat_linear: Any, flat_prototype: Any, soft_m: int | None = None,
-                    **extra: Any) -> dict[str, Any]:
-    """The report's model dict: ``hierarchical_soft`` (routing width ``soft_m`` or the model's default),
-    ``hierarchical_hard`` (m=1), ``flat_linear``, ``flat_prototype`` plus any ``extra`` named models."""
-    soft = hierarchical.with_m(soft_m) if soft_m is not None else hierarchical
+def standard_models(hierarchical: Any, flat_linear: Any, flat_prototype: Any, route_m: int | None = None,
+                    soft_m: int | None = None, **extra: Any) -> dict[str, Any]:
+    """The report's model dict: ``hierarchical_soft`` (routing width ``route_m``; ``None`` = the model's own
+    ``m``, chosen when it was trained), ``hierarchical_hard`` (m=1), ``flat_linear``, ``flat_prototype`` plus any
+    ``extra`` named models. ``soft_m`` is the former name of ``route_m``."""
+    if soft_m is not None and route_m is not None and soft_m != route_m:
+        raise ValueError(f"route_m={route_m} and soft_m={soft_m} disagree; give route_m only")
+    width = route_m if route_m is not None else soft_m
+    soft = hierarchical.with_m(width) if width is not None else hierarchical
     return {"hierarchical_soft": soft, "hierarchical_hard": hierarchical.with_m(1), "flat_linear": flat_linear,
             "flat_prototype": flat_prototype, **extra}

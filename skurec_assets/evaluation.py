@@ -16,7 +16,7 @@ from skurec.evaluation import (
 )
 from skurec.models import load_classifier
 from skurec.models.similar import similar_class_set
-from skurec_assets.metadata import png_markdown
+from skurec_assets.metadata import markdown_table, png_markdown
 from skurec.layout import (
     CONFUSION_PNG,
     EVALUATION_JSON,
@@ -33,8 +33,9 @@ EVALUATE = "evaluate"
 
 
 class EvaluationConfig(dg.Config):
-    # Routing width of the soft hierarchical model (m=1 is always reported too, as hierarchical_hard).
-    route_m: int = 3
+    # Routing width of the soft hierarchical model; None: the model's own (the width that is deployed). m=1 is always
+    # reported too, as hierarchical_hard.
+    route_m: int | None = None
 
 
 @dg.asset(
@@ -63,7 +64,7 @@ def evaluation_report(
         hier,
         load_classifier(read_files(ws, FLAT_LINEAR_DIR)),
         load_classifier(read_files(ws, FLAT_PROTOTYPE_DIR)),
-        soft_m=config.route_m,
+        route_m=config.route_m,
     )
     groups = ws.read_json(SIMILAR_JSON)
     sc_map, _ = load_superclass_map(ws)
@@ -75,7 +76,7 @@ def evaluation_report(
         "encoder": data.encoder_id,
         "encoder_pretrained": bool(data.encoder.get("pretrained", False)),
         "split": data.eval_split_name,
-        "route_m": config.route_m,
+        "route_m": int(models["hierarchical_soft"].m),
         "hierarchical_digest": files_digest(hier_files),
         **result,
     }
@@ -97,9 +98,23 @@ def evaluation_report(
             for k, v in scores.items():
                 if v is not None:
                     flat[f"{variant}/{model}/{k}"] = round(float(v), 4)
+    diag = (result.get("hierarchy") or {}).get("models", {}).get("hierarchical_soft", {})
+    for variant, gap in (diag.get("gap") or {}).items():
+        flat[f"{variant}/gap_hierarchical_minus_best_flat"] = round(float(gap["gap_top1"]), 4)
+        flat[f"{variant}/best_flat"] = gap["best_flat"]
+    for j, r in (diag.get("router_recall") or {}).items():
+        if r is not None:
+            flat[f"router_recall_at_{j}"] = round(float(r), 4)
+    if diag.get("within_superclass_top1") is not None:
+        flat["within_superclass_top1"] = round(float(diag["within_superclass_top1"]), 4)
+    lost = diag.get("wrong_where_flat_right") or {}
+    lost_rows = [{"sku": sku, "images wrong (flat right)": n} for sku, n in lost.get("skus", [])]
     context.log.info(
         "top-1 on %s: %s" % (data.eval_split_name, {m: s["top1"] for m, s in result["variants"]["all"]["models"].items()})
     )
+    gap_all = (diag.get("gap") or {}).get("all")
+    if gap_all is not None and gap_all["gap_top1"] < -0.005:
+        context.log.warning(f"the hierarchy is {-gap_all['gap_top1']:.1%} below the best flat model ({gap_all['best_flat']})")
     return dg.MaterializeResult(
         metadata={
             **flat,
@@ -108,6 +123,8 @@ def evaluation_report(
             "predict_seconds": round(seconds, 3),
             "report": dg.MetadataValue.md(markdown.replace("![confusion among the worst similar groups](confusion_similar.png)", "")),
             "confusion_similar": dg.MetadataValue.md(png_markdown(png, "confusion among the worst similar groups")),
+            "hierarchy_wrong_where_flat_right": dg.MetadataValue.md(
+                markdown_table(lost_rows, ["sku", "images wrong (flat right)"]) if lost_rows else "(none)"),
             "evaluation_json": dg.MetadataValue.path(ws.uri(EVALUATION_JSON)),
         }
     )

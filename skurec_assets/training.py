@@ -1,11 +1,16 @@
-"""Training assets: prototypes -> superclasses -> coarse head -> fine head (the hierarchical model), flat baselines.
+"""Training assets: prototypes, superclasses -> router (coarse) -> specialists (fine) = the hierarchical model, and
+the flat baselines on the same embeddings.
 
-Each asset reads its inputs from the work directory, calls the framework-free core in ``skurec.models``, writes
-its artifact folder (tensor files + JSON, hash-verified) and returns metadata the UI shows. Hyper-parameters are
-run config (editable in the launchpad); defaults are the ones the benchmarks were run with.
+The hierarchy (:mod:`skurec.models.specialist_hierarchy`) is closed form: one shrinkage-LDA over every SKU whose
+pairwise confusions make the superclasses (look-alikes together), whose implied superclass posterior is the router,
+and per-superclass local-whitening specialists whose evidence is added to the global scores. Every choice (shrinkage,
+superclass size, specialist weight, routing width) is made on the validation split. Each asset reads its inputs from
+the work directory, calls the framework-free core, writes its artifact folder (tensors + JSON, hash-verified) and
+returns metadata for the UI. Run-config defaults are the core's own (its dataclasses and function defaults).
 """
 
 import hashlib
+import inspect
 import io
 import json
 import time
@@ -17,6 +22,7 @@ import pyarrow.parquet as pq
 
 from skurec import layout
 from skurec.artifacts import files_digest, read_files, write_files
+from skurec.datasets import TrainingData, load_training_data
 from skurec.deployment.training_table import image_ids_sha256, training_table
 from skurec.layout import (
     COARSE_DIR,
@@ -30,40 +36,44 @@ from skurec.layout import (
     TRAINING_SET,
 )
 from skurec.layout import superclass_map as load_superclass_map
-from skurec.training import TRAINING_CODE_VERSION, load_prototypes, prototypes_files, superclass_count
-from skurec.datasets import TrainingData, load_training_data
 from skurec.models import (
-    DenseConfig,
-    FineConfig,
     FlatPrototype,
-    fit_flat_logreg,
     HierarchicalClassifier,
-    Prototypes,
+    SpecialistConfig,
+    SpecialistHierarchyConfig,
+    choose_route_m,
     class_prototypes,
-    derive_superclasses,
-    similar_groups as derive_similar_groups,
+    confusion_superclasses,
+    fit_flat_logreg,
+    load_classifier,
     superclass_group_ami,
     superclass_scatter_png,
-    train_coarse,
-    train_fine,
+    train_lda_router,
+    train_specialist_hierarchy,
+    train_specialists,
 )
-from skurec.models.coarse import CoarseHead
+from skurec.models import similar_groups as derive_similar_groups
+from skurec.models.flat import DEFAULT_CS
+from skurec.training import TRAINING_CODE_VERSION, load_prototypes, prototypes_files
 from skurec_assets.embeddings import image_embeddings
-from skurec_assets.metadata import markdown_table, png_markdown, training_progress
+from skurec_assets.metadata import markdown_table, png_markdown
 from skurec_resources import StorageResource
 
 TRAIN = "train"
 CODE_VERSION = TRAINING_CODE_VERSION
 
 # ---------------------------------------------------------------------------------------------------------- config
+def _default(fn, name: str):
+    """The default of parameter ``name`` of the core function ``fn`` (so run config never re-states a default)."""
+    return inspect.signature(fn).parameters[name].default
+
+
 class SuperclassConfig(dg.Config):
-    # At most this many superclasses ("about 100" for catalogues of 1-2k SKUs) ...
-    n_superclasses: int = 100
-    # ... and about this many SKUs per superclass on smaller catalogues (81 SKUs -> 10 superclasses, not 81).
-    classes_per_superclass: float = 8.0
-    seed: int = 0
-    n_neighbors: int = 15
-    n_components: int = 8
+    # Superclass size caps tried on validation (the full hierarchy is fitted for each; the best validation top-1 wins).
+    max_sizes: list[int] = list(SpecialistHierarchyConfig.max_sizes)
+    # Without a validation split: this cap, and the LDA shrinkage below.
+    default_max_size: int = _default(confusion_superclasses, "max_size")
+    default_shrinkage: float = _default(confusion_superclasses, "shrinkage")
 
 
 class SimilarConfig(dg.Config):
@@ -73,28 +83,26 @@ class SimilarConfig(dg.Config):
 
 
 class CoarseTrainConfig(dg.Config):
-    # Hidden width of the coarse head; -1 = auto: linear below 500 SKUs, a 512-wide MLP above (a linear router
-    # under-routes at ~20 SKUs per superclass: superclass top-1 0.75 vs 0.95 with the MLP at 2000 SKUs).
-    hidden: int = -1
-    max_epochs: int = 30
-    lr: float = 3e-3
-    label_smoothing: float = 0.1
-    seed: int = 0
+    # Shrinkage of the router's LDA; None: the value chosen on validation when the superclasses were derived.
+    shrinkage: float | None = SpecialistHierarchyConfig.shrinkage
 
 
 class FineTrainConfig(dg.Config):
-    proj_dim: int = 256
-    steps: int = 300
-    n_support: int = 5
-    n_query: int = 5
-    route_m: int = 3
-    seed: int = 0
+    # Weight of the superclass-local covariance against the global one, and local eigen-directions per superclass.
+    mix: float = SpecialistConfig.mix
+    rank: int = SpecialistConfig.rank
+    # Specialist weights tried on validation (0 = the global model alone, always tried).
+    betas: list[float] = list(SpecialistConfig.betas)
+    # Routing width of the deployed model; None: chosen on validation from m_grid.
+    route_m: int | None = None
+    m_grid: list[int] = list(SpecialistHierarchyConfig.m_grid)
+    m_tolerance: float = SpecialistHierarchyConfig.m_tolerance
 
 
 class FlatTrainConfig(dg.Config):
-    # L2 regularisation of the flat logistic regression (inverse strength, scikit-learn's C).
-    C: float = 1.0
-    max_iter: int = 300
+    # L2 regularisation grid of the flat logistic regression (scikit-learn's C), chosen on validation.
+    Cs: list[float] = list(DEFAULT_CS)
+    max_iter: int = _default(fit_flat_logreg, "max_iter")
 
 
 # ---------------------------------------------------------------------------------------------------------- helpers
@@ -137,49 +145,60 @@ def class_prototypes_asset(context: dg.AssetExecutionContext, storage: StorageRe
 @dg.asset(
     name="superclasses",
     group_name=TRAIN,
-    deps=["class_prototypes"],
+    deps=[image_embeddings],
     code_version=CODE_VERSION,
-    kinds={"umap", "scikitlearn"},
-    description="Superclasses derived from the data: class prototypes -> UMAP (cosine) -> agglomerative clustering.",
+    kinds={"pytorch"},
+    description=(
+        "Superclasses derived from the data: SKUs grouped by the pairwise confusions of a shrinkage-LDA over every "
+        "SKU (Mahalanobis distance of the SKU means, closest pairs first, a size cap), so look-alikes share a "
+        "superclass. The cap and the LDA shrinkage are chosen on the validation split by fitting the whole hierarchy "
+        "for each cap."
+    ),
 )
 def superclasses_asset(
     context: dg.AssetExecutionContext, config: SuperclassConfig, storage: StorageResource
 ) -> dg.MaterializeResult:
     ws = storage.workspace()
-    protos = load_prototypes(ws)
+    data = load_training_data(ws)
     t0 = time.perf_counter()
-    n_target = superclass_count(len(protos.classes), config.n_superclasses, config.classes_per_superclass)
-    sc = derive_superclasses(
-        protos.vectors,
-        protos.classes,
-        n_superclasses=n_target,
-        seed=config.seed,
-        n_neighbors=config.n_neighbors,
-        n_components=config.n_components,
-    )
+    if len(data.val):
+        context.log.info(f"choosing the superclass size cap among {config.max_sizes} on {len(data.val)} validation images")
+        chosen = train_specialist_hierarchy(
+            data.train.X, data.train.y, data.val.X, data.val.y,
+            SpecialistHierarchyConfig(max_sizes=tuple(config.max_sizes)),
+        )
+        sc = chosen.superclasses
+        selection = {k: v for k, v in chosen.report.items() if k != "val_top1_by_m"}
+    else:
+        context.log.warning("no validation images: superclass cap and shrinkage are the defaults, not chosen")
+        sc = confusion_superclasses(data.train.X, data.train.y, max_size=config.default_max_size,
+                                    shrinkage=config.default_shrinkage)
+        selection = {"max_size": config.default_max_size, "shrinkage": config.default_shrinkage, "chosen_on": None}
     seconds = time.perf_counter() - t0
     doc = sc.to_json_dict()
     version = hashlib.sha256(json.dumps([doc["classes"], doc["assignment"]]).encode()).hexdigest()
     doc["version"] = version
+    doc["selection"] = selection
     ws.write_json(SUPERCLASSES_JSON, doc)
     scatter = superclass_scatter_png(sc)
     ws.write_bytes(layout.SUPERCLASSES_PNG, scatter)
-    classes_tbl = ws.read_table("classes").set_index("sku_id")
-    groups = {c: g for c, g in classes_tbl["group_id"].items() if isinstance(g, str) and g and c in set(sc.classes)}
+    groups = {c: g for c, g in data.group_of_class.items() if c in set(sc.classes)}
     ami = superclass_group_ami(sc.assignment, sc.classes, groups) if groups else None
     sizes = sc.sizes()
     context.log.info(f"{sc.n_superclasses} superclasses over {len(sc.classes)} classes ({sc.method}) in {seconds:.1f}s")
-    members = sc.members()
     table = [
         {"superclass": i, "n_classes": len(m), "classes": ", ".join(m[:8]) + (" ..." if len(m) > 8 else "")}
-        for i, m in enumerate(members)
+        for i, m in enumerate(sc.members())
     ]
+    candidates = selection.get("candidates") or []
     return dg.MaterializeResult(
         metadata={
             "n_superclasses": sc.n_superclasses,
             "n_classes": len(sc.classes),
             "method": sc.method,
             "note": sc.note or "",
+            "max_size": int(selection["max_size"]),
+            "shrinkage": float(selection["shrinkage"]),
             "size_min": int(sizes.min()),
             "size_median": float(np.median(sizes)),
             "size_max": int(sizes.max()),
@@ -187,7 +206,8 @@ def superclasses_asset(
             "ami_vs_group_id": float(ami) if ami is not None else dg.MetadataValue.null(),
             "superclass_version": version,
             "seconds": round(seconds, 2),
-            "umap_projection": dg.MetadataValue.md(png_markdown(scatter, "UMAP projection of class prototypes")),
+            "cap_search": dg.MetadataValue.md(markdown_table(candidates)) if candidates else "",
+            "projection": dg.MetadataValue.md(png_markdown(scatter, "SKU means in LDA space, coloured by superclass")),
             "members": dg.MetadataValue.md(markdown_table(table[:200])),
         },
         data_version=dg.DataVersion(version),
@@ -237,30 +257,35 @@ def similar_groups_asset(
     deps=["superclasses"],
     code_version=CODE_VERSION,
     kinds={"pytorch", "safetensors"},
-    description="Coarse dense head over the superclasses, validated on its own (top-1/top-3 superclass accuracy).",
+    description=(
+        "Coarse stage: the router over the superclasses, the shrinkage-LDA's implied superclass posterior "
+        "(log-sum-exp of its SKUs' scores) with a temperature fitted on validation; validated on its own "
+        "(superclass top-1 / top-3)."
+    ),
 )
 def coarse_model(context: dg.AssetExecutionContext, config: CoarseTrainConfig, storage: StorageResource) -> dg.MaterializeResult:
     ws = storage.workspace()
     data = load_training_data(ws)
     sc_map, sc_doc = load_superclass_map(ws)
-    hidden = config.hidden if config.hidden >= 0 else (512 if len(data.classes) >= 500 else 0)
-    cfg = DenseConfig(hidden=hidden, max_epochs=config.max_epochs, lr=config.lr, label_smoothing=config.label_smoothing, seed=config.seed)
+    shrinkage = config.shrinkage if config.shrinkage is not None else (sc_doc.get("selection") or {}).get("shrinkage")
+    has_val = len(data.val) > 0
     t0 = time.perf_counter()
-    head = train_coarse(
+    router = train_lda_router(
         data.train.X, data.train.y, sc_map,
-        X_val=data.val.X if len(data.val) else None, y_val=data.val.y if len(data.val) else None,
-        config=cfg, n_superclasses=int(sc_doc["n_superclasses"]), progress=training_progress(context),
+        X_val=data.val.X if has_val else None, y_val=data.val.y if has_val else None,
+        shrinkage=shrinkage, n_superclasses=int(sc_doc["n_superclasses"]),
     )
     seconds = time.perf_counter() - t0
-    digest = write_files(ws, COARSE_DIR, head.to_files())
-    metrics = {k: float(v) for k, v in head.metrics.items() if isinstance(v, (int, float))}
-    context.log.info(f"coarse head trained in {seconds:.1f}s: {metrics}")
+    digest = write_files(ws, COARSE_DIR, router.to_files())
+    metrics = {k: float(v) for k, v in router.metrics.items() if isinstance(v, (int, float))}
+    context.log.info(f"router fitted in {seconds:.1f}s: {metrics}")
     return dg.MaterializeResult(
         metadata={
             **{k: round(v, 4) for k, v in metrics.items()},
             "train_seconds": round(seconds, 2),
             "n_superclasses": int(sc_doc["n_superclasses"]),
-            "config": dg.MetadataValue.json(cfg.__dict__),
+            "shrinkage": float(router.shrinkage),
+            "temperature": float(router.temperature),
         },
         data_version=dg.DataVersion(digest),
     )
@@ -272,9 +297,10 @@ def coarse_model(context: dg.AssetExecutionContext, config: CoarseTrainConfig, s
     code_version=CODE_VERSION,
     kinds={"pytorch", "safetensors"},
     description=(
-        "Fine few-shot head conditioned on the coarse output: a metric learned episodically inside superclasses, "
-        "SKUs as prototypes in that space; bundled with the coarse head as the hierarchical model (soft routing over "
-        "the top-m superclasses: p(superclass) x p(SKU | superclass))."
+        "Fine stage conditioned on the coarse output: one specialist per superclass (superclass-local whitening of "
+        "its SKUs' covariance) whose log-likelihoods are added to the global LDA scores with a weight chosen on "
+        "validation (0 = the global model alone); bundled with the router as the hierarchical model, routing over "
+        "the top-m superclasses (m chosen on validation; m=1 is the hard split)."
     ),
 )
 def fine_model(context: dg.AssetExecutionContext, config: FineTrainConfig, storage: StorageResource) -> dg.MaterializeResult:
@@ -282,21 +308,29 @@ def fine_model(context: dg.AssetExecutionContext, config: FineTrainConfig, stora
     data = load_training_data(ws)
     sc_map, sc_doc = load_superclass_map(ws)
     coarse_files = read_files(ws, COARSE_DIR)
-    coarse = CoarseHead.from_files(coarse_files)
-    cfg = FineConfig(proj_dim=config.proj_dim, steps=config.steps, n_support=config.n_support, n_query=config.n_query, seed=config.seed)
+    router = load_classifier(coarse_files)
+    has_val = len(data.val) > 0
+    spec_cfg = SpecialistConfig(mix=config.mix, rank=config.rank, betas=tuple(config.betas))
     t0 = time.perf_counter()
-    fine = train_fine(
-        data.train.X, data.train.y, sc_map,
-        X_val=data.val.X if len(data.val) else None, y_val=data.val.y if len(data.val) else None,
-        config=cfg, progress=training_progress(context),
+    fine = train_specialists(
+        data.train.X, data.train.y, sc_map, router,
+        X_val=data.val.X if has_val else None, y_val=data.val.y if has_val else None, config=spec_cfg,
     )
+    model = HierarchicalClassifier(router, fine, sc_map, m=router.n_superclasses)
+    by_m: dict = {}
+    if config.route_m is not None:
+        route_m = int(config.route_m)
+    elif has_val:
+        route_m, by_m = choose_route_m(model, data.val.X, data.val.y, tuple(config.m_grid), config.m_tolerance)
+    else:
+        route_m = min(3, router.n_superclasses)
+    model = model.with_m(route_m)
     seconds = time.perf_counter() - t0
-    model = HierarchicalClassifier(coarse, fine, sc_map, m=config.route_m)
     files = model.to_files()
     digest = write_files(ws, HIERARCHICAL_DIR, files)
     val_metrics = {}
-    if len(data.val):
-        for name, m in (("val_top1_soft", config.route_m), ("val_top1_hard", 1)):
+    if has_val:
+        for name, m in (("val_top1_soft", route_m), ("val_top1_hard", 1)):
             pred = model.predict_topk(data.val.X, k=1, m=m)
             val_metrics[name] = round(float(np.mean(pred.labels[:, 0] == data.val.y)), 4)
     manifest = {
@@ -309,24 +343,26 @@ def fine_model(context: dg.AssetExecutionContext, config: FineTrainConfig, stora
         "classes": data.classes,
         "configs": {
             "coarse": json.loads(coarse_files["config.json"]).get("hyper_params", {}),
-            "fine": cfg.__dict__,
-            "superclasses": sc_doc.get("params", {}),
-            "route_m": config.route_m,
+            "fine": {**spec_cfg.__dict__, "beta": float(fine.beta)},
+            "superclasses": {**sc_doc.get("params", {}), "selection": sc_doc.get("selection")},
+            "route_m": route_m,
         },
-        "seeds": {"fine": config.seed, "superclasses": sc_doc.get("params", {}).get("seed")},
+        "seeds": {},
         "code_version": CODE_VERSION,
         "metrics": {**val_metrics, "fine_train_seconds": round(seconds, 2)},
         "hierarchical_digest": digest,
     }
     ws.write_json(TRAINING_MANIFEST, manifest)
-    context.log.info(f"fine head trained in {seconds:.1f}s; validation {val_metrics}")
+    context.log.info(f"specialists fitted in {seconds:.1f}s (beta {fine.beta}, m {route_m}); validation {val_metrics}")
     return dg.MaterializeResult(
         metadata={
             **val_metrics,
             "train_seconds": round(seconds, 2),
-            "route_m": config.route_m,
+            "route_m": route_m,
+            "beta": float(fine.beta),
+            "val_top1_by_m": dg.MetadataValue.json({str(k): round(v, 4) for k, v in by_m.items()}),
             "n_classes": len(data.classes),
-            "config": dg.MetadataValue.json(cfg.__dict__),
+            "config": dg.MetadataValue.json(spec_cfg.__dict__),
             "artifact": dg.MetadataValue.path(ws.uri(HIERARCHICAL_DIR)),
         },
         data_version=dg.DataVersion(digest),
@@ -347,13 +383,18 @@ def flat_baselines(context: dg.AssetExecutionContext, config: FlatTrainConfig, s
     ws = storage.workspace()
     data = load_training_data(ws)
     t0 = time.perf_counter()
-    context.log.info(f"fitting the flat logistic regression over {len(data.classes)} SKUs")
-    linear = fit_flat_logreg(data.train.X, data.train.y, C=config.C, max_iter=config.max_iter)
+    has_val = len(data.val) > 0
+    context.log.info(f"fitting the flat logistic regression over {len(data.classes)} SKUs"
+                     + (f" (C from {config.Cs} on validation)" if has_val else " (no validation: default C)"))
+    linear = fit_flat_logreg(data.train.X, data.train.y, X_val=data.val.X if has_val else None,
+                             y_val=data.val.y if has_val else None, Cs=tuple(config.Cs), max_iter=config.max_iter)
     proto = FlatPrototype.fit(data.train.X, data.train.y)
     seconds = time.perf_counter() - t0
     d1 = write_files(ws, FLAT_LINEAR_DIR, linear.to_files())
     d2 = write_files(ws, FLAT_PROTOTYPE_DIR, proto.to_files())
+    chosen = {k: v for k, v in linear.metrics.items() if isinstance(v, (int, float))}
     return dg.MaterializeResult(
-        metadata={"train_seconds": round(seconds, 2), "n_classes": len(data.classes)},
+        metadata={"train_seconds": round(seconds, 2), "n_classes": len(data.classes),
+                  "flat_linear": dg.MetadataValue.json(chosen)},
         data_version=dg.DataVersion(files_digest({"linear": d1.encode(), "prototype": d2.encode()})),
     )

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from skurec.evaluation import (
+    GAP_TOLERANCE,
     confusion_png,
+    hierarchy_headline,
     evaluate,
     per_superclass_table,
     predict_all,
@@ -62,7 +64,7 @@ def test_result_has_every_model_and_variant_with_correct_numbers(setup: dict) ->
     preds = predict_all(setup["models"], X)
     res = evaluate(setup["models"], X, y, setup["similar"], coarse=(setup["hier"].coarse, setup["sc"]),
                    predictions=preds)
-    assert set(res) == {"variants"} and set(res["variants"]) == {"all", "similar"}
+    assert set(res) == {"variants", "hierarchy"} and set(res["variants"]) == {"all", "similar"}
     all_, sim = res["variants"]["all"], res["variants"]["similar"]
     assert (all_["n_images"], all_["n_classes"]) == (72, 12)
     assert (sim["n_images"], sim["n_classes"]) == (18, 3)
@@ -124,3 +126,73 @@ def test_superclass_topk_with_fewer_superclasses_than_k():
     y = np.array(["a", "b", "a"])
     assert superclass_accuracy(pred, y, {"a": 0, "b": 1}, k=1) == pytest.approx(2 / 3)
     assert superclass_accuracy(pred, y, {"a": 0, "b": 1}, k=3) == 1.0
+
+
+def test_hierarchy_diagnostics_are_the_real_numbers(setup: dict) -> None:
+    X, y = setup["X"], setup["y"]
+    models = setup["models"]
+    preds = predict_all(models, X)
+    res = evaluate(models, X, y, setup["similar"], predictions=preds)
+    diag = res["hierarchy"]
+    assert diag["flat_models"] == ["flat_linear", "flat_prototype"]
+    assert set(diag["models"]) == {"hierarchical_soft", "hierarchical_hard"}
+    hier = models["hierarchical_soft"]
+    truth = np.asarray([setup["sc"][c] for c in y])
+    soft = diag["models"]["hierarchical_soft"]
+    assert soft["m"] == hier.m == 2 and diag["models"]["hierarchical_hard"]["m"] == 1
+    top, _ = hier.coarse.predict_topk(X, 2)
+    assert soft["router_recall"] == {"1": pytest.approx(float(np.mean(top[:, 0] == truth))),
+                                     "2": pytest.approx(float(np.mean((top == truth[:, None]).any(1))))}
+    # within-superclass accuracy: the fine stage's argmax among the true superclass's SKUs
+    logits = hier.fine.class_logits(X).numpy()
+    sc_idx = np.asarray(hier.sc_of_index)
+    masked = np.where(sc_idx[None, :] == truth[:, None], logits, -np.inf)
+    expected = float(np.mean(np.asarray(hier.classes)[masked.argmax(1)] == y))
+    assert soft["within_superclass_top1"] == pytest.approx(expected)
+    # gap = hierarchical top-1 minus the best flat top-1, per variant
+    acc = {n: float(np.mean(p.labels[:, 0] == y)) for n, p in preds.items()}
+    best_flat = max(("flat_linear", "flat_prototype"), key=lambda n: (acc[n], n))
+    assert soft["gap"]["all"]["best_flat"] == best_flat
+    assert soft["gap"]["all"]["gap_top1"] == pytest.approx(acc["hierarchical_soft"] - acc[best_flat])
+    lost = soft["wrong_where_flat_right"]
+    wrong = (preds["hierarchical_soft"].labels[:, 0] != y) & (preds[best_flat].labels[:, 0] == y)
+    assert lost["n_images"] == int(wrong.sum()) == sum(n for _, n in lost["skus"])
+    json.dumps(res, allow_nan=False)
+
+
+def test_report_first_line_says_when_hierarchy_is_behind_flat(setup: dict) -> None:
+    X, y = setup["X"], setup["y"]
+    # a "flat" model that is always right beats every hierarchy: the oracle below is not hierarchical
+    class Oracle:
+        classes = sorted(set(y.tolist()))
+
+        def predict_topk(self, X_, k=3):
+            from skurec.models import Predictions
+            lab = np.asarray([[t] + [""] * (k - 1) for t in y]) if len(X_) == len(y) else None
+            return Predictions(labels=lab, scores=np.ones(lab.shape, np.float32))
+
+    hard = setup["models"]["hierarchical_hard"]
+    res = evaluate({"hierarchical_hard": hard, "flat_oracle": Oracle()}, X, y, setup["similar"])
+    gap = res["hierarchy"]["models"]["hierarchical_hard"]["gap"]["all"]["gap_top1"]
+    md = render_markdown_report(res, [])
+    first = md.splitlines()[0]
+    if gap < -GAP_TOLERANCE:
+        assert first.startswith("**WARNING") and "flat_oracle" in first
+    else:  # the hierarchy is perfect too on this toy set: then the line says it is not behind
+        assert gap == 0.0 and first.startswith("**Hierarchical is not behind flat")
+    assert "## Hierarchy diagnostics" in md
+    behind = {"hierarchy": {"models": {"h": {"gap": {"all": {"best_flat": "f", "best_flat_top1": 0.9,
+                                                             "gap_top1": -0.006}}}}}}
+    ahead = {"hierarchy": {"models": {"h": {"gap": {"all": {"best_flat": "f", "best_flat_top1": 0.9,
+                                                            "gap_top1": -0.004}}}}}}
+    assert hierarchy_headline(behind).startswith("**WARNING") and "-0.6 points vs f" in hierarchy_headline(behind)
+    assert hierarchy_headline(ahead).startswith("**Hierarchical is not behind")
+
+
+def test_route_m_defaults_to_the_models_own_width(setup: dict) -> None:
+    hier = setup["hier"]
+    models = standard_models(hier, setup["models"]["flat_linear"], setup["models"]["flat_prototype"])
+    assert models["hierarchical_soft"].m == hier.m == 2 and models["hierarchical_hard"].m == 1
+    assert standard_models(hier, None, None, route_m=3)["hierarchical_soft"].m == 3
+    with pytest.raises(ValueError):
+        standard_models(hier, None, None, route_m=3, soft_m=2)

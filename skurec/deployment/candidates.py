@@ -32,6 +32,8 @@ from skurec.serving.calibration import calibrate_threshold
 from skurec.storage import Workspace
 
 SOURCE_FULL = "full_rebuild"
+# The hierarchy is deployed unless the tuned flat model beats it on validation by more than this (0.5 point).
+FLAT_MARGIN = 0.005
 SOURCE_FAST = "fast_path"
 
 
@@ -101,7 +103,9 @@ def prepare_full_rebuild(ws: Workspace, model_id: str | None = None) -> tuple[Pu
     sc_doc = layout.superclasses_doc(ws)
     evaluation = {f"train/{k}": v for k, v in (manifest.get("metrics") or {}).items() if isinstance(v, (int, float))}
     evaluation.update(_evaluation_summary(ws, digest))
-    model_id = model_id or new_model_id("hier")
+    n_superclasses = int(model.n_superclasses)
+    model, choice = better_of_hierarchy_and_flat(ws, model)
+    model_id = model_id or new_model_id("hier" if choice["deployed"] == "hierarchical" else "flat")
     table = table.assign(added_by=model_id)
     card = build_model_card(
         source=SOURCE_FULL,
@@ -110,15 +114,42 @@ def prepare_full_rebuild(ws: Workspace, model_id: str | None = None) -> tuple[Pu
         catalogue_snapshot=manifest.get("catalogue_snapshot", ""),
         encoder=manifest.get("encoder", {}),
         superclasses={"version": manifest.get("superclass_version") or sc_doc.get("version"),
-                      "n_superclasses": int(model.n_superclasses), "method": sc_doc.get("method")},
+                      "n_superclasses": n_superclasses, "method": sc_doc.get("method")},
         training_config=manifest.get("configs", {}),
         seeds=manifest.get("seeds", {}),
         evaluation=evaluation,
         batches=batches_of(ws, train_ids),
         sku_names=_sku_names(ws),
-        extra={"artifact_digest": digest, "training_code_version": manifest.get("code_version")},
+        extra={"artifact_digest": digest, "training_code_version": manifest.get("code_version"), "model_choice": choice},
     )
-    return PublishedModel(model_id, model, card, table), f"trained model {digest[:12]} from the full rebuild"
+    why = f"trained model {digest[:12]} from the full rebuild"
+    if choice["deployed"] != "hierarchical":
+        why += f"; {choice['reason']}"
+    return PublishedModel(model_id, model, card, table), why
+
+
+def better_of_hierarchy_and_flat(ws: Workspace, hierarchical: Any, margin: float = FLAT_MARGIN) -> tuple[Any, dict]:
+    """The model a full rebuild publishes: the hierarchical model, unless the tuned flat linear baseline trained on
+    the same embeddings beats it on the validation split by more than ``margin`` (then the flat model, which the
+    card says, with both numbers; a flat model has no new-SKU fast path, so the next batch waits for a rebuild)."""
+    from skurec.datasets import load_training_data
+
+    choice: dict[str, Any] = {"deployed": "hierarchical", "margin": margin}
+    if not ws.exists(f"{layout.FLAT_LINEAR_DIR}/_files.json"):
+        return hierarchical, {**choice, "reason": "no flat baseline was trained"}
+    data = load_training_data(ws)
+    if len(data.val) == 0:
+        return hierarchical, {**choice, "reason": "no validation images to compare on"}
+    flat = load_classifier(read_files(ws, layout.FLAT_LINEAR_DIR), device="cpu")
+    y = data.val.y.astype(str)
+    scores = {name: float(np.mean(m.predict_topk(data.val.X, k=1).labels[:, 0].astype(str) == y))
+              for name, m in (("hierarchical", hierarchical), ("flat_linear", flat))}
+    choice["val_top1"] = scores
+    if set(flat.classes) == set(hierarchical.classes) and scores["flat_linear"] > scores["hierarchical"] + margin:
+        return flat, {**choice, "deployed": "flat_linear",
+                      "reason": (f"the flat linear model beats the hierarchy on validation ({scores['flat_linear']:.4f} "
+                                 f"vs {scores['hierarchical']:.4f}, margin {margin}): the flat model is deployed")}
+    return hierarchical, {**choice, "reason": "the hierarchy is not worse than the flat linear model on validation"}
 
 
 def _evaluation_summary(ws: Workspace, digest: str) -> dict[str, float]:

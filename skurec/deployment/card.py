@@ -152,6 +152,11 @@ def model_card_markdown(card: Mapping[str, Any]) -> str:
     rec = card.get("recognition") or {}
     if rec.get("threshold") is not None:
         lines.append(f"| recommended unknown threshold | {_fmt(rec['threshold'])} ({rec.get('method')}) |")
+    choice = card.get("model_choice")
+    if choice:
+        lines += ["", "## Which model", "", f"- **{choice.get('deployed')}**: {choice.get('reason')}"]
+        if choice.get("val_top1"):
+            lines.append(f"- validation top-1: {_fmt(choice['val_top1'])}")
     fp = card.get("fast_path")
     if fp:
         lines += ["", "## Fast path", "", f"- new SKUs: {', '.join(fp.get('new_skus', [])) or '(none)'}",

@@ -8,8 +8,14 @@ Pipeline: :func:`class_prototypes` -> :func:`derive_superclasses` -> :func:`trai
 any kind).
 
 Import graph (one way, checked by ``tests/test_models_import_graph.py``): ``_common``, ``serialization`` ->
-``dense``, ``prototypes``, ``metrics``, ``similar``, ``superclasses`` -> ``coarse``, ``fine``, ``flat`` ->
-``hierarchical`` -> ``registry`` (:func:`load_classifier`) -> this package.
+``dense``, ``prototypes``, ``metrics``, ``similar``, ``superclasses``, ``lda`` -> ``coarse``, ``fine``, ``flat``,
+``lda_router``, ``specialists``, ``confusion_superclasses`` -> ``hierarchical`` -> ``specialist_hierarchy`` ->
+``registry`` (:func:`load_classifier`) -> this package.
+
+The recommended hierarchy is :func:`train_specialist_hierarchy`: a global shrinkage-LDA scorer whose implied
+superclass posterior routes (:class:`LDARouter`), superclasses of look-alikes from its confusions
+(:func:`confusion_superclasses`) and per-superclass local-whitening specialists combined with the global scores
+(:class:`SpecialistHead`); see those modules.
 """
 
 from ._common import (
@@ -23,10 +29,13 @@ from ._common import (
     resolve_device,
 )
 from .coarse import CoarseHead, train_coarse
+from .confusion_superclasses import confusion_superclasses
 from .dense import DenseConfig
 from .fine import FineConfig, FineHead, train_fine
 from .flat import FlatKNN, FlatLinear, FlatPrototype, fit_flat_logreg, train_flat_linear
 from .hierarchical import AddClassesResult, HierarchicalClassifier, train_hierarchical
+from .lda import LDAStatistics, lda_statistics
+from .lda_router import LDARouter, train_lda_router
 from .metrics import (
     confusion_matrix,
     mean_per_class_accuracy,
@@ -37,6 +46,8 @@ from .metrics import (
 from .prototypes import Prototypes, class_prototypes
 from .registry import load_classifier
 from .serialization import ModelFormatError
+from .specialist_hierarchy import SpecialistHierarchy, SpecialistHierarchyConfig, choose_route_m, train_specialist_hierarchy
+from .specialists import SpecialistConfig, SpecialistHead, train_specialists
 from .similar import group_members, nearest_neighbour_cosines, similar_class_set, similar_groups
 from .superclasses import Superclasses, derive_superclasses, superclass_group_ami, superclass_scatter_png
 
@@ -52,6 +63,12 @@ __all__ = [
     "FlatLinear",
     "FlatPrototype",
     "HierarchicalClassifier",
+    "LDARouter",
+    "LDAStatistics",
+    "SpecialistConfig",
+    "SpecialistHead",
+    "SpecialistHierarchy",
+    "SpecialistHierarchyConfig",
     "ModelFormatError",
     "Predictions",
     "ProgressFn",
@@ -60,10 +77,13 @@ __all__ = [
     "check_embeddings",
     "check_xy",
     "class_prototypes",
+    "choose_route_m",
+    "confusion_superclasses",
     "confusion_matrix",
     "derive_superclasses",
     "group_members",
     "l2_normalize",
+    "lda_statistics",
     "load_classifier",
     "mean_per_class_accuracy",
     "nearest_neighbour_cosines",
@@ -80,4 +100,7 @@ __all__ = [
     "train_flat_linear",
     "fit_flat_logreg",
     "train_hierarchical",
+    "train_lda_router",
+    "train_specialist_hierarchy",
+    "train_specialists",
 ]

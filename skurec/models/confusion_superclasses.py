@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 from ._common import EmbeddingInputError, check_xy, encode_labels
 from .lda import LDAStatistics, lda_statistics
@@ -73,10 +74,11 @@ def confusion_superclasses(X: np.ndarray, y: np.ndarray, max_size: int = 8, shri
     Mz = (stats.means - stats.mu0) @ stats.whitener(shrinkage).T
     centred = Mz - Mz.mean(axis=0, keepdims=True)
     proj = np.zeros((len(names), 2), np.float32)
-    if len(names) >= 2:
-        u, sv, _ = np.linalg.svd(centred, full_matrices=False)
-        r = min(2, sv.size)
-        proj[:, :r] = (u[:, :r] * sv[:r]).astype(np.float32)
+    if len(names) >= 3:  # first two principal components (randomised: the layout is only for the scatter plot)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            u, sv, _ = torch.svd_lowrank(torch.from_numpy(centred), q=min(6, *centred.shape), niter=3)
+        proj = (u[:, :2] * sv[:2]).float().numpy()
     return Superclasses(names, labels, S, proj, METHOD_CONFUSION,
                         f"pairwise LDA confusion (Mahalanobis distance of SKU means), superclasses of <= {max_size}",
                         {"max_size": max_size, "shrinkage": shrinkage})

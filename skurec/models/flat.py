@@ -286,8 +286,11 @@ def fit_flat_logreg(X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None = Non
     dev = resolve_device(device)
     module = DenseNet(X.shape[1], len(classes), hidden=0)
     Xt = torch.from_numpy(X).to(dev)
-    module.to(dev).fit_standardization(Xt)
-    with torch.no_grad():
+    module.to(dev)
+    with torch.no_grad():  # population std (scikit-learn's StandardScaler), floored like DenseNet's
+        std = Xt.std(dim=0, unbiased=False)
+        module.shift.copy_(Xt.mean(dim=0))
+        module.scale.copy_(std.clamp(min=float(std.mean()) * 1e-3))
         Z = module.standardize(Xt)
     del Xt
     ct = torch.from_numpy(codes).to(dev)

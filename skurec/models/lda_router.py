@@ -94,10 +94,9 @@ class LDARouter:
         return linear_scores(X, self.W, self.b)
 
     def logits(self, X: np.ndarray) -> torch.Tensor:
-        """Superclass logits (n, S): ``logsumexp`` of member SKU scores, divided by the temperature."""
+        """Superclass logits (n, S) float64: ``logsumexp`` of member SKU scores, divided by the temperature."""
         g = self.class_logits(X).double()
-        return (group_logsumexp(g, torch.from_numpy(self.sc_of_index), self.n_superclasses)
-                / self.temperature).float()
+        return group_logsumexp(g, torch.from_numpy(self.sc_of_index), self.n_superclasses) / self.temperature
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Superclass probabilities (n, S) float32 (a superclass without SKUs gets 0)."""

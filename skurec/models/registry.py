@@ -15,9 +15,12 @@ from .coarse import CoarseHead
 from .fine import FineHead
 from .flat import FlatKNN, FlatLinear, FlatPrototype
 from .hierarchical import HierarchicalClassifier
+from .lda_router import LDARouter
 from .serialization import ModelFormatError, read_config
+from .specialists import SpecialistHead
 
-MODEL_CLASSES: tuple[type, ...] = (HierarchicalClassifier, CoarseHead, FineHead, FlatLinear, FlatPrototype, FlatKNN)
+MODEL_CLASSES: tuple[type, ...] = (HierarchicalClassifier, CoarseHead, LDARouter, FineHead, SpecialistHead, FlatLinear,
+                                   FlatPrototype, FlatKNN)
 
 
 def model_kinds() -> dict[str, type]:

@@ -49,6 +49,18 @@ def _val_top1(model: HierarchicalClassifier, X: np.ndarray, y: np.ndarray, m: in
     return float(np.mean(model.predict_topk(X, k=1, m=m).labels[:, 0] == y))
 
 
+def choose_route_m(model: HierarchicalClassifier, X_val: np.ndarray, y_val: np.ndarray,
+                   m_grid: tuple[int, ...] = SpecialistHierarchyConfig.m_grid,
+                   tolerance: float = SpecialistHierarchyConfig.m_tolerance) -> tuple[int, dict[int, float]]:
+    """The routing width: the smallest ``m`` whose validation top-1 is within ``tolerance`` of the best over
+    ``m_grid`` (and all superclasses); returns ``(m, {m: val top-1})``."""
+    n = model.n_superclasses
+    widths = sorted({min(int(m), n) for m in m_grid} | {n})
+    by_m = {m: _val_top1(model, X_val, y_val, m) for m in widths}
+    top = max(by_m.values())
+    return min(m for m, v in by_m.items() if v >= top - tolerance), by_m
+
+
 def train_specialist_hierarchy(X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray,
                                config: SpecialistHierarchyConfig | None = None,
                                device: str | torch.device | None = None) -> SpecialistHierarchy:
@@ -85,16 +97,11 @@ def train_specialist_hierarchy(X: np.ndarray, y: np.ndarray, X_val: np.ndarray, 
             best = (score, cap, (model, sc))
     assert best is not None
     model, sc = best[2]
-    widths = sorted({min(m, sc.n_superclasses) for m in config.m_grid} | {sc.n_superclasses})
-    by_m = {m: _val_top1(model, X_val, y_val, m) for m in widths}
-    top = max(by_m.values())
-    m_best = min(m for m, v in by_m.items() if v >= top - config.m_tolerance)
+    m_best, by_m = choose_route_m(model, X_val, y_val, config.m_grid, config.m_tolerance)
     report.update({"max_size": best[1], "n_superclasses": sc.n_superclasses, "val_top1_by_m": by_m, "m": m_best,
                    "val_top1": by_m[m_best], "beta": model.fine.beta, "temperature": model.coarse.temperature,
                    "stats_seconds": round(t_stats, 3), "train_seconds": round(time.perf_counter() - t0, 3)})
-    model.fine.metrics["selection"] = None  # keep metrics flat (JSON); the full report is returned instead
-    model.fine.metrics.pop("selection")
     return SpecialistHierarchy(model.with_m(m_best), sc, report)
 
 
-__all__ = ["SpecialistHierarchy", "SpecialistHierarchyConfig", "train_specialist_hierarchy"]
+__all__ = ["SpecialistHierarchy", "SpecialistHierarchyConfig", "choose_route_m", "train_specialist_hierarchy"]

@@ -258,15 +258,18 @@ def _local_factors(Xs: np.ndarray, codes_s: np.ndarray, Mz: np.ndarray, H: torch
     if Xs.shape[0] < 2:
         return U, gam
     R = (torch.from_numpy(Xs) - mu0) @ H.T - torch.from_numpy(Mz[codes_s].astype(np.float32))
-    ev, V = torch.linalg.eigh((R @ R.T).double())  # Gram trick: n_s x n_s instead of d x d
-    r = min(rank, R.shape[0])
-    ev, V = ev.flip(0)[:r].clamp(min=0), V.flip(1)[:, :r]
-    keep = ev > 1e-9 * max(float(ev[0]), 1e-30)
-    ev, V = ev[keep], V[:, keep]
-    vecs = (R.double().T @ V) / ev.sqrt()  # unit eigenvectors (d, r')
-    lam = ev / R.shape[0]
-    U[: vecs.shape[1]] = vecs.T.float().numpy()
-    gam[: vecs.shape[1]] = (mix * lam / ((1 - mix) + mix * lam)).float().numpy()
+    r = min(rank, R.shape[0], d)
+    # top-r right singular vectors of R = top eigen-directions of the local covariance R'R / n (randomised
+    # subspace iteration: O(n_s d r) instead of an n_s x n_s or d x d eigendecomposition)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        _, sv, V = torch.svd_lowrank(R, q=min(r + 8, min(R.shape)), niter=3)
+    sv, V = sv[:r].double(), V[:, :r].double()
+    keep = sv > 1e-6 * max(float(sv[0]), 1e-30)
+    sv, V = sv[keep], V[:, keep]
+    lam = sv ** 2 / R.shape[0]
+    U[: V.shape[1]] = V.T.float().numpy()
+    gam[: V.shape[1]] = (mix * lam / ((1 - mix) + mix * lam)).float().numpy()
     return U, gam
 
 
