@@ -1,7 +1,8 @@
 """New-SKU fast path vs full rebuild on real embeddings (Grocery Store, frozen encoder).
 
-Hold out ``--new`` classes, train the hierarchical model on the rest the way the full rebuild does (prototypes ->
-superclasses (UMAP + agglomerative) -> coarse head -> fine head), then make the held-out classes recognisable
+Hold out ``--new`` classes, train the hierarchical model on the rest the way the full rebuild does
+(:func:`skurec.models.train_specialist_hierarchy`: LDA confusion superclasses -> router -> specialists, every choice
+on validation), then make the held-out classes recognisable
 
 * by the fast path: ``HierarchicalClassifier.add_classes`` on their train embeddings (no training), and
 * by a full rebuild on all classes (re-clustering superclasses, retraining both heads),
@@ -29,40 +30,16 @@ sys.path.insert(0, str(REPO))
 # Where benchmarks/export_grocery_embeddings.py writes by default (its --out-dir).
 DEFAULT_NPZ = REPO / "bench_out" / "grocery_embeddings" / "grocery_efficientnet_lite2.npz"
 
-from skurec.models import (  # noqa: E402
-    DenseConfig,
-    FineConfig,
-    HierarchicalClassifier,
-    class_prototypes,
-    derive_superclasses,
-    train_coarse,
-    train_fine,
-)
+from skurec.models import HierarchicalClassifier, train_specialist_hierarchy  # noqa: E402
 
 
-def superclass_count(n_classes: int, max_superclasses: int = 100, classes_per_superclass: float = 8.0) -> int:
-    """Same rule as the superclasses asset (skurec_assets/training.py)."""
-    return int(min(max_superclasses, n_classes, max(2, round(n_classes / max(1.0, classes_per_superclass)))))
-
-
-def full_build(X, y, Xv, yv, seed: int, fine_steps: int, coarse_epochs: int, route_m: int) -> tuple[HierarchicalClassifier, dict]:
-    t = {}
+def full_build(X, y, Xv, yv) -> tuple[HierarchicalClassifier, dict]:
+    """The full rebuild's training (the same core call as the pipeline's superclasses/coarse/fine assets)."""
     t0 = time.perf_counter()
-    protos = class_prototypes(X, y)
-    sc = derive_superclasses(protos.vectors, protos.classes, n_superclasses=superclass_count(len(protos.classes)), seed=seed)
-    t["superclasses_s"] = time.perf_counter() - t0
-    sc_map = sc.superclass_of_class()
-    t1 = time.perf_counter()
-    coarse = train_coarse(X, y, sc_map, Xv, yv, DenseConfig(max_epochs=coarse_epochs, seed=seed),
-                          n_superclasses=sc.n_superclasses, device="cpu")
-    t["coarse_s"] = time.perf_counter() - t1
-    t2 = time.perf_counter()
-    fine = train_fine(X, y, sc_map, Xv, yv, FineConfig(steps=fine_steps, seed=seed), device="cpu")
-    t["fine_s"] = time.perf_counter() - t2
-    t["total_s"] = time.perf_counter() - t0
-    t["n_superclasses"] = sc.n_superclasses
-    t["superclass_method"] = sc.method
-    return HierarchicalClassifier(coarse, fine, sc_map, m=route_m), t
+    res = train_specialist_hierarchy(X, y, Xv, yv)
+    t = {"total_s": time.perf_counter() - t0, "n_superclasses": res.superclasses.n_superclasses,
+         "superclass_method": res.superclasses.method, "report": res.report}
+    return res.model, t
 
 
 def accuracy(model, X, y, mask=None) -> float:
@@ -79,9 +56,6 @@ def main(argv: list[str] | None = None) -> int:
                    help="embeddings from benchmarks/export_grocery_embeddings.py (default: %(default)s)")
     p.add_argument("--new", type=int, default=5, help="classes held out and added later")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fine-steps", type=int, default=300)
-    p.add_argument("--coarse-epochs", type=int, default=30)
-    p.add_argument("--route-m", type=int, default=3)
     p.add_argument("--attach", default="coarse", choices=["coarse", "nearest_class", "centroid"])
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", help="also write the results here")
@@ -99,15 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.npz}: {len(y)} embeddings of dim {X.shape[1]}, {len(classes)} classes; "
           f"held out {len(new)} new classes: {new}", flush=True)
 
-    base, t_base = full_build(X[tr & ~is_new], y[tr & ~is_new], X[va & ~is_new], y[va & ~is_new], args.seed,
-                              args.fine_steps, args.coarse_epochs, args.route_m)
+    base, t_base = full_build(X[tr & ~is_new], y[tr & ~is_new], X[va & ~is_new], y[va & ~is_new])
     print(f"base model (without the new classes) built in {t_base['total_s']:.1f}s", flush=True)
 
     t0 = time.perf_counter()
     fast = base.add_classes(X[tr & is_new], y[tr & is_new], attach=args.attach)
     t_fast = time.perf_counter() - t0
 
-    full, t_full = full_build(X[tr], y[tr], X[va], y[va], args.seed, args.fine_steps, args.coarse_epochs, args.route_m)
+    full, t_full = full_build(X[tr], y[tr], X[va], y[va])
 
     rows = {}
     for name, model in (("base (before)", base), ("fast path", fast.model), ("full rebuild", full)):
@@ -123,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         "accuracy": rows, "torch_threads": torch.get_num_threads(),
     }
     print(f"\nfast path (add_classes, {result['n_new_train_images']} images, attach={args.attach}): {t_fast * 1000:.1f} ms")
-    print(f"full rebuild (superclasses {t_full['superclasses_s']:.1f}s + coarse {t_full['coarse_s']:.1f}s + fine "
-          f"{t_full['fine_s']:.1f}s): {t_full['total_s']:.1f} s  -> fast path is {t_full['total_s'] / max(t_fast, 1e-9):.0f}x faster")
+    print(f"full rebuild ({t_full['n_superclasses']} superclasses, {t_full['superclass_method']}): {t_full['total_s']:.1f} s"
+          f"  -> fast path is {t_full['total_s'] / max(t_fast, 1e-9):.0f}x faster")
     print(f"\n{'model':16}{'top-1 all':>11}{'top-1 new':>11}{'top-1 old':>11}")
     for name, r in rows.items():
         print(f"{name:16}{r['test_top1_all']:11.4f}{r['test_top1_new']:11.4f}{r['test_top1_old']:11.4f}")

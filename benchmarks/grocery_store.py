@@ -28,7 +28,8 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_DATASET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "grocery_store"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _dataset import DEFAULT_DATASET  # noqa: E402  (beside the checkout; --dataset overrides it)
 
 
 def write_manifest(dataset: Path, out: Path, pin_splits: bool) -> Path:

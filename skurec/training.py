@@ -1,5 +1,5 @@
-"""The training steps' rules, framework-free (the Dagster training assets call them): how many superclasses, the
-prototype artifact format, the training manifest and whether a scheduled rebuild has anything to do.
+"""The training steps' rules, framework-free (the Dagster training assets call them): the prototype artifact format
+and whether a scheduled rebuild has anything to do.
 
 ``TRAINING_CODE_VERSION`` names the training code: it is recorded in every training manifest and model card, and a
 change of it makes the scheduled rebuild retrain.
@@ -19,12 +19,7 @@ from skurec.artifacts import read_files
 from skurec.models import Prototypes
 from skurec.storage import Workspace
 
-TRAINING_CODE_VERSION = "train-v1"
-
-
-def superclass_count(n_classes: int, max_superclasses: int, classes_per_superclass: float) -> int:
-    """How many superclasses: ``n_classes / classes_per_superclass`` rounded, within [2, max_superclasses]."""
-    return int(min(max_superclasses, n_classes, max(2, round(n_classes / max(1.0, classes_per_superclass)))))
+TRAINING_CODE_VERSION = "train-v2"  # v2: LDA confusion superclasses, LDA router, specialists
 
 
 def prototypes_files(p: Prototypes) -> dict[str, bytes]:

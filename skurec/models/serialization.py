@@ -143,16 +143,3 @@ def require(config: Mapping[str, Any], key: str, typ: type | tuple[type, ...], w
     if not isinstance(value, typ):
         raise ModelFormatError(f"{where} field {key!r} has type {type(value).__name__}, expected {typ}")
     return value
-
-
-def __getattr__(name: str) -> Any:
-    """Transitional alias: ``skurec.models.serialization.load_classifier`` now lives in :mod:`.registry`.
-
-    Kept only so callers written before the split keep working; import it from ``skurec.models`` or
-    ``skurec.models.registry``. Resolved lazily so this module stays a leaf of the import graph.
-    """
-    if name == "load_classifier":
-        import importlib
-
-        return importlib.import_module(__name__.rsplit(".", 1)[0] + ".registry").load_classifier
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
