@@ -177,6 +177,10 @@ def test_timm_name_with_checkpoint_and_key_mismatch_error(tmp_path: Path) -> Non
     save_file(sd, str(good))
     enc = load_encoder(f"timm:{arch}", checkpoint=str(good), device="cpu", input_size=32)
     assert enc.dim == model.num_features and enc.identity()["source"]["checkpoint"] == str(good)
+    from skurec.encoders import recorded_checkpoint
+
+    assert recorded_checkpoint(enc.identity()) == str(good)  # what serving passes back from a model card
+    assert recorded_checkpoint(load_encoder("tiny_random_vit", device="cpu").identity()) is None
     assert enc.embed_images(_images(2)).shape == (2, model.num_features)
 
     bad = tmp_path / "random_test_vit_missing.pth"

@@ -11,8 +11,13 @@ Every name lives in one table, :data:`skurec.encoders.registry.ENCODERS`, filled
 * ``a+b``: concatenation of the above (each part L2-normalised, then re-normalised).
 
 Options (keyword arguments of :func:`load_encoder`, all part of the identity and ``encoder_id``):
-``views`` ("center" | "flip": average with the horizontally flipped image), ``input_size`` (crop side, px),
-``crop_pct`` (crop / resized shorter side).
+``views`` (test-time view recipe, :data:`~skurec.encoders.base.VIEW_RECIPES`: "center" | "flip" | "zoom" |
+"flip+zoom"; the per-view embeddings are averaged and re-normalised), ``input_size`` (crop side, px; above the
+native size for finer detail), ``crop_pct`` (crop / resized shorter side), ``layers`` (0: pooled embedding only;
+N: also the GeM-pooled (p=3) last N intermediate stages, each part L2-normalised, concatenated, re-normalised).
+
+Train-time augmented views (:func:`skurec.encoders.views.train_views`) and PCA whitening
+(:class:`skurec.encoders.whitening.PCAWhitening`) are separate: they depend on the training rows, not the encoder.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import threading
 from typing import Any
 
 from .base import (
+    MAX_LAYERS,
     VIEWS,
     Backbone,
     EncoderCheckpointError,
@@ -45,14 +51,16 @@ __all__ = [
     "clear_encoder_cache",
     "encoder_spec",
     "load_encoder",
+    "recorded_checkpoint",
     "register_encoder",
     "takes_checkpoint",
 ]
 
 OPTIONS = {
-    "views": f"one of {VIEWS}; 'flip' averages the embedding of the image and its mirror",
+    "views": f"one of {VIEWS}; the embeddings of the recipe's views (centre crop, mirror, central zoom) are averaged",
     "input_size": "crop side in pixels (default: the encoder's native size)",
     "crop_pct": "centre-crop fraction of the resized shorter side (default: the encoder's)",
+    "layers": f"0..{MAX_LAYERS}: also concatenate the GeM-pooled last N intermediate stages (default 0)",
 }
 
 _COMBINED_EXAMPLE = ("efficientnet_lite2+mobilenetv2_100", "concatenation of the two packaged encoders, 2560-d (any 'a+b' works)")
@@ -64,6 +72,16 @@ _CACHE_LOCK = threading.Lock()
 def available_encoders() -> dict[str, str]:
     """Encoder names (and name patterns) -> one-line description."""
     return {**descriptions(), _COMBINED_EXAMPLE[0]: _COMBINED_EXAMPLE[1]}
+
+
+def recorded_checkpoint(identity: dict[str, Any]) -> str | None:
+    """The local weights file an encoder identity (``FrozenEncoder.identity()``, as stored in model cards) was
+    loaded from, or None (hub, packaged or random weights). For a combined encoder: its one file-based part's file.
+    Serving passes it back as ``checkpoint=`` when the caller gives none; the encoder id check then proves the file
+    still holds the same weights."""
+    parts = identity.get("parts") or [identity]
+    files = sorted({str(p["source"]["checkpoint"]) for p in parts if (p.get("source") or {}).get("checkpoint")})
+    return files[0] if len(files) == 1 else None
 
 
 def clear_encoder_cache() -> None:
@@ -90,7 +108,13 @@ def _validate_options(options: dict[str, Any]) -> dict[str, Any]:
     crop_pct = options.get("crop_pct")
     if crop_pct is not None and not 0.1 <= float(crop_pct) <= 1.0:
         raise ValueError(f"crop_pct must be in [0.1, 1.0], got {crop_pct!r}")
+    layers = options.get("layers", 0)
+    if layers is None:
+        layers = 0
+    if isinstance(layers, bool) or int(layers) != layers or not 0 <= int(layers) <= MAX_LAYERS:
+        raise ValueError(f"layers must be an integer in [0, {MAX_LAYERS}], got {layers!r}")
     return {
+        "layers": int(layers),
         "views": views,
         "input_size": None if input_size is None else int(input_size),
         "crop_pct": None if crop_pct is None else float(crop_pct),
@@ -134,6 +158,7 @@ def load_encoder(
         views=opts["views"],
         input_size=opts["input_size"],
         crop_pct=opts["crop_pct"],
+        layers=opts["layers"],
         cpu_threads=cpu_threads,
     )
     with _CACHE_LOCK:

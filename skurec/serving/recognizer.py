@@ -225,16 +225,15 @@ class Recognizer:
 
 def load_encoder_for_card(card: dict, device: str | None = "cpu", checkpoint: str | None = None) -> Any:
     """The frozen encoder a model card names, verified to have the same encoder id (weights hash + options)."""
-    from skurec.encoders import load_encoder
-    from skurec.encoders.registry import takes_checkpoint
+    from skurec.encoders import load_encoder, recorded_checkpoint, takes_checkpoint
 
     ident = card.get("encoder") or {}
     name = ident.get("name")
     if not name:
         raise RecognizerError(f"model card of {card.get('model_id')} names no encoder; it cannot be served")
-    opts = {k: v for k, v in (ident.get("options") or {}).items() if k in ("views", "input_size", "crop_pct")}
+    opts = {k: v for k, v in (ident.get("options") or {}).items() if k in ("views", "input_size", "crop_pct", "layers")}
     if checkpoint is None and takes_checkpoint(name):  # the file recorded when the training embeddings were made
-        checkpoint = (ident.get("source") or {}).get("checkpoint")
+        checkpoint = recorded_checkpoint(ident)
     enc = load_encoder(name, checkpoint=checkpoint, device=device, **opts)
     if ident.get("encoder_id") and enc.encoder_id != ident["encoder_id"]:
         raise RecognizerError(
