@@ -194,7 +194,7 @@ class FlatKNN:
 
 #: Regularisation grid of :func:`fit_flat_logreg` (scikit-learn's ``C``: inverse L2 strength on the summed loss of
 #: standardised features). Chosen on the Grocery Store validation lists of both packaged encoders, where the best
-#: values were 0.03-0.1; the grid spans a factor 100 around them.
+#: values were 0.03-0.3; the grid spans a factor 100 around them.
 DEFAULT_CS: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3)
 #: ``C`` used when no validation set is given.
 DEFAULT_C = 0.03
