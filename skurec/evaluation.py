@@ -50,7 +50,7 @@ def _within_superclass_top1(model: Any, X: np.ndarray, y: np.ndarray) -> float |
     """Top-1 of the fine stage restricted to the true superclass (the fine stage's own accuracy, routing aside)."""
     import torch
 
-    from .models.specialists import grouped_log_softmax
+    from .models._common import grouped_log_softmax
 
     index = {c: i for i, c in enumerate(model.classes)}
     keep = np.asarray([c in index for c in y.tolist()], dtype=bool)

@@ -69,6 +69,16 @@ def descendants(pid: int) -> dict[int, int]:
     return out
 
 
+def running(pids) -> list[int]:
+    """The pids of ``pids`` that still run (zombies, which only wait to be reaped, do not count)."""
+    out = []
+    for pid in pids:
+        st = _stat(pid)
+        if st is not None and st[2] != "Z":
+            out.append(pid)
+    return out
+
+
 def _alive(pid: int, start: int | None) -> bool:
     st = _stat(pid)
     if st is None:

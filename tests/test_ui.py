@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from badinputs import separable_catalogue
+from skurec_assets.ui import running
 
 REPO = Path(__file__).resolve().parent.parent
 JOB = "full_rebuild"
@@ -219,19 +220,6 @@ def test_dagster_dev_launches_the_whole_pipeline_and_shows_lineage(tmp_path: Pat
 STOP_WITHIN_S = 10.0
 
 
-def _alive(pids) -> list[int]:
-    """The pids that still run (zombies, which only wait to be reaped, do not count)."""
-    out = []
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            out.append(pid)
-    return out
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -259,25 +247,25 @@ def test_skurec_ui_stops_every_process_on_signal(tmp_path: Path, sig: int):
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # webserver + daemon (+ their code servers) under dagster dev
             seen |= set(_children(proc.pid))
-            if len(_alive(seen)) >= 3:
+            if len(running(seen)) >= 3:
                 break
             time.sleep(1)
         time.sleep(2)
         seen |= set(_children(proc.pid))
-        assert len(_alive(seen)) >= 3, f"expected dagster dev, its webserver and daemon under skurec ui: {seen}"
+        assert len(running(seen)) >= 3, f"expected dagster dev, its webserver and daemon under skurec ui: {seen}"
         t0 = time.monotonic()
         os.kill(proc.pid, sig)  # what Ctrl-C (SIGINT to the foreground process) or `kill` does
         rc = proc.wait(timeout=STOP_WITHIN_S)
-        while _alive(seen) and time.monotonic() - t0 < STOP_WITHIN_S:
+        while running(seen) and time.monotonic() - t0 < STOP_WITHIN_S:
             time.sleep(0.2)
         took = time.monotonic() - t0
-        left = _alive(seen)
+        left = running(seen)
         assert not left, f"{len(left)} processes still running {took:.1f}s after {signal.Signals(sig).name}: {left}\n{log.read_text()[-3000:]}"
         assert rc == 128 + sig
         assert not _listening_addresses(port)
         print(f"skurec ui stopped {len(seen)} processes {took:.1f}s after {signal.Signals(sig).name}")
     finally:
-        for pid in _alive(seen | {proc.pid}):
+        for pid in running(seen | {proc.pid}):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:

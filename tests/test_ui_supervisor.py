@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from skurec_assets.ui import descendants
+from skurec_assets.ui import descendants, running
 
 STOP_WITHIN_S = 10.0
 
@@ -45,18 +45,6 @@ FAKE_DEV = textwrap.dedent(
 DRIVER = "import sys\nfrom skurec_assets.ui import run_dagster_dev\nsys.exit(run_dagster_dev(sys.argv[1:]))"
 
 
-def _alive(pids: list[int]) -> list[int]:
-    out = []
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            out.append(pid)
-    return out
-
-
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc")
 @pytest.mark.parametrize("mode", ["abandon", "ignore"])
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -82,13 +70,13 @@ def test_supervisor_leaves_no_process_behind(tmp_path: Path, mode: str, sig: int
         t0 = time.monotonic()
         os.kill(driver.pid, sig)
         rc = driver.wait(timeout=STOP_WITHIN_S)
-        while _alive(list(tree)) and time.monotonic() - t0 < STOP_WITHIN_S:
+        while running(list(tree)) and time.monotonic() - t0 < STOP_WITHIN_S:
             time.sleep(0.1)
         took = time.monotonic() - t0
-        assert not _alive(list(tree)), f"still running {took:.1f}s after the signal: {_alive(list(tree))}"
+        assert not running(list(tree)), f"still running {took:.1f}s after the signal: {running(list(tree))}"
         assert rc == 128 + sig and took < STOP_WITHIN_S
     finally:
-        for pid in _alive(list(descendants(driver.pid)) + [driver.pid]):
+        for pid in running(list(descendants(driver.pid)) + [driver.pid]):
             os.kill(pid, signal.SIGKILL)
 
 
@@ -102,4 +90,4 @@ def test_supervisor_returns_the_exit_code_and_cleans_up_when_dev_exits_by_itself
     t0 = time.monotonic()
     driver = subprocess.run([sys.executable, "-c", DRIVER, sys.executable, "-c", code], timeout=30)
     assert driver.returncode == 3 and time.monotonic() - t0 < 20
-    assert not _alive([int(pid_file.read_text())])  # the child it left behind was stopped too
+    assert not running([int(pid_file.read_text())])  # the child it left behind was stopped too

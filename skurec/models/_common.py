@@ -203,3 +203,14 @@ def superclass_targets(y: np.ndarray, superclass_of_class: Mapping[str, int], na
     if missing:
         raise EmbeddingInputError(f"{name} has {len(missing)} SKUs without a superclass, e.g. {missing[:5]}")
     return np.asarray([superclass_of_class[s] for s in y.tolist()], dtype=np.int64)
+
+
+def grouped_log_softmax(logits: torch.Tensor, groups: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """``log softmax`` of each row restricted to columns of the same group (n, C), vectorised over groups."""
+    n = logits.shape[0]
+    idx = groups.unsqueeze(0).expand(n, -1)
+    gmax = torch.full((n, n_groups), float("-inf"), dtype=logits.dtype).scatter_reduce(
+        1, idx, logits, reduce="amax", include_self=True)
+    shifted = logits - gmax.gather(1, idx)
+    z = torch.zeros((n, n_groups), dtype=logits.dtype).scatter_add_(1, idx, shifted.exp())
+    return shifted - torch.log(z.gather(1, idx))

@@ -25,6 +25,7 @@ from ._common import (
     check_embeddings,
     check_xy,
     encode_labels,
+    grouped_log_softmax,
     labels_from_indices,
     resolve_device,
     topk_stable,
@@ -132,7 +133,7 @@ class HierarchicalClassifier:
         for sl in batched_rows(len(X), ROW_BATCH):
             coarse_logp = torch.log_softmax(self.coarse.logits(X[sl]).double(), dim=1)
             coarse_p = coarse_logp.exp()
-            cond_log = _grouped_log_softmax(self.fine.class_logits(X[sl]).double(), sc, self.n_superclasses)
+            cond_log = grouped_log_softmax(self.fine.class_logits(X[sl]).double(), sc, self.n_superclasses)
             _, routed_sc = topk_stable(coarse_p, m)
             routed = torch.zeros_like(coarse_p, dtype=torch.bool).scatter_(1, routed_sc, True)
             cand = routed[:, sc]
@@ -244,17 +245,6 @@ class HierarchicalClassifier:
 
 def _unit(a: np.ndarray) -> np.ndarray:
     return a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
-
-
-def _grouped_log_softmax(logits: torch.Tensor, groups: torch.Tensor, n_groups: int) -> torch.Tensor:
-    """``log softmax`` of each row restricted to columns of the same group (n, C), vectorised over groups."""
-    n = logits.shape[0]
-    idx = groups.unsqueeze(0).expand(n, -1)
-    gmax = torch.full((n, n_groups), float("-inf"), dtype=logits.dtype).scatter_reduce(
-        1, idx, logits, reduce="amax", include_self=True)
-    shifted = logits - gmax.gather(1, idx)
-    z = torch.zeros((n, n_groups), dtype=logits.dtype).scatter_add_(1, idx, shifted.exp())
-    return shifted - torch.log(z.gather(1, idx))
 
 
 def train_hierarchical(X: np.ndarray, y: np.ndarray, superclass_of_class: Mapping[str, int],

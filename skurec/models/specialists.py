@@ -35,6 +35,7 @@ from ._common import (
     check_embeddings,
     check_xy,
     encode_labels,
+    grouped_log_softmax,
     jsonable,
     labels_from_indices,
     resolve_device,
@@ -66,17 +67,6 @@ class SpecialistConfig:
         names = {f.name for f in fields(cls)}
         out = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in names}
         return cls(**out)
-
-
-def grouped_log_softmax(logits: torch.Tensor, groups: torch.Tensor, n_groups: int) -> torch.Tensor:
-    """``log softmax`` of each row restricted to columns of the same group (n, C), vectorised over groups."""
-    n = logits.shape[0]
-    idx = groups.unsqueeze(0).expand(n, -1)
-    gmax = torch.full((n, n_groups), float("-inf"), dtype=logits.dtype).scatter_reduce(
-        1, idx, logits, reduce="amax", include_self=True)
-    shifted = logits - gmax.gather(1, idx)
-    z = torch.zeros((n, n_groups), dtype=logits.dtype).scatter_add_(1, idx, shifted.exp())
-    return shifted - torch.log(z.gather(1, idx))
 
 
 class SpecialistHead:
@@ -354,4 +344,4 @@ def train_specialists(X: np.ndarray, y: np.ndarray, superclass_of_class: Mapping
     return head
 
 
-__all__ = ["SpecialistConfig", "SpecialistHead", "grouped_log_softmax", "train_specialists"]
+__all__ = ["SpecialistConfig", "SpecialistHead", "train_specialists"]
