@@ -191,3 +191,21 @@ def embed_all(encoder: "FrozenEncoder", items: Iterable[Item], **kwargs: object)
         vectors.append(batch.vectors)
         failures.extend(batch.failures)
     return EmbeddedBatch(ids, np.concatenate(vectors, axis=0), failures)
+
+
+def worker_device(requested: str | None, worker_index: int, n_gpus: int | None = None) -> str | None:
+    """The device a parallel embedding worker (one hash shard of the catalogue) should use.
+
+    ``requested`` is the encoder's configured device. When it is unset (or a bare ``"cuda"``) and the process sees
+    several GPUs, worker ``i`` takes ``cuda:{i % n_gpus}``, so shards embedded at the same time on one multi-GPU
+    machine spread over its devices. An explicit device (``"cpu"``, ``"cuda:1"``) is kept as is; with one GPU or
+    none the answer is ``requested`` (``None``: :func:`skurec.encoders.base.default_device` picks CUDA or CPU). On a
+    pool where each worker is pinned to one GPU (``CUDA_VISIBLE_DEVICES``) every worker sees one device: ``cuda:0``.
+    """
+    if requested not in (None, "cuda"):
+        return requested
+    if n_gpus is None:
+        n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n_gpus <= 1:
+        return requested
+    return f"cuda:{worker_index % n_gpus}"

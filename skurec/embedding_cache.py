@@ -1,14 +1,20 @@
 """Embedding cache: L2-normalised float32 vectors as Parquet, keyed by (image_id, encoder_id).
 
-Layout: ``<workdir>/embeddings/<encoder_id>/part-<time>-<uuid>.parquet``. Each part is written atomically as
-soon as ``flush_rows`` vectors are ready, so a run that is killed keeps everything it flushed and the rerun embeds
-only what is missing. An image already embedded with the same encoder is never embedded again. Parts are compacted
-into one file at the end of a run (write the merged part first, then delete the old ones; readers de-duplicate by
-image id, so a crash in between loses nothing).
+Layout: ``<workdir>/embeddings/<encoder_id>/part-<time>-<uuid>.parquet``, or, for the embedding of one hash shard
+of the catalogue, ``part-s<shard>of<n_shards>-<time>-<uuid>.parquet`` (:func:`shard_of` puts every image id in one
+of ``n_shards`` shards; each shard is embedded by its own step and writes and compacts only its own parts, so shards
+embedded at the same time on different workers never touch each other's files). Readers take the union of every
+part in the folder, sharded or not, so changing the number of shards re-embeds nothing.
+
+Each part is written atomically as soon as ``flush_rows`` vectors are ready, so a run that is killed keeps everything
+it flushed and the rerun embeds only what is missing. An image already embedded with the same encoder is never
+embedded again. Parts are compacted into one file (per shard) at the end of a run (write the merged part first, then
+delete the old ones; readers de-duplicate by image id, so a crash in between loses nothing).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import time
@@ -21,13 +27,36 @@ import pandas as pd
 import pyarrow as pa
 
 from skurec.audit import read_uri_bytes
+from skurec.layout import EMBEDDINGS_DIR
 from skurec.storage import Workspace, parse_parquet
 
 log = logging.getLogger(__name__)
 
-EMBEDDINGS_DIR = "embeddings"
 CORRUPT_DIR = "corrupt"
 PART_COLUMNS = {"image_id": pa.string(), "encoder_id": pa.string()}
+
+
+def shard_of(image_id: str, n_shards: int) -> int:
+    """The hash shard (0 .. n_shards-1) of an image id: stable across processes, machines and runs (SHA-256, not
+    Python's salted ``hash``), so an image always falls in the same shard and a batch of new images touches only the
+    shards its ids hash to."""
+    if n_shards < 1:
+        raise ValueError(f"n_shards must be >= 1, got {n_shards}")
+    if n_shards == 1:
+        return 0
+    return int.from_bytes(hashlib.sha256(image_id.encode("utf-8")).digest()[:8], "big") % n_shards
+
+
+def shard_column(image_ids: pd.Series, n_shards: int) -> np.ndarray:
+    """:func:`shard_of` for a column of ids."""
+    return np.fromiter((shard_of(i, n_shards) for i in image_ids), dtype=np.int64, count=len(image_ids))
+
+
+def shard_tag(shard: int, n_shards: int) -> str:
+    """The file-name tag of a shard's parts, e.g. ``s003of008``."""
+    if not 0 <= shard < n_shards:
+        raise ValueError(f"shard {shard} is not in 0..{n_shards - 1}")
+    return f"s{shard:03d}of{n_shards:03d}"
 
 
 def _check_part_schema(table: pa.Table, columns: list[str]) -> None:
@@ -77,9 +106,11 @@ class EmbeddingCache:
     def rel_dir(self, encoder_id: str) -> str:
         return f"{EMBEDDINGS_DIR}/{_safe_dir(encoder_id)}"
 
-    def parts(self, encoder_id: str) -> list[str]:
-        """Relative paths of the complete part files (temporary ``.tmp-*`` files never match)."""
-        return [p for p in self.ws.glob(f"{self.rel_dir(encoder_id)}/part-*.parquet")]
+    def parts(self, encoder_id: str, shard: tuple[int, int] | None = None) -> list[str]:
+        """Relative paths of the complete part files (temporary ``.tmp-*`` files never match): all of them (the
+        union of every shard), or only those written for ``shard`` = ``(shard, n_shards)``."""
+        tag = "" if shard is None else shard_tag(*shard) + "-"
+        return [p for p in self.ws.glob(f"{self.rel_dir(encoder_id)}/part-{tag}*.parquet")]
 
     def corrupt_dir(self, encoder_id: str) -> str:
         return f"{self.rel_dir(encoder_id)}/{CORRUPT_DIR}"
@@ -130,7 +161,7 @@ class EmbeddingCache:
             pass  # another reader moved it first
 
     # ------------------------------------------------------------------ write
-    def _write_part(self, encoder_id: str, ids: list[str], vectors: np.ndarray) -> str:
+    def _write_part(self, encoder_id: str, ids: list[str], vectors: np.ndarray, shard: tuple[int, int] | None = None) -> str:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         dim = vectors.shape[1]
         table = pa.table(
@@ -140,7 +171,8 @@ class EmbeddingCache:
                 "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim),
             }
         )
-        rel = f"{self.rel_dir(encoder_id)}/part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+        tag = "" if shard is None else shard_tag(*shard) + "-"
+        rel = f"{self.rel_dir(encoder_id)}/part-{tag}{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
         self.ws.write_parquet(rel, table)
         return rel
 
@@ -154,13 +186,22 @@ class EmbeddingCache:
         progress: Callable[[int, int], None] | None = None,
         storage_options: dict | None = None,
         compact: bool = True,
+        shard: tuple[int, int] | None = None,
+        verify: bool = True,
     ) -> UpdateStats:
-        """Embed every row of ``images`` (columns image_id, image_uri) not yet cached for ``encoder``."""
+        """Embed every row of ``images`` (columns image_id, image_uri) not yet cached for ``encoder``.
+
+        ``shard=(s, n_shards)``: only the images of hash shard ``s`` (:func:`shard_of`) are considered; the new
+        vectors go to that shard's own parts and only those are compacted, so the shards can be embedded at the same
+        time by different processes or machines. ``verify=False`` reads only the cached ids (not the vectors): for a
+        shard step after :meth:`plan_shards` verified the whole cache in the same run."""
         from skurec.embedding import iter_embeddings
 
         encoder_id = encoder.encoder_id
         wanted = images.drop_duplicates("image_id")
-        cached = self.cached_ids(encoder_id, verify=True)
+        if shard is not None:
+            wanted = wanted[shard_column(wanted["image_id"], shard[1]) == shard[0]]
+        cached = self.cached_ids(encoder_id, verify=verify)
         missing = wanted[~wanted["image_id"].isin(cached)]
         stats = UpdateStats(encoder_id=encoder_id, n_requested=len(wanted), n_cached=len(wanted) - len(missing))
         if missing.empty:
@@ -175,7 +216,7 @@ class EmbeddingCache:
 
         def flush() -> None:
             if buf_ids:
-                self._write_part(encoder_id, list(buf_ids), np.concatenate(buf_vecs))
+                self._write_part(encoder_id, list(buf_ids), np.concatenate(buf_vecs), shard=shard)
                 stats.n_parts_written += 1
                 buf_ids.clear()
                 buf_vecs.clear()
@@ -191,20 +232,36 @@ class EmbeddingCache:
         flush()
         stats.seconds = time.perf_counter() - t0
         if compact:
-            self.compact(encoder_id)
+            self.compact(encoder_id, shard=shard)
         return stats
 
-    def compact(self, encoder_id: str) -> None:
+    def plan_shards(self, encoder_id: str, images: pd.DataFrame, n_shards: int) -> dict[int, dict[str, int]]:
+        """For each hash shard: ``{"n_images": ..., "n_missing": ...}`` (images of the shard, and those without a
+        cached vector for ``encoder_id``). Verifies the cached vectors like :meth:`update` (a damaged part is
+        quarantined here, its images count as missing), so the shard steps that follow can skip the verification."""
+        wanted = images.drop_duplicates("image_id")
+        shards = shard_column(wanted["image_id"], n_shards)
+        cached = wanted["image_id"].isin(self.cached_ids(encoder_id, verify=True)).to_numpy()
+        out = {s: {"n_images": 0, "n_missing": 0} for s in range(n_shards)}
+        values, counts = np.unique(shards, return_counts=True)
+        for s, m in zip(values.tolist(), counts.tolist()):
+            out[int(s)]["n_images"] = int(m)
+        for s in shards[~cached]:
+            out[int(s)]["n_missing"] += 1
+        return out
+
+    def compact(self, encoder_id: str, shard: tuple[int, int] | None = None) -> None:
         """Merge the parts into one: write the merged part first, then delete exactly the parts it was read from
         (a part written meanwhile by another run is kept; a crash in between only leaves duplicates, which readers
-        drop). Also removes temporary files left by killed writers."""
+        drop). Also removes temporary files left by killed writers. With ``shard`` only that shard's parts are
+        merged (into one part of that shard): shard steps running at the same time never delete each other's parts."""
         self.ws.remove_stale_temp_files(self.rel_dir(encoder_id))
-        parts = self.parts(encoder_id)
+        parts = self.parts(encoder_id, shard=shard)
         if len(parts) <= 1:
             return
         ids, X, used = self._read_all(encoder_id, parts)
         if ids:
-            self._write_part(encoder_id, ids, X)
+            self._write_part(encoder_id, ids, X, shard=shard)
         for p in used:
             self.ws.delete(p)
 

@@ -11,7 +11,8 @@ relative to the work directory (``Workspace`` resolves them, locally or on objec
       dagster_home/                       the Dagster instance of `skurec demo` / `skurec ui`
       tables/<name>.parquet               audited catalogue (images, classes, quarantine), batch inbox, ...
       batches/<batch_id>/                 ingested labelled batches (rows.parquet, images/, batch.json last)
-      embeddings/<encoder>/part-*.parquet embedding cache; embeddings/current_encoder.json
+      embeddings/<encoder>/part-*.parquet embedding cache (one set of parts per hash shard); current_encoder.json
+      dagster_step_io/<run_id>/           the embedding steps' JSON hand-offs while a run is in flight
       artifacts/                          training outputs of the full rebuild (hash-verified folders)
       reports/                            audit summary, evaluation JSON/Markdown, plots
       candidates/<model_id>.json          candidate records; candidates/latest.json
@@ -52,6 +53,8 @@ BATCH_IMAGES = "images"
 # ------------------------------------------------------------------------------------------------ embeddings
 EMBEDDINGS_DIR = "embeddings"
 CURRENT_ENCODER = f"{EMBEDDINGS_DIR}/current_encoder.json"
+#: small JSON hand-offs between the embedding graph's steps, per run (``<run_id>/<step>.json``), removed on success
+STEP_IO_DIR = "dagster_step_io"
 
 # ------------------------------------------------------------------------------------------------ training artifacts
 ARTIFACTS_DIR = "artifacts"

@@ -1,71 +1,294 @@
-"""Embeddings: every accepted image embedded once with the frozen encoder and cached as Parquet."""
+"""Embeddings: every accepted image embedded once with the frozen encoder and cached as Parquet, fanned out by shard.
 
+``image_embeddings`` is ONE asset computed by a small graph, so any executor spreads the work:
+
+1. ``plan_embedding_shards`` verifies the cache and splits the catalogue into ``n_shards`` hash shards of the image
+   id (:func:`skurec.embedding_cache.shard_of`); it emits one dynamic output per shard that has images without a
+   cached vector, and none for the others (a batch of k new images runs only the shards those k images fall in);
+2. ``embed_shard`` (mapped over those outputs, one step per shard) embeds that shard's missing images into the
+   shard's own cache parts. With the multiprocess or Celery executor the shard steps run in parallel on different
+   processes or machines; each uses its own GPU (:func:`skurec.embedding.worker_device`);
+3. ``combine_embedding_shards`` checks that the union of the parts covers every image (embedded or reported as
+   failed), writes the encoder identity and the failure report, and materialises the asset with the totals.
+
+Downstream assets read the union of the parts (``EmbeddingCache.load``) and do not know about shards. The steps hand
+each other only small JSON documents, stored in the work directory (never pickled, visible to every machine).
+"""
+
+import os
+import re
+import socket
+import warnings
+from typing import Optional
 
 import dagster as dg
 
-from skurec.datasets import CURRENT_ENCODER
+from skurec.embedding import worker_device
 from skurec.embedding_cache import EmbeddingCache
 from skurec.encoders import EncoderCheckpointError, EncoderUnavailableError
+from skurec.layout import CURRENT_ENCODER, EMBEDDING_FAILURES, EMBEDDINGS_VIEW, STEP_IO_DIR
 from skurec_assets.ingest import audited_catalogue
 from skurec_assets.metadata import throttled_progress
 from skurec_resources import EncoderResource, StorageResource
 
 EMBED = "embed"
+SHARDS_ENV = "SKUREC_EMBED_SHARDS"
+DEFAULT_SHARDS = 2  # one machine: as many shards as a small machine runs at once; a GPU pool sets more
+STEP_IO_KEY = "skurec_step_io"
+
+_RETRY = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)
 
 
-@dg.asset(
-    group_name=EMBED,
-    deps=[audited_catalogue],
-    automation_condition=dg.AutomationCondition.eager(),
-    code_version="embed-v1",
-    retry_policy=dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL),
-    kinds={"pytorch", "parquet"},
-    description=(
-        "L2-normalised float32 embeddings of every accepted image from the frozen encoder, cached as Parquet keyed "
-        "by (image_id, encoder_id): an image already embedded with the same encoder is never embedded again."
-    ),
-)
-def image_embeddings(
-    context: dg.AssetExecutionContext, storage: StorageResource, encoder: EncoderResource
-) -> dg.MaterializeResult:
-    ws = storage.workspace()
+def default_shards() -> int:
+    raw = os.environ.get(SHARDS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_SHARDS
     try:
-        enc = encoder.load()
-    except (EncoderUnavailableError, EncoderCheckpointError) as exc:
-        # A configuration problem, not a transient one: fail at once with the remedy instead of retrying.
-        raise dg.Failure(description=str(exc), allow_retries=False) from exc
-    identity = enc.identity()
-    if not identity.get("pretrained", False):
-        context.log.warning(f"encoder {enc.name} has RANDOM weights: its features are for tests only")
-    images = ws.read_table("images", columns=["image_id", "image_uri"])
-    cache = EmbeddingCache(ws)
-    progress = throttled_progress(context, f"embedded {{done}}/{{total}} new images with {enc.encoder_id}")
+        n = int(raw)
+    except ValueError:
+        raise ValueError(f"{SHARDS_ENV} must be a positive integer, not {raw!r}") from None
+    if n < 1:
+        raise ValueError(f"{SHARDS_ENV} must be a positive integer, not {raw!r}")
+    return n
 
-    stats = cache.update(
+
+class EmbedShardsConfig(dg.Config):
+    """How many hash shards the catalogue is embedded in: unset = ``$SKUREC_EMBED_SHARDS`` or 2. Changing it never
+    re-embeds anything: the cache is read as the union of every part."""
+
+    n_shards: Optional[int] = None
+
+    def resolved(self) -> int:
+        n = default_shards() if self.n_shards is None else self.n_shards
+        if n < 1:
+            raise dg.Failure(description=f"n_shards must be >= 1, got {n}", allow_retries=False)
+        return n
+
+
+# ------------------------------------------------------------------------------------------------ step IO
+class WorkdirJsonIOManager(dg.IOManager):
+    """Outputs of the embedding graph's steps as JSON files in the work directory: small documents (a shard index,
+    per-shard counts), readable from every machine that sees the work directory (local or ``s3://``), never
+    pickled. The asset itself produces no value (its data is the cache)."""
+
+    def __init__(self, storage: StorageResource):
+        self._storage = storage
+
+    @staticmethod
+    def _rel(identifier: list[str]) -> str:
+        safe = [re.sub(r"[^A-Za-z0-9._-]", "_", str(p)) for p in identifier]
+        return "/".join([STEP_IO_DIR, *safe]) + ".json"
+
+    def handle_output(self, context: dg.OutputContext, obj) -> None:
+        if obj is None:
+            return
+        self._storage.workspace().write_json(self._rel(context.get_identifier()), obj)
+
+    def load_input(self, context: dg.InputContext):
+        upstream = context.upstream_output
+        if upstream is None:
+            raise ValueError(f"input {context.name} has no upstream output")
+        return self._storage.workspace().read_json(self._rel(upstream.get_identifier()))
+
+
+@dg.io_manager(required_resource_keys={"storage"}, description="Step results of the embedding graph, as JSON in the work directory.")
+def workdir_json_io_manager(init_context) -> WorkdirJsonIOManager:
+    return WorkdirJsonIOManager(init_context.resources.storage)
+
+
+# ------------------------------------------------------------------------------------------------ ops
+def _load(encoder: EncoderResource, shard: int | None = None):
+    """The encoder, on this worker's device (shard ``s`` takes ``cuda:{s % n_gpus}`` on a multi-GPU machine); a
+    configuration problem fails at once with the remedy instead of being retried."""
+    try:
+        device = encoder.device if shard is None else worker_device(encoder.device, shard)
+        return encoder.load(device=device)  # every option of the resource (views, layers, input size)
+    except (EncoderUnavailableError, EncoderCheckpointError) as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from exc
+
+
+def _worker() -> dict:
+    return {"pid": os.getpid(), "hostname": socket.gethostname()}
+
+
+@dg.op(
+    ins={"catalogue": dg.In(dg.Nothing)},
+    out={
+        "plan": dg.Out(io_manager_key=STEP_IO_KEY, description="per-shard image and missing counts"),
+        "shard": dg.DynamicOut(int, io_manager_key=STEP_IO_KEY, description="one per shard with missing images"),
+    },
+    retry_policy=_RETRY,
+    tags={"kind": "parquet"},
+)
+def plan_embedding_shards(context: dg.OpExecutionContext, config: EmbedShardsConfig, storage: StorageResource,
+                          encoder: EncoderResource):
+    """Split the accepted images into hash shards and emit the shards that have images without a cached vector."""
+    ws = storage.workspace()
+    enc = _load(encoder)
+    n_shards = config.resolved()
+    images = ws.read_table("images", columns=["image_id", "image_uri"])
+    shards = EmbeddingCache(ws).plan_shards(enc.encoder_id, images, n_shards)
+    todo = [s for s, c in shards.items() if c["n_missing"]]
+    n_missing = sum(c["n_missing"] for c in shards.values())
+    context.log.info(
+        f"{len(images)} images in {n_shards} shards; {n_missing} to embed with {enc.encoder_id} in shards {todo}"
+    )
+    yield dg.Output(
+        {"encoder_id": enc.encoder_id, "identity": enc.identity(), "n_shards": n_shards,
+         "shards": {str(s): c for s, c in shards.items()}, "worker": {**_worker(), "device": str(enc.device)}},
+        "plan",
+        metadata={"n_shards": n_shards, "n_images": len(images), "n_missing": n_missing,
+                  "shards_to_embed": dg.MetadataValue.json(todo)},
+    )
+    for s in todo:
+        yield dg.DynamicOutput(s, output_name="shard", mapping_key=f"s{s:03d}")
+
+
+@dg.op(
+    ins={"plan": dg.In(), "shard": dg.In(int)},
+    out=dg.Out(io_manager_key=STEP_IO_KEY, description="what this shard's step embedded, and where it ran"),
+    retry_policy=_RETRY,
+    tags={"kind": "pytorch"},
+)
+def embed_shard(context: dg.OpExecutionContext, storage: StorageResource, encoder: EncoderResource, plan: dict,
+                shard: int) -> dg.Output:
+    """Embed the images of one hash shard that have no cached vector, into the shard's own cache parts."""
+    ws = storage.workspace()
+    enc = _load(encoder, shard)
+    if enc.encoder_id != plan["encoder_id"]:
+        raise dg.Failure(
+            description=f"this worker's encoder {enc.encoder_id} differs from the plan's {plan['encoder_id']}: "
+            "every worker must have the same encoder configuration and weights",
+            allow_retries=False,
+        )
+    n_shards = int(plan["n_shards"])
+    images = ws.read_table("images", columns=["image_id", "image_uri"])
+    progress = throttled_progress(context, f"shard {shard}: embedded {{done}}/{{total}} new images")
+    stats = EmbeddingCache(ws).update(
         enc,
         images,
         batch_size=encoder.batch_size,
         num_workers=encoder.num_workers,
         progress=progress,
         storage_options=storage.storage_options(),
+        shard=(shard, n_shards),
+        verify=False,  # the plan step verified the whole cache in this run
     )
     context.log.info(
-        f"{stats.n_computed} images embedded, {stats.n_cached} reused from the cache, {len(stats.failures)} failed"
+        f"shard {shard}/{n_shards}: {stats.n_computed} embedded, {stats.n_cached} cached, {len(stats.failures)} failed"
     )
     for image_id, reason, detail in stats.failures[:20]:
         context.log.warning(f"could not embed {image_id}: {reason} ({detail})")
-    ws.write_json(f"{cache.rel_dir(enc.encoder_id)}/encoder.json", identity)
+    worker = {**_worker(), "device": str(enc.device)}
+    result = {
+        "shard": shard,
+        "n_requested": stats.n_requested,
+        "n_cached": stats.n_cached,
+        "n_computed": stats.n_computed,
+        "seconds": round(stats.seconds, 3),
+        "failures": [list(f) for f in stats.failures],
+        "worker": worker,
+    }
+    return dg.Output(
+        result,
+        metadata={**{k: v for k, v in stats.as_metadata().items() if k != "encoder_id"}, "shard": shard,
+                  "n_shards": n_shards, **worker},
+    )
+
+
+@dg.op(
+    ins={"plan": dg.In(), "shards": dg.In(list)},
+    out=dg.Out(dg.Nothing),
+    tags={"kind": "parquet"},
+)
+def combine_embedding_shards(context: dg.OpExecutionContext, storage: StorageResource, plan: dict,
+                             shards: list) -> dg.Output:
+    """Verify that the union of the shards' parts covers every image, then publish the encoder identity."""
+    ws = storage.workspace()
+    cache = EmbeddingCache(ws)
+    encoder_id = plan["encoder_id"]
+    identity = plan["identity"]
+    if not identity.get("pretrained", False):
+        context.log.warning(f"encoder {encoder_id} has RANDOM weights: its features are for tests only")
+    ran = {int(r["shard"]): r for r in shards}
+    failures = [tuple(f) for r in sorted(ran.values(), key=lambda r: r["shard"]) for f in r["failures"]]
+    failed_ids = {f[0] for f in failures}
+    images = ws.read_table("images", columns=["image_id"])
+    wanted = set(images["image_id"])
+    uncovered = wanted - cache.cached_ids(encoder_id) - failed_ids
+    if uncovered:
+        raise dg.Failure(
+            description=f"{len(uncovered)} image(s) are neither in the union of the shards' cache parts nor reported "
+            f"as failed, e.g. {sorted(uncovered)[:3]}: a shard's parts were lost; re-materialise image_embeddings",
+        )
+    n_requested = sum(int(c["n_images"]) for c in plan["shards"].values())
+    n_computed = sum(int(r["n_computed"]) for r in ran.values())
+    seconds = sum(float(r["seconds"]) for r in ran.values())
+    n_cached = sum(int(r["n_cached"]) for r in ran.values()) + sum(
+        int(c["n_images"]) for s, c in plan["shards"].items() if int(s) not in ran
+    )
+    context.log.info(f"{n_computed} images embedded in {len(ran)} shard step(s), {n_cached} reused from the cache, "
+                     f"{len(failures)} failed")
+    ws.write_json(f"{cache.rel_dir(encoder_id)}/encoder.json", identity)
     ws.write_json(CURRENT_ENCODER, identity)
-    ws.write_json("reports/embedding_failures.json", [list(f) for f in stats.failures])
-    ws.mirror_parquet_view("embeddings", f"{cache.rel_dir(enc.encoder_id)}/part-*.parquet")
-    return dg.MaterializeResult(
+    ws.write_json(EMBEDDING_FAILURES, [list(f) for f in failures])
+    ws.mirror_parquet_view(EMBEDDINGS_VIEW, f"{cache.rel_dir(encoder_id)}/part-*.parquet")
+    workers = {str(s): r["worker"] for s, r in sorted(ran.items())}
+    # The steps' JSON hand-offs of this run are consumed: remove them (a failed run keeps them for re-execution).
+    ws.delete(f"{STEP_IO_DIR}/{re.sub(r'[^A-Za-z0-9._-]', '_', context.run_id)}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)  # Output(data_version=...): stable in practice since 1.3
+        return _combined_output(n_requested, n_cached, n_computed, failures, seconds, plan, ran, workers, identity,
+                                ws.uri(cache.rel_dir(encoder_id)))
+
+
+def _combined_output(n_requested, n_cached, n_computed, failures, seconds, plan, ran, workers, identity, cache_uri):
+    encoder_id = plan["encoder_id"]
+    return dg.Output(
+        None,
         metadata={
-            **stats.as_metadata(),
+            "encoder_id": encoder_id,
+            "n_requested": n_requested,
+            "n_already_cached": n_cached,
+            "n_computed": n_computed,
+            "n_failed": len(failures),
+            "seconds": round(seconds, 2),
+            "images_per_second": round(n_computed / seconds, 2) if seconds > 0 and n_computed else 0.0,
+            "n_shards": int(plan["n_shards"]),
+            "shards_embedded": dg.MetadataValue.json(sorted(ran)),
+            "shard_workers": dg.MetadataValue.json(workers),
             "encoder": dg.MetadataValue.json(identity),
             "weights_sha256": identity.get("weights_sha256", ""),
             "pretrained": bool(identity.get("pretrained", False)),
-            "device": str(enc.device),
-            "cache_dir": dg.MetadataValue.path(ws.uri(cache.rel_dir(enc.encoder_id))),
+            "device": ", ".join(sorted({r["worker"]["device"] for r in ran.values()})) or plan["worker"]["device"],
+            "cache_dir": dg.MetadataValue.path(cache_uri),
         },
-        data_version=dg.DataVersion(f"{enc.encoder_id}:{stats.n_requested}:{stats.n_requested - len(stats.failures)}"),
+        data_version=dg.DataVersion(f"{encoder_id}:{n_requested}:{n_requested - len(failures)}"),
     )
+
+
+def _embedding_graph(audited_catalogue):
+    plan, shard = plan_embedding_shards(audited_catalogue)
+    done = shard.map(lambda s: embed_shard(plan, s))
+    return combine_embedding_shards(plan, done.collect())
+
+
+_ASSET_ARGS = dict(
+    name="image_embeddings",
+    group_name=EMBED,
+    ins={"audited_catalogue": dg.AssetIn(audited_catalogue.key, dagster_type=dg.Nothing)},
+    automation_condition=dg.AutomationCondition.eager(),
+    code_version="embed-v2",
+    kinds={"pytorch", "parquet"},
+    resource_defs={STEP_IO_KEY: workdir_json_io_manager},
+    description=(
+        "L2-normalised float32 embeddings of every accepted image from the frozen encoder, cached as Parquet keyed "
+        "by (image_id, encoder_id): an image already embedded with the same encoder is never embedded again. "
+        "Computed in hash shards of the image id ($SKUREC_EMBED_SHARDS), one step per shard with new images, so "
+        "the multiprocess or a distributed executor embeds shards in parallel; readers see the union."
+    ),
+)
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", dg.BetaWarning)  # resource_defs on a graph asset (the step IO manager)
+    image_embeddings = dg.graph_asset(**_ASSET_ARGS)(_embedding_graph)
