@@ -104,3 +104,19 @@ def test_prototype_and_cosine_knn_baselines() -> None:
     assert np.all(nn1.predict_topk(X, 1).labels[:, 0] == y)  # each training row is its own nearest neighbour
     proto = FlatPrototype.fit(X, y, device="cpu")
     assert float(np.mean(proto.predict_topk(X, 1).labels[:, 0] == y)) > 0.9
+
+
+def test_c_chosen_on_a_class_subset_for_large_catalogues() -> None:
+    """Above select_max_classes, C is searched on a seeded class subset, then one fit covers every SKU; the chosen C
+    is the one the subset's validation search picked, and the search cost no longer grows with the catalogue."""
+    X, y, split = _shifted(K=16)
+    tr, va = split == 0, split == 1
+    Cs = (0.001, 0.01, 0.1, 1.0, 100.0)
+    model = fit_flat_logreg(X[tr], y[tr], X[va], y[va], Cs=Cs, device="cpu", select_max_classes=6)
+    assert model.metrics["C_selected_on"] == "val, 6-class subset"
+    sub = model.metrics["C_selection_subset"]
+    best = max(sub["path"], key=lambda e: (round(e["val_top1"], 6), -e["val_loss"]))
+    assert model.metrics["C"] == best["C"] and model.metrics["Cs"] == [best["C"]]
+    assert sorted(model.classes) == sorted(set(y[tr]))  # the final fit covers every SKU
+    full = fit_flat_logreg(X[tr], y[tr], X[va], y[va], Cs=Cs, device="cpu", select_max_classes=0)
+    assert full.metrics["C_selected_on"] == "val" and "C_selection_subset" not in full.metrics

@@ -55,8 +55,14 @@ class FlatLinear:
 
     KIND = "flat_linear"
 
-    def __init__(self, module: DenseNet, classes: list[str], config: DenseConfig,
-                 metrics: Mapping[str, Any] | None = None, device: str | torch.device | None = None):
+    def __init__(
+        self,
+        module: DenseNet,
+        classes: list[str],
+        config: DenseConfig,
+        metrics: Mapping[str, Any] | None = None,
+        device: str | torch.device | None = None,
+    ):
         self.device = resolve_device(device)
         self.module = module.to(self.device).eval()
         self.classes = list(classes)
@@ -74,8 +80,12 @@ class FlatLinear:
         return _topk_predictions(torch.from_numpy(self.predict_proba(X)), k, self.classes)
 
     def to_files(self) -> dict[str, bytes]:
-        config = {"dim": self.dim, "classes": self.classes, "hyper_params": asdict(self.config),
-                  "metrics": jsonable(self.metrics)}
+        config = {
+            "dim": self.dim,
+            "classes": self.classes,
+            "hyper_params": asdict(self.config),
+            "metrics": jsonable(self.metrics),
+        }
         return pack(self.KIND, config, self.module.state_dict())
 
     @classmethod
@@ -87,9 +97,15 @@ class FlatLinear:
         return cls(module, [str(c) for c in config["classes"]], hp, config.get("metrics"), device)
 
 
-def train_flat_linear(X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None = None,
-                      y_val: np.ndarray | None = None, config: DenseConfig | None = None,
-                      device: str | torch.device | None = None, progress: ProgressFn | None = None) -> FlatLinear:
+def train_flat_linear(
+    X: np.ndarray,
+    y: np.ndarray,
+    X_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
+    config: DenseConfig | None = None,
+    device: str | torch.device | None = None,
+    progress: ProgressFn | None = None,
+) -> FlatLinear:
     """Deprecated alias of :func:`fit_flat_logreg` (kept so old callers get the one flat baseline).
 
     ``config`` (the mini-batch trainer's :class:`DenseConfig`) is ignored: the flat linear baseline is always the
@@ -104,8 +120,13 @@ class FlatPrototype:
 
     KIND = "flat_prototype"
 
-    def __init__(self, classes: list[str], vectors: np.ndarray, counts: np.ndarray | None = None,
-                 device: str | torch.device | None = None):
+    def __init__(
+        self,
+        classes: list[str],
+        vectors: np.ndarray,
+        counts: np.ndarray | None = None,
+        device: str | torch.device | None = None,
+    ):
         self.classes = list(classes)
         self.vectors = check_embeddings(vectors, name="prototype vectors")
         if self.vectors.shape[0] != len(self.classes):
@@ -132,8 +153,9 @@ class FlatPrototype:
         return _topk_predictions(self.similarities(X), k, self.classes)
 
     def to_files(self) -> dict[str, bytes]:
-        return pack(self.KIND, {"dim": self.dim, "classes": self.classes},
-                    {"prototypes": self.vectors, "counts": self.counts})
+        return pack(
+            self.KIND, {"dim": self.dim, "classes": self.classes}, {"prototypes": self.vectors, "counts": self.counts}
+        )
 
     @classmethod
     def from_files(cls, files: Mapping[str, bytes], device: str | torch.device | None = None) -> FlatPrototype:
@@ -153,8 +175,14 @@ class FlatKNN:
 
     KIND = "flat_knn"
 
-    def __init__(self, X: np.ndarray, y: np.ndarray, n_neighbors: int = 10, tau: float = 0.05,
-                 device: str | torch.device | None = None):
+    def __init__(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        n_neighbors: int = 10,
+        tau: float = 0.05,
+        device: str | torch.device | None = None,
+    ):
         self.X, y = check_xy(X, y)
         self.classes = sorted(np.unique(y).tolist())
         self.codes = encode_labels(y, self.classes)
@@ -178,8 +206,11 @@ class FlatKNN:
         return _topk_predictions(torch.cat(scores, 0), k, self.classes)
 
     def to_files(self) -> dict[str, bytes]:
-        return pack(self.KIND, {"dim": self.dim, "classes": self.classes, "n_neighbors": self.n_neighbors,
-                                "tau": self.tau}, {"X": self.X, "codes": self.codes})
+        return pack(
+            self.KIND,
+            {"dim": self.dim, "classes": self.classes, "n_neighbors": self.n_neighbors, "tau": self.tau},
+            {"X": self.X, "codes": self.codes},
+        )
 
     @classmethod
     def from_files(cls, files: Mapping[str, bytes], device: str | torch.device | None = None) -> FlatKNN:
@@ -198,10 +229,13 @@ class FlatKNN:
 DEFAULT_CS: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3)
 #: ``C`` used when no validation set is given.
 DEFAULT_C = 0.03
+#: Above this many SKUs, ``C`` is chosen on a class subset of this size (see :func:`fit_flat_logreg`).
+SELECT_MAX_CLASSES = 256
 
 
-def _logreg_loss_grad(Z: torch.Tensor, codes: torch.Tensor, W: torch.Tensor, b: torch.Tensor, lam: float,
-                      chunk: int) -> tuple[float, torch.Tensor, torch.Tensor]:
+def _logreg_loss_grad(
+    Z: torch.Tensor, codes: torch.Tensor, W: torch.Tensor, b: torch.Tensor, lam: float, chunk: int
+) -> tuple[float, torch.Tensor, torch.Tensor]:
     """Mean cross-entropy + ``lam/2 |W|^2`` and its gradient, computed in row chunks (bounded memory, no autograd)."""
     n = Z.shape[0]
     loss = 0.0
@@ -220,16 +254,25 @@ def _logreg_loss_grad(Z: torch.Tensor, codes: torch.Tensor, W: torch.Tensor, b: 
     return loss, gW.div_(n).add_(W, alpha=lam), gb.div_(n)
 
 
-def _lbfgs_logreg(Z: torch.Tensor, codes: torch.Tensor, W0: torch.Tensor, b0: torch.Tensor, C: float,
-                  max_iter: int, tol: float) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+def _lbfgs_logreg(
+    Z: torch.Tensor, codes: torch.Tensor, W0: torch.Tensor, b0: torch.Tensor, C: float, max_iter: int, tol: float
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Minimise ``C * sum_i CE_i + |W|^2 / 2`` (scikit-learn's objective; scaled by ``1/(C n)``) from ``W0, b0``."""
     n, _ = Z.shape
     lam = 1.0 / (C * n)
     W = W0.clone().requires_grad_(True)
     b = b0.clone().requires_grad_(True)
     chunk = max(512, (1 << 23) // max(1, W.shape[0]))
-    opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=max_iter, max_eval=int(max_iter * 1.25), history_size=20,
-                            line_search_fn="strong_wolfe", tolerance_grad=tol, tolerance_change=1e-9)
+    opt = torch.optim.LBFGS(
+        [W, b],
+        lr=1.0,
+        max_iter=max_iter,
+        max_eval=int(max_iter * 1.25),
+        history_size=20,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=tol,
+        tolerance_change=1e-9,
+    )
     state = {"evals": 0, "loss": math.nan}
 
     def closure() -> torch.Tensor:
@@ -254,12 +297,26 @@ def _val_metrics(Z: torch.Tensor, codes: torch.Tensor, W: torch.Tensor, b: torch
     return {"val_top1": top1 / Z.shape[0], "val_loss": loss / Z.shape[0]}
 
 
-def fit_flat_logreg(X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None = None, y_val: np.ndarray | None = None,
-                    Cs: Sequence[float] = DEFAULT_CS, C: float | None = None, max_iter: int = 300,
-                    tol: float = 1e-4, device: str | torch.device | None = None,
-                    progress: ProgressFn | None = None) -> FlatLinear:
+def fit_flat_logreg(
+    X: np.ndarray,
+    y: np.ndarray,
+    X_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
+    Cs: Sequence[float] = DEFAULT_CS,
+    C: float | None = None,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    device: str | torch.device | None = None,
+    progress: ProgressFn | None = None,
+    select_max_classes: int = SELECT_MAX_CLASSES,
+) -> FlatLinear:
     """The flat linear baseline: L2-regularised multinomial logistic regression over all SKUs, regularisation chosen
     on validation. The same function trains it in the pipeline, the report and every benchmark.
+
+    On catalogues of more than ``select_max_classes`` SKUs, ``C`` is chosen on a seeded subset of that many classes
+    (their train and validation rows), then the model is fitted once on every SKU with that ``C``: the objective sums
+    the loss over images and the penalty over class rows, so a class subset keeps their ratio, and the cost of the
+    search stays constant instead of growing with the catalogue (0 = search on every class).
 
     Features are standardised per dimension (train mean / std, kept as the model's ``shift`` / ``scale`` buffers).
     The objective is scikit-learn's ``C * sum_i CE_i + |W|^2 / 2`` (intercept not penalised), minimised by
@@ -302,6 +359,24 @@ def fit_flat_logreg(X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None = Non
             with torch.no_grad():
                 Zv = module.standardize(torch.from_numpy(X_val[known]).to(dev))
             cv = torch.from_numpy(encode_labels(y_val[known], classes, name="y_val")).to(dev)
+    subset_note = None
+    if C is None and Zv is not None and len(Cs) > 1 and 0 < select_max_classes < len(classes):
+        pick = set(np.random.default_rng(0).choice(classes, size=select_max_classes, replace=False).tolist())
+        tr_keep, va_keep = np.isin(y, list(pick)), np.isin(y_val, list(pick))
+        if va_keep.any():
+            probe = fit_flat_logreg(
+                X[tr_keep],
+                y[tr_keep],
+                X_val[va_keep],
+                y_val[va_keep],
+                Cs=Cs,
+                max_iter=max_iter,
+                tol=tol,
+                device=device,
+                select_max_classes=0,
+            )
+            C = float(probe.metrics["C"])
+            subset_note = {"n_classes": select_max_classes, "path": probe.metrics.get("path")}
     if C is not None:
         grid = [float(C)]
     elif Zv is not None:
@@ -338,10 +413,24 @@ def fit_flat_logreg(X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None = Non
         module.net[0].weight.copy_(W)
         module.net[0].bias.copy_(b)
     chosen = next(e for e in path if e["C"] == best_c)
-    metrics: dict[str, Any] = {"trainer": "lbfgs_logreg", "C": best_c, "C_selected_on": (
-        "val" if len(grid) > 1 else ("given" if C is not None else "default")), "Cs": grid,
-        "path": path, "evals": sum(e["evals"] for e in path), "max_iter": max_iter, "tol": tol,
-        "train_seconds": round(time.perf_counter() - t0, 3)}
+    metrics: dict[str, Any] = {
+        "trainer": "lbfgs_logreg",
+        "C": best_c,
+        "C_selected_on": (
+            "val"
+            if len(grid) > 1
+            else (
+                f"val, {select_max_classes}-class subset" if subset_note else ("given" if C is not None else "default")
+            )
+        ),
+        **({"C_selection_subset": subset_note} if subset_note else {}),
+        "Cs": grid,
+        "path": path,
+        "evals": sum(e["evals"] for e in path),
+        "max_iter": max_iter,
+        "tol": tol,
+        "train_seconds": round(time.perf_counter() - t0, 3),
+    }
     for k in ("val_top1", "val_loss"):
         if k in chosen:
             metrics[k] = chosen[k]
