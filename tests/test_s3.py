@@ -9,13 +9,12 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import pytest
-
-from skurec.embedding_cache import EmbeddingCache
-from skurec.storage import Workspace
-
 from badinputs import encode, materialization_metadata, materialize_spine, pattern_image
 from conftest import write_folder_catalogue
 from s3server import S3Server, clear_s3fs_caches, s3  # noqa: F401  (s3 is a fixture)
+
+from skurec.embedding_cache import EmbeddingCache
+from skurec.storage import Workspace
 
 COUNTS = {"sku-a": 5, "sku-b": 5, "sku-c": 4}
 N_IMAGES = sum(COUNTS.values())
@@ -33,8 +32,11 @@ def _s3_run(server: S3Server, tmp_path: Path, bucket: str, location: str, instan
 
 
 def _workspace(server: S3Server, bucket: str, tmp_path: Path) -> Workspace:
-    return Workspace(f"s3://{bucket}/work", duckdb_path=str(tmp_path / "mirror" / "skurec.duckdb"),
-                     storage_options=server.storage_options)
+    return Workspace(
+        f"s3://{bucket}/work",
+        duckdb_path=str(tmp_path / "mirror" / "skurec.duckdb"),
+        storage_options=server.storage_options,
+    )
 
 
 def test_folder_catalogue_cache_and_workdir_on_s3(s3: S3Server, tmp_path: Path):
@@ -49,13 +51,18 @@ def test_folder_catalogue_cache_and_workdir_on_s3(s3: S3Server, tmp_path: Path):
     m1 = materialization_metadata(r1, "image_embeddings")
     assert (m1["n_computed"], m1["n_already_cached"], m1["n_failed"]) == (N_IMAGES, 0, 0)
 
-    # Everything lives in the bucket: tables, reports, the embedding cache (compacted to one part).
+    # Everything lives in the bucket: tables, reports, the embedding cache (compacted to one part per hash shard).
     keys = set(s3.snapshot(bucket, "work/"))
     for table in ("images", "quarantine", "classes"):
         assert f"work/tables/{table}.parquet" in keys
     assert "work/reports/audit_summary.json" in keys
     parts = [k for k in keys if k.startswith("work/embeddings/") and k.rsplit("/", 1)[-1].startswith("part-")]
-    assert len(parts) == 1
+    from skurec_assets.embeddings import default_shards
+
+    n_shards = default_shards()
+    assert sorted(k.rsplit("/", 1)[-1].split("-")[1] for k in parts) == [
+        f"s{i:03d}of{n_shards:03d}" for i in range(n_shards)
+    ]
     assert not any("/.tmp-" in k for k in keys)
     # ... and the SQL mirror is local, as configured.
     con = duckdb.connect(str(tmp_path / "mirror" / "skurec.duckdb"), read_only=True)
