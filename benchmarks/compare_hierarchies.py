@@ -1,0 +1,96 @@
+"""The pipeline's hierarchy against the previous one and the tuned flat model, on the same frozen embeddings.
+
+* ``specialist``: :func:`skurec.models.train_specialist_hierarchy` (what the pipeline trains now: LDA confusion
+  superclasses, LDA router, local-whitening specialists; every choice on validation);
+* ``previous``: UMAP + agglomerative superclasses on prototypes, dense coarse head, episodic fine head, soft routing
+  m=3 (the pipeline before 2026-12-01);
+* ``flat_linear``: :func:`skurec.models.fit_flat_logreg` (C chosen on validation).
+
+Input: one or more ``.npz`` from ``benchmarks/export_grocery_embeddings.py`` (``X``, ``fine``, ``split``); several are
+concatenated (each part re-normalised). Prints validation and test top-1 and training seconds of each, in one run::
+
+    python3 benchmarks/compare_hierarchies.py bench_out/grocery_embeddings/grocery_efficientnet_lite2.npz \\
+        bench_out/grocery_embeddings/grocery_mobilenetv2_100.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from skurec.models import (  # noqa: E402
+    DenseConfig,
+    FineConfig,
+    HierarchicalClassifier,
+    class_prototypes,
+    derive_superclasses,
+    fit_flat_logreg,
+    l2_normalize,
+    train_coarse,
+    train_fine,
+    train_specialist_hierarchy,
+)
+
+
+def load(paths: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    parts, y, split, order = [], None, None, None
+    for p in paths:
+        d = np.load(p, allow_pickle=False)
+        if order is not None and not (d["path"] == order).all():
+            raise SystemExit(f"{p} lists other images (or another order) than {paths[0]}")
+        order, y, split = d["path"], d["fine"].astype(str), d["split"].astype(str)
+        parts.append(l2_normalize(d["X"].astype(np.float32)))
+    return l2_normalize(np.concatenate(parts, axis=1)), y, split
+
+
+def previous_hierarchy(X, y, Xv, yv):
+    protos = class_prototypes(X, y)
+    n_sc = int(min(100, len(protos.classes), max(2, round(len(protos.classes) / 8))))
+    sc = derive_superclasses(protos.vectors, protos.classes, n_superclasses=n_sc, seed=0)
+    sc_map = sc.superclass_of_class()
+    coarse = train_coarse(X, y, sc_map, Xv, yv, DenseConfig(max_epochs=30), n_superclasses=sc.n_superclasses)
+    fine = train_fine(X, y, sc_map, Xv, yv, FineConfig())
+    return HierarchicalClassifier(coarse, fine, sc_map, m=3)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("npz", nargs="+")
+    args = ap.parse_args(argv)
+    X, y, split = load(args.npz)
+    tr, va, te = split == "train", split == "val", split == "test"
+    print(
+        f"{len(y)} embeddings of dim {X.shape[1]}, {len(set(y))} SKUs: {tr.sum()} train / {va.sum()} val / {te.sum()} test"
+    )
+
+    def top1(model, mask) -> float:
+        return float(np.mean(model.predict_topk(X[mask], k=1).labels[:, 0] == y[mask]))
+
+    rows = []
+    for name, fit in (
+        ("specialist", lambda: train_specialist_hierarchy(X[tr], y[tr], X[va], y[va]).model),
+        ("previous", lambda: previous_hierarchy(X[tr], y[tr], X[va], y[va])),
+        ("flat_linear", lambda: fit_flat_logreg(X[tr], y[tr], X[va], y[va])),
+    ):
+        t0 = time.perf_counter()
+        model = fit()
+        seconds = time.perf_counter() - t0
+        extra = f"m={model.m} beta={model.fine.beta}" if name == "specialist" else ""
+        rows.append((name, top1(model, va), top1(model, te), seconds, extra))
+        print(f"  {name} trained in {seconds:.1f}s", flush=True)
+    print(f"\n{'model':14}{'val top-1':>11}{'test top-1':>12}{'train s':>9}  notes")
+    for name, v, t, s, extra in rows:
+        print(f"{name:14}{v:11.4f}{t:12.4f}{s:9.1f}  {extra}")
+    flat_s = rows[2][3]
+    print(f"\nspecialist hierarchy training / tuned flat training: {rows[0][3] / flat_s:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
