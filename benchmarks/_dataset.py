@@ -15,6 +15,8 @@ def dataset_root(path: Path) -> Path:
     path = Path(path)
     root = path / "dataset" if (path / "dataset").is_dir() else path
     if not root.is_dir():
-        raise SystemExit(f"Grocery Store dataset not found at {path}; pass --dataset PATH (the clone of "
-                         "github.com/marcusklasson/GroceryStoreDataset or its dataset/ folder)")
+        raise SystemExit(
+            f"Grocery Store dataset not found at {path}; pass --dataset PATH (the clone of "
+            "github.com/marcusklasson/GroceryStoreDataset or its dataset/ folder)"
+        )
     return root

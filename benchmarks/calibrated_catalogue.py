@@ -127,9 +127,16 @@ def build_bank(X: np.ndarray, fine: np.ndarray, coarse: np.ndarray, split: np.nd
     P = l2_normalize(means)
     S = P @ P.T
     np.fill_diagonal(S, -np.inf)
-    return RealBank(name=name, classes=classes.tolist(), family_of_class=[fam_of[c] for c in range(len(classes))],
-                    res=res, res_class=res_class, real=real, means=means.astype(np.float32),
-                    neighbours=np.argsort(-S, axis=1)[:, :-1])
+    return RealBank(
+        name=name,
+        classes=classes.tolist(),
+        family_of_class=[fam_of[c] for c in range(len(classes))],
+        res=res,
+        res_class=res_class,
+        real=real,
+        means=means.astype(np.float32),
+        neighbours=np.argsort(-S, axis=1)[:, :-1],
+    )
 
 
 def bank_from_npz(path: str | Path) -> RealBank:
@@ -216,8 +223,9 @@ class GeneratorParams:
     neighbours: int = 5  # the second component is one of the anchor's nearest real classes
 
 
-def generate(bank: RealBank, n: int, params: GeneratorParams | None = None, seed: int = 0,
-             train_per_class: int | None = None) -> Catalogue:
+def generate(
+    bank: RealBank, n: int, params: GeneratorParams | None = None, seed: int = 0, train_per_class: int | None = None
+) -> Catalogue:
     """A catalogue of ``n`` SKUs calibrated on ``bank`` (deterministic for a seed; see the module docstring)."""
     if n < 2:
         raise ValueError("need at least 2 SKUs")
@@ -363,8 +371,9 @@ def _bisect(f, target: float, lo: float, hi: float, iters: int) -> float:
     return math.sqrt(lo * hi)
 
 
-def calibrate(bank: RealBank, seeds: int = 3, iters: int = 9, with_flat: bool = True, seed: int = 0,
-              log=print) -> Calibration:
+def calibrate(
+    bank: RealBank, seeds: int = 3, iters: int = 9, with_flat: bool = True, seed: int = 0, log=print
+) -> Calibration:
     """Fit ``sibling_dtheta`` and ``residual_scale`` on ``bank`` and build the calibration table (module docstring)."""
     t0 = time.perf_counter()
     real_cat = catalogue_from_bank(bank)
@@ -395,17 +404,27 @@ def calibrate(bank: RealBank, seeds: int = 3, iters: int = 9, with_flat: bool = 
 
     target = [*real_simple.values(), real_flat] if with_flat else list(real_simple.values())
     p.residual_scale = _bisect(mean_acc, -float(np.mean(target)), 0.3, 3.0, iters)
-    log(f"calibrated {bank.name}: residual_scale={p.residual_scale:.3f} sibling_dtheta={p.sibling_dtheta:.4f} "
-        f"({time.perf_counter() - t0:.0f}s); checking ...")
+    log(
+        f"calibrated {bank.name}: residual_scale={p.residual_scale:.3f} sibling_dtheta={p.sibling_dtheta:.4f} "
+        f"({time.perf_counter() - t0:.0f}s); checking ..."
+    )
     gens = [generate(bank, n, p, seed=seed + k) for k in range(seeds)]
     rows: list[dict[str, Any]] = []
 
     def row(metric: str, real: float, values: Sequence[float], tol: float | None) -> None:
         v = np.asarray(values, dtype=np.float64)
         diff = float(v.mean() - real)
-        rows.append({"metric": metric, "real": round(real, 4), "generated": round(float(v.mean()), 4),
-                     "generated_sd": round(float(v.std()), 4), "diff": round(diff, 4),
-                     "tolerance": tol, "ok": None if tol is None else bool(abs(diff) <= tol)})
+        rows.append(
+            {
+                "metric": metric,
+                "real": round(real, 4),
+                "generated": round(float(v.mean()), 4),
+                "generated_sd": round(float(v.std()), 4),
+                "diff": round(diff, 4),
+                "tolerance": tol,
+                "ok": None if tol is None else bool(abs(diff) <= tol),
+            }
+        )
 
     simple_gen = [simple_accuracies(c) for c in gens]
     if with_flat:
@@ -414,23 +433,41 @@ def calibrate(bank: RealBank, seeds: int = 3, iters: int = 9, with_flat: bool = 
     row("nearest prototype test top-1", real_simple["prototype"], [s["prototype"] for s in simple_gen], TOLERANCE)
     row("cosine 1-NN test top-1", real_simple["nn1"], [s["nn1"] for s in simple_gen], TOLERANCE)
     big = [generate(bank, 6 * n, p, seed=seed + 2000 + k) for k in range(seeds)]  # ~n sibling pairs each
-    row("look-alike pair 2-way test error (real nearest third vs siblings)", float(real_pe.mean()),
-        [float(pair_errors(c, c.sibling_pairs).mean()) for c in big], TOLERANCE)
-    row("look-alike pair prototype cosine (check)", float(pair_cosines(real_cat, real_pairs).mean()),
-        [float(pair_cosines(c, c.sibling_pairs).mean()) for c in big], None)
-    return Calibration(source=bank.name, n_real_classes=n, params=p, table=rows, seeds=seeds,
-                       seconds=round(time.perf_counter() - t0, 1))
+    row(
+        "look-alike pair 2-way test error (real nearest third vs siblings)",
+        float(real_pe.mean()),
+        [float(pair_errors(c, c.sibling_pairs).mean()) for c in big],
+        TOLERANCE,
+    )
+    row(
+        "look-alike pair prototype cosine (check)",
+        float(pair_cosines(real_cat, real_pairs).mean()),
+        [float(pair_cosines(c, c.sibling_pairs).mean()) for c in big],
+        None,
+    )
+    return Calibration(
+        source=bank.name,
+        n_real_classes=n,
+        params=p,
+        table=rows,
+        seeds=seeds,
+        seconds=round(time.perf_counter() - t0, 1),
+    )
 
 
 def format_calibration_table(cal: Calibration) -> str:
-    head = (f"calibration on {cal.source} ({cal.n_real_classes} real SKUs; generated = mean over {cal.seeds} "
-            f"catalogues of {cal.n_real_classes} SKUs; residual_scale={cal.params.residual_scale:.3f}, "
-            f"sibling_dtheta={cal.params.sibling_dtheta:.4f})")
+    head = (
+        f"calibration on {cal.source} ({cal.n_real_classes} real SKUs; generated = mean over {cal.seeds} "
+        f"catalogues of {cal.n_real_classes} SKUs; residual_scale={cal.params.residual_scale:.3f}, "
+        f"sibling_dtheta={cal.params.sibling_dtheta:.4f})"
+    )
     lines = [head, "| metric | real | generated (sd) | diff | within tolerance |", "|---|---|---|---|---|"]
     for r in cal.table:
         ok = "-" if r["ok"] is None else ("yes" if r["ok"] else f"NO (> {r['tolerance']})")
-        lines.append(f"| {r['metric']} | {r['real']:.3f} | {r['generated']:.3f} ({r['generated_sd']:.3f}) | "
-                     f"{r['diff']:+.3f} | {ok} |")
+        lines.append(
+            f"| {r['metric']} | {r['real']:.3f} | {r['generated']:.3f} ({r['generated_sd']:.3f}) | "
+            f"{r['diff']:+.3f} | {ok} |"
+        )
     return "\n".join(lines)
 
 

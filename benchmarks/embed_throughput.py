@@ -24,19 +24,20 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _dataset import DEFAULT_DATASET, dataset_root  # noqa: E402
+
 from skurec.embedding import default_num_workers, iter_embeddings  # noqa: E402
 from skurec.encoders import FrozenEncoder, load_encoder  # noqa: E402
 from skurec.images import decode_rgb, sha256_bytes  # noqa: E402
 
-from _dataset import DEFAULT_DATASET, dataset_root  # noqa: E402
 EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
@@ -60,7 +61,7 @@ class Meter:
     def __init__(self, n: int) -> None:
         self.n = n
 
-    def __enter__(self) -> "Meter":
+    def __enter__(self) -> Meter:
         self.w0, self.c0 = time.perf_counter(), time.process_time()
         return self
 
@@ -90,7 +91,9 @@ def pipeline(enc: FrozenEncoder, files: list[Path], batch_size: int, workers: in
     """(c) iter_embeddings."""
     items = [(str(i), _reader(p)) for i, p in enumerate(files)]
     with Meter(len(files)) as m:
-        n = sum(len(b.ids) for b in iter_embeddings(enc, items, batch_size=batch_size, num_workers=workers, tqdm_bar=False))
+        n = sum(
+            len(b.ids) for b in iter_embeddings(enc, items, batch_size=batch_size, num_workers=workers, tqdm_bar=False)
+        )
     if n != len(files):
         raise RuntimeError(f"pipeline embedded {n} of {len(files)} images")
     return m
@@ -104,7 +107,9 @@ def decode_cost(enc: FrozenEncoder, files: list[Path]) -> float:
     return (time.perf_counter() - t0) / len(files)
 
 
-def cache_runs(enc: FrozenEncoder, files: list[Path], extra: list[Path], batch_size: int, workers: int | None) -> dict[str, float] | None:
+def cache_runs(
+    enc: FrozenEncoder, files: list[Path], extra: list[Path], batch_size: int, workers: int | None
+) -> dict[str, float] | None:
     """(d) full cache path: first update over ``files``, then ``files + extra``; None if the module is missing."""
     try:
         import pandas as pd
@@ -115,8 +120,10 @@ def cache_runs(enc: FrozenEncoder, files: list[Path], extra: list[Path], batch_s
         print(f"(d) skipped: cache module not importable ({exc})")
         return None
 
-    def frame(paths: list[Path]) -> "pd.DataFrame":
-        return pd.DataFrame({"image_id": [sha256_bytes(p.read_bytes()) for p in paths], "image_uri": [str(p) for p in paths]})
+    def frame(paths: list[Path]) -> pd.DataFrame:
+        return pd.DataFrame(
+            {"image_id": [sha256_bytes(p.read_bytes()) for p in paths], "image_uri": [str(p) for p in paths]}
+        )
 
     with tempfile.TemporaryDirectory(prefix="skurec_bench_") as root:
         cache = EmbeddingCache(Workspace(root))
@@ -135,8 +142,12 @@ def cache_runs(enc: FrozenEncoder, files: list[Path], extra: list[Path], batch_s
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--dataset", type=Path, default=DEFAULT_DATASET,
-                    help="Grocery Store dataset (default: %(default)s, beside the checkout)")
+    ap.add_argument(
+        "--dataset",
+        type=Path,
+        default=DEFAULT_DATASET,
+        help="Grocery Store dataset (default: %(default)s, beside the checkout)",
+    )
     ap.add_argument("--folder", type=Path, default=None, help="image folder (default: the dataset's train/ folder)")
     ap.add_argument("--limit", type=int, default=256)
     ap.add_argument("--encoder", default="efficientnet_lite2")
@@ -161,9 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     chosen = set(files)
     extra = [p for p in all_files if p not in chosen][: max(1, round(0.05 * len(files)))]
     workers = args.workers if args.workers is not None else default_num_workers()
-    print(f"encoder={enc.encoder_id} device={enc.device} images={len(files)} batch={args.batch_size} "
-          f"torch_threads={torch.get_num_threads()} cpu_forward_threads={enc.cpu_threads} decode_workers={workers} "
-          f"cpus={os.cpu_count()}")
+    print(
+        f"encoder={enc.encoder_id} device={enc.device} images={len(files)} batch={args.batch_size} "
+        f"torch_threads={torch.get_num_threads()} cpu_forward_threads={enc.cpu_threads} decode_workers={workers} "
+        f"cpus={os.cpu_count()}"
+    )
 
     tensors = torch.stack([enc.preprocess(decode_rgb(p.read_bytes(), enc.min_decode_side)) for p in files])
     enc.forward_batch(tensors[: args.batch_size])  # warm-up (allocator, oneDNN kernels)
@@ -189,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         m.ips, m.cpu_ms = cache["first_ips"], float("nan")
         rows.append(("(d) EmbeddingCache.update (pipeline + Parquet)", [m]))
 
-    print(f"\nload average {load0:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (other processes share them)")
+    print(
+        f"\nload average {load0:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (other processes share them)"
+    )
     print(f"read+decode+preprocess on one thread: {per_img_decode * 1000:.1f} ms/image")
     print(f"{'path':52s} {'img/s':>8s} {'ratio to (a)':>13s} {'CPU ms/img':>11s}   img/s per round")
     for label, ms in rows:
@@ -197,18 +212,24 @@ def main(argv: list[str] | None = None) -> int:
         cpu = statistics.median(m.cpu_ms for m in ms)
         print(f"{label:52s} {v:8.1f} {v / a:13.2f} {cpu:11.1f}   {' '.join(f'{m.ips:.1f}' for m in ms)}")
     per_round = [p.ips / b.ips for b, p in zip(bare, piped)]
-    print(f"\npipeline / bare forward = {c / a:.3f} (target >= 0.9); per adjacent round: "
-          + " ".join(f"{r:.2f}" for r in per_round))
+    print(
+        f"\npipeline / bare forward = {c / a:.3f} (target >= 0.9); per adjacent round: "
+        + " ".join(f"{r:.2f}" for r in per_round)
+    )
     if cache:
         ratio = cache["second_s"] / cache["first_s"]
-        print(f"cache: first update {cache['first_s']:.1f}s for {len(files)} images; second update (+{cache['n_new']} new "
-              f"= 5%) {cache['second_s']:.2f}s; ratio {ratio:.3f} (target <= 0.1)")
+        print(
+            f"cache: first update {cache['first_s']:.1f}s for {len(files)} images; second update (+{cache['n_new']} new "
+            f"= 5%) {cache['second_s']:.2f}s; ratio {ratio:.3f} (target <= 0.1)"
+        )
 
     if args.sweep:
         print("\nsplit sweep: CPU forward mode x decode threads (pipeline / bare forward in the same mode):")
         print(f"{'forward mode':34s} {'workers':>8s} {'bare img/s':>11s} {'pipe img/s':>11s} {'ratio':>6s}")
-        modes = [("pool: %d threads x 1 intra-op" % torch.get_num_threads(), torch.get_num_threads()),
-                 ("plain torch: %d intra-op threads" % torch.get_num_threads(), 1)]
+        modes = [
+            ("pool: %d threads x 1 intra-op" % torch.get_num_threads(), torch.get_num_threads()),
+            ("plain torch: %d intra-op threads" % torch.get_num_threads(), 1),
+        ]
         for label, cpu_threads in modes:
             enc.cpu_threads, enc._cpu_pool_ready = cpu_threads, False  # rebuild the forward pool for this mode
             for w in (1, 2):

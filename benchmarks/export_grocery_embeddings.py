@@ -29,11 +29,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from skurec.embedding import iter_embeddings  # noqa: E402
-from skurec.encoders import load_encoder  # noqa: E402
-
 from _dataset import DEFAULT_DATASET, REPO, dataset_root  # noqa: E402
 
+from skurec.embedding import iter_embeddings  # noqa: E402
+from skurec.encoders import load_encoder  # noqa: E402
 
 DEFAULT_OUT_DIR = REPO / "bench_out" / "grocery_embeddings"
 DATASET = DEFAULT_DATASET  # replaced by dataset_root(--dataset) in main()
@@ -77,7 +76,12 @@ def output_path(encoder_name: str, tag: str) -> Path:
 
 
 def export(
-    encoder_name: str, options: dict[str, object], tag: str, batch_size: int, limit: int | None, splits: tuple[str, ...] = SPLITS
+    encoder_name: str,
+    options: dict[str, object],
+    tag: str,
+    batch_size: int,
+    limit: int | None,
+    splits: tuple[str, ...] = SPLITS,
 ) -> Path:
     """Embed every image of ``splits`` and write the .npz atomically; returns its path."""
     encoder = load_encoder(encoder_name, **options)  # type: ignore[arg-type]
@@ -95,8 +99,10 @@ def export(
     if failures:
         log.warning("%d images failed: %s", len(failures), failures[:5])
     keep = sorted(vecs)
-    print(f"[{encoder_name}{tag}] embedded {len(keep)} images in {dt:.1f}s ({len(keep) / dt:.1f} img/s), "
-          f"{len(failures)} failures, encoder_id={encoder.encoder_id}")
+    print(
+        f"[{encoder_name}{tag}] embedded {len(keep)} images in {dt:.1f}s ({len(keep) / dt:.1f} img/s), "
+        f"{len(failures)} failures, encoder_id={encoder.encoder_id}"
+    )
     out = output_path(encoder_name, tag)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp.npz")
@@ -132,8 +138,10 @@ def imagenet_sanity(encoder_name: str, n: int = 8) -> None:
         prob = model(x).softmax(1)
     top = prob.argmax(1).tolist()
     hits = sum(t == GRANNY_SMITH_IMAGENET for t in top)
-    print(f"[{encoder_name}] ImageNet top-1 on {len(paths)} Granny-Smith photos: {top} "
-          f"({hits}/{len(paths)} = class 948 'Granny Smith', mean p={prob.max(1).values.mean():.2f})")
+    print(
+        f"[{encoder_name}] ImageNet top-1 on {len(paths)} Granny-Smith photos: {top} "
+        f"({hits}/{len(paths)} = class 948 'Granny Smith', mean p={prob.max(1).values.mean():.2f})"
+    )
 
 
 def load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -184,12 +192,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS, help="splits to embed")
     ap.add_argument("--baseline-only", action="store_true", help="skip embedding; evaluate existing .npz files")
     ap.add_argument("--concat", nargs="*", default=[], help="also evaluate the concatenation of these encoders' npz")
-    ap.add_argument("--compare", nargs="*", default=[], help="extra npz stems (e.g. efficientnet_lite2_flip) to evaluate")
+    ap.add_argument(
+        "--compare", nargs="*", default=[], help="extra npz stems (e.g. efficientnet_lite2_flip) to evaluate"
+    )
     ap.add_argument("--val-report", action="store_true", help="also print train->val accuracy (for option choices)")
     ap.add_argument("--C", type=float, default=1.0)
-    ap.add_argument("--dataset", type=Path, default=DEFAULT_DATASET,
-                    help="Grocery Store dataset (default: %(default)s, beside the checkout)")
-    ap.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR, help="where the .npz files go (default: %(default)s)")
+    ap.add_argument(
+        "--dataset",
+        type=Path,
+        default=DEFAULT_DATASET,
+        help="Grocery Store dataset (default: %(default)s, beside the checkout)",
+    )
+    ap.add_argument(
+        "--out-dir", type=Path, default=DEFAULT_OUT_DIR, help="where the .npz files go (default: %(default)s)"
+    )
     args = ap.parse_args(argv)
     global DATASET, OUT_DIR
     OUT_DIR = args.out_dir
@@ -221,7 +237,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit("the npz files do not list the same images in the same order")
         for n, d in zip(args.concat, datas):
             baseline(f"{n}{tag}", d["X"], d, args.C, args.val_report)
-        baseline("+".join(args.concat) + tag, concat_normalised([d["X"] for d in datas]), datas[0], args.C, args.val_report)
+        baseline(
+            "+".join(args.concat) + tag, concat_normalised([d["X"] for d in datas]), datas[0], args.C, args.val_report
+        )
     return 0
 
 

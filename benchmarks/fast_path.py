@@ -37,8 +37,12 @@ def full_build(X, y, Xv, yv) -> tuple[HierarchicalClassifier, dict]:
     """The full rebuild's training (the same core call as the pipeline's superclasses/coarse/fine assets)."""
     t0 = time.perf_counter()
     res = train_specialist_hierarchy(X, y, Xv, yv)
-    t = {"total_s": time.perf_counter() - t0, "n_superclasses": res.superclasses.n_superclasses,
-         "superclass_method": res.superclasses.method, "report": res.report}
+    t = {
+        "total_s": time.perf_counter() - t0,
+        "n_superclasses": res.superclasses.n_superclasses,
+        "superclass_method": res.superclasses.method,
+        "report": res.report,
+    }
     return res.model, t
 
 
@@ -52,8 +56,11 @@ def accuracy(model, X, y, mask=None) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--npz", default=str(DEFAULT_NPZ),
-                   help="embeddings from benchmarks/export_grocery_embeddings.py (default: %(default)s)")
+    p.add_argument(
+        "--npz",
+        default=str(DEFAULT_NPZ),
+        help="embeddings from benchmarks/export_grocery_embeddings.py (default: %(default)s)",
+    )
     p.add_argument("--new", type=int, default=5, help="classes held out and added later")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--attach", default="coarse", choices=["coarse", "nearest_class", "centroid"])
@@ -70,8 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     new = sorted(rng.choice(classes, size=args.new, replace=False).tolist())
     is_new = np.isin(y, new)
     tr, va, te = split == "train", split == "val", split == "test"
-    print(f"{args.npz}: {len(y)} embeddings of dim {X.shape[1]}, {len(classes)} classes; "
-          f"held out {len(new)} new classes: {new}", flush=True)
+    print(
+        f"{args.npz}: {len(y)} embeddings of dim {X.shape[1]}, {len(classes)} classes; "
+        f"held out {len(new)} new classes: {new}",
+        flush=True,
+    )
 
     base, t_base = full_build(X[tr & ~is_new], y[tr & ~is_new], X[va & ~is_new], y[va & ~is_new])
     print(f"base model (without the new classes) built in {t_base['total_s']:.1f}s", flush=True)
@@ -90,14 +100,25 @@ def main(argv: list[str] | None = None) -> int:
             "test_top1_old": accuracy(model, X[te], y[te], ~is_new[te]),
         }
     result = {
-        "npz": args.npz, "n_classes": len(classes), "new_classes": new, "attach": args.attach,
-        "superclass_of_new": fast.superclass_of_new, "n_new_train_images": int((tr & is_new).sum()),
-        "fast_path_seconds": t_fast, "full_rebuild_seconds": t_full, "base_build_seconds": t_base,
-        "accuracy": rows, "torch_threads": torch.get_num_threads(),
+        "npz": args.npz,
+        "n_classes": len(classes),
+        "new_classes": new,
+        "attach": args.attach,
+        "superclass_of_new": fast.superclass_of_new,
+        "n_new_train_images": int((tr & is_new).sum()),
+        "fast_path_seconds": t_fast,
+        "full_rebuild_seconds": t_full,
+        "base_build_seconds": t_base,
+        "accuracy": rows,
+        "torch_threads": torch.get_num_threads(),
     }
-    print(f"\nfast path (add_classes, {result['n_new_train_images']} images, attach={args.attach}): {t_fast * 1000:.1f} ms")
-    print(f"full rebuild ({t_full['n_superclasses']} superclasses, {t_full['superclass_method']}): {t_full['total_s']:.1f} s"
-          f"  -> fast path is {t_full['total_s'] / max(t_fast, 1e-9):.0f}x faster")
+    print(
+        f"\nfast path (add_classes, {result['n_new_train_images']} images, attach={args.attach}): {t_fast * 1000:.1f} ms"
+    )
+    print(
+        f"full rebuild ({t_full['n_superclasses']} superclasses, {t_full['superclass_method']}): {t_full['total_s']:.1f} s"
+        f"  -> fast path is {t_full['total_s'] / max(t_fast, 1e-9):.0f}x faster"
+    )
     print(f"\n{'model':16}{'top-1 all':>11}{'top-1 new':>11}{'top-1 old':>11}")
     for name, r in rows.items():
         print(f"{name:16}{r['test_top1_all']:11.4f}{r['test_top1_new']:11.4f}{r['test_top1_old']:11.4f}")

@@ -61,8 +61,14 @@ class PerViewEncoder:
         self.preprocess = enc.preprocess
 
     def forward_batch(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.enc.forward_batch(x), self.enc.forward_batch(x.flip(3)),
-                          self.enc.forward_batch(zoom_center(x, ZOOM_FRACTION))], dim=1)
+        return torch.cat(
+            [
+                self.enc.forward_batch(x),
+                self.enc.forward_batch(x.flip(3)),
+                self.enc.forward_batch(zoom_center(x, ZOOM_FRACTION)),
+            ],
+            dim=1,
+        )
 
 
 def derive(V: np.ndarray, part_dims: list[int], views: str, layers: int) -> np.ndarray:
@@ -92,7 +98,9 @@ def option_tag(views: str, layers: int, input_size: int | None, native: int) -> 
     return tag
 
 
-def embed_all(name: str, input_size: int | None, layers: int, rows: list, batch_size: int) -> tuple[np.ndarray, object, float]:
+def embed_all(
+    name: str, input_size: int | None, layers: int, rows: list, batch_size: int
+) -> tuple[np.ndarray, object, float]:
     enc = load_encoder(name, device="cpu", input_size=input_size, layers=layers)
     pv = PerViewEncoder(enc)
     items = [(str(i), (lambda p=DATASET / r[0]: p.read_bytes())) for i, r in enumerate(rows)]
@@ -106,11 +114,16 @@ def embed_all(name: str, input_size: int | None, layers: int, rows: list, batch_
         if batch.failures:
             print(f"  failures: {batch.failures[:3]}", flush=True)
     dt = time.perf_counter() - t0
-    print(f"[{enc.encoder_id}] {got.sum()} images x 3 views in {dt:.0f}s ({got.sum() / dt:.1f} img/s for 3 views)", flush=True)
+    print(
+        f"[{enc.encoder_id}] {got.sum()} images x 3 views in {dt:.0f}s ({got.sum() / dt:.1f} img/s for 3 views)",
+        flush=True,
+    )
     return out, enc, dt
 
 
-def check_equivalence(name: str, input_size: int | None, layers: int, V: np.ndarray, part_dims: list[int], rows: list) -> None:
+def check_equivalence(
+    name: str, input_size: int | None, layers: int, V: np.ndarray, part_dims: list[int], rows: list
+) -> None:
     """The derived recipes equal the real encoder's recipes (first 4 images)."""
     imgs = [decode_rgb((DATASET / r[0]).read_bytes()) for r in rows[:4]]
     for views, l in (("flip+zoom", layers), ("flip", 0), ("zoom", 1 if layers >= 1 else 0)):
@@ -186,8 +199,15 @@ def export_option(names: list[str], views: str, layers: int, input_scale: float,
             dt = time.perf_counter() - t0
             print(f"[{enc.encoder_id}] {len(rows)} images in {dt:.0f}s ({len(rows) / dt:.1f} img/s)", flush=True)
             tmp = out.with_suffix(".tmp.npz")
-            np.savez(tmp, X=X, fine=fine, coarse=np.array([x[2] for x in rows]), split=split,
-                     path=np.array([x[0] for x in rows]), encoder_identity=np.array(json.dumps(enc.identity())))
+            np.savez(
+                tmp,
+                X=X,
+                fine=fine,
+                coarse=np.array([x[2] for x in rows]),
+                split=split,
+                path=np.array([x[0] for x in rows]),
+                encoder_identity=np.array(json.dumps(enc.identity())),
+            )
             os.replace(tmp, out)
             print(f"wrote {out}")
         feats.append(X)
@@ -198,8 +218,11 @@ def export_option(names: list[str], views: str, layers: int, input_scale: float,
         m = fit_flat_logreg(X[tr], fine[tr], X[va], fine[va], device="cpu")
         C, val = float(m.metrics["C"]), top1(m, X[va], fine[va])
         m2 = fit_flat_logreg(X[tr | va], fine[tr | va], C=C, device="cpu")
-        print(f"[test] {label:50s} views={views} layers={layers} scale={input_scale} d={X.shape[1]} "
-              f"train->val={val:.3f} (C={C:g}) train+val->test={top1(m2, X[te], fine[te]):.3f}", flush=True)
+        print(
+            f"[test] {label:50s} views={views} layers={layers} scale={input_scale} d={X.shape[1]} "
+            f"train->val={val:.3f} (C={C:g}) train+val->test={top1(m2, X[te], fine[te]):.3f}",
+            flush=True,
+        )
     return 0
 
 
@@ -210,16 +233,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--encoders", nargs="+", default=["efficientnet_lite2", "mobilenetv2_100"])
     ap.add_argument("--input-scale", type=float, default=1.0, help="input_size = round(native * scale / 4) * 4")
     ap.add_argument("--layers", type=int, default=2, help="max intermediate stages (options use 0..layers)")
-    ap.add_argument("--limit-per-class", type=int, default=None, help="subsample TRAIN to N images per class (val full)")
+    ap.add_argument(
+        "--limit-per-class", type=int, default=None, help="subsample TRAIN to N images per class (val full)"
+    )
     ap.add_argument("--no-test", action="store_true", help="val only (do not embed or score the test list)")
     ap.add_argument("--n-test", type=int, default=2, help="options scored on test (best on val, + plain)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--speed-images", type=int, default=16)
-    ap.add_argument("--speed-only-plain-views", action="store_true",
-                    help="measure img/s only for the single encoders at layers 0 and max (speed of other rows = nan)")
-    ap.add_argument("--smoke", type=int, default=None, help="first N rows of each split only (code check, not a result)")
-    ap.add_argument("--export", nargs=2, metavar=("VIEWS", "LAYERS"), default=None,
-                    help="embed the FULL lists with this recipe (real encoder), write npz, score val and test once")
+    ap.add_argument(
+        "--speed-only-plain-views",
+        action="store_true",
+        help="measure img/s only for the single encoders at layers 0 and max (speed of other rows = nan)",
+    )
+    ap.add_argument(
+        "--smoke", type=int, default=None, help="first N rows of each split only (code check, not a result)"
+    )
+    ap.add_argument(
+        "--export",
+        nargs=2,
+        metavar=("VIEWS", "LAYERS"),
+        default=None,
+        help="embed the FULL lists with this recipe (real encoder), write npz, score val and test once",
+    )
     args = ap.parse_args(argv)
     DATASET = args.dataset
     torch.manual_seed(0)
@@ -238,7 +273,11 @@ def main(argv: list[str] | None = None) -> int:
             kept.append(r)
         rows = kept
     if args.smoke:
-        rows = [r for s_ in splits for r in (lambda xs: xs[:: max(1, len(xs) // args.smoke)][: args.smoke])([x for x in rows if x[3] == s_])]
+        rows = [
+            r
+            for s_ in splits
+            for r in (lambda xs: xs[:: max(1, len(xs) // args.smoke)][: args.smoke])([x for x in rows if x[3] == s_])
+        ]
     split = np.array([r[3] for r in rows])
     fine = np.array([r[1] for r in rows])
     tr, va, te = split == "train", split == "val", split == "test"
@@ -279,9 +318,24 @@ def main(argv: list[str] | None = None) -> int:
             if views == "center" and layers == 0:
                 plain_speed[name] = ips
             tag = option_tag(views, layers, per_enc[parts[0]]["size"], per_enc[parts[0]]["native"])
-            results.append({"encoder": name, "views": views, "layers": layers, "input_size": per_enc[parts[0]]["size"] or per_enc[parts[0]]["native"],
-                            "tag": tag, "dim": X.shape[1], "val": acc, "C": C, "img_s": ips, "X": X})
-            print(f"  {name:36s} views={views:9s} layers={layers} d={X.shape[1]:5d} val={acc:.3f} C={C:g} {ips:.1f} img/s", flush=True)
+            results.append(
+                {
+                    "encoder": name,
+                    "views": views,
+                    "layers": layers,
+                    "input_size": per_enc[parts[0]]["size"] or per_enc[parts[0]]["native"],
+                    "tag": tag,
+                    "dim": X.shape[1],
+                    "val": acc,
+                    "C": C,
+                    "img_s": ips,
+                    "X": X,
+                }
+            )
+            print(
+                f"  {name:36s} views={views:9s} layers={layers} d={X.shape[1]:5d} val={acc:.3f} C={C:g} {ips:.1f} img/s",
+                flush=True,
+            )
 
     print("\n=== results (val: flat logreg fit on train, C chosen on val" + sub + ") ===")
     header = f"{'encoder':36s} {'views':9s} {'layers':6s} {'size':4s} {'dim':5s} {'val':6s} {'test':6s} {'img/s':6s} {'ratio':5s}"
@@ -303,9 +357,13 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         ratio = plain_speed[r["encoder"]] / r["img_s"]
         test = f"{r['test']:.3f}" if "test" in r else "  -  "
-        print(f"{r['encoder']:36s} {r['views']:9s} {r['layers']:<6d} {r['input_size']:<4d} {r['dim']:<5d} {r['val']:.3f}  {test:6s} {r['img_s']:6.1f} {ratio:5.2f}x")
-    print("(ratio = embedding cost relative to the plain path of the same encoder at native size in this run;"
-          " test scored once, only for the plain option and the val-best option(s), fit on train+val with the val-chosen C)")
+        print(
+            f"{r['encoder']:36s} {r['views']:9s} {r['layers']:<6d} {r['input_size']:<4d} {r['dim']:<5d} {r['val']:.3f}  {test:6s} {r['img_s']:6.1f} {ratio:5.2f}x"
+        )
+    print(
+        "(ratio = embedding cost relative to the plain path of the same encoder at native size in this run;"
+        " test scored once, only for the plain option and the val-best option(s), fit on train+val with the val-chosen C)"
+    )
     if args.smoke:
         print("smoke run: nothing written")
         return 0
@@ -313,11 +371,23 @@ def main(argv: list[str] | None = None) -> int:
     for r in chosen:
         # "opt_" prefix: never overwrites export_grocery_embeddings.py's files
         out = OUT_DIR / f"grocery_opt_{r['encoder']}{r['tag']}{'_sub' if args.limit_per_class else ''}.npz"
-        ident = {"derived_from_per_view_pass": True, "views": r["views"], "layers": r["layers"], "input_size": r["input_size"],
-                 "parts": [per_enc[p]["enc"].identity() for p in r["encoder"].split("+")]}
+        ident = {
+            "derived_from_per_view_pass": True,
+            "views": r["views"],
+            "layers": r["layers"],
+            "input_size": r["input_size"],
+            "parts": [per_enc[p]["enc"].identity() for p in r["encoder"].split("+")],
+        }
         tmp = out.with_suffix(".tmp.npz")
-        np.savez(tmp, X=r["X"], fine=fine, coarse=np.array([x[2] for x in rows]), split=split,
-                 path=np.array([x[0] for x in rows]), encoder_identity=np.array(json.dumps(ident)))
+        np.savez(
+            tmp,
+            X=r["X"],
+            fine=fine,
+            coarse=np.array([x[2] for x in rows]),
+            split=split,
+            path=np.array([x[0] for x in rows]),
+            encoder_identity=np.array(json.dumps(ident)),
+        )
         os.replace(tmp, out)
         print(f"wrote {out}")
     return 0

@@ -54,7 +54,9 @@ def write_manifest(dataset: Path, out: Path, pin_splits: bool) -> Path:
     return manifest
 
 
-def run_protocol(name: str, manifest: Path, workdir: Path, encoder: str, min_samples: int, shared_cache: Path | None) -> dict:
+def run_protocol(
+    name: str, manifest: Path, workdir: Path, encoder: str, min_samples: int, shared_cache: Path | None
+) -> dict:
     import dagster as dg
 
     from skurec_assets.definitions import all_assets, all_checks
@@ -73,7 +75,8 @@ def run_protocol(name: str, manifest: Path, workdir: Path, encoder: str, min_sam
     result = dg.materialize(
         [*all_assets, *all_checks],
         resources=resources,
-        selection=dg.AssetSelection.groups("ingest", "embed", "train", "evaluate") - dg.AssetSelection.assets("labelled_batch"),
+        selection=dg.AssetSelection.groups("ingest", "embed", "train", "evaluate")
+        - dg.AssetSelection.assets("labelled_batch"),
         raise_on_error=True,
     )
     seconds = time.perf_counter() - t0
@@ -87,11 +90,11 @@ def run_protocol(name: str, manifest: Path, workdir: Path, encoder: str, min_sam
 
 def print_table(name: str, out: dict) -> None:
     rep = out["report"]
-    print(f"\n=== protocol: {name}  (encoder {rep['encoder']}, scored on '{rep['split']}', routing m={rep.get('route_m')})")
-    variants = rep["variants"]
-    header = f"{'model':<20}" + "".join(
-        f"{v + ' top1':>14}{v + ' top3':>14}" for v in variants
+    print(
+        f"\n=== protocol: {name}  (encoder {rep['encoder']}, scored on '{rep['split']}', routing m={rep.get('route_m')})"
     )
+    variants = rep["variants"]
+    header = f"{'model':<20}" + "".join(f"{v + ' top1':>14}{v + ' top3':>14}" for v in variants)
     print("  ".join(f"{v}: {b['n_classes']} classes / {b['n_images']} images" for v, b in variants.items()))
     print(header)
     models = list(variants["all"]["models"])

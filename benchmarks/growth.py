@@ -51,7 +51,9 @@ def _png(rgb, pattern: int, seed: int, size: int = 32) -> bytes:
     rng = np.random.default_rng(seed)
     arr = np.tile(np.asarray(rgb, np.float32), (size, size, 1))
     yy, xx = np.mgrid[0:size, 0:size]
-    mask = [(yy // 4) % 2 == 0, (xx // 4) % 2 == 0, ((yy // 4) + (xx // 4)) % 2 == 0, ((yy + xx) // 4) % 2 == 0][pattern % 4]
+    mask = [(yy // 4) % 2 == 0, (xx // 4) % 2 == 0, ((yy // 4) + (xx // 4)) % 2 == 0, ((yy + xx) // 4) % 2 == 0][
+        pattern % 4
+    ]
     arr[mask] *= 0.6
     arr += rng.normal(0, 10, arr.shape)
     buf = io.BytesIO()
@@ -155,13 +157,22 @@ def run_size(n_skus: int, n_images: int, batch_frac: float, base: Path, shards: 
         batch_s = time.perf_counter() - t
         assert loop.success, "labelled batch failed"
         batch_runs = [r.run_id for r in loop.batch_runs.values()] + [r.run_id for _, r in loop.automation_runs]
-        emb = [e for _, r in loop.automation_runs for e in r.get_asset_materialization_events()
-               if e.asset_key.to_user_string() == "image_embeddings"]
+        emb = [
+            e
+            for _, r in loop.automation_runs
+            for e in r.get_asset_materialization_events()
+            if e.asset_key.to_user_string() == "image_embeddings"
+        ]
         n_embedded = emb[-1].materialization.metadata["n_computed"].value if emb else None
         return {
-            "n_skus": n_skus, "n_images_per_sku": n_images, "n_images": n_total, "n_new": n_new,
-            "n_embedded_by_batch": n_embedded, "render_s": round(render_s, 1),
-            "full_build_s": round(full_s, 2), "batch_s": round(batch_s, 2),
+            "n_skus": n_skus,
+            "n_images_per_sku": n_images,
+            "n_images": n_total,
+            "n_new": n_new,
+            "n_embedded_by_batch": n_embedded,
+            "render_s": round(render_s, 1),
+            "full_build_s": round(full_s, 2),
+            "batch_s": round(batch_s, 2),
             "full_steps": step_seconds(instance, [full.run_id]),
             "batch_steps": step_seconds(instance, batch_runs),
             "automation_runs": [keys for keys, _ in loop.automation_runs],
@@ -191,18 +202,26 @@ def print_report(rows: list[dict]) -> bool:
             flag = "SUPER-LINEAR" if superlinear else ("ok" if a > 0.5 or phase != "full build" else "(tiny)")
             print(f"| {s} | {' | '.join(f'{v:.2f}' for v in vals)} | {ratio:.2f} | {flag} |")
         total_key = "full_build_s" if key == "full_steps" else "batch_s"
-        print(f"| **total (wall)** | {' | '.join(str(r[total_key]) for r in rows)} | "
-              f"{big[total_key] / small[total_key]:.2f} | |")
+        print(
+            f"| **total (wall)** | {' | '.join(str(r[total_key]) for r in rows)} | "
+            f"{big[total_key] / small[total_key]:.2f} | |"
+        )
     print("\n## summary")
-    print("| size | images | new images | embedded by the batch | full build s | batch s | batch / full | peak RSS MiB |")
+    print(
+        "| size | images | new images | embedded by the batch | full build s | batch s | batch / full | peak RSS MiB |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r, name in zip(rows, sizes):
         ratio = r["batch_s"] / r["full_build_s"]
         ok &= ratio <= 0.1 and r["peak_rss_mib"] < 4096 and r["n_embedded_by_batch"] == r["n_new"]
-        print(f"| {name} | {r['n_images']} | {r['n_new']} | {r['n_embedded_by_batch']} | {r['full_build_s']} | "
-              f"{r['batch_s']} | {ratio:.3f} | {r['peak_rss_mib']} |")
-    print(f"\ntargets (batch <= 0.1 x full build, peak RSS < 4 GiB, k new images -> k embedded, no step super-linear "
-          f"in images): {'MET' if ok else 'NOT MET'}")
+        print(
+            f"| {name} | {r['n_images']} | {r['n_new']} | {r['n_embedded_by_batch']} | {r['full_build_s']} | "
+            f"{r['batch_s']} | {ratio:.3f} | {r['peak_rss_mib']} |"
+        )
+    print(
+        f"\ntargets (batch <= 0.1 x full build, peak RSS < 4 GiB, k new images -> k embedded, no step super-linear "
+        f"in images): {'MET' if ok else 'NOT MET'}"
+    )
     return ok
 
 
@@ -223,22 +242,40 @@ def main() -> None:
         sys.exit(0 if print_report(json.loads(args.report.read_text())) else 1)
     base = args.workdir or Path(tempfile.mkdtemp(prefix="skurec-growth-"))
     if args.one is not None:
-        print("RESULT " + json.dumps(run_size(args.one, args.images, args.batch_frac, base, args.shards, args.min_samples)))
+        print(
+            "RESULT "
+            + json.dumps(run_size(args.one, args.images, args.batch_frac, base, args.shards, args.min_samples))
+        )
         return
     rows = []
     try:
         for n in args.skus:  # a fresh process per size: a clean peak RSS, no warm caches carried over
-            cmd = [sys.executable, __file__, "--one", str(n), "--images", str(args.images), "--batch-frac",
-                   str(args.batch_frac), "--shards", str(args.shards), "--min-samples", str(args.min_samples),
-                   "--workdir", str(base)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                str(n),
+                "--images",
+                str(args.images),
+                "--batch-frac",
+                str(args.batch_frac),
+                "--shards",
+                str(args.shards),
+                "--min-samples",
+                str(args.min_samples),
+                "--workdir",
+                str(base),
+            ]
             t = time.perf_counter()
             proc = subprocess.run(cmd, capture_output=True, text=True)
             line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if proc.returncode != 0 or line is None:
                 sys.exit(f"size {n} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-            rows.append(json.loads(line[len("RESULT "):]))
-            print(f"# {n} SKUs x {args.images}: measured in {time.perf_counter() - t:.0f} s: {line[len('RESULT '):]}",
-                  flush=True)  # kept even if a larger size is stopped later
+            rows.append(json.loads(line[len("RESULT ") :]))
+            print(
+                f"# {n} SKUs x {args.images}: measured in {time.perf_counter() - t:.0f} s: {line[len('RESULT ') :]}",
+                flush=True,
+            )  # kept even if a larger size is stopped later
             if args.out:
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 args.out.write_text(json.dumps(rows, indent=2))
@@ -247,8 +284,10 @@ def main() -> None:
     finally:
         if not args.keep and args.workdir is None:
             shutil.rmtree(base, ignore_errors=True)
-    print(f"\nconditions: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end, tiny random encoder, "
-          f"{args.shards} embedding shards, in-process executor")
+    print(
+        f"\nconditions: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end, tiny random encoder, "
+        f"{args.shards} embedding shards, in-process executor"
+    )
     ok = print_report(rows)
     sys.exit(0 if ok else 1)
 

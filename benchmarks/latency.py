@@ -29,11 +29,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _dataset import DEFAULT_DATASET  # noqa: E402  (beside the checkout; --dataset overrides it)
+
 from skurec.encoders import load_encoder  # noqa: E402
 from skurec.images import decode_rgb  # noqa: E402
 from skurec.serving.recognizer import Recognizer  # noqa: E402
-
-from _dataset import DEFAULT_DATASET  # noqa: E402  (beside the checkout; --dataset overrides it)
 
 
 def default_images(dataset: Path) -> str | None:
@@ -50,8 +50,10 @@ def load_images(pattern: str | None, n: int) -> tuple[list[bytes], str]:
     from skurec.demo import demo_skus, image_rng, render_sku_jpeg
 
     skus = demo_skus()
-    return [render_sku_jpeg(skus[i % len(skus)], image_rng(0, skus[i % len(skus)].sku_id, i, "bench"), 224)
-            for i in range(n)], "rendered demo photos (224 px JPEG)"
+    return [
+        render_sku_jpeg(skus[i % len(skus)], image_rng(0, skus[i % len(skus)].sku_id, i, "bench"), 224)
+        for i in range(n)
+    ], "rendered demo photos (224 px JPEG)"
 
 
 def synthetic_model(dim: int, n_classes: int, seed: int = 0):
@@ -63,16 +65,26 @@ def synthetic_model(dim: int, n_classes: int, seed: int = 0):
     X = l2_normalize(np.repeat(centres, 3, axis=0) + 0.3 * rng.normal(size=(len(y), dim)) / np.sqrt(dim))
     n_sc = max(2, n_classes // 10)
     sc = {f"sku-{i:05d}": i % n_sc for i in range(n_classes)}
-    model = train_hierarchical(X, y, sc, coarse_config=DenseConfig(max_epochs=1), fine_config=FineConfig(steps=2),
-                               n_superclasses=n_sc, device="cpu")
+    model = train_hierarchical(
+        X,
+        y,
+        sc,
+        coarse_config=DenseConfig(max_epochs=1),
+        fine_config=FineConfig(steps=2),
+        n_superclasses=n_sc,
+        device="cpu",
+    )
     card = {"model_id": f"synthetic-{n_classes}", "classes": {"names": {}}}
     return model, card
 
 
 def percentiles(xs: list[float]) -> dict[str, float]:
     xs = sorted(xs)
-    return {"p50_ms": 1000 * statistics.median(xs), "p95_ms": 1000 * xs[min(len(xs) - 1, int(0.95 * len(xs)))],
-            "mean_ms": 1000 * statistics.fmean(xs)}
+    return {
+        "p50_ms": 1000 * statistics.median(xs),
+        "p95_ms": 1000 * xs[min(len(xs) - 1, int(0.95 * len(xs)))],
+        "mean_ms": 1000 * statistics.fmean(xs),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,10 +92,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--encoder", default="efficientnet_lite2")
     p.add_argument("--workdir", help="use this work directory's deployed model (and its encoder)")
     p.add_argument("--classes", type=int, default=1000, help="classes of the synthetic model (no --workdir)")
-    p.add_argument("--dataset", type=Path, default=DEFAULT_DATASET,
-                   help="Grocery Store dataset whose test JPEGs are timed (default: %(default)s, beside the checkout)")
-    p.add_argument("--images", default=None, help="glob of JPEG files (default: the dataset's test/**/*.jpg; "
-                   "rendered demo photos when neither exists)")
+    p.add_argument(
+        "--dataset",
+        type=Path,
+        default=DEFAULT_DATASET,
+        help="Grocery Store dataset whose test JPEGs are timed (default: %(default)s, beside the checkout)",
+    )
+    p.add_argument(
+        "--images",
+        default=None,
+        help="glob of JPEG files (default: the dataset's test/**/*.jpg; rendered demo photos when neither exists)",
+    )
     p.add_argument("--n", type=int, default=200, help="timed single-image calls of each kind")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=32)
@@ -106,8 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         model, card = synthetic_model(enc.dim, args.classes)
         card["encoder"] = {"encoder_id": enc.encoder_id}
         rec = Recognizer(model, card, enc, threshold=0.0)
-        model_desc = f"synthetic hierarchical model, {args.classes} classes, {model.n_superclasses} superclasses " \
-                     f"(built in {time.perf_counter() - t0:.1f}s)"
+        model_desc = (
+            f"synthetic hierarchical model, {args.classes} classes, {model.n_superclasses} superclasses "
+            f"(built in {time.perf_counter() - t0:.1f}s)"
+        )
     images, source = load_images(args.images, max(args.batch_size * 4, 64))
 
     def encoder_alone(data: bytes) -> np.ndarray:
@@ -141,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     rec_tput = len(batch) / (time.perf_counter() - t)
     t = time.perf_counter()
     for s in range(0, len(batch), args.batch_size):
-        x = torch.stack([enc.preprocess(decode_rgb(b, target_min_side=enc.min_decode_side)) for b in batch[s:s + args.batch_size]])
+        x = torch.stack(
+            [enc.preprocess(decode_rgb(b, target_min_side=enc.min_decode_side)) for b in batch[s : s + args.batch_size]]
+        )
         enc.forward_batch(x)
     enc_tput = len(batch) / (time.perf_counter() - t)
 
@@ -163,8 +186,10 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_p95": rec_s["p95_ms"] / enc_s["p95_ms"],
         "batched_images_per_s": {"encoder_alone": enc_tput, "recognizer": rec_tput, "batch_size": args.batch_size},
     }
-    print(f"encoder {result['encoder']} on {result['device']} ({result['torch_threads']} torch threads, "
-          f"{result['cpus_available']} CPUs, load {result['load_average_1m']:.1f}); {model_desc}; images: {source}")
+    print(
+        f"encoder {result['encoder']} on {result['device']} ({result['torch_threads']} torch threads, "
+        f"{result['cpus_available']} CPUs, load {result['load_average_1m']:.1f}); {model_desc}; images: {source}"
+    )
     print(f"{'':18}{'p50 ms':>10}{'p95 ms':>10}{'mean ms':>10}")
     for name, s in (("encoder alone", enc_s), ("Recognizer", rec_s), ("classifier only", cls_s)):
         print(f"{name:18}{s['p50_ms']:10.2f}{s['p95_ms']:10.2f}{s['mean_ms']:10.2f}")

@@ -97,21 +97,29 @@ def run_one(cat: Catalogue, args: argparse.Namespace) -> dict[str, Any]:
     times: dict[str, float] = {}
     t = time.perf_counter()
     protos = class_prototypes(X_tr, y_tr)
-    sc = derive_superclasses(protos.vectors, protos.classes, n_superclasses=n_superclasses_for(len(protos.classes)),
-                             seed=args.seed)
+    sc = derive_superclasses(
+        protos.vectors, protos.classes, n_superclasses=n_superclasses_for(len(protos.classes)), seed=args.seed
+    )
     sc_map = sc.superclass_of_class()
     times["superclasses_s"] = time.perf_counter() - t
     groups = similar_groups(protos.vectors, protos.classes, given_groups=fam)
     similar = similar_class_set(groups)
     hidden = coarse_hidden_for(len(protos.classes), args.coarse_hidden)
     t = time.perf_counter()
-    coarse = train_coarse(X_tr, y_tr, sc_map, X_va if has_val else None, y_va if has_val else None,
-                          config=DenseConfig(hidden=hidden, max_epochs=8 if hidden else 20, seed=args.seed),
-                          n_superclasses=sc.n_superclasses)
+    coarse = train_coarse(
+        X_tr,
+        y_tr,
+        sc_map,
+        X_va if has_val else None,
+        y_va if has_val else None,
+        config=DenseConfig(hidden=hidden, max_epochs=8 if hidden else 20, seed=args.seed),
+        n_superclasses=sc.n_superclasses,
+    )
     times["coarse_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    fine = train_fine(X_tr, y_tr, sc_map, X_va if has_val else None, y_va if has_val else None,
-                      config=FineConfig(seed=args.seed))
+    fine = train_fine(
+        X_tr, y_tr, sc_map, X_va if has_val else None, y_va if has_val else None, config=FineConfig(seed=args.seed)
+    )
     times["fine_s"] = time.perf_counter() - t
     hier = HierarchicalClassifier(coarse, fine, sc_map, m=3)
     times["hierarchical_s"] = times["superclasses_s"] + times["coarse_s"] + times["fine_s"]
@@ -124,8 +132,13 @@ def run_one(cat: Catalogue, args: argparse.Namespace) -> dict[str, Any]:
     t = time.perf_counter()
     knn = FlatKNN(X_tr, y_tr)
     times["flat_knn_s"] = time.perf_counter() - t
-    models = {"hierarchical_soft": hier, "hierarchical_hard": hier.with_m(1), "flat_linear": flat,
-              "flat_prototype": proto, "flat_knn": knn}
+    models = {
+        "hierarchical_soft": hier,
+        "hierarchical_hard": hier.with_m(1),
+        "flat_linear": flat,
+        "flat_prototype": proto,
+        "flat_knn": knn,
+    }
     specialist_report = None
     if args.specialist and has_val:
         t = time.perf_counter()
@@ -142,18 +155,31 @@ def run_one(cat: Catalogue, args: argparse.Namespace) -> dict[str, Any]:
     best_flat = max(FLAT, key=lambda k: m[k]["top1"])
     best_hier = max((k for k in HIER if k in m), key=lambda k: m[k]["top1"])
     per_class = np.bincount(cat.y_train)
-    return {"name": cat.name, "n_classes": len(protos.classes), "n_train": int(len(y_tr)), "n_val": int(len(y_va)),
-            "n_test": int(len(y_te)), "train_per_class_median": float(np.median(per_class[per_class > 0])),
-            "n_superclasses": sc.n_superclasses, "superclass_method": sc.method, "coarse_hidden": hidden,
-            "superclass_sizes": [int(sizes.min()), float(np.median(sizes)), int(sizes.max())],
-            "n_similar_classes": len(similar), "n_sibling_pairs": int(len(cat.sibling_pairs)),
-            "times": {k: round(v, 2) for k, v in times.items()},
-            "coarse_metrics": coarse.metrics, "fine_metrics": fine.metrics, "flat_linear_metrics": flat.metrics,
-            "specialist_report": specialist_report, "best_flat": best_flat, "best_hierarchical": best_hier,
-            "gap_best_hierarchical_minus_best_flat": round(m[best_hier]["top1"] - m[best_flat]["top1"], 4),
-            "gap_soft_minus_best_flat": round(m["hierarchical_soft"]["top1"] - m[best_flat]["top1"], 4),
-            "gap_hard_minus_best_flat": round(m["hierarchical_hard"]["top1"] - m[best_flat]["top1"], 4),
-            **result}
+    return {
+        "name": cat.name,
+        "n_classes": len(protos.classes),
+        "n_train": int(len(y_tr)),
+        "n_val": int(len(y_va)),
+        "n_test": int(len(y_te)),
+        "train_per_class_median": float(np.median(per_class[per_class > 0])),
+        "n_superclasses": sc.n_superclasses,
+        "superclass_method": sc.method,
+        "coarse_hidden": hidden,
+        "superclass_sizes": [int(sizes.min()), float(np.median(sizes)), int(sizes.max())],
+        "n_similar_classes": len(similar),
+        "n_sibling_pairs": int(len(cat.sibling_pairs)),
+        "times": {k: round(v, 2) for k, v in times.items()},
+        "coarse_metrics": coarse.metrics,
+        "fine_metrics": fine.metrics,
+        "flat_linear_metrics": flat.metrics,
+        "specialist_report": specialist_report,
+        "best_flat": best_flat,
+        "best_hierarchical": best_hier,
+        "gap_best_hierarchical_minus_best_flat": round(m[best_hier]["top1"] - m[best_flat]["top1"], 4),
+        "gap_soft_minus_best_flat": round(m["hierarchical_soft"]["top1"] - m[best_flat]["top1"], 4),
+        "gap_hard_minus_best_flat": round(m["hierarchical_hard"]["top1"] - m[best_flat]["top1"], 4),
+        **result,
+    }
 
 
 def _f(x: Any) -> str:
@@ -161,48 +187,78 @@ def _f(x: Any) -> str:
 
 
 def print_results(rows: list[dict[str, Any]]) -> None:
-    print("\n### results (test split; similar = SKUs in families of >= 2 / look-alike groups; coarse_only = "
-          "superclass accuracy)")
+    print(
+        "\n### results (test split; similar = SKUs in families of >= 2 / look-alike groups; coarse_only = "
+        "superclass accuracy)"
+    )
     print("| catalogue | SKUs | train imgs | model | top-1 | top-3 | similar top-1 | train s |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         a, s, t = r["variants"]["all"]["models"], r["variants"]["similar"]["models"], r["times"]
-        secs = {"hierarchical_soft": t["hierarchical_s"], "hierarchical_hard": t["hierarchical_s"],
-                "specialist_soft": t.get("specialist_s", 0.0), "specialist_hard": t.get("specialist_s", 0.0),
-                "flat_linear": t["flat_linear_s"], "flat_prototype": t["flat_prototype_s"],
-                "flat_knn": t["flat_knn_s"], "coarse_only": t["superclasses_s"] + t["coarse_s"]}
+        secs = {
+            "hierarchical_soft": t["hierarchical_s"],
+            "hierarchical_hard": t["hierarchical_s"],
+            "specialist_soft": t.get("specialist_s", 0.0),
+            "specialist_hard": t.get("specialist_s", 0.0),
+            "flat_linear": t["flat_linear_s"],
+            "flat_prototype": t["flat_prototype_s"],
+            "flat_knn": t["flat_knn_s"],
+            "coarse_only": t["superclasses_s"] + t["coarse_s"],
+        }
         for name in MODELS:
             if name in a:
-                print(f"| {r['name']} | {r['n_classes']} | {r['n_train']} | {name} | {_f(a[name]['top1'])} | "
-                      f"{_f(a[name]['top3'])} | {_f(s[name]['top1'])} | {secs[name]:.1f} |")
+                print(
+                    f"| {r['name']} | {r['n_classes']} | {r['n_train']} | {name} | {_f(a[name]['top1'])} | "
+                    f"{_f(a[name]['top3'])} | {_f(s[name]['top1'])} | {secs[name]:.1f} |"
+                )
     print("\n### gap hierarchical - best flat (test top-1) and training time")
-    print("| catalogue | SKUs | best flat | best hierarchical | gap | hierarchical_soft - best flat | "
-          "coarse+fine s | specialist s | flat linear s |")
+    print(
+        "| catalogue | SKUs | best flat | best hierarchical | gap | hierarchical_soft - best flat | "
+        "coarse+fine s | specialist s | flat linear s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         t = r["times"]
         spec = f"{t['specialist_s']:.1f}" if "specialist_s" in t else "-"
-        print(f"| {r['name']} | {r['n_classes']} | {r['best_flat']} | {r['best_hierarchical']} | "
-              f"{r['gap_best_hierarchical_minus_best_flat']:+.3f} | {r['gap_soft_minus_best_flat']:+.3f} | "
-              f"{t['hierarchical_s']:.1f} | {spec} | {t['flat_linear_s']:.1f} |")
+        print(
+            f"| {r['name']} | {r['n_classes']} | {r['best_flat']} | {r['best_hierarchical']} | "
+            f"{r['gap_best_hierarchical_minus_best_flat']:+.3f} | {r['gap_soft_minus_best_flat']:+.3f} | "
+            f"{t['hierarchical_s']:.1f} | {spec} | {t['flat_linear_s']:.1f} |"
+        )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--real-npz", type=Path, nargs="+",
-                     help="real embedding exports (X, fine, coarse, split); the first one drives --sizes")
+    src.add_argument(
+        "--real-npz",
+        type=Path,
+        nargs="+",
+        help="real embedding exports (X, fine, coarse, split); the first one drives --sizes",
+    )
     src.add_argument("--catalogue-npz", type=Path, help="run every model on this catalogue only")
-    ap.add_argument("--sizes", nargs="+", default=["real", "500", "1000", "2000"],
-                    help="'real' (the real data set itself) and/or generated catalogue sizes")
-    ap.add_argument("--train-per-class", type=int, default=None,
-                    help="train images per generated SKU (default: the source class's real count)")
+    ap.add_argument(
+        "--sizes",
+        nargs="+",
+        default=["real", "500", "1000", "2000"],
+        help="'real' (the real data set itself) and/or generated catalogue sizes",
+    )
+    ap.add_argument(
+        "--train-per-class",
+        type=int,
+        default=None,
+        help="train images per generated SKU (default: the source class's real count)",
+    )
     ap.add_argument("--calibration-seeds", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     ap.add_argument("--coarse-hidden", type=int, default=-1, help="coarse head width (-1 = the pipeline's rule)")
-    ap.add_argument("--no-specialist", dest="specialist", action="store_false",
-                    help="skip the specialist hierarchy (train_specialist_hierarchy)")
+    ap.add_argument(
+        "--no-specialist",
+        dest="specialist",
+        action="store_false",
+        help="skip the specialist hierarchy (train_specialist_hierarchy)",
+    )
     ap.add_argument("--save-catalogues", type=Path, help="also write each generated catalogue as .npz here")
     ap.add_argument("--out", type=Path, help="write all results as JSON here")
     args = ap.parse_args()
@@ -214,8 +270,11 @@ def main() -> None:
     calibrations = []
     if args.catalogue_npz:
         cat = Catalogue.load_npz(args.catalogue_npz)
-        print(f"catalogue {args.catalogue_npz.name}: {cat.n_classes} SKUs, {len(cat.y_train)} / {len(cat.y_val)} / "
-              f"{len(cat.y_test)} train / val / test images", flush=True)
+        print(
+            f"catalogue {args.catalogue_npz.name}: {cat.n_classes} SKUs, {len(cat.y_train)} / {len(cat.y_val)} / "
+            f"{len(cat.y_test)} train / val / test images",
+            flush=True,
+        )
         rows.append(run_one(cat, args))
     else:
         banks = [bank_from_npz(p) for p in args.real_npz]
@@ -226,28 +285,39 @@ def main() -> None:
         bank, cal = banks[0], calibrations[0]
         for size in args.sizes:
             t = time.perf_counter()
-            cat = catalogue_from_bank(bank) if size == "real" else generate(
-                bank, int(size), cal.params, seed=args.seed, train_per_class=args.train_per_class)
+            cat = (
+                catalogue_from_bank(bank)
+                if size == "real"
+                else generate(bank, int(size), cal.params, seed=args.seed, train_per_class=args.train_per_class)
+            )
             gen_s = time.perf_counter() - t
             if args.save_catalogues and size != "real":
                 args.save_catalogues.mkdir(parents=True, exist_ok=True)
                 cat.save_npz(args.save_catalogues / f"{bank.name}-{size}.npz")
-            print(f"{cat.name}: {cat.n_classes} SKUs, {len(cat.y_train)} / {len(cat.y_val)} / {len(cat.y_test)} "
-                  f"train / val / test images ({gen_s:.1f}s) ...", flush=True)
+            print(
+                f"{cat.name}: {cat.n_classes} SKUs, {len(cat.y_train)} / {len(cat.y_val)} / {len(cat.y_test)} "
+                f"train / val / test images ({gen_s:.1f}s) ...",
+                flush=True,
+            )
             row = run_one(cat, args)
             row["times"]["generate_s"] = round(gen_s, 2)
             rows.append(row)
             m = row["variants"]["all"]["models"]
-            print("  " + " ".join(f"{k} {m[k]['top1']:.3f}" for k in MODELS if k in m) + f"; times {row['times']}",
-                  flush=True)
+            print(
+                "  " + " ".join(f"{k} {m[k]['top1']:.3f}" for k in MODELS if k in m) + f"; times {row['times']}",
+                flush=True,
+            )
     for cal in calibrations:
         print("\n" + format_calibration_table(cal))
     print_results(rows)
     print(f"\ntotal {time.perf_counter() - t0:.0f}s; torch threads {torch.get_num_threads()}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"calibrations": [json.loads(c.to_json()) for c in calibrations],
-                                        "rows": rows}, indent=1, default=float))
+        args.out.write_text(
+            json.dumps(
+                {"calibrations": [json.loads(c.to_json()) for c in calibrations], "rows": rows}, indent=1, default=float
+            )
+        )
 
 
 if __name__ == "__main__":

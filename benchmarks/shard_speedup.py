@@ -76,10 +76,19 @@ def main() -> None:
     try:
         cat, work = base / "cat", base / "work"
         n = render_catalogue(cat, args.skus, args.images)
-        env = {**os.environ, "SKUREC_WORKDIR": str(work), "SKUREC_CATALOGUE": str(cat), "SKUREC_MIN_SAMPLES": "5",
-               "SKUREC_ENCODER": args.encoder, "SKUREC_EXECUTOR": "multiprocess", "SKUREC_EMBED_SHARDS": "2",
-               "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-               "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+        env = {
+            **os.environ,
+            "SKUREC_WORKDIR": str(work),
+            "SKUREC_CATALOGUE": str(cat),
+            "SKUREC_MIN_SAMPLES": "5",
+            "SKUREC_ENCODER": args.encoder,
+            "SKUREC_EXECUTOR": "multiprocess",
+            "SKUREC_EMBED_SHARDS": "2",
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        }
         rows = []
         for i, w in enumerate(args.workers):
             home = base / f"home{i}"
@@ -88,35 +97,74 @@ def main() -> None:
             (base / "run.json").write_text(json.dumps({"execution": {"config": {"max_concurrent": w}}}))
             run_env = {**env, "DAGSTER_HOME": str(home)}
             if i == 0:  # audit once (same work directory for every measurement)
-                subprocess.run([_dagster(), "asset", "materialize", "-m", "skurec_assets.definitions", "--select",
-                                "audited_catalogue"], env={**run_env, "SKUREC_EXECUTOR": "in_process"}, cwd=base,
-                               check=True, capture_output=True)
+                subprocess.run(
+                    [
+                        _dagster(),
+                        "asset",
+                        "materialize",
+                        "-m",
+                        "skurec_assets.definitions",
+                        "--select",
+                        "audited_catalogue",
+                    ],
+                    env={**run_env, "SKUREC_EXECUTOR": "in_process"},
+                    cwd=base,
+                    check=True,
+                    capture_output=True,
+                )
             shutil.rmtree(work / "embeddings", ignore_errors=True)  # embed everything again
             t = time.perf_counter()
-            proc = subprocess.run([_dagster(), "asset", "materialize", "-m", "skurec_assets.definitions", "--select",
-                                   "image_embeddings", "-c", str(base / "run.json")], env=run_env, cwd=base,
-                                  capture_output=True, text=True)
+            proc = subprocess.run(
+                [
+                    _dagster(),
+                    "asset",
+                    "materialize",
+                    "-m",
+                    "skurec_assets.definitions",
+                    "--select",
+                    "image_embeddings",
+                    "-c",
+                    str(base / "run.json"),
+                ],
+                env=run_env,
+                cwd=base,
+                capture_output=True,
+                text=True,
+            )
             wall = time.perf_counter() - t
             if proc.returncode != 0:
                 sys.exit(f"materialise failed with {w} worker(s):\n{proc.stdout[-3000:]}\n{proc.stderr[-4000:]}")
-            rows.append({"workers": w, "command_s": round(wall, 2), **{k: round(v, 2) if isinstance(v, float) else v
-                                                                    for k, v in spans(home).items()}})
+            rows.append(
+                {
+                    "workers": w,
+                    "command_s": round(wall, 2),
+                    **{k: round(v, 2) if isinstance(v, float) else v for k, v in spans(home).items()},
+                }
+            )
             print(f"# {w} worker(s): {rows[-1]}", flush=True)
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    print(f"\n{n} images, encoder {args.encoder}, 2 shards, one torch thread per worker, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.1f}")
-    print("| worker processes | shard steps | shards overlapping s | embedding stage s (shard steps) | whole asset s | command s |")
+    print(
+        f"\n{n} images, encoder {args.encoder}, 2 shards, one torch thread per worker, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        "| worker processes | shard steps | shards overlapping s | embedding stage s (shard steps) | whole asset s | command s |"
+    )
     print("|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['workers']} | {r['n_shard_steps']} | {r['overlap_s']} | {r['shard_stage_s']} | {r['asset_s']} | "
-              f"{r['command_s']} |")
+        print(
+            f"| {r['workers']} | {r['n_shard_steps']} | {r['overlap_s']} | {r['shard_stage_s']} | {r['asset_s']} | "
+            f"{r['command_s']} |"
+        )
     if len(rows) >= 2:
         a, b = rows[0], rows[-1]
         ratio = a["shard_stage_s"] / b["shard_stage_s"]
-        print(f"\nspeed-up {a['workers']} -> {b['workers']} workers: embedding stage x{ratio:.2f} (target >= 1.6: "
-              f"{'MET' if ratio >= 1.6 else 'NOT MET'}), whole asset x{a['asset_s'] / b['asset_s']:.2f}, "
-              f"command x{a['command_s'] / b['command_s']:.2f}")
+        print(
+            f"\nspeed-up {a['workers']} -> {b['workers']} workers: embedding stage x{ratio:.2f} (target >= 1.6: "
+            f"{'MET' if ratio >= 1.6 else 'NOT MET'}), whole asset x{a['asset_s'] / b['asset_s']:.2f}, "
+            f"command x{a['command_s'] / b['command_s']:.2f}"
+        )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(rows, indent=2))

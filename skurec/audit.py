@@ -50,8 +50,19 @@ PROBE_COLUMNS = ["image_uri", "stamp", "probe_version", "image_id", "n_bytes", "
 PROBE_VERSION = f"probe-v1|max_pixels={MAX_PIXELS}|min_side={MIN_SIDE}"
 # Rejections that say something about the environment or the configuration, not the bytes: always looked at again.
 _NEVER_REUSED = frozenset({"missing_file", "unreadable_file", "read_error", "file_too_large"})
-_REMOTE_VERSION_KEYS = ("ETag", "etag", "md5Hash", "generation", "version_id", "VersionId", "LastModified",
-                        "last_modified", "mtime", "updated", "created")
+_REMOTE_VERSION_KEYS = (
+    "ETag",
+    "etag",
+    "md5Hash",
+    "generation",
+    "version_id",
+    "VersionId",
+    "LastModified",
+    "last_modified",
+    "mtime",
+    "updated",
+    "created",
+)
 
 
 @dataclass(frozen=True)
@@ -195,7 +206,9 @@ def _previous_probes(previous: Any) -> pd.DataFrame | None:
             log.warning("previous audit given without its 'probes' table (file stamps): every location is read again")
             return None
     else:
-        raise TypeError(f"previous= must be an AuditResult, its probes DataFrame or a mapping with 'probes', got {type(previous).__name__}")
+        raise TypeError(
+            f"previous= must be an AuditResult, its probes DataFrame or a mapping with 'probes', got {type(previous).__name__}"
+        )
     missing = [c for c in PROBE_COLUMNS if c not in table.columns]
     if missing:
         raise ValueError(f"previous probes table lacks column(s) {missing}; expected {PROBE_COLUMNS}")
@@ -222,18 +235,31 @@ def _probe_from_record(rec: Mapping[str, Any]) -> dict:
         if val("image_id") is not None:
             out["image_id"] = val("image_id")
         return out
-    return {"image_id": val("image_id"), "n_bytes": int(val("n_bytes")), "width": int(val("width")), "height": int(val("height"))}
+    return {
+        "image_id": val("image_id"),
+        "n_bytes": int(val("n_bytes")),
+        "width": int(val("width")),
+        "height": int(val("height")),
+    }
 
 
 def _probes_frame(results: dict[str, dict], stamps: dict[str, str | None]) -> pd.DataFrame:
     rows = []
     for uri in sorted(results):
         p = results[uri]
-        rows.append({
-            "image_uri": uri, "stamp": stamps.get(uri), "probe_version": PROBE_VERSION, "image_id": p.get("image_id"),
-            "n_bytes": p.get("n_bytes"), "width": p.get("width"), "height": p.get("height"),
-            "error": p.get("error"), "detail": p.get("detail"),
-        })
+        rows.append(
+            {
+                "image_uri": uri,
+                "stamp": stamps.get(uri),
+                "probe_version": PROBE_VERSION,
+                "image_id": p.get("image_id"),
+                "n_bytes": p.get("n_bytes"),
+                "width": p.get("width"),
+                "height": p.get("height"),
+                "error": p.get("error"),
+                "detail": p.get("detail"),
+            }
+        )
     frame = pd.DataFrame(rows, columns=PROBE_COLUMNS)
     for c in ("n_bytes", "width", "height"):
         frame[c] = frame[c].astype("Int64")
@@ -367,7 +393,7 @@ def audit(
 
     # Every active class gets at least one validation image (its lowest-hash unpinned image), as long as it keeps a
     # training image; classes left without one are reported in the summary.
-    for sku, grp in images[images["active"]].groupby("sku_id"):
+    for _, grp in images[images["active"]].groupby("sku_id"):
         if not (grp["split"] == "val").any():
             free = grp[~grp["split_pinned"]]
             if len(free) and int((grp["split"] == "train").sum()) >= 2:
@@ -382,8 +408,12 @@ def audit(
     if len(images) + len(quarantine_df) != n:
         raise AssertionError(f"audit lost rows: {len(images)} + {len(quarantine_df)} != {n}")
     return AuditResult(
-        images=images, quarantine=quarantine_df, classes=classes, summary=_summary(n, images, quarantine_df, classes, config),
-        probes=_probes_frame(results, stamps), io=io_stats,
+        images=images,
+        quarantine=quarantine_df,
+        classes=classes,
+        summary=_summary(n, images, quarantine_df, classes, config),
+        probes=_probes_frame(results, stamps),
+        io=io_stats,
     )
 
 
@@ -411,7 +441,9 @@ def _class_table(images: pd.DataFrame, config: AuditConfig) -> pd.DataFrame:
     return classes[cols]
 
 
-def _summary(n_input: int, images: pd.DataFrame, quarantine: pd.DataFrame, classes: pd.DataFrame, cfg: AuditConfig) -> dict:
+def _summary(
+    n_input: int, images: pd.DataFrame, quarantine: pd.DataFrame, classes: pd.DataFrame, cfg: AuditConfig
+) -> dict:
     active = images[images["active"]]
     with_val = set(active.loc[active["split"] == "val", "sku_id"])
     without_val = sorted(set(active["sku_id"]) - with_val)
@@ -423,7 +455,9 @@ def _summary(n_input: int, images: pd.DataFrame, quarantine: pd.DataFrame, class
         "n_classes": int(len(classes)),
         "n_active_classes": int((classes["status"] == "active").sum()) if len(classes) else 0,
         "n_filtered_classes": int((classes["status"] != "active").sum()) if len(classes) else 0,
-        "filtered_classes": sorted(classes.loc[classes["status"] != "active", "sku_id"].tolist()) if len(classes) else [],
+        "filtered_classes": sorted(classes.loc[classes["status"] != "active", "sku_id"].tolist())
+        if len(classes)
+        else [],
         "n_active_images": int(len(active)),
         "split_counts": {k: int(v) for k, v in active["split"].value_counts().sort_index().items()},
         # Active classes with no validation image (e.g. a single train image): the deployment gate cannot judge them.
@@ -437,6 +471,7 @@ def _summary(n_input: int, images: pd.DataFrame, quarantine: pd.DataFrame, class
 def catalogue_snapshot_hash(images: pd.DataFrame) -> str:
     """Hash of the accepted rows that define a training set: (image_id, sku_id, split, active), order-free."""
     rows = sorted(
-        f"{r.image_id}\t{r.sku_id}\t{r.split}\t{int(r.active)}" for r in images[["image_id", "sku_id", "split", "active"]].itertuples()
+        f"{r.image_id}\t{r.sku_id}\t{r.split}\t{int(r.active)}"
+        for r in images[["image_id", "sku_id", "split", "active"]].itertuples()
     )
     return hashlib.sha256("\n".join(rows).encode()).hexdigest()

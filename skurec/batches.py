@@ -160,7 +160,9 @@ def discover_batches(drop_location: str, storage_options: dict | None = None) ->
             problem = f"the batch folder holds {len(manifests)} manifests {manifests}; keep exactly one"
         elif manifests:
             manifest_uri = _uri(fs, posixpath.join(path, manifests[0]), remote)
-        out.append(DropBatch(name=name, uri=_uri(fs, path, remote), manifest_uri=manifest_uri, manifest_problem=problem))
+        out.append(
+            DropBatch(name=name, uri=_uri(fs, path, remote), manifest_uri=manifest_uri, manifest_problem=problem)
+        )
     return sorted(out, key=lambda b: b.name)
 
 
@@ -178,7 +180,7 @@ def folder_fingerprint(uri: str, storage_options: dict | None = None) -> str:
     root = root.rstrip("/")
     h = hashlib.sha256()
     for path, info in sorted(fs.find(root, detail=True).items()):
-        rel = path[len(root) + 1:] if path.startswith(root + "/") else path
+        rel = path[len(root) + 1 :] if path.startswith(root + "/") else path
         h.update(f"{rel}\0{info.get('size')}\n".encode())
     return h.hexdigest()
 
@@ -189,7 +191,9 @@ def _problem_list(items: list[str], total: int) -> str:
     return shown + (f"; ... ({total - MAX_LISTED_PROBLEMS} more)" if total > MAX_LISTED_PROBLEMS else "")
 
 
-def inspect_batch(batch: DropBatch, storage_options: dict | None = None, max_image_bytes: int = 50 * 1024 * 1024) -> BatchInspection:
+def inspect_batch(
+    batch: DropBatch, storage_options: dict | None = None, max_image_bytes: int = 50 * 1024 * 1024
+) -> BatchInspection:
     """Validate a complete batch and compute its content hash.
 
     Rejected (``ok=False`` with ``reason``): invalid folder name, several manifests, an unreadable manifest, a
@@ -246,7 +250,9 @@ def inspect_batch(batch: DropBatch, storage_options: dict | None = None, max_ima
                 continue
         h.update(b"\0" + str(r.image_uri_raw).encode() + b"\0" + hashlib.sha256(images[uri]).digest())
     if missing:
-        base.reason = f"{len(missing)} image(s) listed in the manifest are missing or unreadable: " + _problem_list(missing, len(missing))
+        base.reason = f"{len(missing)} image(s) listed in the manifest are missing or unreadable: " + _problem_list(
+            missing, len(missing)
+        )
         return base
     rows = rows.copy()
     rows["batch_id"] = batch.name  # provenance: every row remembers the batch that brought it
@@ -311,7 +317,13 @@ def triage_drop_location(
     for batch in discover_batches(drop_location, storage_options):
         prev = previous.get(batch.name)
         if not batch.complete:
-            d = BatchDecision(batch.name, batch.uri, INCOMPLETE, reason="no manifest yet (upload the images, then the manifest)", updated_at=_now())
+            d = BatchDecision(
+                batch.name,
+                batch.uri,
+                INCOMPLETE,
+                reason="no manifest yet (upload the images, then the manifest)",
+                updated_at=_now(),
+            )
             if prev is None or prev.status != INCOMPLETE:
                 changed.append(d)
             decisions.append(d if prev is None or prev.status != INCOMPLETE else prev)
@@ -324,9 +336,15 @@ def triage_drop_location(
             continue
         if prev is not None and prev.status in (NEW, REGISTERED, INGESTED):
             d = BatchDecision(
-                batch.name, batch.uri, REJECTED, fp, prev.content_hash,
-                reason=(f"batch {batch.name!r} changed after it was registered/ingested; ingested batches are immutable: "
-                        "drop the corrected content as a new batch under a new name"),
+                batch.name,
+                batch.uri,
+                REJECTED,
+                fp,
+                prev.content_hash,
+                reason=(
+                    f"batch {batch.name!r} changed after it was registered/ingested; ingested batches are immutable: "
+                    "drop the corrected content as a new batch under a new name"
+                ),
                 updated_at=_now(),
             )
             # The registered content keeps its claim; only this change is reported.
@@ -334,12 +352,23 @@ def triage_drop_location(
             changed.append(d)
             continue
         insp = inspect(batch)
-        d = BatchDecision(batch.name, batch.uri, REJECTED, fp, insp.content_hash, n_images=insp.n_images, skus=insp.skus, updated_at=_now())
+        d = BatchDecision(
+            batch.name,
+            batch.uri,
+            REJECTED,
+            fp,
+            insp.content_hash,
+            n_images=insp.n_images,
+            skus=insp.skus,
+            updated_at=_now(),
+        )
         if not insp.ok:
             d.reason = insp.reason
         elif batch.name in ingested_names and ingested_names[batch.name] != insp.content_hash:
-            d.reason = (f"a different batch named {batch.name!r} was already ingested; batch names are never reused: "
-                        "rename the folder")
+            d.reason = (
+                f"a different batch named {batch.name!r} was already ingested; batch names are never reused: "
+                "rename the folder"
+            )
         elif insp.content_hash in claimed:
             other = claimed[insp.content_hash]
             if other == batch.name:

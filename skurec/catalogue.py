@@ -82,7 +82,9 @@ def _join_uri(base_dir: str, protocol: str | None, rel: str) -> str:
     return f"{protocol}://{path}" if protocol else path
 
 
-def _resolve(raw: str, manifest_dir: str, manifest_protocol: str | None, root: str | None) -> tuple[str | None, str | None, str | None]:
+def _resolve(
+    raw: str, manifest_dir: str, manifest_protocol: str | None, root: str | None
+) -> tuple[str | None, str | None, str | None]:
     """Resolve a manifest's image_uri. Returns (uri, error_code, detail).
 
     Relative paths may not leave the manifest's folder (or ``root`` when set). Absolute paths and URIs are allowed
@@ -101,11 +103,19 @@ def _resolve(raw: str, manifest_dir: str, manifest_protocol: str | None, root: s
             return None, "path_outside_root", f"{raw!r} is outside the catalogue root {root!r}"
     else:
         uri = _join_uri(manifest_dir, manifest_protocol, raw)
-        bound = root if root is not None else (f"{manifest_protocol}://{manifest_dir}" if manifest_protocol else manifest_dir)
+        bound = (
+            root
+            if root is not None
+            else (f"{manifest_protocol}://{manifest_dir}" if manifest_protocol else manifest_dir)
+        )
         if not _inside(uri, bound):
             return None, "path_outside_root", f"{raw!r} escapes the manifest folder {bound!r}"
     if root is not None and _symlink_escapes(uri, root):
-        return None, "path_outside_root", f"{raw!r} is a symlink to {os.path.realpath(_local_path(uri))!r}, outside the catalogue root {root!r}"
+        return (
+            None,
+            "path_outside_root",
+            f"{raw!r} is a symlink to {os.path.realpath(_local_path(uri))!r}, outside the catalogue root {root!r}",
+        )
     return uri, None, None
 
 
@@ -281,7 +291,7 @@ def import_folder(root_uri: str, storage_options: dict | None = None, root: str 
     except (PermissionError, NotADirectoryError) as exc:
         raise CatalogueError(f"cannot list catalogue folder {root_uri!r}: {exc}; fix its permissions") from exc
     for i, path in enumerate(sorted(listing)):
-        rel = path[len(root) + 1:] if path.startswith(root + "/") else posixpath.basename(path)
+        rel = path[len(root) + 1 :] if path.startswith(root + "/") else posixpath.basename(path)
         parts = rel.split("/")
         if any(p.startswith(".") for p in parts):
             continue

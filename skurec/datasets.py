@@ -11,7 +11,6 @@ from skurec.layout import CURRENT_ENCODER
 from skurec.storage import Workspace
 
 
-
 class TrainingDataError(ValueError):
     """The catalogue cannot be trained on (too few classes, missing embeddings, ...)."""
 
@@ -81,7 +80,11 @@ def load_training_data(ws: Workspace, min_classes: int = 2) -> TrainingData:
         part = images[images["split"] == name]
         rows = [index[i] for i in part["image_id"]]
         dim = X.shape[1] if X.size else 0
-        return Split(part["image_id"].tolist(), X[rows] if rows else np.zeros((0, dim), np.float32), part["sku_id"].to_numpy(dtype=object).astype(str))
+        return Split(
+            part["image_id"].tolist(),
+            X[rows] if rows else np.zeros((0, dim), np.float32),
+            part["sku_id"].to_numpy(dtype=object).astype(str),
+        )
 
     classes_tbl = ws.read_table("classes").set_index("sku_id")
     groups = {c: g for c, g in classes_tbl["group_id"].items() if c in set(classes) and isinstance(g, str) and g}

@@ -15,9 +15,10 @@ import logging
 import os
 import sys
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -70,7 +71,9 @@ def default_num_workers() -> int:
     return max(1, min(8, cpus - 1 if torch.cuda.is_available() else cpus // 4))
 
 
-def prepare_one(encoder: "FrozenEncoder", image_id: str, load: Callable[[], bytes]) -> torch.Tensor | tuple[str, str, str]:
+def prepare_one(
+    encoder: FrozenEncoder, image_id: str, load: Callable[[], bytes]
+) -> torch.Tensor | tuple[str, str, str]:
     """Read, decode and preprocess one image; a failure tuple ``(id, reason, detail)`` instead of raising."""
     try:
         data = load()
@@ -86,7 +89,7 @@ def prepare_one(encoder: "FrozenEncoder", image_id: str, load: Callable[[], byte
         return (image_id, PREPROCESS_ERROR, f"{type(exc).__name__}: {exc}")
 
 
-def _prepare_batch(encoder: "FrozenEncoder", chunk: Sequence[Item]) -> _Prepared:
+def _prepare_batch(encoder: FrozenEncoder, chunk: Sequence[Item]) -> _Prepared:
     ids: list[str] = []
     tensors: list[torch.Tensor] = []
     failures: list[tuple[str, str, str]] = []
@@ -120,7 +123,7 @@ def _make_tqdm(total: int | None, enabled: bool | None):  # type: ignore[no-unty
 
 
 def iter_embeddings(
-    encoder: "FrozenEncoder",
+    encoder: FrozenEncoder,
     items: Iterable[Item],
     *,
     batch_size: int = 32,
@@ -150,6 +153,7 @@ def iter_embeddings(
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="skurec-decode")
     n_done = 0
     try:
+
         def refill() -> None:
             while len(pending) < workers + prefetch_batches:
                 chunk = next(chunks, None)
@@ -181,7 +185,7 @@ def iter_embeddings(
             bar.close()
 
 
-def embed_all(encoder: "FrozenEncoder", items: Iterable[Item], **kwargs: object) -> EmbeddedBatch:
+def embed_all(encoder: FrozenEncoder, items: Iterable[Item], **kwargs: object) -> EmbeddedBatch:
     """Run :func:`iter_embeddings` to completion and concatenate the batches (convenience for small jobs)."""
     ids: list[str] = []
     vectors = [np.zeros((0, encoder.dim), dtype=np.float32)]

@@ -90,7 +90,9 @@ class UpdateStats:
             "n_computed": self.n_computed,
             "n_failed": len(self.failures),
             "seconds": round(self.seconds, 2),
-            "images_per_second": round(self.n_computed / self.seconds, 2) if self.seconds > 0 and self.n_computed else 0.0,
+            "images_per_second": round(self.n_computed / self.seconds, 2)
+            if self.seconds > 0 and self.n_computed
+            else 0.0,
         }
 
 
@@ -154,14 +156,18 @@ class EmbeddingCache:
 
     def _quarantine_part(self, encoder_id: str, part: str, why: str) -> None:
         dest = f"{self.corrupt_dir(encoder_id)}/{part.rsplit('/', 1)[-1]}"
-        log.warning("embedding cache part %s is damaged (%s); moved to %s, its images will be embedded again", part, why, dest)
+        log.warning(
+            "embedding cache part %s is damaged (%s); moved to %s, its images will be embedded again", part, why, dest
+        )
         try:
             self.ws.move(part, dest)
         except FileNotFoundError:
             pass  # another reader moved it first
 
     # ------------------------------------------------------------------ write
-    def _write_part(self, encoder_id: str, ids: list[str], vectors: np.ndarray, shard: tuple[int, int] | None = None) -> str:
+    def _write_part(
+        self, encoder_id: str, ids: list[str], vectors: np.ndarray, shard: tuple[int, int] | None = None
+    ) -> str:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         dim = vectors.shape[1]
         table = pa.table(

@@ -65,9 +65,14 @@ def _within_superclass_top1(model: Any, X: np.ndarray, y: np.ndarray) -> float |
     return float((pred == codes).mean())
 
 
-def hierarchy_diagnostics(models: Mapping[str, Any], preds: Mapping[str, Predictions], X: np.ndarray,
-                          y: np.ndarray, variants: Mapping[str, np.ndarray],
-                          accuracy: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[str, Any]:
+def hierarchy_diagnostics(
+    models: Mapping[str, Any],
+    preds: Mapping[str, Predictions],
+    X: np.ndarray,
+    y: np.ndarray,
+    variants: Mapping[str, np.ndarray],
+    accuracy: Mapping[str, Mapping[str, Mapping[str, Any]]],
+) -> dict[str, Any]:
     """Per hierarchical model: router recall at 1..m, within-superclass top-1, gap to the best flat model per
     variant, and the SKUs it gets wrong that the best flat model gets right (``[sku, n_images]``, most first).
 
@@ -86,18 +91,27 @@ def hierarchy_diagnostics(models: Mapping[str, Any], preds: Mapping[str, Predict
         truth = np.asarray([sc_map.get(c, -1) for c in y.tolist()], dtype=np.int64)
         top, _ = model.coarse.predict_topk(X, m)
         hit = top == truth[:, None]
-        recall = {str(j): (float(hit[known, :j].any(axis=1).mean()) if known.any() else None)
-                  for j in range(1, top.shape[1] + 1)}
-        entry: dict[str, Any] = {"m": m, "router_recall": recall,
-                                 "within_superclass_top1": _within_superclass_top1(model, X, y), "gap": {}}
+        recall = {
+            str(j): (float(hit[known, :j].any(axis=1).mean()) if known.any() else None)
+            for j in range(1, top.shape[1] + 1)
+        }
+        entry: dict[str, Any] = {
+            "m": m,
+            "router_recall": recall,
+            "within_superclass_top1": _within_superclass_top1(model, X, y),
+            "gap": {},
+        }
         for variant in variants:
             block = accuracy[variant]
             flat_top1 = {f: block[f]["top1"] for f in flat if block.get(f, {}).get("top1") is not None}
             mine = block.get(name, {}).get("top1")
             if flat_top1 and mine is not None:
                 best_flat = max(flat_top1, key=lambda f: (flat_top1[f], f))
-                entry["gap"][variant] = {"best_flat": best_flat, "best_flat_top1": flat_top1[best_flat],
-                                         "gap_top1": float(mine - flat_top1[best_flat])}
+                entry["gap"][variant] = {
+                    "best_flat": best_flat,
+                    "best_flat_top1": flat_top1[best_flat],
+                    "gap_top1": float(mine - flat_top1[best_flat]),
+                }
         all_gap = entry["gap"].get("all")
         if all_gap is not None:
             ref = all_gap["best_flat"]
@@ -106,8 +120,11 @@ def hierarchy_diagnostics(models: Mapping[str, Any], preds: Mapping[str, Predict
             skus, counts = np.unique(y[lost], return_counts=True)
             order = np.lexsort((skus, -counts))[:MAX_LOST_SKUS]
             entry["wrong_where_flat_right"] = {
-                "reference": ref, "n_images": int(lost.sum()), "n_images_right_where_flat_wrong": int(won.sum()),
-                "skus": [[str(skus[i]), int(counts[i])] for i in order]}
+                "reference": ref,
+                "n_images": int(lost.sum()),
+                "n_images_right_where_flat_wrong": int(won.sum()),
+                "skus": [[str(skus[i]), int(counts[i])] for i in order],
+            }
         out["models"][name] = entry
     return out
 
@@ -121,9 +138,14 @@ def predict_all(models: Mapping[str, Classifier], X: np.ndarray, k: int = K) -> 
     return {name: model.predict_topk(X, k) for name, model in models.items()}
 
 
-def evaluate(models: Mapping[str, Classifier], X: np.ndarray, y: np.ndarray, similar_classes: set[str],
-             coarse: tuple[CoarseHead, Mapping[str, int]] | None = None,
-             predictions: Mapping[str, Predictions] | None = None) -> dict[str, Any]:
+def evaluate(
+    models: Mapping[str, Classifier],
+    X: np.ndarray,
+    y: np.ndarray,
+    similar_classes: set[str],
+    coarse: tuple[CoarseHead, Mapping[str, int]] | None = None,
+    predictions: Mapping[str, Predictions] | None = None,
+) -> dict[str, Any]:
     """Top-1 / top-3 accuracy of each model on the ``all`` and ``similar`` variants (shape in module doc).
 
     ``coarse=(coarse_head, superclass_of_class)`` adds ``coarse_only`` (superclass accuracy). ``predictions`` may
@@ -142,15 +164,17 @@ def evaluate(models: Mapping[str, Classifier], X: np.ndarray, y: np.ndarray, sim
     variants = {"all": np.ones(len(y), dtype=bool), "similar": np.isin(y, sorted(similar_classes))}
     out: dict[str, Any] = {"variants": {}}
     for variant, mask in variants.items():
-        block: dict[str, Any] = {"n_classes": int(np.unique(y[mask]).size), "n_images": int(mask.sum()),
-                                 "models": {}}
+        block: dict[str, Any] = {"n_classes": int(np.unique(y[mask]).size), "n_images": int(mask.sum()), "models": {}}
         for name in models:
             labels = preds[name].labels[mask]
-            block["models"][name] = {"top1": _nan_to_none(topk_accuracy(labels, y[mask], 1)),
-                                     "top3": _nan_to_none(topk_accuracy(labels, y[mask], K))}
+            block["models"][name] = {
+                "top1": _nan_to_none(topk_accuracy(labels, y[mask], 1)),
+                "top3": _nan_to_none(topk_accuracy(labels, y[mask], K)),
+            }
         if coarse_top is not None and coarse is not None:
             block["models"][COARSE_KEY] = {
-                f"top{k}": _nan_to_none(superclass_accuracy(coarse_top[mask], y[mask], coarse[1], k)) for k in (1, K)}
+                f"top{k}": _nan_to_none(superclass_accuracy(coarse_top[mask], y[mask], coarse[1], k)) for k in (1, K)
+            }
         out["variants"][variant] = block
     if any(is_hierarchical(mdl) for mdl in models.values()):
         accuracy = {v: b["models"] for v, b in out["variants"].items()}
@@ -158,9 +182,12 @@ def evaluate(models: Mapping[str, Classifier], X: np.ndarray, y: np.ndarray, sim
     return out
 
 
-def per_superclass_table(predictions: Mapping[str, Predictions], y: np.ndarray,
-                         superclass_of_class: Mapping[str, int],
-                         coarse_superclass: np.ndarray | None = None) -> list[dict[str, Any]]:
+def per_superclass_table(
+    predictions: Mapping[str, Predictions],
+    y: np.ndarray,
+    superclass_of_class: Mapping[str, int],
+    coarse_superclass: np.ndarray | None = None,
+) -> list[dict[str, Any]]:
     """One row per superclass: its size, test images and each model's top-1 on images whose true SKU is in it.
 
     ``coarse_superclass`` (n,) optional top-1 superclass predictions -> a ``coarse_only`` routing-accuracy column.
@@ -177,8 +204,9 @@ def per_superclass_table(predictions: Mapping[str, Predictions], y: np.ndarray,
         for name, p in predictions.items():
             row[name] = _nan_to_none(float((p.labels[mask, 0] == y[mask]).mean()) if mask.any() else float("nan"))
         if coarse_superclass is not None:
-            row["coarse_only"] = _nan_to_none(float((coarse_superclass[mask] == s).mean()) if mask.any()
-                                              else float("nan"))
+            row["coarse_only"] = _nan_to_none(
+                float((coarse_superclass[mask] == s).mean()) if mask.any() else float("nan")
+            )
         rows.append(row)
     return rows
 
@@ -191,9 +219,13 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def render_markdown_report(result: Mapping[str, Any], per_superclass_table: Sequence[Mapping[str, Any]],
-                           title: str = "skurec evaluation", notes: Sequence[str] = (),
-                           worst_superclasses: int = 15) -> str:
+def render_markdown_report(
+    result: Mapping[str, Any],
+    per_superclass_table: Sequence[Mapping[str, Any]],
+    title: str = "skurec evaluation",
+    notes: Sequence[str] = (),
+    worst_superclasses: int = 15,
+) -> str:
     """Markdown: a model x variant accuracy table and the per-superclass accuracy table (worst first)."""
     lines = [hierarchy_headline(result), "", f"# {title}", ""]
     if "encoder" in result:
@@ -203,9 +235,15 @@ def render_markdown_report(result: Mapping[str, Any], per_superclass_table: Sequ
     for block in variants.values():
         names += [n for n in block["models"] if n not in names]
     header = "| model | " + " | ".join(f"{v} top-1 | {v} top-3" for v in variants) + " |"
-    lines += ["## Accuracy", "", "Images / classes per variant: " + ", ".join(
-        f"{v}: {b['n_images']} / {b['n_classes']}" for v, b in variants.items()), "", header,
-              "|" + "---|" * (1 + 2 * len(variants))]
+    lines += [
+        "## Accuracy",
+        "",
+        "Images / classes per variant: "
+        + ", ".join(f"{v}: {b['n_images']} / {b['n_classes']}" for v, b in variants.items()),
+        "",
+        header,
+        "|" + "---|" * (1 + 2 * len(variants)),
+    ]
     for name in names:
         cells = []
         for block in variants.values():
@@ -219,12 +257,18 @@ def render_markdown_report(result: Mapping[str, Any], per_superclass_table: Sequ
         first = cols[0] if cols else None
         rows = sorted(per_superclass_table, key=lambda r: (r.get(first) is None, r.get(first) or 0.0))
         shown = rows[:worst_superclasses] if worst_superclasses else rows
-        lines += ["## Per-superclass top-1 accuracy" + (f" ({len(shown)} worst by {first})" if first else ""), "",
-                  "| superclass | classes | images | " + " | ".join(cols) + " |",
-                  "|" + "---|" * (3 + len(cols))]
+        lines += [
+            "## Per-superclass top-1 accuracy" + (f" ({len(shown)} worst by {first})" if first else ""),
+            "",
+            "| superclass | classes | images | " + " | ".join(cols) + " |",
+            "|" + "---|" * (3 + len(cols)),
+        ]
         for r in shown:
-            lines.append(f"| {r['superclass']} | {r['n_classes']} | {r['n_images']} | "
-                         + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
+            lines.append(
+                f"| {r['superclass']} | {r['n_classes']} | {r['n_images']} | "
+                + " | ".join(_fmt(r.get(c)) for c in cols)
+                + " |"
+            )
         lines.append("")
     lines += _hierarchy_section(result.get("hierarchy"))
     if notes:
@@ -241,39 +285,53 @@ def hierarchy_headline(result: Mapping[str, Any]) -> str:
     behind = {n: g for n, g in gaps.items() if g["gap_top1"] < -GAP_TOLERANCE}
     if behind:
         parts = [f"{n} {100 * g['gap_top1']:+.1f} points vs {g['best_flat']}" for n, g in sorted(behind.items())]
-        return (f"**WARNING: the hierarchical model is more than {100 * GAP_TOLERANCE:.1f} point below the best flat "
-                f"model on all images ({'; '.join(parts)}).**")
+        return (
+            f"**WARNING: the hierarchical model is more than {100 * GAP_TOLERANCE:.1f} point below the best flat "
+            f"model on all images ({'; '.join(parts)}).**"
+        )
     best = max(gaps, key=lambda n: gaps[n]["gap_top1"])
     g = gaps[best]
-    return (f"**Hierarchical is not behind flat: {best} {100 * g['gap_top1']:+.1f} points top-1 vs the best flat "
-            f"model ({g['best_flat']}, {g['best_flat_top1']:.3f}).**")
+    return (
+        f"**Hierarchical is not behind flat: {best} {100 * g['gap_top1']:+.1f} points top-1 vs the best flat "
+        f"model ({g['best_flat']}, {g['best_flat_top1']:.3f}).**"
+    )
 
 
 def _hierarchy_section(diag: Mapping[str, Any] | None) -> list[str]:
     if not diag or not diag.get("models"):
         return []
-    lines = ["## Hierarchy diagnostics", "",
-             f"Best flat = highest top-1 among: {', '.join(diag.get('flat_models', []))}.", "",
-             "| model | m | router recall @1..m | within-superclass top-1 | gap vs best flat (all) | gap (similar) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "## Hierarchy diagnostics",
+        "",
+        f"Best flat = highest top-1 among: {', '.join(diag.get('flat_models', []))}.",
+        "",
+        "| model | m | router recall @1..m | within-superclass top-1 | gap vs best flat (all) | gap (similar) |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, e in diag["models"].items():
         recall = " / ".join(_fmt(v) for v in e["router_recall"].values())
         gap = {v: (f"{100 * g['gap_top1']:+.1f} pt ({g['best_flat']})") for v, g in e.get("gap", {}).items()}
-        lines.append(f"| {name} | {e['m']} | {recall} | {_fmt(e['within_superclass_top1'])} | "
-                     f"{gap.get('all', 'n/a')} | {gap.get('similar', 'n/a')} |")
+        lines.append(
+            f"| {name} | {e['m']} | {recall} | {_fmt(e['within_superclass_top1'])} | "
+            f"{gap.get('all', 'n/a')} | {gap.get('similar', 'n/a')} |"
+        )
     lines.append("")
     for name, e in diag["models"].items():
         lost = e.get("wrong_where_flat_right")
         if not lost:
             continue
         shown = ", ".join(f"{s} ({n})" for s, n in lost["skus"]) or "none"
-        lines += [f"**{name}** wrong where {lost['reference']} is right: {lost['n_images']} images "
-                  f"(right where it is wrong: {lost['n_images_right_where_flat_wrong']}); SKUs: {shown}", ""]
+        lines += [
+            f"**{name}** wrong where {lost['reference']} is right: {lost['n_images']} images "
+            f"(right where it is wrong: {lost['n_images_right_where_flat_wrong']}); SKUs: {shown}",
+            "",
+        ]
     return lines
 
 
-def worst_similar_groups(y_true: np.ndarray, y_pred: np.ndarray, groups: Mapping[str, str],
-                         n_groups: int = 4) -> list[tuple[str, list[str], float]]:
+def worst_similar_groups(
+    y_true: np.ndarray, y_pred: np.ndarray, groups: Mapping[str, str], n_groups: int = 4
+) -> list[tuple[str, list[str], float]]:
     """The multi-SKU groups with the lowest top-1 accuracy: ``(group_id, members, accuracy)``, worst first."""
     y_true = np.asarray(y_true).astype(str)
     y_pred = np.asarray(y_pred).astype(str)
@@ -292,9 +350,15 @@ def worst_similar_groups(y_true: np.ndarray, y_pred: np.ndarray, groups: Mapping
     return sorted(scored, key=lambda t: (t[2], t[0]))[:n_groups]
 
 
-def confusion_png(y_true: np.ndarray, y_pred: np.ndarray, groups: Mapping[str, str], n_groups: int = 4,
-                  max_classes: int = 30, title: str = "Confusion among the worst similar groups",
-                  dpi: int = 110) -> bytes:
+def confusion_png(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    groups: Mapping[str, str],
+    n_groups: int = 4,
+    max_classes: int = 30,
+    title: str = "Confusion among the worst similar groups",
+    dpi: int = 110,
+) -> bytes:
     """PNG heat-map of the row-normalised confusion among the SKUs of the worst similar groups.
 
     Predictions outside the shown SKUs fall in an ``<other>`` column. Returns PNG bytes (an explanatory
@@ -329,8 +393,14 @@ def confusion_png(y_true: np.ndarray, y_pred: np.ndarray, groups: Mapping[str, s
     return buf.getvalue()
 
 
-def standard_models(hierarchical: Any, flat_linear: Any, flat_prototype: Any, route_m: int | None = None,
-                    soft_m: int | None = None, **extra: Any) -> dict[str, Any]:
+def standard_models(
+    hierarchical: Any,
+    flat_linear: Any,
+    flat_prototype: Any,
+    route_m: int | None = None,
+    soft_m: int | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     """The report's model dict: ``hierarchical_soft`` (routing width ``route_m``; ``None`` = the model's own
     ``m``, chosen when it was trained), ``hierarchical_hard`` (m=1), ``flat_linear``, ``flat_prototype`` plus any
     ``extra`` named models. ``soft_m`` is the former name of ``route_m``."""
@@ -338,5 +408,10 @@ def standard_models(hierarchical: Any, flat_linear: Any, flat_prototype: Any, ro
         raise ValueError(f"route_m={route_m} and soft_m={soft_m} disagree; give route_m only")
     width = route_m if route_m is not None else soft_m
     soft = hierarchical.with_m(width) if width is not None else hierarchical
-    return {"hierarchical_soft": soft, "hierarchical_hard": hierarchical.with_m(1), "flat_linear": flat_linear,
-            "flat_prototype": flat_prototype, **extra}
+    return {
+        "hierarchical_soft": soft,
+        "hierarchical_hard": hierarchical.with_m(1),
+        "flat_linear": flat_linear,
+        "flat_prototype": flat_prototype,
+        **extra,
+    }

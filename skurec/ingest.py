@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     from skurec.batches import BatchInspection
 
 
-
 def batch_rows_rel(batch_id: str) -> str:
     return f"{BATCHES_DIR}/{batch_id}/{ROWS}"
 

@@ -32,6 +32,7 @@ class Workspace(Protocol):
 
     def read_json(self, *parts: str) -> Any: ...
 
+
 # ------------------------------------------------------------------------------------------------ top level
 DUCKDB_FILE = "skurec.duckdb"
 SETTINGS_FILE = "skurec.json"

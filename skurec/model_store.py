@@ -128,14 +128,23 @@ class ModelStore:
     def deploy(self, model_id: str, reason: str, extra: dict[str, Any] | None = None) -> dict:
         """Point the deployment at ``model_id`` (verified first) and record the event."""
         self.load_files(model_id)
-        event = {"model_id": model_id, "previous_model_id": self.deployed_id(), "deployed_at": now_iso(), "reason": reason, **(extra or {})}
+        event = {
+            "model_id": model_id,
+            "previous_model_id": self.deployed_id(),
+            "deployed_at": now_iso(),
+            "reason": reason,
+            **(extra or {}),
+        }
         self.record_event("deployed", event)
         self.ws.write_json(DEPLOYED, event)
         return event
 
     def record_event(self, kind: str, event: dict) -> None:
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
-        self.ws.write_bytes(f"{MODEL_HISTORY_DIR}/{stamp}-{kind}.json", json.dumps({"event": kind, **event}, indent=2, default=str).encode())
+        self.ws.write_bytes(
+            f"{MODEL_HISTORY_DIR}/{stamp}-{kind}.json",
+            json.dumps({"event": kind, **event}, indent=2, default=str).encode(),
+        )
 
     def history(self) -> list[dict]:
         return [self.ws.read_json(f"{MODEL_HISTORY_DIR}/{n}") for n in self.ws.listdir(MODEL_HISTORY_DIR)]

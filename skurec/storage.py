@@ -18,8 +18,9 @@ import posixpath
 import re
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 import fsspec
 import pandas as pd
@@ -30,7 +31,6 @@ from fsspec.utils import glob_translate
 from skurec import layout
 
 log = logging.getLogger(__name__)
-
 
 
 def is_remote(uri: str) -> bool:
@@ -75,7 +75,9 @@ RETRY_FIRST_DELAY_S = 0.1
 T = TypeVar("T")
 
 
-def retry_transient(fn: Callable[[], T], what: str, attempts: int = RETRY_ATTEMPTS, first_delay: float = RETRY_FIRST_DELAY_S) -> T:
+def retry_transient(
+    fn: Callable[[], T], what: str, attempts: int = RETRY_ATTEMPTS, first_delay: float = RETRY_FIRST_DELAY_S
+) -> T:
     """Call ``fn()``; on a transient error (network hiccup, throttling, 5xx) retry with exponential backoff.
 
     ``what`` names the operation in the warning that each retry logs. Errors in :data:`NON_TRANSIENT_ERRORS`
@@ -91,7 +93,9 @@ def retry_transient(fn: Callable[[], T], what: str, attempts: int = RETRY_ATTEMP
         except Exception as exc:
             if attempt == attempts:
                 raise
-            log.warning("%s failed (%s: %s), retry %d/%d in %.1fs", what, type(exc).__name__, exc, attempt, attempts - 1, delay)
+            log.warning(
+                "%s failed (%s: %s), retry %d/%d in %.1fs", what, type(exc).__name__, exc, attempt, attempts - 1, delay
+            )
             time.sleep(delay)
             delay *= 2
     raise AssertionError("unreachable")
@@ -238,7 +242,7 @@ class Workspace:
             return [h for h in self.fs.find(base) if regex.match(h)]
 
         hits = [h for h in self._call(f"glob({full})", run) if not _is_temp(h)]
-        return sorted(h[len(prefix):] if h.startswith(prefix) else h for h in hits)
+        return sorted(h[len(prefix) :] if h.startswith(prefix) else h for h in hits)
 
     def delete(self, rel: str) -> None:
         """Delete a file or folder; nothing happens when it is already gone."""

@@ -25,7 +25,9 @@ TRAINING_CODE_VERSION = "train-v2"  # v2: LDA confusion superclasses, LDA router
 def prototypes_files(p: Prototypes) -> dict[str, bytes]:
     """The ``artifacts/prototypes`` folder: tensors + JSON."""
     return {
-        "prototypes.safetensors": st_save({"vectors": p.vectors.astype(np.float32), "counts": p.counts.astype(np.int64)}),
+        "prototypes.safetensors": st_save(
+            {"vectors": p.vectors.astype(np.float32), "counts": p.counts.astype(np.int64)}
+        ),
         "config.json": json.dumps({"kind": "prototypes", "classes": list(p.classes), "dim": p.dim}).encode(),
     }
 

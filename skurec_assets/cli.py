@@ -27,7 +27,9 @@ from skurec import layout
 from skurec.layout import SETTINGS_FILE
 
 DEMO_ENCODER = "efficientnet_lite2"
-DEMO_LAYERS = 2  # Grocery Store, EfficientNet-Lite2, flat logistic regression: val 0.750 -> 0.780 (benchmarks/README.md)
+DEMO_LAYERS = (
+    2  # Grocery Store, EfficientNet-Lite2, flat logistic regression: val 0.750 -> 0.780 (benchmarks/README.md)
+)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 log = logging.getLogger("skurec")
@@ -75,7 +77,9 @@ def _prepare_workdir(workdir: Path, settings_update: dict) -> dict:
 def _load_settings(workdir: Path) -> dict:
     path = workdir.resolve() / SETTINGS_FILE
     if not path.exists():
-        raise SystemExit(f"{workdir} is not a skurec work directory (no {SETTINGS_FILE}); run `skurec demo --workdir {workdir}` first")
+        raise SystemExit(
+            f"{workdir} is not a skurec work directory (no {SETTINGS_FILE}); run `skurec demo --workdir {workdir}` first"
+        )
     return _prepare_workdir(workdir, {})
 
 
@@ -123,9 +127,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "encoder_checkpoint": args.checkpoint,
             "encoder_layers": args.layers,
             "min_samples": args.min_samples,
-            "demo": None if args.catalogue else {
-                "families": args.families, "skus_per_family": args.skus_per_family,
-                "images_per_sku": args.images_per_sku, "seed": args.seed,
+            "demo": None
+            if args.catalogue
+            else {
+                "families": args.families,
+                "skus_per_family": args.skus_per_family,
+                "images_per_sku": args.images_per_sku,
+                "seed": args.seed,
             },
         },
     )
@@ -204,10 +212,14 @@ def cmd_add_batch(args: argparse.Namespace) -> int:
         n_families=int(demo.get("families", 8)),
         skus_per_family=int(demo.get("skus_per_family", 4)),
     )
-    print(f"dropped labelled batch {name} ({images_per_new} images of a new SKU + 10 each of {known[:2]}) at {manifest}")
+    print(
+        f"dropped labelled batch {name} ({images_per_new} images of a new SKU + 10 each of {known[:2]}) at {manifest}"
+    )
     if args.no_run:
-        print("the labelled_batch_sensor picks it up within 30 s: watch it in the UI (skurec ui --workdir "
-              f"{args.workdir}) under Assets > labelled_batch and the candidate_model / deployed_model assets")
+        print(
+            "the labelled_batch_sensor picks it up within 30 s: watch it in the UI (skurec ui --workdir "
+            f"{args.workdir}) under Assets > labelled_batch and the candidate_model / deployed_model assets"
+        )
         return 0
     ok = run_labelling_loop(settings)
     _print_deployed(Path(settings["workdir"]))
@@ -235,8 +247,11 @@ def _print_deployed(workdir: Path) -> None:
         return
     card = store.card(model_id)
     fast = card.get("fast_path") or {}
-    print(f"deployed model: {model_id} ({card.get('source')}, {card.get('classes', {}).get('n')} classes"
-          + (f", new SKUs {fast.get('new_skus')}" if fast.get("new_skus") else "") + ")")
+    print(
+        f"deployed model: {model_id} ({card.get('source')}, {card.get('classes', {}).get('n')} classes"
+        + (f", new SKUs {fast.get('new_skus')}" if fast.get("new_skus") else "")
+        + ")"
+    )
     print(f"try it:  skurec predict --workdir {workdir} IMAGE.jpg     lineage:  skurec lineage --workdir {workdir}")
 
 
@@ -248,8 +263,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     ws = Workspace(str(Path(args.workdir).resolve()))
     try:
         checkpoint = args.checkpoint or os.environ.get("SKUREC_ENCODER_CHECKPOINT") or None
-        rec = Recognizer.from_workdir(ws, args.model, device=args.device, checkpoint=checkpoint,
-                                      top_k=args.top_k, threshold=args.threshold)
+        rec = Recognizer.from_workdir(
+            ws, args.model, device=args.device, checkpoint=checkpoint, top_k=args.top_k, threshold=args.threshold
+        )
     except (RecognizerError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -275,8 +291,11 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     store = ModelStore(ws)
     model_id = args.model_id or store.deployed_id()
     if model_id is None:
-        print(f"error: no model is deployed in {ws.root_uri}; pass a model id (models: "
-              f"{[r.model_id for r in store.list()][-5:]})", file=sys.stderr)
+        print(
+            f"error: no model is deployed in {ws.root_uri}; pass a model id (models: "
+            f"{[r.model_id for r in store.list()][-5:]})",
+            file=sys.stderr,
+        )
         return 2
     try:
         card = store.card(model_id)
@@ -292,7 +311,10 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**card, "deployed": model_id == deployed}, indent=2, sort_keys=True, default=str))
     else:
-        print(model_card_markdown(card) + f"\n_deployed: {'yes' if model_id == deployed else 'no (deployed: ' + str(deployed) + ')'}_")
+        print(
+            model_card_markdown(card)
+            + f"\n_deployed: {'yes' if model_id == deployed else 'no (deployed: ' + str(deployed) + ')'}_"
+        )
     return 0
 
 
@@ -312,27 +334,45 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="skurec", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="skurec", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="build a demo catalogue and materialise the whole pipeline offline")
     d.add_argument("--workdir", default="demo", help="work directory (created if missing)")
-    d.add_argument("--catalogue", help="use this folder or manifest (local path or s3:// URI) instead of the synthetic one")
-    d.add_argument("--encoder", default=DEMO_ENCODER, help="encoder name (default: %(default)s, real ImageNet weights shipped offline)")
+    d.add_argument(
+        "--catalogue", help="use this folder or manifest (local path or s3:// URI) instead of the synthetic one"
+    )
+    d.add_argument(
+        "--encoder",
+        default=DEMO_ENCODER,
+        help="encoder name (default: %(default)s, real ImageNet weights shipped offline)",
+    )
     d.add_argument("--checkpoint", help="local weights file for the encoder (e.g. DINOv2 for dinov2_vits14)")
-    d.add_argument("--layers", type=int, default=DEMO_LAYERS,
-                   help="also GeM-pool the encoder's last N intermediate stages (default %(default)s: chosen on the "
-                        "Grocery Store validation list, about 1.03x the embedding cost; 0 = final embedding only)")
+    d.add_argument(
+        "--layers",
+        type=int,
+        default=DEMO_LAYERS,
+        help="also GeM-pool the encoder's last N intermediate stages (default %(default)s: chosen on the "
+        "Grocery Store validation list, about 1.03x the embedding cost; 0 = final embedding only)",
+    )
     d.add_argument("--min-samples", type=int, default=50, help="classes with fewer accepted images are not trained on")
     d.add_argument("--families", type=int, default=8)
     d.add_argument("--skus-per-family", type=int, default=4)
     d.add_argument("--images-per-sku", type=int, default=60)
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--add-batch", action="store_true",
-                   help="drop one more labelled batch (a new SKU) into an existing demo's drop location and run the loop")
+    d.add_argument(
+        "--add-batch",
+        action="store_true",
+        help="drop one more labelled batch (a new SKU) into an existing demo's drop location and run the loop",
+    )
     d.add_argument("--batch-name", help="with --add-batch: the batch folder name (default batch-NNN)")
-    d.add_argument("--no-run", action="store_true",
-                   help="with --add-batch: only drop the batch; the sensor of a running `skurec ui` ingests it")
+    d.add_argument(
+        "--no-run",
+        action="store_true",
+        help="with --add-batch: only drop the batch; the sensor of a running `skurec ui` ingests it",
+    )
     d.set_defaults(func=cmd_demo)
 
     r = sub.add_parser("run", help="materialise the whole graph for an existing work directory")
@@ -351,8 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--workdir", default=default_workdir, help="work directory (default: $SKUREC_WORKDIR or demo)")
     pr.add_argument("--model", help="model id (default: the deployed model)")
     pr.add_argument("--top-k", type=int, default=3)
-    pr.add_argument("--threshold", type=float, default=None,
-                    help="top-1 score below which the answer is 'unknown' (default: the model's calibrated threshold, else 0.5)")
+    pr.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="top-1 score below which the answer is 'unknown' (default: the model's calibrated threshold, else 0.5)",
+    )
     pr.add_argument("--review-queue", action="store_true", help="queue unknown predictions for labelling")
     pr.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     pr.add_argument("--checkpoint", help="encoder weights file, for checkpoint-based encoders")
@@ -368,7 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=os.environ.get("SKUREC_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("SKUREC_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     for noisy in ("dagster.automation_condition_tester", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)

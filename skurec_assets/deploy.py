@@ -11,7 +11,6 @@
   that moment; otherwise the previous model stays deployed and the materialisation says why.
 """
 
-
 import dagster as dg
 
 from skurec.deployment.candidates import build_candidate, latest_candidate, record_candidate
@@ -71,7 +70,9 @@ def candidate_model(context: dg.AssetExecutionContext, storage: StorageResource,
         return
     record_candidate(ws, result)
     gate = result.gate
-    context.log.info(f"candidate {result.model_id} ({result.source}): {result.reason}; gate passed={gate.passed if gate else None}")
+    context.log.info(
+        f"candidate {result.model_id} ({result.source}): {result.reason}; gate passed={gate.passed if gate else None}"
+    )
     fast = (result.card or {}).get("fast_path") or {}
     yield dg.MaterializeResult(
         metadata={
@@ -82,8 +83,12 @@ def candidate_model(context: dg.AssetExecutionContext, storage: StorageResource,
             "n_images_added": int(fast.get("n_images_added", 0)),
             "inactive_new_skus": dg.MetadataValue.json(inactive),
             "gate_passed_at_publication": bool(gate.passed) if gate else False,
-            "val_top1": float(gate.candidate_top1) if gate and gate.candidate_top1 is not None else dg.MetadataValue.null(),
-            "deployed_val_top1": float(gate.deployed_top1) if gate and gate.deployed_top1 is not None else dg.MetadataValue.null(),
+            "val_top1": float(gate.candidate_top1)
+            if gate and gate.candidate_top1 is not None
+            else dg.MetadataValue.null(),
+            "deployed_val_top1": float(gate.deployed_top1)
+            if gate and gate.deployed_top1 is not None
+            else dg.MetadataValue.null(),
         },
         data_version=dg.DataVersion(result.model_id),
     )
@@ -98,8 +103,13 @@ GATE_CHECKS = {
 
 @dg.multi_asset_check(
     specs=[
-        dg.AssetCheckSpec(name, asset="candidate_model", blocking=True, description=desc,
-                          automation_condition=dg.AutomationCondition.eager())
+        dg.AssetCheckSpec(
+            name,
+            asset="candidate_model",
+            blocking=True,
+            description=desc,
+            automation_condition=dg.AutomationCondition.eager(),
+        )
         for name, desc in GATE_CHECKS.items()
     ],
     description="The deployment gate: a candidate that fails any of these is never deployed.",
@@ -117,15 +127,20 @@ def candidate_gate(storage: StorageResource, loop: LabellingLoopResource):
     yield dg.AssetCheckResult(
         check_name="gate_inputs_valid",
         passed=report.inputs_ok,
-        metadata={**common, "problems": dg.MetadataValue.json(report.input_problems),
-                  "warnings": dg.MetadataValue.json(report.input_warnings)},
+        metadata={
+            **common,
+            "problems": dg.MetadataValue.json(report.input_problems),
+            "warnings": dg.MetadataValue.json(report.input_warnings),
+        },
     )
     yield dg.AssetCheckResult(
         check_name="gate_accuracy_not_worse",
         passed=report.accuracy_ok,
         metadata={
             **common,
-            "candidate_val_top1": report.candidate_top1 if report.candidate_top1 is not None else dg.MetadataValue.null(),
+            "candidate_val_top1": report.candidate_top1
+            if report.candidate_top1 is not None
+            else dg.MetadataValue.null(),
             "deployed_val_top1": report.deployed_top1 if report.deployed_top1 is not None else dg.MetadataValue.null(),
             "deployed_basis": report.deployed_top1_basis,
             "tolerance": config.tolerance,
@@ -175,7 +190,9 @@ def deployed_model(context: dg.AssetExecutionContext, storage: StorageResource, 
     if decision.deployed:
         context.log.info(f"deployed {decision.model_id} (previous: {current})")
     else:
-        context.log.warning(f"candidate {decision.candidate_id} refused, {current} stays deployed: {decision.report.reasons}")
+        context.log.warning(
+            f"candidate {decision.candidate_id} refused, {current} stays deployed: {decision.report.reasons}"
+        )
     yield dg.MaterializeResult(
         metadata={
             **(_lineage_metadata(card) if card else {}),
@@ -189,7 +206,9 @@ def deployed_model(context: dg.AssetExecutionContext, storage: StorageResource, 
     )
 
 
-@dg.asset_check(asset=deployed_model, description="the deployed bundle's files still match the SHA-256 in its model card")
+@dg.asset_check(
+    asset=deployed_model, description="the deployed bundle's files still match the SHA-256 in its model card"
+)
 def deployed_bundle_intact(storage: StorageResource) -> dg.AssetCheckResult:
     store = ModelStore(storage.workspace())
     model_id = store.deployed_id()

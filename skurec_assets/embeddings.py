@@ -91,7 +91,10 @@ class WorkdirJsonIOManager(dg.IOManager):
         return self._storage.workspace().read_json(self._rel(upstream.get_identifier()))
 
 
-@dg.io_manager(required_resource_keys={"storage"}, description="Step results of the embedding graph, as JSON in the work directory.")
+@dg.io_manager(
+    required_resource_keys={"storage"},
+    description="Step results of the embedding graph, as JSON in the work directory.",
+)
 def workdir_json_io_manager(init_context) -> WorkdirJsonIOManager:
     return WorkdirJsonIOManager(init_context.resources.storage)
 
@@ -120,8 +123,9 @@ def _worker() -> dict:
     retry_policy=_RETRY,
     tags={"kind": "parquet"},
 )
-def plan_embedding_shards(context: dg.OpExecutionContext, config: EmbedShardsConfig, storage: StorageResource,
-                          encoder: EncoderResource):
+def plan_embedding_shards(
+    context: dg.OpExecutionContext, config: EmbedShardsConfig, storage: StorageResource, encoder: EncoderResource
+):
     """Split the accepted images into hash shards and emit the shards that have images without a cached vector."""
     ws = storage.workspace()
     enc = _load(encoder)
@@ -134,11 +138,20 @@ def plan_embedding_shards(context: dg.OpExecutionContext, config: EmbedShardsCon
         f"{len(images)} images in {n_shards} shards; {n_missing} to embed with {enc.encoder_id} in shards {todo}"
     )
     yield dg.Output(
-        {"encoder_id": enc.encoder_id, "identity": enc.identity(), "n_shards": n_shards,
-         "shards": {str(s): c for s, c in shards.items()}, "worker": {**_worker(), "device": str(enc.device)}},
+        {
+            "encoder_id": enc.encoder_id,
+            "identity": enc.identity(),
+            "n_shards": n_shards,
+            "shards": {str(s): c for s, c in shards.items()},
+            "worker": {**_worker(), "device": str(enc.device)},
+        },
         "plan",
-        metadata={"n_shards": n_shards, "n_images": len(images), "n_missing": n_missing,
-                  "shards_to_embed": dg.MetadataValue.json(todo)},
+        metadata={
+            "n_shards": n_shards,
+            "n_images": len(images),
+            "n_missing": n_missing,
+            "shards_to_embed": dg.MetadataValue.json(todo),
+        },
     )
     for s in todo:
         yield dg.DynamicOutput(s, output_name="shard", mapping_key=f"s{s:03d}")
@@ -150,8 +163,9 @@ def plan_embedding_shards(context: dg.OpExecutionContext, config: EmbedShardsCon
     retry_policy=_RETRY,
     tags={"kind": "pytorch"},
 )
-def embed_shard(context: dg.OpExecutionContext, storage: StorageResource, encoder: EncoderResource, plan: dict,
-                shard: int) -> dg.Output:
+def embed_shard(
+    context: dg.OpExecutionContext, storage: StorageResource, encoder: EncoderResource, plan: dict, shard: int
+) -> dg.Output:
     """Embed the images of one hash shard that have no cached vector, into the shard's own cache parts."""
     ws = storage.workspace()
     enc = _load(encoder, shard)
@@ -191,8 +205,12 @@ def embed_shard(context: dg.OpExecutionContext, storage: StorageResource, encode
     }
     return dg.Output(
         result,
-        metadata={**{k: v for k, v in stats.as_metadata().items() if k != "encoder_id"}, "shard": shard,
-                  "n_shards": n_shards, **worker},
+        metadata={
+            **{k: v for k, v in stats.as_metadata().items() if k != "encoder_id"},
+            "shard": shard,
+            "n_shards": n_shards,
+            **worker,
+        },
     )
 
 
@@ -201,8 +219,9 @@ def embed_shard(context: dg.OpExecutionContext, storage: StorageResource, encode
     out=dg.Out(dg.Nothing),
     tags={"kind": "parquet"},
 )
-def combine_embedding_shards(context: dg.OpExecutionContext, storage: StorageResource, plan: dict,
-                             shards: list) -> dg.Output:
+def combine_embedding_shards(
+    context: dg.OpExecutionContext, storage: StorageResource, plan: dict, shards: list
+) -> dg.Output:
     """Verify that the union of the shards' parts covers every image, then publish the encoder identity."""
     ws = storage.workspace()
     cache = EmbeddingCache(ws)
@@ -227,8 +246,10 @@ def combine_embedding_shards(context: dg.OpExecutionContext, storage: StorageRes
     n_cached = sum(int(r["n_cached"]) for r in ran.values()) + sum(
         int(c["n_images"]) for s, c in plan["shards"].items() if int(s) not in ran
     )
-    context.log.info(f"{n_computed} images embedded in {len(ran)} shard step(s), {n_cached} reused from the cache, "
-                     f"{len(failures)} failed")
+    context.log.info(
+        f"{n_computed} images embedded in {len(ran)} shard step(s), {n_cached} reused from the cache, "
+        f"{len(failures)} failed"
+    )
     ws.write_json(f"{cache.rel_dir(encoder_id)}/encoder.json", identity)
     ws.write_json(CURRENT_ENCODER, identity)
     ws.write_json(EMBEDDING_FAILURES, [list(f) for f in failures])
@@ -238,8 +259,18 @@ def combine_embedding_shards(context: dg.OpExecutionContext, storage: StorageRes
     ws.delete(f"{STEP_IO_DIR}/{re.sub(r'[^A-Za-z0-9._-]', '_', context.run_id)}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.BetaWarning)  # Output(data_version=...): stable in practice since 1.3
-        return _combined_output(n_requested, n_cached, n_computed, failures, seconds, plan, ran, workers, identity,
-                                ws.uri(cache.rel_dir(encoder_id)))
+        return _combined_output(
+            n_requested,
+            n_cached,
+            n_computed,
+            failures,
+            seconds,
+            plan,
+            ran,
+            workers,
+            identity,
+            ws.uri(cache.rel_dir(encoder_id)),
+        )
 
 
 def _combined_output(n_requested, n_cached, n_computed, failures, seconds, plan, ran, workers, identity, cache_uri):

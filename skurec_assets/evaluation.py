@@ -14,9 +14,6 @@ from skurec.evaluation import (
     render_markdown_report,
     standard_models,
 )
-from skurec.models import load_classifier
-from skurec.models.similar import similar_class_set
-from skurec_assets.metadata import markdown_table, png_markdown
 from skurec.layout import (
     CONFUSION_PNG,
     EVALUATION_JSON,
@@ -27,6 +24,9 @@ from skurec.layout import (
     SIMILAR_JSON,
 )
 from skurec.layout import superclass_map as load_superclass_map
+from skurec.models import load_classifier
+from skurec.models.similar import similar_class_set
+from skurec_assets.metadata import markdown_table, png_markdown
 from skurec_resources import StorageResource
 
 EVALUATE = "evaluate"
@@ -71,7 +71,9 @@ def evaluation_report(
     t0 = time.perf_counter()
     preds = predict_all(models, split.X)
     seconds = time.perf_counter() - t0
-    result = evaluate(models, split.X, split.y, similar_class_set(groups), coarse=(hier.coarse, sc_map), predictions=preds)
+    result = evaluate(
+        models, split.X, split.y, similar_class_set(groups), coarse=(hier.coarse, sc_map), predictions=preds
+    )
     result = {
         "encoder": data.encoder_id,
         "encoder_pretrained": bool(data.encoder.get("pretrained", False)),
@@ -110,21 +112,27 @@ def evaluation_report(
     lost = diag.get("wrong_where_flat_right") or {}
     lost_rows = [{"sku": sku, "images wrong (flat right)": n} for sku, n in lost.get("skus", [])]
     context.log.info(
-        "top-1 on %s: %s" % (data.eval_split_name, {m: s["top1"] for m, s in result["variants"]["all"]["models"].items()})
+        "top-1 on %s: %s"
+        % (data.eval_split_name, {m: s["top1"] for m, s in result["variants"]["all"]["models"].items()})
     )
     gap_all = (diag.get("gap") or {}).get("all")
     if gap_all is not None and gap_all["gap_top1"] < -0.005:
-        context.log.warning(f"the hierarchy is {-gap_all['gap_top1']:.1%} below the best flat model ({gap_all['best_flat']})")
+        context.log.warning(
+            f"the hierarchy is {-gap_all['gap_top1']:.1%} below the best flat model ({gap_all['best_flat']})"
+        )
     return dg.MaterializeResult(
         metadata={
             **flat,
             "split": data.eval_split_name,
             "n_images": len(split),
             "predict_seconds": round(seconds, 3),
-            "report": dg.MetadataValue.md(markdown.replace("![confusion among the worst similar groups](confusion_similar.png)", "")),
+            "report": dg.MetadataValue.md(
+                markdown.replace("![confusion among the worst similar groups](confusion_similar.png)", "")
+            ),
             "confusion_similar": dg.MetadataValue.md(png_markdown(png, "confusion among the worst similar groups")),
             "hierarchy_wrong_where_flat_right": dg.MetadataValue.md(
-                markdown_table(lost_rows, ["sku", "images wrong (flat right)"]) if lost_rows else "(none)"),
+                markdown_table(lost_rows, ["sku", "images wrong (flat right)"]) if lost_rows else "(none)"
+            ),
             "evaluation_json": dg.MetadataValue.path(ws.uri(EVALUATION_JSON)),
         }
     )

@@ -87,7 +87,6 @@ def _batch_result(status: str, record: dict, new_skus: Sequence[str] = (), note:
     )
 
 
-
 @dg.asset(
     group_name=INGEST,
     # Every ingested labelling batch (a partition of labelled_batch) is part of the audited catalogue, and a new
@@ -135,7 +134,9 @@ def audited_catalogue(
     hist = class_count_histogram_png(counts, catalogue.min_samples)
     ws.write_bytes(layout.CLASS_COUNTS_PNG, hist)
     snapshot = catalogue_snapshot_hash(result.images)
-    ws.write_json(layout.AUDIT_SUMMARY, {**s, "catalogue_snapshot": snapshot, "location": redact_uri(catalogue.location)})
+    ws.write_json(
+        layout.AUDIT_SUMMARY, {**s, "catalogue_snapshot": snapshot, "location": redact_uri(catalogue.location)}
+    )
     quarantine_preview = result.quarantine.head(20)[["image_uri", "sku_id", "reason", "detail"]].to_dict("records")
     return dg.MaterializeResult(
         metadata={
@@ -153,7 +154,9 @@ def audited_catalogue(
             "audit_io": dg.MetadataValue.json(result.io),
             "unknown_manifest_columns": dg.MetadataValue.json(list(report.unknown_columns)),
             "class_count_histogram": dg.MetadataValue.md(png_markdown(hist, "images per class")),
-            "quarantine_preview": dg.MetadataValue.md(markdown_table(quarantine_preview, ["image_uri", "sku_id", "reason", "detail"])),
+            "quarantine_preview": dg.MetadataValue.md(
+                markdown_table(quarantine_preview, ["image_uri", "sku_id", "reason", "detail"])
+            ),
             "catalogue_snapshot": snapshot,
             "dagster/column_schema": table_schema(ImagesSchema),
             "quarantine_schema": dg.MetadataValue.table_schema(table_schema(QuarantineSchema)),

@@ -59,8 +59,9 @@ def run_loop_in_process(
         # No automation history yet: the daemon's first tick (it takes the baseline, so the batch's updates are
         # seen as new afterwards, and requests whatever is missing).
         automation_cursor = _automation_ticks(defs, instance, job, None, max_ticks, raise_on_error, out)
-    ctx = dg.build_sensor_context(instance=instance, cursor=sensor_cursor, resources=dict(defs.resources or {}),
-                                  definitions=defs)
+    ctx = dg.build_sensor_context(
+        instance=instance, cursor=sensor_cursor, resources=dict(defs.resources or {}), definitions=defs
+    )
     sensor_result = defs.resolve_sensor_def(labelled_batch_sensor.name)(ctx)
     out.sensor_result = sensor_result
     if isinstance(sensor_result, dg.SensorResult):
@@ -69,8 +70,11 @@ def run_loop_in_process(
             instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
         for rr in sensor_result.run_requests or []:
             out.batch_runs[rr.partition_key] = job.execute_in_process(
-                instance=instance, partition_key=rr.partition_key, asset_selection=[labelled_batch.key],
-                tags=dict(rr.tags), raise_on_error=raise_on_error,
+                instance=instance,
+                partition_key=rr.partition_key,
+                asset_selection=[labelled_batch.key],
+                tags=dict(rr.tags),
+                raise_on_error=raise_on_error,
             )
     out.automation_cursor = _automation_ticks(defs, instance, job, automation_cursor, max_ticks, raise_on_error, out)
     return out
@@ -87,8 +91,12 @@ def _automation_ticks(defs, instance, job, cursor, max_ticks: int, raise_on_erro
         )
         if not keys:
             break
-        result = job.execute_in_process(instance=instance, asset_selection=keys, raise_on_error=raise_on_error,
-                                        tags={"skurec/trigger": "automation"})
+        result = job.execute_in_process(
+            instance=instance,
+            asset_selection=keys,
+            raise_on_error=raise_on_error,
+            tags={"skurec/trigger": "automation"},
+        )
         out.automation_runs.append(([k.to_user_string() for k in keys], result))
     return cursor
 
@@ -106,6 +114,12 @@ def load_cursors(dagster_home: str) -> tuple[str | None, object]:
 def save_cursors(dagster_home: str, sensor_cursor: str | None, automation_cursor: object) -> None:
     path = Path(dagster_home) / LOOP_CURSORS
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"sensor": sensor_cursor,
-                               "automation": dg.serialize_value(automation_cursor) if automation_cursor is not None else None}))
+    tmp.write_text(
+        json.dumps(
+            {
+                "sensor": sensor_cursor,
+                "automation": dg.serialize_value(automation_cursor) if automation_cursor is not None else None,
+            }
+        )
+    )
     os.replace(tmp, path)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import base64
-import time
 import html
+import time
 
 import dagster as dg
 import pandera.pandas as pa

@@ -62,6 +62,7 @@ from skurec_resources import StorageResource
 TRAIN = "train"
 CODE_VERSION = TRAINING_CODE_VERSION
 
+
 # ---------------------------------------------------------------------------------------------------------- config
 def _default(fn, name: str):
     """The default of parameter ``name`` of the core function ``fn`` (so run config never re-states a default)."""
@@ -162,17 +163,23 @@ def superclasses_asset(
     data = load_training_data(ws)
     t0 = time.perf_counter()
     if len(data.val):
-        context.log.info(f"choosing the superclass size cap among {config.max_sizes} on {len(data.val)} validation images")
+        context.log.info(
+            f"choosing the superclass size cap among {config.max_sizes} on {len(data.val)} validation images"
+        )
         chosen = train_specialist_hierarchy(
-            data.train.X, data.train.y, data.val.X, data.val.y,
+            data.train.X,
+            data.train.y,
+            data.val.X,
+            data.val.y,
             SpecialistHierarchyConfig(max_sizes=tuple(config.max_sizes)),
         )
         sc = chosen.superclasses
         selection = {k: v for k, v in chosen.report.items() if k != "val_top1_by_m"}
     else:
         context.log.warning("no validation images: superclass cap and shrinkage are the defaults, not chosen")
-        sc = confusion_superclasses(data.train.X, data.train.y, max_size=config.default_max_size,
-                                    shrinkage=config.default_shrinkage)
+        sc = confusion_superclasses(
+            data.train.X, data.train.y, max_size=config.default_max_size, shrinkage=config.default_shrinkage
+        )
         selection = {"max_size": config.default_max_size, "shrinkage": config.default_shrinkage, "chosen_on": None}
     seconds = time.perf_counter() - t0
     doc = sc.to_json_dict()
@@ -235,12 +242,17 @@ def similar_groups_asset(
     if config.use_given_groups:
         classes_tbl = ws.read_table("classes").set_index("sku_id")
         given = {c: g for c, g in classes_tbl["group_id"].items() if isinstance(g, str) and g}
-    groups = derive_similar_groups(protos.vectors, protos.classes, threshold=config.threshold, given_groups=given or None)
+    groups = derive_similar_groups(
+        protos.vectors, protos.classes, threshold=config.threshold, given_groups=given or None
+    )
     ws.write_json(SIMILAR_JSON, groups)
     multi = group_members(groups, min_size=2)
     n_similar = sum(len(v) for v in multi.values())
     context.log.info(f"{len(multi)} similar groups covering {n_similar}/{len(protos.classes)} classes")
-    rows = [{"group": g, "n": len(m), "classes": ", ".join(m[:10])} for g, m in sorted(multi.items(), key=lambda kv: -len(kv[1]))]
+    rows = [
+        {"group": g, "n": len(m), "classes": ", ".join(m[:10])}
+        for g, m in sorted(multi.items(), key=lambda kv: -len(kv[1]))
+    ]
     return dg.MaterializeResult(
         metadata={
             "n_groups": len(multi),
@@ -263,7 +275,9 @@ def similar_groups_asset(
         "(superclass top-1 / top-3)."
     ),
 )
-def coarse_model(context: dg.AssetExecutionContext, config: CoarseTrainConfig, storage: StorageResource) -> dg.MaterializeResult:
+def coarse_model(
+    context: dg.AssetExecutionContext, config: CoarseTrainConfig, storage: StorageResource
+) -> dg.MaterializeResult:
     ws = storage.workspace()
     data = load_training_data(ws)
     sc_map, sc_doc = load_superclass_map(ws)
@@ -271,9 +285,13 @@ def coarse_model(context: dg.AssetExecutionContext, config: CoarseTrainConfig, s
     has_val = len(data.val) > 0
     t0 = time.perf_counter()
     router = train_lda_router(
-        data.train.X, data.train.y, sc_map,
-        X_val=data.val.X if has_val else None, y_val=data.val.y if has_val else None,
-        shrinkage=shrinkage, n_superclasses=int(sc_doc["n_superclasses"]),
+        data.train.X,
+        data.train.y,
+        sc_map,
+        X_val=data.val.X if has_val else None,
+        y_val=data.val.y if has_val else None,
+        shrinkage=shrinkage,
+        n_superclasses=int(sc_doc["n_superclasses"]),
     )
     seconds = time.perf_counter() - t0
     digest = write_files(ws, COARSE_DIR, router.to_files())
@@ -303,7 +321,9 @@ def coarse_model(context: dg.AssetExecutionContext, config: CoarseTrainConfig, s
         "the top-m superclasses (m chosen on validation; m=1 is the hard split)."
     ),
 )
-def fine_model(context: dg.AssetExecutionContext, config: FineTrainConfig, storage: StorageResource) -> dg.MaterializeResult:
+def fine_model(
+    context: dg.AssetExecutionContext, config: FineTrainConfig, storage: StorageResource
+) -> dg.MaterializeResult:
     ws = storage.workspace()
     data = load_training_data(ws)
     sc_map, sc_doc = load_superclass_map(ws)
@@ -313,8 +333,13 @@ def fine_model(context: dg.AssetExecutionContext, config: FineTrainConfig, stora
     spec_cfg = SpecialistConfig(mix=config.mix, rank=config.rank, betas=tuple(config.betas))
     t0 = time.perf_counter()
     fine = train_specialists(
-        data.train.X, data.train.y, sc_map, router,
-        X_val=data.val.X if has_val else None, y_val=data.val.y if has_val else None, config=spec_cfg,
+        data.train.X,
+        data.train.y,
+        sc_map,
+        router,
+        X_val=data.val.X if has_val else None,
+        y_val=data.val.y if has_val else None,
+        config=spec_cfg,
     )
     model = HierarchicalClassifier(router, fine, sc_map, m=router.n_superclasses)
     by_m: dict = {}
@@ -339,7 +364,9 @@ def fine_model(context: dg.AssetExecutionContext, config: FineTrainConfig, stora
         "superclass_version": sc_doc["version"],
         "train_image_ids_sha256": image_ids_sha256(data.train.image_ids),
         "training_set": TRAINING_SET,
-        "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
+        "n_train": len(data.train),
+        "n_val": len(data.val),
+        "n_test": len(data.test),
         "classes": data.classes,
         "configs": {
             "coarse": json.loads(coarse_files["config.json"]).get("hyper_params", {}),
@@ -379,22 +406,35 @@ def fine_model(context: dg.AssetExecutionContext, config: FineTrainConfig, stora
         "SKUs (the standard frozen-feature baseline) and nearest class prototype."
     ),
 )
-def flat_baselines(context: dg.AssetExecutionContext, config: FlatTrainConfig, storage: StorageResource) -> dg.MaterializeResult:
+def flat_baselines(
+    context: dg.AssetExecutionContext, config: FlatTrainConfig, storage: StorageResource
+) -> dg.MaterializeResult:
     ws = storage.workspace()
     data = load_training_data(ws)
     t0 = time.perf_counter()
     has_val = len(data.val) > 0
-    context.log.info(f"fitting the flat logistic regression over {len(data.classes)} SKUs"
-                     + (f" (C from {config.Cs} on validation)" if has_val else " (no validation: default C)"))
-    linear = fit_flat_logreg(data.train.X, data.train.y, X_val=data.val.X if has_val else None,
-                             y_val=data.val.y if has_val else None, Cs=tuple(config.Cs), max_iter=config.max_iter)
+    context.log.info(
+        f"fitting the flat logistic regression over {len(data.classes)} SKUs"
+        + (f" (C from {config.Cs} on validation)" if has_val else " (no validation: default C)")
+    )
+    linear = fit_flat_logreg(
+        data.train.X,
+        data.train.y,
+        X_val=data.val.X if has_val else None,
+        y_val=data.val.y if has_val else None,
+        Cs=tuple(config.Cs),
+        max_iter=config.max_iter,
+    )
     proto = FlatPrototype.fit(data.train.X, data.train.y)
     seconds = time.perf_counter() - t0
     d1 = write_files(ws, FLAT_LINEAR_DIR, linear.to_files())
     d2 = write_files(ws, FLAT_PROTOTYPE_DIR, proto.to_files())
     chosen = {k: v for k, v in linear.metrics.items() if isinstance(v, (int, float))}
     return dg.MaterializeResult(
-        metadata={"train_seconds": round(seconds, 2), "n_classes": len(data.classes),
-                  "flat_linear": dg.MetadataValue.json(chosen)},
+        metadata={
+            "train_seconds": round(seconds, 2),
+            "n_classes": len(data.classes),
+            "flat_linear": dg.MetadataValue.json(chosen),
+        },
         data_version=dg.DataVersion(files_digest({"linear": d1.encode(), "prototype": d2.encode()})),
     )

@@ -137,8 +137,14 @@ def _reap_zombies(keep: int | None = None) -> None:
 class DagsterDevSupervisor:
     """Start ``cmd`` in its own session, remember its process tree, stop all of it on request."""
 
-    def __init__(self, cmd: Sequence[str], env: Mapping[str, str] | None = None, cwd: str | os.PathLike | None = None,
-                 grace_s: float = GRACE_S, kill_after_s: float = KILL_AFTER_S) -> None:
+    def __init__(
+        self,
+        cmd: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike | None = None,
+        grace_s: float = GRACE_S,
+        kill_after_s: float = KILL_AFTER_S,
+    ) -> None:
         self.cmd = list(cmd)
         self.env = dict(env) if env is not None else None
         self.cwd = cwd
@@ -226,8 +232,13 @@ class DagsterDevSupervisor:
             _reap_zombies(keep=self.proc.pid if self.proc is not None else None)
 
 
-def run_dagster_dev(cmd: Sequence[str], env: Mapping[str, str] | None = None, cwd: str | os.PathLike | None = None,
-                    grace_s: float = GRACE_S, kill_after_s: float = KILL_AFTER_S) -> int:
+def run_dagster_dev(
+    cmd: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike | None = None,
+    grace_s: float = GRACE_S,
+    kill_after_s: float = KILL_AFTER_S,
+) -> int:
     """Run ``dagster dev`` (``cmd``) until it exits or this process gets SIGINT / SIGTERM / SIGHUP; then stop its
     whole process tree (see the module docstring). Returns its exit code, or 128 + signal number when stopped."""
     sup = DagsterDevSupervisor(cmd, env=env, cwd=cwd, grace_s=grace_s, kill_after_s=kill_after_s)

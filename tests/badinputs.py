@@ -174,8 +174,13 @@ def build_corpus(base: Path) -> tuple[Path, Path, list[Case]]:
 
     # Non-UTF-8 bytes in a row (Latin-1 "é" in the SKU name).
     nonutf = put("non_utf8_row", encode(pattern_image(44), "PNG"), "latin", "non_utf8")
-    cases[-1] = Case("non_utf8_row", f"img/{nonutf.name}", "latin", "non_utf8",
-                     raw_line=f"img/{nonutf.name},latin,,Caf".encode() + b"\xe9 cr\xe8me\n")
+    cases[-1] = Case(
+        "non_utf8_row",
+        f"img/{nonutf.name}",
+        "latin",
+        "non_utf8",
+        raw_line=f"img/{nonutf.name},latin,,Caf".encode() + b"\xe9 cr\xe8me\n",
+    )
 
     manifest = root / "manifest.csv"
     write_manifest(manifest, cases)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import duckdb
 import dagster as dg
+import duckdb
 import pytest
+from conftest import image_bytes, snapshot_tree, write_folder_catalogue
 
 from skurec_assets.embeddings import image_embeddings
 from skurec_assets.ingest import audited_catalogue, catalogue_schema, rows_conserved
 from skurec_resources import CatalogueResource, EncoderResource, StorageResource
-
-from conftest import image_bytes, snapshot_tree, write_folder_catalogue
 
 
 def _resources(workdir, catalogue, min_samples=3):

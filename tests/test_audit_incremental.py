@@ -114,7 +114,9 @@ def test_changed_files_are_read_again(tmp_path: Path, reads: list[str]) -> None:
     assert incremental.quarantine.set_index("image_uri").loc[str(corrupted), "reason"] == "corrupt_image"
 
 
-def test_previous_without_stamps_or_with_other_settings_is_not_trusted(tmp_path: Path, reads: list[str], caplog) -> None:
+def test_previous_without_stamps_or_with_other_settings_is_not_trusted(
+    tmp_path: Path, reads: list[str], caplog
+) -> None:
     root = write_folder_catalogue(tmp_path / "cat", {"a": 4})
     first = audit(import_catalogue(str(root)).rows, CFG)
     reads.clear()
@@ -149,7 +151,9 @@ def test_incremental_audit_on_s3_lists_instead_of_reading(s3: S3Server, tmp_path
     c.put_object(Bucket=bucket, Key="catalogue/a/000.png", Body=other)  # overwritten (new ETag)
     assert other != old
     reads.clear()
-    incremental = audit(import_catalogue(location, storage_options=opts).rows, CFG, storage_options=opts, previous=first)
+    incremental = audit(
+        import_catalogue(location, storage_options=opts).rows, CFG, storage_options=opts, previous=first
+    )
     assert sorted(reads) == [f"{location}/a/000.png", f"{location}/b/new.png"]
     full = audit(import_catalogue(location, storage_options=opts).rows, CFG, storage_options=opts)
     _assert_same(incremental, full)

@@ -12,18 +12,17 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import badinputs as bi
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import snapshot_tree
 from PIL import Image
+from s3server import S3Server, s3  # noqa: F401  (s3 is a fixture)
 
-import badinputs as bi
 from skurec.embedding_cache import EmbeddingCache
 from skurec.images import decode_rgb
 from skurec.storage import Workspace
-
-from conftest import snapshot_tree
-from s3server import S3Server, s3  # noqa: F401  (s3 is a fixture)
 
 with tempfile.TemporaryDirectory() as _d:
     CASES = {c.name: c for c in bi.build_corpus(Path(_d))[2]}
@@ -63,8 +62,19 @@ def corpus(tmp_path_factory) -> Outcome:
     root, manifest, cases = bi.build_corpus(base / "in")
     before = snapshot_tree(base / "in")
     ws, audit_meta, embed_meta = _run(base, str(manifest), root=str(root))
-    return Outcome(base, root, cases, ws, ws.read_table("images"), ws.read_table("quarantine"),
-                   ws.read_table("classes"), audit_meta, embed_meta, before, snapshot_tree(base / "in"))
+    return Outcome(
+        base,
+        root,
+        cases,
+        ws,
+        ws.read_table("images"),
+        ws.read_table("quarantine"),
+        ws.read_table("classes"),
+        audit_meta,
+        embed_meta,
+        before,
+        snapshot_tree(base / "in"),
+    )
 
 
 def _resolved(o: Outcome, case: bi.Case) -> str:
@@ -171,9 +181,13 @@ def test_folder_layout_bad_files(tmp_path: Path):
 
     ws, audit_meta, embed_meta = _run(tmp_path, str(cat), root=str(cat))
     images, quarantine = ws.read_table("images"), ws.read_table("quarantine")
-    got = {u[len(str(cat)) + 1:]: bi.ACCEPTED for u in images["image_uri"]}
-    got.update({(u[len(str(cat)) + 1:] if u.startswith(str(cat)) else u): r
-                for u, r in zip(quarantine["image_uri"], quarantine["reason"])})
+    got = {u[len(str(cat)) + 1 :]: bi.ACCEPTED for u in images["image_uri"]}
+    got.update(
+        {
+            (u[len(str(cat)) + 1 :] if u.startswith(str(cat)) else u): r
+            for u, r in zip(quarantine["image_uri"], quarantine["reason"])
+        }
+    )
     assert got == expect
     assert embed_meta["n_computed"] == 5 and embed_meta["n_failed"] == 0
     assert audit_meta["n_input_rows"] == len(expect)
@@ -191,8 +205,11 @@ def test_manifest_missing_required_column(tmp_path: Path):
     assert audit_meta["n_accepted"] == 0 and embed_meta["n_requested"] == 0
 
 
-@pytest.mark.parametrize("content", [b"", b"image_uri,sku_id\n", b"\n\n", b"\xef\xbb\xbfimage_uri,sku_id\r\n"],
-                         ids=["zero_bytes", "header_only", "blank_lines", "bom_header_crlf"])
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"image_uri,sku_id\n", b"\n\n", b"\xef\xbb\xbfimage_uri,sku_id\r\n"],
+    ids=["zero_bytes", "header_only", "blank_lines", "bom_header_crlf"],
+)
 def test_empty_manifest_gives_an_empty_catalogue_and_zero_embeddings(tmp_path: Path, content: bytes):
     man = tmp_path / "m.csv"
     man.write_bytes(content)
@@ -286,7 +303,9 @@ def pickle_problems(source: str, where: str) -> list[str]:
                 if n.split(".")[0] in PICKLE_MODULES:
                     problems.append(f"{where}:{node.lineno} imports {n}")
             if module == "torch" and "load" in names:
-                problems.append(f"{where}:{node.lineno} imports torch.load by name; call torch.load(..., weights_only=True)")
+                problems.append(
+                    f"{where}:{node.lineno} imports torch.load by name; call torch.load(..., weights_only=True)"
+                )
         elif isinstance(node, ast.Call):
             fn = ast.unparse(node.func)
             kw = {k.arg: k.value for k in node.keywords}

@@ -78,8 +78,17 @@ def test_val_rows_are_not_training_copies_and_test_rows_carry_the_real_shift(ban
     gen = mean_shift(cat)
     assert 0.6 * real < gen < 1.6 * real
     # a fresh split of the training rows (no session change) moves class means far less
-    half = cc.Catalogue(cat.X_train[::2], cat.y_train[::2], cat.yc_train[::2], cat.X_val, cat.y_val, cat.yc_val,
-                        cat.X_train[1::2], cat.y_train[1::2], cat.yc_train[1::2])
+    half = cc.Catalogue(
+        cat.X_train[::2],
+        cat.y_train[::2],
+        cat.yc_train[::2],
+        cat.X_val,
+        cat.y_val,
+        cat.yc_val,
+        cat.X_train[1::2],
+        cat.y_train[1::2],
+        cat.yc_train[1::2],
+    )
     assert mean_shift(half) < 0.7 * gen
 
 

@@ -39,9 +39,7 @@ def test_manifest_import_resolves_relative_absolute_and_optional_columns(tmp_pat
     other.write_bytes(image_bytes(2))
     man = tmp_path / "manifest.csv"
     man.write_text(
-        "image_uri,sku_id,sku_name,group_id,split,extra\n"
-        f"imgs/a.png,s1,Juice,juice,test,foo\n"
-        f"{other},s2,,,,bar\n"
+        f"image_uri,sku_id,sku_name,group_id,split,extra\nimgs/a.png,s1,Juice,juice,test,foo\n{other},s2,,,,bar\n"
     )
     rep = import_catalogue(str(man))
     assert rep.unknown_columns == ("extra",)
@@ -122,7 +120,9 @@ def test_bad_files_are_quarantined_with_reasons(tmp_path):
 def test_manifest_bad_rows_quarantined(tmp_path):
     (tmp_path / "a.png").write_bytes(image_bytes(1))
     man = tmp_path / "m.csv"
-    man.write_text("image_uri,sku_id,split\na.png,s1,\nmissing.png,s1,\n../../etc/passwd,s1,\na.png,,\na.png,s1,holdout\n")
+    man.write_text(
+        "image_uri,sku_id,split\na.png,s1,\nmissing.png,s1,\n../../etc/passwd,s1,\na.png,,\na.png,s1,holdout\n"
+    )
     res = audit(import_catalogue(str(man)).rows, AuditConfig(min_samples=1))
     assert sorted(res.quarantine["reason"]) == ["invalid_split", "missing_file", "missing_sku_id", "path_outside_root"]
     assert len(res.images) == 1
@@ -188,7 +188,9 @@ def test_train_test_only_manifest_gets_validation_carved_from_train(tmp_path):
     assert set(from_train["split"]) == {"train", "val"}
     assert 0.04 < (from_train["split"] == "val").mean() < 0.2  # ~10 %
     # Exactly the hash rule (every class got hashed val images here, so no fallback was needed).
-    expected = np.where(from_train["image_id"].map(lambda i: split_hash(i, AuditConfig().split_salt)) < 0.1, "val", "train")
+    expected = np.where(
+        from_train["image_id"].map(lambda i: split_hash(i, AuditConfig().split_salt)) < 0.1, "val", "train"
+    )
     assert from_train["split"].tolist() == expected.tolist()
     assert res.summary["n_active_classes_without_val"] == 0 and res.summary["split_counts"]["val"] > 0
     assert len(imgs) + len(res.quarantine) == 4 * 48

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import snapshot_tree
 from PIL import Image
 
 import skurec.demo.render as synth
@@ -27,7 +28,6 @@ from skurec.demo.render import (
     render_sku_image,
     render_sku_jpeg,
 )
-from conftest import snapshot_tree
 
 SMALL = {"n_families": 3, "skus_per_family": 2, "images_per_sku": 3, "image_size": 96}
 
@@ -224,8 +224,15 @@ def test_labelled_batch_holds_only_new_images_of_new_and_requested_skus(tmp_path
     cat_hashes = {_sha(p.read_bytes()) for p in (cat.parent / "images").rglob("*.jpg")}
     extra = "cola-classic-330ml"
     manifest = make_labelled_batch(
-        tmp_path / "batches", "batch-0001", new_skus=2, images_per_new_sku=3, extra_images_for=[extra],
-        images_per_existing=2, n_families=3, skus_per_family=2, image_size=96,
+        tmp_path / "batches",
+        "batch-0001",
+        new_skus=2,
+        images_per_new_sku=3,
+        extra_images_for=[extra],
+        images_per_existing=2,
+        n_families=3,
+        skus_per_family=2,
+        image_size=96,
     )
     assert manifest == tmp_path / "batches" / "batch-0001" / "manifest.csv"
     columns, rows = _read_csv(manifest)
@@ -245,20 +252,46 @@ def test_labelled_batch_holds_only_new_images_of_new_and_requested_skus(tmp_path
 
     # the same call reuses the batch; the next batch brings different new SKUs
     before = snapshot_tree(manifest.parent)
-    assert make_labelled_batch(
-        tmp_path / "batches", "batch-0001", new_skus=2, images_per_new_sku=3, extra_images_for=[extra],
-        images_per_existing=2, n_families=3, skus_per_family=2, image_size=96,
-    ) == manifest
+    assert (
+        make_labelled_batch(
+            tmp_path / "batches",
+            "batch-0001",
+            new_skus=2,
+            images_per_new_sku=3,
+            extra_images_for=[extra],
+            images_per_existing=2,
+            n_families=3,
+            skus_per_family=2,
+            image_size=96,
+        )
+        == manifest
+    )
     assert snapshot_tree(manifest.parent) == before
-    second = make_labelled_batch(tmp_path / "batches", "batch-0002", new_skus=1, images_per_new_sku=2,
-                                 extra_images_for=sorted(new_ids)[:1], n_families=3, skus_per_family=2, image_size=96)
+    second = make_labelled_batch(
+        tmp_path / "batches",
+        "batch-0002",
+        new_skus=1,
+        images_per_new_sku=2,
+        extra_images_for=sorted(new_ids)[:1],
+        n_families=3,
+        skus_per_family=2,
+        image_size=96,
+    )
     second_new = {r["sku_id"] for r in _read_csv(second)[1]} - set(sorted(new_ids)[:1])
     assert len(second_new) == 1 and not second_new & (new_ids | demo_ids)
 
 
 def test_new_family_batch_and_bad_requests(tmp_path: Path):
-    manifest = make_labelled_batch(tmp_path, "b1", new_skus=2, images_per_new_sku=2, new_family=True,
-                                   n_families=3, skus_per_family=2, image_size=96)
+    manifest = make_labelled_batch(
+        tmp_path,
+        "b1",
+        new_skus=2,
+        images_per_new_sku=2,
+        new_family=True,
+        n_families=3,
+        skus_per_family=2,
+        image_size=96,
+    )
     rows = _read_csv(manifest)[1]
     assert {r["group_id"] for r in rows} == {FAMILIES[3].slug}  # one family the catalogue does not have
     with pytest.raises(ValueError, match="neither in the demo catalogue"):

@@ -13,16 +13,22 @@ import pytest
 from skurec.artifacts import write_files
 from skurec.audit import catalogue_snapshot_hash
 from skurec.datasets import load_training_data
-from skurec.embedding_cache import EmbeddingCache
 from skurec.deployment.candidates import build_candidate
 from skurec.deployment.gate import GateConfig, decide_deployment, evaluate_gate
 from skurec.deployment.training_table import LineageError, image_ids_sha256
+from skurec.embedding_cache import EmbeddingCache
 from skurec.model_store import ModelStore, TamperedModelError
 from skurec.models import DenseConfig, FineConfig, l2_normalize, train_hierarchical
 from skurec.storage import Workspace
 
-ENCODER = {"name": "synthetic", "encoder_id": "synthetic@00000000", "weights_sha256": "0" * 64, "pretrained": False,
-           "dim": 16, "options": {}}
+ENCODER = {
+    "name": "synthetic",
+    "encoder_id": "synthetic@00000000",
+    "weights_sha256": "0" * 64,
+    "pretrained": False,
+    "dim": 16,
+    "options": {},
+}
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -44,8 +50,14 @@ def _centre(sku: str) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-def add_images(ws: Workspace, counts: dict[str, int], seed: int, batch_id: str | None = None, n_val: int = 2,
-               centres: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+def add_images(
+    ws: Workspace,
+    counts: dict[str, int],
+    seed: int,
+    batch_id: str | None = None,
+    n_val: int = 2,
+    centres: dict[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
     """Append synthetic, well separated class clusters to the images/classes tables and the embedding cache."""
     rng = np.random.default_rng(seed)
     centres = dict(centres or {})
@@ -56,17 +68,39 @@ def add_images(ws: Workspace, counts: dict[str, int], seed: int, batch_id: str |
             iid = _image_id(f"{sku}/{seed}/{i}")
             ids.append(iid)
             vecs.append(centres[sku] + rng.normal(0, 0.12, ENCODER["dim"]))
-            rows.append({"image_id": iid, "sku_id": sku, "sku_name": f"{sku} name", "group_id": None, "batch_id": batch_id,
-                         "image_uri": f"memory://{iid}.png", "source": batch_id or "catalogue", "n_bytes": 100,
-                         "width": 32, "height": 32, "split": "val" if i < n_val else "train", "split_pinned": False,
-                         "active": True})
+            rows.append(
+                {
+                    "image_id": iid,
+                    "sku_id": sku,
+                    "sku_name": f"{sku} name",
+                    "group_id": None,
+                    "batch_id": batch_id,
+                    "image_uri": f"memory://{iid}.png",
+                    "source": batch_id or "catalogue",
+                    "n_bytes": 100,
+                    "width": 32,
+                    "height": 32,
+                    "split": "val" if i < n_val else "train",
+                    "split_pinned": False,
+                    "active": True,
+                }
+            )
     new = pd.DataFrame(rows)
     images = pd.concat([ws.read_table("images"), new], ignore_index=True) if ws.has_table("images") else new
     ws.write_table("images", images)
     g = images.groupby("sku_id")
-    classes = pd.DataFrame({"sku_id": list(g.groups), "sku_name": [f"{s} name" for s in g.groups], "group_id": None,
-                            "n_images": g.size().values, "n_train": g["split"].agg(lambda s: int((s == "train").sum())).values,
-                            "n_val": g["split"].agg(lambda s: int((s == "val").sum())).values, "n_test": 0, "status": "active"})
+    classes = pd.DataFrame(
+        {
+            "sku_id": list(g.groups),
+            "sku_name": [f"{s} name" for s in g.groups],
+            "group_id": None,
+            "n_images": g.size().values,
+            "n_train": g["split"].agg(lambda s: int((s == "train").sum())).values,
+            "n_val": g["split"].agg(lambda s: int((s == "val").sum())).values,
+            "n_test": 0,
+            "status": "active",
+        }
+    )
     ws.write_table("classes", classes)
     EmbeddingCache(ws)._write_part(ENCODER["encoder_id"], ids, l2_normalize(np.asarray(vecs)))
     ws.write_json("embeddings/current_encoder.json", ENCODER)
@@ -88,8 +122,15 @@ def write_trained_model(ws: Workspace, shuffle: bool = False, seed: int = 0):
     y = data.train.y.copy()
     if shuffle:
         y = y[np.random.default_rng(seed).permutation(len(y))]
-    model = train_hierarchical(data.train.X, y, sc_map, coarse_config=DenseConfig(max_epochs=5),
-                               fine_config=FineConfig(steps=10), n_superclasses=2, device="cpu")
+    model = train_hierarchical(
+        data.train.X,
+        y,
+        sc_map,
+        coarse_config=DenseConfig(max_epochs=5),
+        fine_config=FineConfig(steps=10),
+        n_superclasses=2,
+        device="cpu",
+    )
     digest = write_files(ws, "artifacts/hierarchical", model.to_files())
     rows = {"image_id": [], "sku_id": [], "split": []}
     for name, split in (("train", data.train), ("val", data.val)):
@@ -98,16 +139,35 @@ def write_trained_model(ws: Workspace, shuffle: bool = False, seed: int = 0):
         rows["split"] += [name] * len(split)
     ws.write_parquet("artifacts/training_set.parquet", pd.DataFrame(rows))
     version = hashlib.sha256(repr(sorted(sc_map.items())).encode()).hexdigest()
-    ws.write_json("artifacts/superclasses.json", {"classes": list(sc_map), "assignment": list(sc_map.values()),
-                                                  "n_superclasses": 2, "version": version, "method": "test"})
-    ws.write_json("artifacts/training_manifest.json", {
-        "catalogue_snapshot": ws.read_json("reports/audit_summary.json")["catalogue_snapshot"],
-        "encoder": ENCODER, "superclass_version": version,
-        "train_image_ids_sha256": image_ids_sha256(data.train.image_ids), "training_set": "artifacts/training_set.parquet",
-        "n_train": len(data.train), "n_val": len(data.val), "n_test": 0, "classes": data.classes,
-        "configs": {"fine": {"steps": 10}, "coarse": {"max_epochs": 5}}, "seeds": {"fine": 0, "superclasses": 0},
-        "code_version": "train-test", "metrics": {"val_top1_soft": 1.0}, "hierarchical_digest": digest,
-    })
+    ws.write_json(
+        "artifacts/superclasses.json",
+        {
+            "classes": list(sc_map),
+            "assignment": list(sc_map.values()),
+            "n_superclasses": 2,
+            "version": version,
+            "method": "test",
+        },
+    )
+    ws.write_json(
+        "artifacts/training_manifest.json",
+        {
+            "catalogue_snapshot": ws.read_json("reports/audit_summary.json")["catalogue_snapshot"],
+            "encoder": ENCODER,
+            "superclass_version": version,
+            "train_image_ids_sha256": image_ids_sha256(data.train.image_ids),
+            "training_set": "artifacts/training_set.parquet",
+            "n_train": len(data.train),
+            "n_val": len(data.val),
+            "n_test": 0,
+            "classes": data.classes,
+            "configs": {"fine": {"steps": 10}, "coarse": {"max_epochs": 5}},
+            "seeds": {"fine": 0, "superclasses": 0},
+            "code_version": "train-test",
+            "metrics": {"val_top1_soft": 1.0},
+            "hierarchical_digest": digest,
+        },
+    )
     return model
 
 
@@ -244,7 +304,10 @@ def test_failed_candidate_blocks_deployment_in_dagster(tmp_path):
 
     ws = make_workspace(tmp_path)
     store = ModelStore(ws)
-    resources = {"storage": StorageResource(workdir=ws.root), "loop": LabellingLoopResource(drop_location=str(tmp_path / "drop"))}
+    resources = {
+        "storage": StorageResource(workdir=ws.root),
+        "loop": LabellingLoopResource(drop_location=str(tmp_path / "drop")),
+    }
     assets = [candidate_model, deployed_model, candidate_gate]
     write_trained_model(ws)
     ok = dg.materialize(assets, resources=resources)

@@ -108,13 +108,19 @@ def _features(enc, x: torch.Tensor) -> torch.Tensor:
         return enc.backbones[0].module(x.contiguous(memory_format=torch.channels_last))
 
 
-ARCH = {"dinov2_vits14": "vit_small_patch14_dinov2", "dinov2_vits14_reg": "vit_small_patch14_reg4_dinov2",
-        "dinov2_vitb14": "vit_base_patch14_dinov2", "dinov2_vitb14_reg": "vit_base_patch14_reg4_dinov2"}
+ARCH = {
+    "dinov2_vits14": "vit_small_patch14_dinov2",
+    "dinov2_vits14_reg": "vit_small_patch14_reg4_dinov2",
+    "dinov2_vitb14": "vit_base_patch14_dinov2",
+    "dinov2_vitb14_reg": "vit_base_patch14_reg4_dinov2",
+}
 
 
 @pytest.fixture(scope="module")
 def small_weights() -> dict[str, dict[str, torch.Tensor]]:
-    return {name: _random_state_dict(ARCH[name], seed=i) for i, name in enumerate(("dinov2_vits14", "dinov2_vits14_reg"))}
+    return {
+        name: _random_state_dict(ARCH[name], seed=i) for i, name in enumerate(("dinov2_vits14", "dinov2_vits14_reg"))
+    }
 
 
 LAYOUTS = {
@@ -144,7 +150,9 @@ def test_each_layout_gives_the_timm_models_features(tmp_path: Path, small_weight
         bad = dict(convert(timm_sd))
         q, k = "encoder.layer.0.attention.attention.query.weight", "encoder.layer.0.attention.attention.key.weight"
         bad[q], bad[k] = bad[k], bad[q]
-        swapped = load_encoder(name, checkpoint=str(_write(bad, tmp_path / "random_swapped.safetensors")), device="cpu", input_size=SIZE)
+        swapped = load_encoder(
+            name, checkpoint=str(_write(bad, tmp_path / "random_swapped.safetensors")), device="cpu", input_size=SIZE
+        )
         assert (_features(swapped, x) - ref).abs().max().item() > 1e-3
 
 
@@ -170,21 +178,43 @@ def test_wrong_files_fail_with_a_key_report(tmp_path: Path, small_weights) -> No
     hf = _hf_layout(sd)
     del hf["encoder.layer.3.attention.attention.key.weight"]
     with pytest.raises(EncoderCheckpointError) as err:
-        load_encoder("dinov2_vits14", checkpoint=str(_write(hf, tmp_path / "random_hf_missing.safetensors")), device="cpu", input_size=SIZE)
+        load_encoder(
+            "dinov2_vits14",
+            checkpoint=str(_write(hf, tmp_path / "random_hf_missing.safetensors")),
+            device="cpu",
+            input_size=SIZE,
+        )
     msg = str(err.value)
     assert "Hugging Face" in msg and "missing: blocks.3.attn.qkv.weight" in msg
     assert "encoder.layer.3.attention.attention.query.weight" in msg  # the orphaned pieces are named
 
     meta = {**_meta_layout(sd), "blocks.0.attn.extra_thing": torch.zeros(3)}
     with pytest.raises(EncoderCheckpointError, match=r"Meta.*unexpected: blocks\.0\.attn\.extra_thing"):
-        load_encoder("dinov2_vits14", checkpoint=str(_write(meta, tmp_path / "random_meta_extra.pth")), device="cpu", input_size=SIZE)
+        load_encoder(
+            "dinov2_vits14",
+            checkpoint=str(_write(meta, tmp_path / "random_meta_extra.pth")),
+            device="cpu",
+            input_size=SIZE,
+        )
 
     shaped = {**sd, "blocks.0.norm1.weight": torch.ones(100)}
-    with pytest.raises(EncoderCheckpointError, match=r"shape mismatch: blocks\.0\.norm1\.weight: file \(100,\) vs model \(384,\)"):
-        load_encoder("dinov2_vits14", checkpoint=str(_write(shaped, tmp_path / "random_misshaped.safetensors")), device="cpu", input_size=SIZE)
+    with pytest.raises(
+        EncoderCheckpointError, match=r"shape mismatch: blocks\.0\.norm1\.weight: file \(100,\) vs model \(384,\)"
+    ):
+        load_encoder(
+            "dinov2_vits14",
+            checkpoint=str(_write(shaped, tmp_path / "random_misshaped.safetensors")),
+            device="cpu",
+            input_size=SIZE,
+        )
 
     # A plain (no-register) file for a register variant, and a ViT-S file for ViT-B: the report, not a traceback.
     with pytest.raises(EncoderCheckpointError, match=r"vit_small_patch14_reg4_dinov2.*missing: reg_token"):
-        load_encoder("dinov2_vits14_reg", checkpoint=str(_write(_meta_layout(sd), tmp_path / "random_plain.pth")), device="cpu", input_size=SIZE)
+        load_encoder(
+            "dinov2_vits14_reg",
+            checkpoint=str(_write(_meta_layout(sd), tmp_path / "random_plain.pth")),
+            device="cpu",
+            input_size=SIZE,
+        )
     with pytest.raises(EncoderCheckpointError, match=r"vit_base_patch14_dinov2.*shape mismatch"):
         load_encoder("dinov2_vitb14", checkpoint=str(tmp_path / "random_plain.pth"), device="cpu", input_size=SIZE)

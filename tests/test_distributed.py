@@ -23,7 +23,6 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
-
 from test_labelling_loop import BASE_SKUS, FAST_RUN_CONFIG, write_catalogue
 
 REPO = Path(__file__).resolve().parent.parent
@@ -97,9 +96,24 @@ def broker(tmp_path):
     port = _free_port()
     (tmp_path / "redis").mkdir()
     proc = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(tmp_path / "redis"), "--protected-mode", "yes"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            server,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path / "redis"),
+            "--protected-mode",
+            "yes",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
@@ -167,15 +181,33 @@ def test_full_pipeline_runs_its_steps_on_celery_workers(broker, tmp_path, monkey
     workers: list[subprocess.Popen] = []
     try:
         for i in range(2):  # two worker processes (one pool process each), as on two machines
-            workers.append(subprocess.Popen(
-                [_bin("dagster-celery"), "worker", "start", "-A", "dagster_celery.app", "-y",
-                 str(REPO / "deploy" / "celery.yaml"), "-n", f"skurec-w{i}",
-                 "-i", "skurec_assets.definitions",  # imported before the pool forks: steps start warm
-                 "--", "--concurrency=1",
-                 "--without-gossip", "--without-mingle", "--without-heartbeat"],
-                cwd=str(tmp_path), env=env, stdout=open(logs / f"worker{i}.log", "wb"), stderr=subprocess.STDOUT,
-                start_new_session=True,
-            ))
+            workers.append(
+                subprocess.Popen(
+                    [
+                        _bin("dagster-celery"),
+                        "worker",
+                        "start",
+                        "-A",
+                        "dagster_celery.app",
+                        "-y",
+                        str(REPO / "deploy" / "celery.yaml"),
+                        "-n",
+                        f"skurec-w{i}",
+                        "-i",
+                        "skurec_assets.definitions",  # imported before the pool forks: steps start warm
+                        "--",
+                        "--concurrency=1",
+                        "--without-gossip",
+                        "--without-mingle",
+                        "--without-heartbeat",
+                    ],
+                    cwd=str(tmp_path),
+                    env=env,
+                    stdout=open(logs / f"worker{i}.log", "wb"),
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
         pools = _pool_pids(broker_url, backend_url, expect_workers=2)
         pool_pids = {pid for pids in pools.values() for pid in pids}
         assert len(pool_pids) == 2
@@ -183,9 +215,21 @@ def test_full_pipeline_runs_its_steps_on_celery_workers(broker, tmp_path, monkey
         (tmp_path / "run.yaml").write_text(yaml.safe_dump(FAST_RUN_CONFIG))
         t0 = time.perf_counter()
         run = subprocess.Popen(
-            [_bin("dagster"), "job", "execute", "-m", "skurec_assets.definitions", "-j", "full_rebuild",
-             "-c", str(tmp_path / "run.yaml")],
-            cwd=str(tmp_path), env=env, stdout=open(logs / "run.log", "wb"), stderr=subprocess.STDOUT,
+            [
+                _bin("dagster"),
+                "job",
+                "execute",
+                "-m",
+                "skurec_assets.definitions",
+                "-j",
+                "full_rebuild",
+                "-c",
+                str(tmp_path / "run.yaml"),
+            ],
+            cwd=str(tmp_path),
+            env=env,
+            stdout=open(logs / "run.log", "wb"),
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         try:
@@ -195,8 +239,10 @@ def test_full_pipeline_runs_its_steps_on_celery_workers(broker, tmp_path, monkey
             rc = None
         elapsed = time.perf_counter() - t0
         tail = (logs / "run.log").read_text(errors="replace")[-4000:]
-        assert rc == 0, f"dagster job execute failed ({rc}):\n{tail}\n--- worker 0:\n" + \
-            (logs / "worker0.log").read_text(errors="replace")[-3000:]
+        assert rc == 0, (
+            f"dagster job execute failed ({rc}):\n{tail}\n--- worker 0:\n"
+            + (logs / "worker0.log").read_text(errors="replace")[-3000:]
+        )
     finally:
         for w in workers:
             _stop(w)
@@ -212,14 +258,18 @@ def test_full_pipeline_runs_its_steps_on_celery_workers(broker, tmp_path, monkey
         step_pids = {e.step_key: e.pid for e in events if e.event_type == dg.DagsterEventType.STEP_START}
         shard_steps = {k: p for k, p in step_pids.items() if k.startswith("image_embeddings.embed_shard[")}
         assert len(shard_steps) == 2, step_pids
-        submitted = {e.step_key for e in events if e.event_type == dg.DagsterEventType.ENGINE_EVENT
-                     and "celery task" in (e.message or "")}
+        submitted = {
+            e.step_key
+            for e in events
+            if e.event_type == dg.DagsterEventType.ENGINE_EVENT and "celery task" in (e.message or "")
+        }
         assert set(shard_steps) <= submitted  # handed to Celery by the run's executor
         # Every step ran in a Celery pool process, none in the run's process.
         assert coordinator not in step_pids.values()
         assert set(step_pids.values()) <= pool_pids, (step_pids, pools)
-        assert {"audited_catalogue", "image_embeddings.plan_embedding_shards", "coarse_model",
-                "deployed_model"} <= set(step_pids)
+        assert {"audited_catalogue", "image_embeddings.plan_embedding_shards", "coarse_model", "deployed_model"} <= set(
+            step_pids
+        )
 
         emb = instance.get_latest_materialization_event(dg.AssetKey("image_embeddings")).asset_materialization
         shard_workers = emb.metadata["shard_workers"].value
@@ -233,5 +283,13 @@ def test_full_pipeline_runs_its_steps_on_celery_workers(broker, tmp_path, monkey
     from skurec.storage import Workspace
 
     assert ModelStore(Workspace(str(work))).deployed_id() is not None
-    print(json.dumps({"seconds": round(elapsed, 1), "coordinator_pid": coordinator, "pool_pids": sorted(pool_pids),
-                      "shard_step_pids": shard_steps}))
+    print(
+        json.dumps(
+            {
+                "seconds": round(elapsed, 1),
+                "coordinator_pid": coordinator,
+                "pool_pids": sorted(pool_pids),
+                "shard_step_pids": shard_steps,
+            }
+        )
+    )

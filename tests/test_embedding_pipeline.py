@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -129,7 +129,14 @@ def test_decoding_runs_ahead_in_worker_threads(encoder) -> None:  # type: ignore
 
         return load
 
-    gen = iter_embeddings(encoder, [(str(i), loader(i)) for i in range(40)], batch_size=4, num_workers=1, prefetch_batches=2, tqdm_bar=False)
+    gen = iter_embeddings(
+        encoder,
+        [(str(i), loader(i)) for i in range(40)],
+        batch_size=4,
+        num_workers=1,
+        prefetch_batches=2,
+        tqdm_bar=False,
+    )
     first = next(gen)
     assert first.ids == ["0", "1", "2", "3"]
     # While the first batch was embedded, up to (workers + prefetch) batches were queued; none beyond that.

@@ -14,8 +14,8 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import image_bytes, write_folder_catalogue
+
 from skurec.embedding import worker_device
 from skurec.embedding_cache import EmbeddingCache, shard_column, shard_of, shard_tag
 from skurec.storage import Workspace
@@ -163,8 +163,9 @@ def test_concurrent_shard_compactions_keep_each_others_parts(tmp_path: Path):
 
     cat = write_folder_catalogue(tmp_path / "cat", {"a": 10})
     ws = Workspace(str(tmp_path / "work"))
-    images = pd.DataFrame({"image_id": [f"img{i}" for i in range(10)],
-                           "image_uri": [str(p) for p in sorted((cat / "a").iterdir())]})
+    images = pd.DataFrame(
+        {"image_id": [f"img{i}" for i in range(10)], "image_uri": [str(p) for p in sorted((cat / "a").iterdir())]}
+    )
     enc = load_encoder("tiny_random_vit", device="cpu")
     cache = EmbeddingCache(ws, flush_rows=1)  # many parts per shard before compaction
     by_shard = collections.Counter(shard_of(i, 2) for i in images["image_id"])

@@ -25,8 +25,10 @@ def test_tiny_encoder_is_labelled_random() -> None:
     assert enc.pretrained is False and enc.identity()["source"]["kind"] == "random"
 
 
-@pytest.mark.parametrize("options", [{"views": "flip"}, {"views": "zoom"}, {"views": "flip+zoom"}, {"layers": 1},
-                                     {"layers": 1, "views": "flip"}])
+@pytest.mark.parametrize(
+    "options",
+    [{"views": "flip"}, {"views": "zoom"}, {"views": "flip+zoom"}, {"layers": 1}, {"layers": 1, "views": "flip"}],
+)
 def test_options_change_the_encoder_id_and_same_options_keep_it(options: dict) -> None:
     plain = load_encoder("tiny_random_vit", device="cpu")
     a = load_encoder("tiny_random_vit", device="cpu", **options)
@@ -44,7 +46,11 @@ def test_options_change_the_encoder_id_and_same_options_keep_it(options: dict) -
 
 
 def test_all_option_ids_are_distinct() -> None:
-    ids = {load_encoder("tiny_random_vit", device="cpu", views=v, layers=l).encoder_id for v in VIEW_RECIPES for l in (0, 1)}
+    ids = {
+        load_encoder("tiny_random_vit", device="cpu", views=v, layers=l).encoder_id
+        for v in VIEW_RECIPES
+        for l in (0, 1)
+    }
     assert len(ids) == 2 * len(VIEW_RECIPES)
 
 
@@ -72,12 +78,16 @@ def test_multi_layer_dim_is_sum_of_parts_and_l2_normalised() -> None:
 
 def test_multi_stage_convnet_and_larger_input_size() -> None:
     enc = load_encoder("mobilenetv2_100", device="cpu", input_size=64, layers=2)
-    assert enc.pretrained and enc.input_size == 64 and "input_size=64" in enc.encoder_id and "layers=2" in enc.encoder_id
+    assert (
+        enc.pretrained and enc.input_size == 64 and "input_size=64" in enc.encoder_id and "layers=2" in enc.encoder_id
+    )
     assert enc._part_dims == [[1280, 96, 320]] and enc.dim == 1696
     X = enc.embed_images(_images(2))
     assert X.shape == (2, 1696) and np.allclose(np.linalg.norm(X, axis=1), 1.0, atol=1e-5)
     bigger = load_encoder("mobilenetv2_100", device="cpu", input_size=96, layers=2)
-    assert bigger.encoder_id != enc.encoder_id and bigger.dim == enc.dim and bigger.min_decode_side > enc.min_decode_side
+    assert (
+        bigger.encoder_id != enc.encoder_id and bigger.dim == enc.dim and bigger.min_decode_side > enc.min_decode_side
+    )
 
 
 def test_gem_and_zoom() -> None:
@@ -139,7 +149,7 @@ def test_view_encoder_id_round_trip_and_cache_safe() -> None:
     assert view_encoder_id(enc.encoder_id, 2, 5) == vid
     assert parse_view_encoder_id(vid) == (enc.encoder_id, 2, 5)
     assert parse_view_encoder_id(enc.encoder_id) is None
-    suffix = vid[len(enc.encoder_id):]
+    suffix = vid[len(enc.encoder_id) :]
     assert re.fullmatch(r"[A-Za-z0-9._@+-]+", suffix)  # the cache keeps these characters in directory names
     with pytest.raises(ValueError):
         view_encoder_id(enc.encoder_id, -1, 0)

@@ -43,7 +43,9 @@ def test_registry_is_the_one_table_of_names(monkeypatch: pytest.MonkeyPatch) -> 
     from skurec.encoders.tiny import load_tiny_random_vit
 
     for name in ("dinov2_vits14", "dinov2_vitb14", "dinov2_vits14_reg", "dinov2_vitb14_reg"):
-        assert ENCODERS[name].takes_checkpoint and not ENCODERS[name].requires_checkpoint and name in available_encoders()
+        assert (
+            ENCODERS[name].takes_checkpoint and not ENCODERS[name].requires_checkpoint and name in available_encoders()
+        )
     assert takes_checkpoint("timm:resnet50") and encoder_spec("timm:resnet50").requires_checkpoint
     assert not takes_checkpoint("efficientnet_lite2") and takes_checkpoint("efficientnet_lite2+dinov2_vits14")
     assert encoder_spec("tiny_random_vit").pretrained is False
@@ -53,7 +55,9 @@ def test_registry_is_the_one_table_of_names(monkeypatch: pytest.MonkeyPatch) -> 
 
     calls = []
 
-    @register_encoder("random_test_encoder", description="RANDOM tiny ViT under another name (test only)", pretrained=False)
+    @register_encoder(
+        "random_test_encoder", description="RANDOM tiny ViT under another name (test only)", pretrained=False
+    )
     def _load(name: str, checkpoint: str | None, input_size: int | None):
         calls.append((name, checkpoint, input_size))
         return load_tiny_random_vit(seed=5)
@@ -99,7 +103,18 @@ def test_identity_fields_are_json_and_reflect_options() -> None:
     plain = load_encoder("tiny_random_vit", device="cpu")
     flip = load_encoder("tiny_random_vit", device="cpu", views="flip")
     ident = json.loads(json.dumps(flip.identity()))
-    for key in ("name", "encoder_id", "weights_sha256", "pretrained", "dim", "input_size", "mean", "std", "options", "source"):
+    for key in (
+        "name",
+        "encoder_id",
+        "weights_sha256",
+        "pretrained",
+        "dim",
+        "input_size",
+        "mean",
+        "std",
+        "options",
+        "source",
+    ):
         assert key in ident
     assert ident["options"]["views"] == "flip" and ident["input_size"] == 32
     assert len(ident["weights_sha256"]) == 64
@@ -150,7 +165,9 @@ def test_checkpoint_round_trip_of_random_tiny_vit(tmp_path: Path, suffix: str) -
     # load through the checkpoint module with the same kwargs the file was made with.
     from skurec.encoders.checkpoint import load_timm_checkpoint
 
-    backbone = load_timm_checkpoint(TINY_ARCH, path, input_size=32, model_kwargs={k: v for k, v in TINY_KWARGS.items() if k != "img_size"})
+    backbone = load_timm_checkpoint(
+        TINY_ARCH, path, input_size=32, model_kwargs={k: v for k, v in TINY_KWARGS.items() if k != "img_size"}
+    )
     enc = FrozenEncoder("random_tiny_vit_file", [backbone], device="cpu")
     loaded = backbone.module.state_dict()
     for key, value in model.state_dict().items():

@@ -10,8 +10,8 @@ import pytest
 from skurec.evaluation import (
     GAP_TOLERANCE,
     confusion_png,
-    hierarchy_headline,
     evaluate,
+    hierarchy_headline,
     per_superclass_table,
     predict_all,
     render_markdown_report,
@@ -50,20 +50,35 @@ def setup() -> dict:
             y_te += [name] * 6
     X_tr, X_te = l2_normalize(np.concatenate(X_tr)), l2_normalize(np.concatenate(X_te))
     y_tr, y_te = np.asarray(y_tr), np.asarray(y_te)
-    hier = train_hierarchical(X_tr, y_tr, sc, coarse_config=DenseConfig(max_epochs=10, batch_size=64),
-                              fine_config=FineConfig(proj_dim=8, steps=20, episodes_per_step=2), m=2, device="cpu")
+    hier = train_hierarchical(
+        X_tr,
+        y_tr,
+        sc,
+        coarse_config=DenseConfig(max_epochs=10, batch_size=64),
+        fine_config=FineConfig(proj_dim=8, steps=20, episodes_per_step=2),
+        m=2,
+        device="cpu",
+    )
     flat = train_flat_linear(X_tr, y_tr, config=DenseConfig(max_epochs=10, batch_size=64), device="cpu")
     models = standard_models(hier, flat, FlatPrototype.fit(X_tr, y_tr))
     groups = {c: ("dup" if s == 0 else f"solo:{c}") for c, s in sc.items()}
-    return {"X": X_te, "y": y_te, "sc": sc, "hier": hier, "models": models, "groups": groups,
-            "similar": {c for c, s in sc.items() if s == 0}}
+    return {
+        "X": X_te,
+        "y": y_te,
+        "sc": sc,
+        "hier": hier,
+        "models": models,
+        "groups": groups,
+        "similar": {c for c, s in sc.items() if s == 0},
+    }
 
 
 def test_result_has_every_model_and_variant_with_correct_numbers(setup: dict) -> None:
     X, y = setup["X"], setup["y"]
     preds = predict_all(setup["models"], X)
-    res = evaluate(setup["models"], X, y, setup["similar"], coarse=(setup["hier"].coarse, setup["sc"]),
-                   predictions=preds)
+    res = evaluate(
+        setup["models"], X, y, setup["similar"], coarse=(setup["hier"].coarse, setup["sc"]), predictions=preds
+    )
     assert set(res) == {"variants", "hierarchy"} and set(res["variants"]) == {"all", "similar"}
     all_, sim = res["variants"]["all"], res["variants"]["similar"]
     assert (all_["n_images"], all_["n_classes"]) == (72, 12)
@@ -94,8 +109,9 @@ def test_empty_similar_variant_reports_null(setup: dict) -> None:
 def test_markdown_report_and_per_superclass_table(setup: dict) -> None:
     X, y = setup["X"], setup["y"]
     preds = predict_all(setup["models"], X)
-    res = evaluate(setup["models"], X, y, setup["similar"], coarse=(setup["hier"].coarse, setup["sc"]),
-                   predictions=preds)
+    res = evaluate(
+        setup["models"], X, y, setup["similar"], coarse=(setup["hier"].coarse, setup["sc"]), predictions=preds
+    )
     res["encoder"] = "toy-encoder"
     table = per_superclass_table(preds, y, setup["sc"], coarse_superclass=preds["hierarchical_soft"].superclass)
     assert [r["superclass"] for r in table] == [0, 1, 2, 3]
@@ -141,8 +157,10 @@ def test_hierarchy_diagnostics_are_the_real_numbers(setup: dict) -> None:
     soft = diag["models"]["hierarchical_soft"]
     assert soft["m"] == hier.m == 2 and diag["models"]["hierarchical_hard"]["m"] == 1
     top, _ = hier.coarse.predict_topk(X, 2)
-    assert soft["router_recall"] == {"1": pytest.approx(float(np.mean(top[:, 0] == truth))),
-                                     "2": pytest.approx(float(np.mean((top == truth[:, None]).any(1))))}
+    assert soft["router_recall"] == {
+        "1": pytest.approx(float(np.mean(top[:, 0] == truth))),
+        "2": pytest.approx(float(np.mean((top == truth[:, None]).any(1)))),
+    }
     # within-superclass accuracy: the fine stage's argmax among the true superclass's SKUs
     logits = hier.fine.class_logits(X).numpy()
     sc_idx = np.asarray(hier.sc_of_index)
@@ -162,12 +180,14 @@ def test_hierarchy_diagnostics_are_the_real_numbers(setup: dict) -> None:
 
 def test_report_first_line_says_when_hierarchy_is_behind_flat(setup: dict) -> None:
     X, y = setup["X"], setup["y"]
+
     # a "flat" model that is always right beats every hierarchy: the oracle below is not hierarchical
     class Oracle:
         classes = sorted(set(y.tolist()))
 
         def predict_topk(self, X_, k=3):
             from skurec.models import Predictions
+
             lab = np.asarray([[t] + [""] * (k - 1) for t in y]) if len(X_) == len(y) else None
             return Predictions(labels=lab, scores=np.ones(lab.shape, np.float32))
 
@@ -181,10 +201,12 @@ def test_report_first_line_says_when_hierarchy_is_behind_flat(setup: dict) -> No
     else:  # the hierarchy is perfect too on this toy set: then the line says it is not behind
         assert gap == 0.0 and first.startswith("**Hierarchical is not behind flat")
     assert "## Hierarchy diagnostics" in md
-    behind = {"hierarchy": {"models": {"h": {"gap": {"all": {"best_flat": "f", "best_flat_top1": 0.9,
-                                                             "gap_top1": -0.006}}}}}}
-    ahead = {"hierarchy": {"models": {"h": {"gap": {"all": {"best_flat": "f", "best_flat_top1": 0.9,
-                                                            "gap_top1": -0.004}}}}}}
+    behind = {
+        "hierarchy": {"models": {"h": {"gap": {"all": {"best_flat": "f", "best_flat_top1": 0.9, "gap_top1": -0.006}}}}}
+    }
+    ahead = {
+        "hierarchy": {"models": {"h": {"gap": {"all": {"best_flat": "f", "best_flat_top1": 0.9, "gap_top1": -0.004}}}}}
+    }
     assert hierarchy_headline(behind).startswith("**WARNING") and "-0.6 points vs f" in hierarchy_headline(behind)
     assert hierarchy_headline(ahead).startswith("**Hierarchical is not behind")
 

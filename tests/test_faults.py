@@ -20,12 +20,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from badinputs import encode, pattern_image
 
 from skurec.embedding_cache import CORRUPT_DIR, EmbeddingCache
 from skurec.encoders import load_encoder
 from skurec.storage import Workspace
-
-from badinputs import encode, pattern_image
 
 N_KILL_IMAGES = 320
 FLUSH_ROWS = 16
@@ -80,7 +79,10 @@ def test_sigkilled_embedding_run_is_resumed_without_recomputing(tmp_path: Path):
 
     proc = subprocess.Popen(
         [sys.executable, "-c", EMBED_SCRIPT, str(work), str(table), "0.03"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_child_env(), start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=_child_env(),
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 90
@@ -145,8 +147,13 @@ def test_readers_never_see_a_partial_parquet_file(tmp_path: Path):
     """Read a file while another process keeps replacing it, then SIGKILL the writer mid-write: every read parses
     and is one whole version (all k equal, x consistent with k); after the kill the file is still whole."""
     ws = Workspace(str(tmp_path))
-    proc = subprocess.Popen([sys.executable, "-c", WRITER_SCRIPT, str(tmp_path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env=_child_env(), start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER_SCRIPT, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=_child_env(),
+        start_new_session=True,
+    )
     seen = set()
     try:
         assert proc.stdout.readline().decode().strip() == "READY"
@@ -211,7 +218,9 @@ def test_damaged_part_is_quarantined_with_a_warning_and_re_embedded(tmp_path: Pa
         import pyarrow.parquet as pq
 
         meta = pq.ParquetFile(pa.BufferReader(data)).metadata.row_group(0)
-        col = next(meta.column(i) for i in range(meta.num_columns) if meta.column(i).path_in_schema.startswith("embedding"))
+        col = next(
+            meta.column(i) for i in range(meta.num_columns) if meta.column(i).path_in_schema.startswith("embedding")
+        )
         buf = bytearray(data)
         start = col.dictionary_page_offset or col.data_page_offset  # the chunk starts with its dictionary page
         buf[start + col.total_compressed_size // 2] ^= 0x01

@@ -9,12 +9,12 @@ import csv
 import json
 
 import dagster as dg
+from test_labelling_loop import PALETTE, initial_build, loop_resources, sku_png
 
 from skurec.model_store import ModelStore
 from skurec.storage import Workspace
 from skurec_assets.cli import main
 from skurec_assets.definitions import build_definitions
-from test_labelling_loop import FAST_RUN_CONFIG, PALETTE, initial_build, loop_resources, sku_png
 
 SKUS = list(PALETTE)[:4]
 

@@ -18,7 +18,6 @@ import dagster as dg
 import numpy as np
 import pytest
 from PIL import Image
-
 from s3server import s3  # noqa: F401  (fixture)
 
 # Strongly different colours + a per-SKU pattern: separable even by a randomly initialised tiny ViT.
@@ -74,8 +73,14 @@ def write_catalogue(root: Path, counts: dict[str, int], seed0: int = 0) -> Path:
     return root
 
 
-def write_batch(drop: Path, name: str, counts: dict[str, int], seed0: int, manifest: bool = True,
-                columns: tuple[str, ...] = ("image_uri", "sku_id")) -> Path:
+def write_batch(
+    drop: Path,
+    name: str,
+    counts: dict[str, int],
+    seed0: int,
+    manifest: bool = True,
+    columns: tuple[str, ...] = ("image_uri", "sku_id"),
+) -> Path:
     """``drop/name/images/*.png`` then ``manifest.csv`` (written last, like a real upload)."""
     folder = drop / name
     (folder / "images").mkdir(parents=True, exist_ok=True)
@@ -126,7 +131,9 @@ NEW_SKU = "sku-white"
 def initial_build(defs: dg.Definitions, instance: dg.DagsterInstance):
     """The first full build (everything the deployed model needs), as `skurec demo` / the full_rebuild job do."""
     graph = defs.resolve_asset_graph()
-    keys = (dg.AssetSelection.assets("deployed_model").upstream() - dg.AssetSelection.assets("labelled_batch")).resolve(graph)
+    keys = (dg.AssetSelection.assets("deployed_model").upstream() - dg.AssetSelection.assets("labelled_batch")).resolve(
+        graph
+    )
     return defs.resolve_implicit_global_asset_job_def().execute_in_process(
         instance=instance, asset_selection=sorted(keys, key=str), run_config=FAST_RUN_CONFIG
     )
@@ -149,8 +156,15 @@ def write_worse_model(ws) -> None:
     y_bad = y[rng.permutation(len(y))]
     sc = ws.read_json("artifacts/superclasses.json")
     sc_map = {c: int(s) for c, s in zip(sc["classes"], sc["assignment"])}
-    bad = train_hierarchical(X, y_bad, sc_map, coarse_config=DenseConfig(max_epochs=3), fine_config=FineConfig(steps=5),
-                             n_superclasses=int(sc["n_superclasses"]), device="cpu")
+    bad = train_hierarchical(
+        X,
+        y_bad,
+        sc_map,
+        coarse_config=DenseConfig(max_epochs=3),
+        fine_config=FineConfig(steps=5),
+        n_superclasses=int(sc["n_superclasses"]),
+        device="cpu",
+    )
     manifest["hierarchical_digest"] = write_files(ws, "artifacts/hierarchical", bad.to_files())
     ws.write_json("artifacts/training_manifest.json", manifest)
 
@@ -252,7 +266,8 @@ def test_two_batches_flow_through_sensor_automation_fast_path_and_gate(tmp_path)
     files_before = store.load_files(deployed)
     write_worse_model(ws)
     bad_run = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-        instance=instance, asset_selection=[dg.AssetKey("candidate_model"), dg.AssetKey("deployed_model")],
+        instance=instance,
+        asset_selection=[dg.AssetKey("candidate_model"), dg.AssetKey("deployed_model")],
         raise_on_error=False,
     )
     assert not bad_run.success  # the blocking gate check failed, so deployed_model did not run
@@ -267,7 +282,8 @@ def test_two_batches_flow_through_sensor_automation_fast_path_and_gate(tmp_path)
 
     # Even when deployed_model is run on its own, it re-applies the gate and refuses, saying why.
     manual = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-        instance=instance, asset_selection=[dg.AssetKey("deployed_model")])
+        instance=instance, asset_selection=[dg.AssetKey("deployed_model")]
+    )
     meta = asset_metadata(manual, "deployed_model")
     assert meta["decision"] == "refused" and meta["candidate_model_id"] == bad_id
     assert any("accuracy" in r for r in meta["refusal_reasons"])
@@ -325,8 +341,17 @@ def test_malformed_batches_are_rejected_with_a_reason(tmp_path):
 
 
 def test_triage_registers_once_reports_the_rest_and_ingest_is_idempotent(tmp_path):
-    from skurec.batches import (DUPLICATE, INCOMPLETE, INGESTED, NEW, REGISTERED, REJECTED, find_batch, inspect_batch,
-                                triage_drop_location)
+    from skurec.batches import (
+        DUPLICATE,
+        INCOMPLETE,
+        INGESTED,
+        NEW,
+        REGISTERED,
+        REJECTED,
+        find_batch,
+        inspect_batch,
+        triage_drop_location,
+    )
     from skurec.ingest import ingest_batch, ingested_batch_rows, ingested_hashes
     from skurec.storage import Workspace
 

@@ -17,8 +17,20 @@ ROOT = Path(__file__).resolve().parents[1]
 CODE_PACKAGES = ("skurec", "skurec_assets", "skurec_resources")
 
 # The first component of every path below the work directory (see the tree in skurec/layout.py).
-WORKDIR_TOP = ("artifacts", "reports", "candidates", "embeddings", "batches", "review_queue", "tables", "models",
-               "lineage", "dagster_home", "drop", "dagster_step_io")
+WORKDIR_TOP = (
+    "artifacts",
+    "reports",
+    "candidates",
+    "embeddings",
+    "batches",
+    "review_queue",
+    "tables",
+    "models",
+    "lineage",
+    "dagster_home",
+    "drop",
+    "dagster_step_io",
+)
 # A path: a top-level folder followed by "/" (bare words such as "models" are also dict keys), or a top-level file.
 PATH_LITERAL = re.compile(rf"^({'|'.join(WORKDIR_TOP)})/|^skurec(\.duckdb|\.json)$|^skurec_loop_cursors\.json$")
 # String constants that look like work-directory paths but are not (each with its reason).
@@ -36,7 +48,11 @@ def _docstring_nodes(tree: ast.AST) -> set[int]:
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
             first = node.body[0]
-            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+            if (
+                isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
+            ):
                 out.add(id(first.value))
     return out
 
@@ -70,8 +86,15 @@ def test_core_never_imports_dagster():
 
 def test_the_path_literal_check_catches_a_path():
     # The rule below is only as good as its pattern: it must match what a stray path would look like.
-    for literal in ("artifacts/hierarchical", "reports/evaluation.json", "candidates/", "models/deployed.json",
-                    "skurec.duckdb", "embeddings/current_encoder.json", "review_queue/items"):
+    for literal in (
+        "artifacts/hierarchical",
+        "reports/evaluation.json",
+        "candidates/",
+        "models/deployed.json",
+        "skurec.duckdb",
+        "embeddings/current_encoder.json",
+        "review_queue/items",
+    ):
         assert PATH_LITERAL.match(literal), literal
     for literal in ("model_card.json", "config.json", "images", "train", "efficientnet_lite2"):
         assert not PATH_LITERAL.match(literal), literal

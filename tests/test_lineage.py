@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+from test_deploy_gate import ENCODER, add_images, deploy_first, make_workspace
 
 from skurec.deployment.candidates import build_candidate
 from skurec.deployment.card import code_version_info
@@ -13,18 +14,26 @@ from skurec.deployment.gate import decide_deployment
 from skurec.deployment.training_table import image_ids_sha256, table_from_parquet, training_table_sha256
 from skurec.ingest import batch_record_rel, batch_rows_rel
 from skurec.layout import BUNDLE_TRAINING_TABLE as LINEAGE_TABLE
-from skurec_assets.cli import main
 from skurec.model_store import ModelStore
-
-from test_deploy_gate import ENCODER, add_images, deploy_first, make_workspace
+from skurec_assets.cli import main
 
 
 def _record_batch(ws, name: str, content_hash: str) -> None:
     """An ingestion record as labelled_batch writes it (rows themselves are already in the images table here)."""
     ws.write_parquet(batch_rows_rel(name), pd.DataFrame({"image_uri": ["x"], "sku_id": ["y"]}))
-    ws.write_json(batch_record_rel(name), {"batch_id": name, "content_hash": content_hash, "source_uri": f"/drop/{name}",
-                                           "manifest_uri": f"/drop/{name}/manifest.csv", "n_rows": 1, "n_images": 1,
-                                           "skus": [], "ingested_at": "2026-01-01T00:00:00+00:00"})
+    ws.write_json(
+        batch_record_rel(name),
+        {
+            "batch_id": name,
+            "content_hash": content_hash,
+            "source_uri": f"/drop/{name}",
+            "manifest_uri": f"/drop/{name}/manifest.csv",
+            "n_rows": 1,
+            "n_images": 1,
+            "skus": [],
+            "ingested_at": "2026-01-01T00:00:00+00:00",
+        },
+    )
 
 
 def test_full_rebuild_card_names_exact_data_encoder_code_and_training_table(tmp_path):
@@ -36,7 +45,11 @@ def test_full_rebuild_card_names_exact_data_encoder_code_and_training_table(tmp_
     training_set = ws.read_parquet("artifacts/training_set.parquet").to_pandas()
 
     assert card["source"] == "full_rebuild"
-    assert card["catalogue_snapshot"] == manifest["catalogue_snapshot"] == ws.read_json("reports/audit_summary.json")["catalogue_snapshot"]
+    assert (
+        card["catalogue_snapshot"]
+        == manifest["catalogue_snapshot"]
+        == ws.read_json("reports/audit_summary.json")["catalogue_snapshot"]
+    )
     assert card["encoder"]["encoder_id"] == ENCODER["encoder_id"]
     assert card["encoder"]["weights_sha256"] == ENCODER["weights_sha256"]
     assert card["superclasses"]["version"] == manifest["superclass_version"]
@@ -52,7 +65,12 @@ def test_full_rebuild_card_names_exact_data_encoder_code_and_training_table(tmp_
     files = store.load_files(model_id)
     table = table_from_parquet(files[LINEAGE_TABLE])
     key = ["image_id", "sku_id", "split"]
-    assert table[key].sort_values(key).reset_index(drop=True).equals(training_set[key].sort_values(key).reset_index(drop=True))
+    assert (
+        table[key]
+        .sort_values(key)
+        .reset_index(drop=True)
+        .equals(training_set[key].sort_values(key).reset_index(drop=True))
+    )
     assert set(table["added_by"]) == {model_id}
     assert card["training_set"]["sha256"] == training_table_sha256(table)
     assert card["training_set"]["train_image_ids_sha256"] == manifest["train_image_ids_sha256"]
@@ -81,8 +99,15 @@ def test_fast_path_card_extends_the_base_lineage_with_batches_and_new_skus(tmp_p
     assert card["fast_path"]["n_images_added"] == 10  # 8 new-sku + 2 c1 train images (2 of each are val)
     assert card["superclasses"]["attached"] == {"new-sku": card["fast_path"]["superclass_of_new"]["new-sku"]}
     assert card["superclasses"]["version"] == store.card(base_id)["superclasses"]["version"]
-    assert card["batches"] == [{"batch_id": "batch-7", "n_images": 10, "content_hash": "ab" * 32,
-                                "ingested_at": "2026-01-01T00:00:00+00:00", "source_uri": "/drop/batch-7"}]
+    assert card["batches"] == [
+        {
+            "batch_id": "batch-7",
+            "n_images": 10,
+            "content_hash": "ab" * 32,
+            "ingested_at": "2026-01-01T00:00:00+00:00",
+            "source_uri": "/drop/batch-7",
+        }
+    ]
     assert card["catalogue_snapshot"] == ws.read_json("reports/audit_summary.json")["catalogue_snapshot"]
     assert card["catalogue_snapshot"] != store.card(base_id)["catalogue_snapshot"]
 

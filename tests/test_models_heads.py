@@ -62,8 +62,16 @@ def make_catalogue(n_families: int = 6, per_family: int = 3, n_train: int = 30, 
                 parts[split].append(mean + rng.standard_normal((n, DIM)) * 0.12)
                 labels[split] += [name] * n
     arr = {s: l2_normalize(np.concatenate(parts[s])) for s in parts}
-    return Catalogue(arr["train"], np.asarray(labels["train"]), arr["val"], np.asarray(labels["val"]),
-                     arr["test"], np.asarray(labels["test"]), sc, centres)
+    return Catalogue(
+        arr["train"],
+        np.asarray(labels["train"]),
+        arr["val"],
+        np.asarray(labels["val"]),
+        arr["test"],
+        np.asarray(labels["test"]),
+        sc,
+        centres,
+    )
 
 
 @dataclass
@@ -79,13 +87,21 @@ class Trained:
 @pytest.fixture(scope="module")
 def trained() -> Trained:
     cat = make_catalogue()
-    coarse = train_coarse(cat.X_train, cat.y_train, cat.superclass_of_class, cat.X_val, cat.y_val,
-                          config=COARSE_CFG, device="cpu")
-    fine = train_fine(cat.X_train, cat.y_train, cat.superclass_of_class, cat.X_val, cat.y_val, config=FINE_CFG,
-                      device="cpu")
+    coarse = train_coarse(
+        cat.X_train, cat.y_train, cat.superclass_of_class, cat.X_val, cat.y_val, config=COARSE_CFG, device="cpu"
+    )
+    fine = train_fine(
+        cat.X_train, cat.y_train, cat.superclass_of_class, cat.X_val, cat.y_val, config=FINE_CFG, device="cpu"
+    )
     hier = HierarchicalClassifier(coarse, fine, cat.superclass_of_class, m=2)
-    flat = train_flat_linear(cat.X_train, cat.y_train, cat.X_val, cat.y_val,
-                             config=DenseConfig(max_epochs=25, patience=5, batch_size=128), device="cpu")
+    flat = train_flat_linear(
+        cat.X_train,
+        cat.y_train,
+        cat.X_val,
+        cat.y_val,
+        config=DenseConfig(max_epochs=25, patience=5, batch_size=128),
+        device="cpu",
+    )
     return Trained(cat, coarse, fine, hier, flat, FlatPrototype.fit(cat.X_train, cat.y_train))
 
 
@@ -100,7 +116,7 @@ def hard_split(model: HierarchicalClassifier, X: np.ndarray, k: int) -> tuple[np
     for i in range(len(X)):
         s = int(np.argmax(proba[i]))
         cands = [c for c in model.classes if c in members.get(s, [])]
-        pred = model.fine.predict_within(X[i:i + 1], cands, k=k)
+        pred = model.fine.predict_within(X[i : i + 1], cands, k=k)
         n = min(k, len(cands))
         labels[i, :n] = pred.labels[0, :n]
         scores[i, :n] = proba[i, s] * pred.scores[0, :n]
@@ -109,9 +125,13 @@ def hard_split(model: HierarchicalClassifier, X: np.ndarray, k: int) -> tuple[np
 
 def test_all_models_are_near_perfect_on_a_separable_catalogue(trained: Trained) -> None:
     cat = trained.cat
-    for name, model in {"soft": trained.hier, "hard": trained.hier.with_m(1), "flat_linear": trained.flat_linear,
-                        "flat_prototype": trained.flat_proto,
-                        "flat_knn": FlatKNN(cat.X_train, cat.y_train, device="cpu")}.items():
+    for name, model in {
+        "soft": trained.hier,
+        "hard": trained.hier.with_m(1),
+        "flat_linear": trained.flat_linear,
+        "flat_prototype": trained.flat_proto,
+        "flat_knn": FlatKNN(cat.X_train, cat.y_train, device="cpu"),
+    }.items():
         pred = model.predict_topk(cat.X_test, k=3)
         assert pred.labels.shape == (len(cat.y_test), 3) and pred.scores.shape == (len(cat.y_test), 3)
         assert topk_accuracy(pred.labels, cat.y_test, 1) >= 0.98, name
@@ -165,13 +185,22 @@ def test_soft_routing_scores_are_joint_probabilities(trained: Trained) -> None:
 def test_training_is_deterministic_on_cpu_and_reports_progress(trained: Trained) -> None:
     cat = trained.cat
     events: list[tuple[str, int]] = []
-    again = train_coarse(cat.X_train, cat.y_train, cat.superclass_of_class, cat.X_val, cat.y_val,
-                         config=COARSE_CFG, device="cpu", progress=lambda st, i, n, m: events.append((st, i)))
+    again = train_coarse(
+        cat.X_train,
+        cat.y_train,
+        cat.superclass_of_class,
+        cat.X_val,
+        cat.y_val,
+        config=COARSE_CFG,
+        device="cpu",
+        progress=lambda st, i, n, m: events.append((st, i)),
+    )
     for k, v in trained.coarse.module.state_dict().items():
         assert torch.equal(v, again.module.state_dict()[k]), k
     assert events and events[0] == ("coarse", 1)
-    fine2 = train_fine(cat.X_train, cat.y_train, cat.superclass_of_class, cat.X_val, cat.y_val, config=FINE_CFG,
-                       device="cpu")
+    fine2 = train_fine(
+        cat.X_train, cat.y_train, cat.superclass_of_class, cat.X_val, cat.y_val, config=FINE_CFG, device="cpu"
+    )
     np.testing.assert_array_equal(fine2.class_means, trained.fine.class_means)
 
 
@@ -187,8 +216,9 @@ def test_round_trip_gives_identical_predictions(trained: Trained) -> None:
         if isinstance(model, CoarseHead):
             np.testing.assert_array_equal(loaded.predict_proba(cat.X_test), model.predict_proba(cat.X_test))
         elif isinstance(model, FineHead):
-            np.testing.assert_array_equal(loaded.class_logits(cat.X_test).numpy(),
-                                          model.class_logits(cat.X_test).numpy())
+            np.testing.assert_array_equal(
+                loaded.class_logits(cat.X_test).numpy(), model.class_logits(cat.X_test).numpy()
+            )
         else:
             a, b = model.predict_topk(cat.X_test, 3), loaded.predict_topk(cat.X_test, 3)
             np.testing.assert_array_equal(a.labels, b.labels)
@@ -235,8 +265,9 @@ def test_add_classes_makes_a_new_sku_predictable_without_retraining(trained: Tra
     mean = cat.family_centres[2] + rng.standard_normal(DIM) * 0.7
     X_new = l2_normalize(mean + rng.standard_normal((25, DIM)) * 0.12)
     X_more = cat.X_val[cat.y_val == "sku-0-0"]
-    result = trained.hier.add_classes(np.concatenate([X_new[:15], X_more]),
-                                      np.asarray(["sku-new"] * 15 + ["sku-0-0"] * len(X_more)))
+    result = trained.hier.add_classes(
+        np.concatenate([X_new[:15], X_more]), np.asarray(["sku-new"] * 15 + ["sku-0-0"] * len(X_more))
+    )
     model = result.model
     assert model is not trained.hier and "sku-new" not in trained.hier.classes
     assert result.superclass_of_new == {"sku-new": 2} and result.refreshed == ["sku-0-0"]
@@ -247,8 +278,9 @@ def test_add_classes_makes_a_new_sku_predictable_without_retraining(trained: Tra
     old = model.predict_topk(cat.X_test, k=1)
     assert np.mean(old.labels[:, 0] == cat.y_test) >= 0.97
     for rule in ("nearest_class", "centroid"):
-        assert trained.hier.add_classes(X_new[:15], np.asarray(["sku-new"] * 15), attach=rule
-                                        ).superclass_of_new == {"sku-new": 2}
+        assert trained.hier.add_classes(X_new[:15], np.asarray(["sku-new"] * 15), attach=rule).superclass_of_new == {
+            "sku-new": 2
+        }
     with pytest.raises(ValueError, match="attach rule"):
         trained.hier.add_classes(X_new[:15], np.asarray(["sku-new"] * 15), attach="random")
     # the extended model serialises like any other
@@ -287,4 +319,6 @@ def test_flat_logreg_baseline_is_accurate_and_round_trips(trained: Trained) -> N
     scaler = StandardScaler().fit(cat.X_train)
     ref = LogisticRegression(C=1.0, max_iter=5000, tol=1e-9).fit(scaler.transform(cat.X_train), cat.y_train)
     # Both solvers converged on the same convex objective; the torch one works in float32 (differences ~1e-4).
-    np.testing.assert_allclose(model.predict_proba(cat.X_test), ref.predict_proba(scaler.transform(cat.X_test)), atol=5e-4)
+    np.testing.assert_allclose(
+        model.predict_proba(cat.X_test), ref.predict_proba(scaler.transform(cat.X_test)), atol=5e-4
+    )

@@ -78,7 +78,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
                 continue
             nxt = todo.pop()
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if not state.get(nxt):
                 state[nxt] = 1
                 path.append(nxt)
@@ -114,15 +114,17 @@ def test_no_model_imports_a_private_name_of_a_sibling() -> None:
     for module, path in files.items():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and node.level and node.module not in (None, "_common"):
-                bad += [f"{module}: from .{node.module} import {a.name}" for a in node.names
-                        if a.name.startswith("_")]
+                bad += [f"{module}: from .{node.module} import {a.name}" for a in node.names if a.name.startswith("_")]
     assert not bad, bad
 
 
-@pytest.mark.parametrize("graph, cycle", [
-    ({"a": {"b"}, "b": {"c"}, "c": {"a"}}, True),
-    ({"a": {"b", "c"}, "b": {"c"}, "c": set()}, False),
-])
+@pytest.mark.parametrize(
+    "graph, cycle",
+    [
+        ({"a": {"b"}, "b": {"c"}, "c": {"a"}}, True),
+        ({"a": {"b", "c"}, "b": {"c"}, "c": set()}, False),
+    ],
+)
 def test_the_cycle_finder_itself(graph: dict[str, set[str]], cycle: bool) -> None:
     found = find_cycle(graph)
     assert (found is not None) == cycle

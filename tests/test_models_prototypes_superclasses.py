@@ -20,8 +20,9 @@ from skurec.models.superclasses import METHOD_DIRECT, METHOD_IDENTITY, METHOD_UM
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def family_catalogue(n_families: int = 8, per_family: int = 4, per_class: int = 6, dim: int = 24,
-                     seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+def family_catalogue(
+    n_families: int = 8, per_family: int = 4, per_class: int = 6, dim: int = 24, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
     """Well-separated families of similar classes: returns X, y and class -> family."""
     rng = np.random.default_rng(seed)
     fam_centres = rng.standard_normal((n_families, dim)) * 3.0
@@ -118,8 +119,9 @@ def test_similar_groups_join_near_duplicates_and_given_families() -> None:
     assert groups["s0"] == groups["s0-twin"] and groups["s0"].startswith("sim-")
     assert similar_class_set(groups) == {"s0", "s0-twin"}
     # a given family joins s3 and s4 (not similar by cosine) and names the group after the family
-    with_fam = similar_groups(vectors, classes, threshold=0.95, given_groups={"s3": "cola", "s4": "cola",
-                                                                              "unknown": "cola"})
+    with_fam = similar_groups(
+        vectors, classes, threshold=0.95, given_groups={"s3": "cola", "s4": "cola", "unknown": "cola"}
+    )
     assert with_fam["s3"] == with_fam["s4"] == "cola"
     assert similar_class_set(with_fam) == {"s0", "s0-twin", "s3", "s4"}
     # data-derived threshold (a quantile of nearest-neighbour cosines) still finds the twin

@@ -41,8 +41,7 @@ class Cat:
     family: dict[str, int]
 
 
-def make_catalogue(n_fam: int = 5, per_fam: int = 3, n_train: int = 40, seed: int = 0,
-                   local_axes: bool = True) -> Cat:
+def make_catalogue(n_fam: int = 5, per_fam: int = 3, n_train: int = 40, seed: int = 0, local_axes: bool = True) -> Cat:
     """Families of look-alike SKUs. Siblings of family ``f`` differ along a direction ``u_f``; with ``local_axes``
     family ``f + 1`` varies a lot *along u_f* (a nuisance there). A pooled covariance therefore distrusts ``u_f``
     everywhere, while family ``f``'s own covariance is tight along it: local whitening is what separates its
@@ -64,8 +63,10 @@ def make_catalogue(n_fam: int = 5, per_fam: int = 3, n_train: int = 40, seed: in
                     e += rng.standard_normal((n, 1)) * 1.5 * u[(f - 1) % n_fam][None, :]
                 out[split][0].append(mean + e)
                 out[split][1].extend([name] * n)
-    arr = {s: (l2_normalize(np.concatenate(v[0]) + 8.0 * np.ones(DIM) / np.sqrt(DIM)), np.asarray(v[1]))
-           for s, v in out.items()}
+    arr = {
+        s: (l2_normalize(np.concatenate(v[0]) + 8.0 * np.ones(DIM) / np.sqrt(DIM)), np.asarray(v[1]))
+        for s, v in out.items()
+    }
     return Cat(*arr["train"], *arr["val"], *arr["test"], family)
 
 
@@ -76,9 +77,9 @@ def cat() -> Cat:
 
 @pytest.fixture(scope="module")
 def trained(cat: Cat):
-    return train_specialist_hierarchy(cat.X, cat.y, cat.Xv, cat.yv,
-                                      SpecialistHierarchyConfig(max_sizes=(3, 5),
-                                                                specialists=SpecialistConfig(rank=4)))
+    return train_specialist_hierarchy(
+        cat.X, cat.y, cat.Xv, cat.yv, SpecialistHierarchyConfig(max_sizes=(3, 5), specialists=SpecialistConfig(rank=4))
+    )
 
 
 def _codes(y: np.ndarray) -> tuple[list[str], np.ndarray]:
@@ -162,8 +163,9 @@ def test_specialists_beat_the_pooled_model_within_superclass_when_covariances_di
 
 def test_beta_zero_hierarchy_over_all_superclasses_is_the_flat_lda(cat: Cat) -> None:
     router = train_lda_router(cat.X, cat.y, cat.family, cat.Xv, cat.yv)
-    router = LDARouter(router.classes, router.W, router.b, router.sc_of_index, 5, router.precision, router.mu0, 1.0,
-                       router.shrinkage)
+    router = LDARouter(
+        router.classes, router.W, router.b, router.sc_of_index, 5, router.precision, router.mu0, 1.0, router.shrinkage
+    )
     head = train_specialists(cat.X, cat.y, cat.family, router, cat.Xv, cat.yv, SpecialistConfig(betas=(0.0,)))
     assert head.beta == 0.0
     model = HierarchicalClassifier(router, head, cat.family, m=5)
@@ -184,7 +186,7 @@ def test_m1_is_exactly_the_hard_split(trained, cat: Cat) -> None:
         order = members[np.argsort(-logits[i, members], kind="stable")][:3]
         expected = [model.classes[j] for j in order] + [""] * (3 - len(order))
         assert hard.labels[i].tolist() == expected
-        assert (hard.superclass[i] == top_sc[i])
+        assert hard.superclass[i] == top_sc[i]
 
 
 def test_trained_hierarchy_is_accurate_and_not_below_flat(trained, cat: Cat) -> None:
@@ -211,8 +213,13 @@ def test_round_trip_and_corruption(trained, cat: Cat) -> None:
 def test_add_classes_without_retraining(cat: Cat) -> None:
     keep = ~np.char.startswith(cat.y.astype(str), "f4-k2")
     keep_v = ~np.char.startswith(cat.yv.astype(str), "f4-k2")
-    res = train_specialist_hierarchy(cat.X[keep], cat.y[keep], cat.Xv[keep_v], cat.yv[keep_v],
-                                     SpecialistHierarchyConfig(max_sizes=(3,), specialists=SpecialistConfig(rank=4)))
+    res = train_specialist_hierarchy(
+        cat.X[keep],
+        cat.y[keep],
+        cat.Xv[keep_v],
+        cat.yv[keep_v],
+        SpecialistHierarchyConfig(max_sizes=(3,), specialists=SpecialistConfig(rank=4)),
+    )
     old = res.model
     assert "f4-k2" not in old.classes
     out = old.add_classes(cat.X[~keep], cat.y[~keep])
@@ -224,8 +231,9 @@ def test_add_classes_without_retraining(cat: Cat) -> None:
     n_old = len(old.classes)
     assert np.array_equal(new.fine.Ws[:n_old], old.fine.Ws) and np.array_equal(new.coarse.W[:n_old], old.coarse.W)
     # the new SKU's specialist row equals a fresh closed-form row from its mean
-    W_new, _ = old.fine.specialist_rows(cat.X[~keep].astype(np.float64).mean(0, keepdims=True),
-                                        np.asarray([sibling_sc]))
+    W_new, _ = old.fine.specialist_rows(
+        cat.X[~keep].astype(np.float64).mean(0, keepdims=True), np.asarray([sibling_sc])
+    )
     assert np.allclose(new.fine.Ws[-1], W_new[0], rtol=1e-4, atol=1e-4)
     test_new = cat.yt == "f4-k2"
     acc_new = float(np.mean(new.predict_topk(cat.Xt[test_new], 1).labels[:, 0] == "f4-k2"))

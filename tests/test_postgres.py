@@ -24,7 +24,6 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-
 from test_labelling_loop import BASE_SKUS, initial_build, loop_resources, write_batch, write_catalogue
 
 REPO = Path(__file__).resolve().parent.parent
@@ -100,24 +99,55 @@ class PostgresServer:
         cmd = [*self.prefix, *args]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=self.root)
         if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(args[:2])} failed ({proc.returncode}): {proc.stdout[-1500:]}{proc.stderr[-1500:]}")
+            raise RuntimeError(
+                f"{' '.join(args[:2])} failed ({proc.returncode}): {proc.stdout[-1500:]}{proc.stderr[-1500:]}"
+            )
 
     def start(self) -> None:
         pwfile = self.root / "pw"
         pwfile.write_text(self.password)
         if self.prefix:
             shutil.chown(pwfile, user=int(self.prefix[1].split("=")[1]), group=int(self.prefix[2].split("=")[1]))
-        self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-U", self.user, f"--pwfile={pwfile}",
-                  "--auth=scram-sha-256", "-E", "UTF8", "--no-sync")
+        self._run(
+            str(self.bindir / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            self.user,
+            f"--pwfile={pwfile}",
+            "--auth=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
         pwfile.unlink()
-        opts = (f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.root} "
-                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=60")
-        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"),
-                  "-o", opts, "-w", "-t", str(START_TIMEOUT_S), "start")
+        opts = (
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.root} "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=60"
+        )
+        self._run(
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.root / "server.log"),
+            "-o",
+            opts,
+            "-w",
+            "-t",
+            str(START_TIMEOUT_S),
+            "start",
+        )
         import psycopg2
 
-        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user=self.user, password=self.password,
-                                dbname="postgres", connect_timeout=10)
+        conn = psycopg2.connect(
+            host="127.0.0.1",
+            port=self.port,
+            user=self.user,
+            password=self.password,
+            dbname="postgres",
+            connect_timeout=10,
+        )
         conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute(f'CREATE DATABASE "{self.db}"')
@@ -126,19 +156,27 @@ class PostgresServer:
     def stop(self) -> None:
         try:
             if (self.data / "postmaster.pid").exists():
-                self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "-t", "30", "stop")
+                self._run(
+                    str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "-t", "30", "stop"
+                )
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 
     def env(self) -> dict[str, str]:
-        return {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(self.port), "DAGSTER_PG_DB": self.db,
-                "DAGSTER_PG_USERNAME": self.user, "DAGSTER_PG_PASSWORD": self.password}
+        return {
+            "DAGSTER_PG_HOST": "127.0.0.1",
+            "DAGSTER_PG_PORT": str(self.port),
+            "DAGSTER_PG_DB": self.db,
+            "DAGSTER_PG_USERNAME": self.user,
+            "DAGSTER_PG_PASSWORD": self.password,
+        }
 
     def sql(self, query: str, args: tuple = ()) -> list[tuple]:
         import psycopg2
 
-        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user=self.user, password=self.password,
-                                dbname=self.db, connect_timeout=10)
+        conn = psycopg2.connect(
+            host="127.0.0.1", port=self.port, user=self.user, password=self.password, dbname=self.db, connect_timeout=10
+        )
         try:
             with conn.cursor() as cur:
                 cur.execute(query, args)
@@ -153,8 +191,10 @@ def postgres():
     _need("psycopg2", "the PostgreSQL driver")
     bindir = find_postgres_bin()
     if bindir is None:
-        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl, postgres) on this machine, neither a system "
-                    "install (/usr/lib/postgresql/*/bin, PATH) nor a pip-installed server (pgserver)")
+        pytest.skip(
+            "no PostgreSQL server binaries (initdb, pg_ctl, postgres) on this machine, neither a system "
+            "install (/usr/lib/postgresql/*/bin, PATH) nor a pip-installed server (pgserver)"
+        )
     server = PostgresServer(bindir)
     try:
         server.start()
@@ -238,12 +278,17 @@ def test_pipeline_and_a_labelled_batch_on_postgres(postgres, pg_home, tmp_path):
     assert not list(pg_home.rglob("*.db"))
     n_runs = postgres.sql("select count(*) from runs")[0][0]
     assert n_runs == len(runs) >= 3
-    mats = dict(postgres.sql(
-        "select asset_key, count(*) from event_logs where dagster_event_type = 'ASSET_MATERIALIZATION' group by 1"))
+    mats = dict(
+        postgres.sql(
+            "select asset_key, count(*) from event_logs where dagster_event_type = 'ASSET_MATERIALIZATION' group by 1"
+        )
+    )
     assert mats['["image_embeddings"]'] == 2 and mats['["labelled_batch"]'] == 1
     assert mats['["candidate_model"]'] == 2 and mats['["superclasses"]'] == 1  # the batch did not retrain
     assert postgres.sql("select count(*) from event_logs where run_id = %s", (auto_run,))[0][0] > 20
-    assert postgres.sql("select partition from dynamic_partitions where partitions_def_name = 'labelled_batches'") == [("batch-1",)]
+    assert postgres.sql("select partition from dynamic_partitions where partitions_def_name = 'labelled_batches'") == [
+        ("batch-1",)
+    ]
     print(f"pipeline + one batch on PostgreSQL: {elapsed:.1f} s, {n_runs} runs")
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from test_labelling_loop import sku_png
 
 from skurec.batches import DropBatch, inspect_batch
 from skurec.deployment.bundle import publish_model
@@ -21,8 +22,6 @@ from skurec.serving.recognizer import Recognizer, RecognizerError
 from skurec.serving.review_queue import ReviewQueue
 from skurec.storage import Workspace
 from skurec_assets.cli import main
-
-from test_labelling_loop import sku_png
 
 SKUS = ["sku-red", "sku-green", "sku-blue", "sku-yellow", "sku-white"]
 
@@ -43,13 +42,29 @@ def deployed(tmp_path_factory):
     X = enc.embed_images(images)
     y = np.asarray(labels)
     sc_map = {s: i % 2 for i, s in enumerate(SKUS)}
-    model = train_hierarchical(X, y, sc_map, coarse_config=DenseConfig(max_epochs=10), fine_config=FineConfig(steps=20),
-                               n_superclasses=2, device="cpu")
+    model = train_hierarchical(
+        X,
+        y,
+        sc_map,
+        coarse_config=DenseConfig(max_epochs=10),
+        fine_config=FineConfig(steps=20),
+        n_superclasses=2,
+        device="cpu",
+    )
     table = pd.DataFrame({"image_id": ids, "sku_id": labels, "split": "train", "added_by": None})
-    card = build_model_card(source="full_rebuild", model=model, table=table, catalogue_snapshot="s" * 64,
-                            encoder=enc.identity(), superclasses={"version": "v1", "n_superclasses": 2},
-                            training_config={}, seeds={}, evaluation={}, batches=[],
-                            sku_names={s: s.replace("sku-", "").title() for s in SKUS})
+    card = build_model_card(
+        source="full_rebuild",
+        model=model,
+        table=table,
+        catalogue_snapshot="s" * 64,
+        encoder=enc.identity(),
+        superclasses={"version": "v1", "n_superclasses": 2},
+        training_config={},
+        seeds={},
+        evaluation={},
+        batches=[],
+        sku_names={s: s.replace("sku-", "").title() for s in SKUS},
+    )
     rec = publish_model(ws, model, card, table)
     ModelStore(ws).deploy(rec.model_id, reason="test")
     return ws, rec.model_id, enc
@@ -87,8 +102,14 @@ def test_low_confidence_is_unknown_and_goes_to_the_review_queue(deployed, tmp_pa
     # just above its score.
     rng = np.random.default_rng(0)
     noise = [Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)) for _ in range(4)]
-    blends = [Image.blend(Image.open(io.BytesIO(sku_png(a, 5))).convert("RGB"), Image.open(io.BytesIO(sku_png(b, 6))).convert("RGB"), 0.5)
-              for a, b in zip(SKUS, SKUS[1:])]
+    blends = [
+        Image.blend(
+            Image.open(io.BytesIO(sku_png(a, 5))).convert("RGB"),
+            Image.open(io.BytesIO(sku_png(b, 6))).convert("RGB"),
+            0.5,
+        )
+        for a, b in zip(SKUS, SKUS[1:])
+    ]
     candidates = []
     for im in noise + blends:
         buf = io.BytesIO()
@@ -145,7 +166,10 @@ def test_default_threshold_is_the_models_calibrated_one(deployed):
     assert plain.threshold == 0.5  # this bundle has no calibration
     calibrated = Recognizer(plain.model, {**plain.card, "recognition": {"threshold": 0.123}}, enc)
     assert calibrated.threshold == 0.123
-    assert Recognizer(plain.model, {**plain.card, "recognition": {"threshold": 0.123}}, enc, threshold=0.7).threshold == 0.7
+    assert (
+        Recognizer(plain.model, {**plain.card, "recognition": {"threshold": 0.123}}, enc, threshold=0.7).threshold
+        == 0.7
+    )
 
 
 def test_predict_cli_prints_one_json_line_per_image(deployed, tmp_path, capsys):
@@ -162,8 +186,9 @@ def test_predict_cli_prints_one_json_line_per_image(deployed, tmp_path, capsys):
 
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8\xff broken")
-    code = main(["predict", str(bad), paths[0], "--workdir", ws.root, "--device", "cpu", "--threshold", "1",
-                 "--review-queue"])
+    code = main(
+        ["predict", str(bad), paths[0], "--workdir", ws.root, "--device", "cpu", "--threshold", "1", "--review-queue"]
+    )
     assert code == 1  # one image failed; the others are still answered
     lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert "error" in lines[0] and lines[1]["label"] == "unknown"

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from badinputs import separable_catalogue
+
 from skurec_assets.ui import running
 
 REPO = Path(__file__).resolve().parent.parent
@@ -107,7 +107,7 @@ def _listening_addresses(port: int) -> set[str]:
                 if width == 8:
                     found.add(socket.inet_ntop(socket.AF_INET, bytes.fromhex(addr_hex)[::-1]))
                 else:
-                    raw = b"".join(bytes.fromhex(addr_hex[i:i + 8])[::-1] for i in range(0, 32, 8))
+                    raw = b"".join(bytes.fromhex(addr_hex[i : i + 8])[::-1] for i in range(0, 32, 8))
                     found.add(socket.inet_ntop(socket.AF_INET6, raw))
     return found
 
@@ -165,8 +165,23 @@ def test_dagster_dev_launches_the_whole_pipeline_and_shows_lineage(tmp_path: Pat
     t0 = time.monotonic()
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dagster", "dev", "-m", "skurec_assets.definitions", "-h", "127.0.0.1", "-p", str(port)],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "dagster",
+                "dev",
+                "-m",
+                "skurec_assets.definitions",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         _wait_for_server(port, proc, log)
@@ -231,7 +246,9 @@ def test_skurec_ui_stops_every_process_on_signal(tmp_path: Path, sig: int):
     catalogue = separable_catalogue(tmp_path / "catalogue", n_skus=3, per_sku=3)
     work = tmp_path / "work"
     work.mkdir()
-    (work / SETTINGS_FILE).write_text(json.dumps({"catalogue": str(catalogue), "encoder": "tiny_random_vit", "min_samples": 3}))
+    (work / SETTINGS_FILE).write_text(
+        json.dumps({"catalogue": str(catalogue), "encoder": "tiny_random_vit", "min_samples": 3})
+    )
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     env.pop("DAGSTER_HOME", None)
@@ -239,7 +256,11 @@ def test_skurec_ui_stops_every_process_on_signal(tmp_path: Path, sig: int):
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "skurec_assets.cli", "ui", "--workdir", str(work), "--port", str(port)],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     seen: set[int] = set()
     try:
@@ -260,7 +281,9 @@ def test_skurec_ui_stops_every_process_on_signal(tmp_path: Path, sig: int):
             time.sleep(0.2)
         took = time.monotonic() - t0
         left = running(seen)
-        assert not left, f"{len(left)} processes still running {took:.1f}s after {signal.Signals(sig).name}: {left}\n{log.read_text()[-3000:]}"
+        assert not left, (
+            f"{len(left)} processes still running {took:.1f}s after {signal.Signals(sig).name}: {left}\n{log.read_text()[-3000:]}"
+        )
         assert rc == 128 + sig
         assert not _listening_addresses(port)
         print(f"skurec ui stopped {len(seen)} processes {took:.1f}s after {signal.Signals(sig).name}")
@@ -284,8 +307,8 @@ def test_postgres_instance_example_parses_and_keeps_secrets_in_env():
     assert "s3://" in text and "SKUREC_WORKDIR" in text  # object storage for the work directory is documented
     assert "dagster_celery" in text or "dagster_k8s" in text  # a distributed executor / launcher example
 
-    from dagster._core.instance.config import dagster_instance_config_schema
     from dagster._config import validate_config
+    from dagster._core.instance.config import dagster_instance_config_schema
 
     # The whole file against Dagster's instance schema (the storage/postgres shape included; the classes it names
     # are only imported when dagster-postgres is installed, which skurec does not require).

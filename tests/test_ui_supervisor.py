@@ -52,8 +52,9 @@ def test_supervisor_leaves_no_process_behind(tmp_path: Path, mode: str, sig: int
     fake = tmp_path / "fake_dagster_dev.py"
     fake.write_text(FAKE_DEV)
     ready = tmp_path / "ready"
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER, sys.executable, str(fake), str(ready), mode],
-                              start_new_session=True)
+    driver = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, sys.executable, str(fake), str(ready), mode], start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 30
         tree: dict[int, int] = {}
@@ -82,11 +83,13 @@ def test_supervisor_leaves_no_process_behind(tmp_path: Path, mode: str, sig: int
 
 def test_supervisor_returns_the_exit_code_and_cleans_up_when_dev_exits_by_itself(tmp_path: Path) -> None:
     pid_file = tmp_path / "orphan.pid"
-    code = ("import subprocess, sys\n"
-            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
-            f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
-            "import time; time.sleep(1.0)\n"  # the supervisor records it
-            "sys.exit(3)")
+    code = (
+        "import subprocess, sys\n"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+        "import time; time.sleep(1.0)\n"  # the supervisor records it
+        "sys.exit(3)"
+    )
     t0 = time.monotonic()
     driver = subprocess.run([sys.executable, "-c", DRIVER, sys.executable, "-c", code], timeout=30)
     assert driver.returncode == 3 and time.monotonic() - t0 < 20

@@ -22,9 +22,9 @@ def model_files_only(files: Mapping[str, bytes]) -> dict[str, bytes]:
     return {k: v for k, v in files.items() if not k.startswith(BUNDLE_LINEAGE_DIR + "/")}
 
 
-
-def publish_model(ws: Workspace, model: Any, card: dict, table: pd.DataFrame, model_id: str | None = None,
-                  prefix: str = "hier") -> ModelRecord:
+def publish_model(
+    ws: Workspace, model: Any, card: dict, table: pd.DataFrame, model_id: str | None = None, prefix: str = "hier"
+) -> ModelRecord:
     """Save ``model`` with its training table and card as a new immutable bundle (nothing is deployed here).
 
     The card is written last by the model store, so an exception anywhere before leaves no visible bundle.
@@ -54,6 +54,9 @@ def load_published(ws: Workspace, model_id: str, device: str | None = "cpu") -> 
     files = store.load_files(model_id)
     card = store.card(model_id)
     model = load_classifier(model_files_only(files), device=device)
-    table = table_from_parquet(files[BUNDLE_TRAINING_TABLE]) if BUNDLE_TRAINING_TABLE in files else pd.DataFrame(columns=TABLE_COLUMNS)
+    table = (
+        table_from_parquet(files[BUNDLE_TRAINING_TABLE])
+        if BUNDLE_TRAINING_TABLE in files
+        else pd.DataFrame(columns=TABLE_COLUMNS)
+    )
     return PublishedModel(model_id, model, card, table)
-

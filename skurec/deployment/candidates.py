@@ -113,14 +113,21 @@ def prepare_full_rebuild(ws: Workspace, model_id: str | None = None) -> tuple[Pu
         table=table,
         catalogue_snapshot=manifest.get("catalogue_snapshot", ""),
         encoder=manifest.get("encoder", {}),
-        superclasses={"version": manifest.get("superclass_version") or sc_doc.get("version"),
-                      "n_superclasses": n_superclasses, "method": sc_doc.get("method")},
+        superclasses={
+            "version": manifest.get("superclass_version") or sc_doc.get("version"),
+            "n_superclasses": n_superclasses,
+            "method": sc_doc.get("method"),
+        },
         training_config=manifest.get("configs", {}),
         seeds=manifest.get("seeds", {}),
         evaluation=evaluation,
         batches=batches_of(ws, train_ids),
         sku_names=_sku_names(ws),
-        extra={"artifact_digest": digest, "training_code_version": manifest.get("code_version"), "model_choice": choice},
+        extra={
+            "artifact_digest": digest,
+            "training_code_version": manifest.get("code_version"),
+            "model_choice": choice,
+        },
     )
     why = f"trained model {digest[:12]} from the full rebuild"
     if choice["deployed"] != "hierarchical":
@@ -142,13 +149,20 @@ def better_of_hierarchy_and_flat(ws: Workspace, hierarchical: Any, margin: float
         return hierarchical, {**choice, "reason": "no validation images to compare on"}
     flat = load_classifier(read_files(ws, layout.FLAT_LINEAR_DIR), device="cpu")
     y = data.val.y.astype(str)
-    scores = {name: float(np.mean(m.predict_topk(data.val.X, k=1).labels[:, 0].astype(str) == y))
-              for name, m in (("hierarchical", hierarchical), ("flat_linear", flat))}
+    scores = {
+        name: float(np.mean(m.predict_topk(data.val.X, k=1).labels[:, 0].astype(str) == y))
+        for name, m in (("hierarchical", hierarchical), ("flat_linear", flat))
+    }
     choice["val_top1"] = scores
     if set(flat.classes) == set(hierarchical.classes) and scores["flat_linear"] > scores["hierarchical"] + margin:
-        return flat, {**choice, "deployed": "flat_linear",
-                      "reason": (f"the flat linear model beats the hierarchy on validation ({scores['flat_linear']:.4f} "
-                                 f"vs {scores['hierarchical']:.4f}, margin {margin}): the flat model is deployed")}
+        return flat, {
+            **choice,
+            "deployed": "flat_linear",
+            "reason": (
+                f"the flat linear model beats the hierarchy on validation ({scores['flat_linear']:.4f} "
+                f"vs {scores['hierarchical']:.4f}, margin {margin}): the flat model is deployed"
+            ),
+        }
     return hierarchical, {**choice, "reason": "the hierarchy is not worse than the flat linear model on validation"}
 
 
@@ -169,8 +183,9 @@ def _evaluation_summary(ws: Workspace, digest: str) -> dict[str, float]:
     return out
 
 
-def prepare_fast_path(ws: Workspace, data: Any, attach: str = "coarse", model_id: str | None = None
-                      ) -> tuple[PublishedModel | None, str, dict[str, Any]]:
+def prepare_fast_path(
+    ws: Workspace, data: Any, attach: str = "coarse", model_id: str | None = None
+) -> tuple[PublishedModel | None, str, dict[str, Any]]:
     """The deployed model extended with every active train image it has not seen (in memory, not published).
 
     Returns ``(None, why, details)`` when there is nothing to add, no deployed model, or the encoder changed.
@@ -181,10 +196,19 @@ def prepare_fast_path(ws: Workspace, data: Any, attach: str = "coarse", model_id
         return None, "no deployed model to extend yet (the first model comes from full_rebuild)", {}
     base = load_published(ws, base_id)
     base_enc = base.card.get("encoder", {}).get("encoder_id")
-    details: dict[str, Any] = {"base_model_id": base_id, "inactive_new_skus": _inactive_new_skus(ws, set(base.model.classes))}
+    details: dict[str, Any] = {
+        "base_model_id": base_id,
+        "inactive_new_skus": _inactive_new_skus(ws, set(base.model.classes)),
+    }
     if base_enc != data.encoder_id:
-        return None, (f"the encoder changed ({base_enc} -> {data.encoder_id}): the fast path cannot extend the "
-                      "deployed model; run the full_rebuild job"), details
+        return (
+            None,
+            (
+                f"the encoder changed ({base_enc} -> {data.encoder_id}): the fast path cannot extend the "
+                "deployed model; run the full_rebuild job"
+            ),
+            details,
+        )
     if not hasattr(base.model, "add_classes"):
         return None, f"deployed model {base_id} ({type(base.model).__name__}) has no fast path", details
     seen = set(base.table["image_id"])
@@ -194,13 +218,28 @@ def prepare_fast_path(ws: Workspace, data: Any, attach: str = "coarse", model_id
     X_new, y_new = data.train.X[new_idx], data.train.y[new_idx]
     result = base.model.add_classes(X_new, y_new, attach=attach)
     model_id = model_id or new_model_id("fast")
-    added = pd.DataFrame({"image_id": [data.train.image_ids[i] for i in new_idx], "sku_id": y_new.astype(str),
-                          "split": "train", "added_by": model_id})
+    added = pd.DataFrame(
+        {
+            "image_id": [data.train.image_ids[i] for i in new_idx],
+            "sku_id": y_new.astype(str),
+            "split": "train",
+            "added_by": model_id,
+        }
+    )
     # Validation/test images it will be judged on are recorded too (never trained on).
-    held = [pd.DataFrame({"image_id": s.image_ids, "sku_id": np.asarray(s.y).astype(str), "split": name, "added_by": model_id})
-            for name, s in (("val", data.val), ("test", data.test)) if len(s)]
+    held = [
+        pd.DataFrame(
+            {"image_id": s.image_ids, "sku_id": np.asarray(s.y).astype(str), "split": name, "added_by": model_id}
+        )
+        for name, s in (("val", data.val), ("test", data.test))
+        if len(s)
+    ]
     held = [h[~h["image_id"].isin(seen)] for h in held]
-    base_rows = base.table[TABLE_COLUMNS] if set(TABLE_COLUMNS) <= set(base.table.columns) else pd.DataFrame(columns=TABLE_COLUMNS)
+    base_rows = (
+        base.table[TABLE_COLUMNS]
+        if set(TABLE_COLUMNS) <= set(base.table.columns)
+        else pd.DataFrame(columns=TABLE_COLUMNS)
+    )
     table = pd.concat([base_rows, added, *held], ignore_index=True)
     train_ids = table.loc[table["split"] == "train", "image_id"].tolist()
     sc_base = dict(base.card.get("superclasses", {}))
@@ -284,9 +323,14 @@ def build_candidate(ws: Workspace, attach: str = "coarse", gate: GateConfig | No
 
 def record_candidate(ws: Workspace, candidate: CandidateResult) -> dict:
     """Write ``candidates/<model_id>.json`` and ``candidates/latest.json`` (what the deployment step looks at)."""
-    doc = {"model_id": candidate.model_id, "source": candidate.source, "reason": candidate.reason,
-           "created_at": now_iso(), "gate": candidate.gate.to_dict() if candidate.gate else None,
-           "details": candidate.details}
+    doc = {
+        "model_id": candidate.model_id,
+        "source": candidate.source,
+        "reason": candidate.reason,
+        "created_at": now_iso(),
+        "gate": candidate.gate.to_dict() if candidate.gate else None,
+        "details": candidate.details,
+    }
     ws.write_json(layout.candidate_record(candidate.model_id), doc)
     ws.write_json(layout.LATEST_CANDIDATE, doc)
     return doc
@@ -294,4 +338,3 @@ def record_candidate(ws: Workspace, candidate: CandidateResult) -> dict:
 
 def latest_candidate(ws: Workspace) -> dict | None:
     return layout.latest_candidate(ws)
-

@@ -37,15 +37,23 @@ def code_version_info() -> dict[str, Any]:
     if commit is None:
         repo = Path(__file__).resolve().parent.parent
         try:
-            commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                    timeout=5, check=True).stdout.strip() or None
-            status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                                    capture_output=True, text=True, timeout=5, check=True).stdout
+            commit = (
+                subprocess.run(
+                    ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+                ).stdout.strip()
+                or None
+            )
+            status = subprocess.run(
+                ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=True,
+            ).stdout
             dirty = bool(status.strip())
         except Exception:  # no git, not a checkout: the package version still identifies the code
             commit = None
     return {"package": "skurec", "package_version": pkg, "git_commit": commit, "git_dirty": dirty}
-
 
 
 def batches_of(ws: Workspace, image_ids: Sequence[str]) -> list[dict[str, Any]]:
@@ -61,8 +69,15 @@ def batches_of(ws: Workspace, image_ids: Sequence[str]) -> list[dict[str, Any]]:
     out = []
     for batch_id, n in sorted(counts.items()):
         rec = records.get(batch_id, {})
-        out.append({"batch_id": str(batch_id), "n_images": int(n), "content_hash": rec.get("content_hash"),
-                    "ingested_at": rec.get("ingested_at"), "source_uri": rec.get("source_uri")})
+        out.append(
+            {
+                "batch_id": str(batch_id),
+                "n_images": int(n),
+                "content_hash": rec.get("content_hash"),
+                "ingested_at": rec.get("ingested_at"),
+                "source_uri": rec.get("source_uri"),
+            }
+        )
     return out
 
 
@@ -101,9 +116,16 @@ def build_model_card(
             "n_val": int((table["split"] == "val").sum()),
             "n_test": int((table["split"] == "test").sum()),
         },
-        "classes": {"n": len(classes), "list": classes, "names": {c: sku_names[c] for c in classes if sku_names and c in sku_names}},
+        "classes": {
+            "n": len(classes),
+            "list": classes,
+            "names": {c: sku_names[c] for c in classes if sku_names and c in sku_names},
+        },
         "batches": [dict(b) for b in batches],
-        "encoder": {k: encoder.get(k) for k in ("name", "encoder_id", "weights_sha256", "pretrained", "dim", "options", "source")},
+        "encoder": {
+            k: encoder.get(k)
+            for k in ("name", "encoder_id", "weights_sha256", "pretrained", "dim", "options", "source")
+        },
         "superclasses": dict(superclasses),
         "code": code_version_info(),
         "training_config": dict(training_config),
@@ -124,11 +146,17 @@ def _fmt(v: Any) -> str:
 
 def model_card_markdown(card: Mapping[str, Any]) -> str:
     """Human-readable model card (the same facts as the JSON, for the UI and ``skurec lineage``)."""
-    ts, enc, sc, code = card.get("training_set", {}), card.get("encoder", {}), card.get("superclasses", {}), card.get("code", {})
+    ts, enc, sc, code = (
+        card.get("training_set", {}),
+        card.get("encoder", {}),
+        card.get("superclasses", {}),
+        card.get("code", {}),
+    )
     lines = [
         f"# Model card: {card.get('model_id', '(unpublished)')}",
         "",
-        f"- **source**: {card.get('source')}" + (f" (extends `{card['base_model_id']}`)" if card.get("base_model_id") else ""),
+        f"- **source**: {card.get('source')}"
+        + (f" (extends `{card['base_model_id']}`)" if card.get("base_model_id") else ""),
         f"- **created**: {card.get('created_at', '')}",
         f"- **classes**: {card.get('classes', {}).get('n')}",
         f"- **catalogue snapshot**: `{card.get('catalogue_snapshot')}`",
@@ -159,21 +187,34 @@ def model_card_markdown(card: Mapping[str, Any]) -> str:
             lines.append(f"- validation top-1: {_fmt(choice['val_top1'])}")
     fp = card.get("fast_path")
     if fp:
-        lines += ["", "## Fast path", "", f"- new SKUs: {', '.join(fp.get('new_skus', [])) or '(none)'}",
-                  f"- superclass of each new SKU: {_fmt(fp.get('superclass_of_new', {}))}",
-                  f"- refreshed SKUs: {len(fp.get('refreshed_skus', []))}; images added: {fp.get('n_images_added')}",
-                  f"- attach rule: {fp.get('attach_rule')}"]
+        lines += [
+            "",
+            "## Fast path",
+            "",
+            f"- new SKUs: {', '.join(fp.get('new_skus', [])) or '(none)'}",
+            f"- superclass of each new SKU: {_fmt(fp.get('superclass_of_new', {}))}",
+            f"- refreshed SKUs: {len(fp.get('refreshed_skus', []))}; images added: {fp.get('n_images_added')}",
+            f"- attach rule: {fp.get('attach_rule')}",
+        ]
     batches = card.get("batches", [])
     lines += ["", f"## Batches ({len(batches)})", ""]
     if batches:
         lines += ["| batch | images | content hash | ingested |", "|---|---|---|---|"]
-        lines += [f"| {b['batch_id']} | {b['n_images']} | `{(b.get('content_hash') or '')[:16]}` | {b.get('ingested_at') or ''} |"
-                  for b in batches]
+        lines += [
+            f"| {b['batch_id']} | {b['n_images']} | `{(b.get('content_hash') or '')[:16]}` | {b.get('ingested_at') or ''} |"
+            for b in batches
+        ]
     else:
         lines.append("_(base catalogue only)_")
-    lines += ["", "## Training configuration", "", "```json", json.dumps(card.get("training_config", {}), indent=1, sort_keys=True, default=str), "```"]
+    lines += [
+        "",
+        "## Training configuration",
+        "",
+        "```json",
+        json.dumps(card.get("training_config", {}), indent=1, sort_keys=True, default=str),
+        "```",
+    ]
     files = card.get("files", {})
     if files:
         lines += ["", "## Files (SHA-256)", ""] + [f"- `{n}` `{h}`" for n, h in sorted(files.items())]
     return "\n".join(lines) + "\n"
-

@@ -99,20 +99,25 @@ def _check_inputs(ws: Workspace, cand: PublishedModel, data: Any, report: GateRe
         problems.append("training table does not match the SHA-256 recorded in the model card")
     uncovered = sorted(set(data.classes) - set(cand.model.classes))
     if uncovered:
-        problems.append(f"{len(uncovered)} active class(es) unknown to the candidate, e.g. {uncovered[:5]} "
-                        "(the catalogue changed after training; run full_rebuild or let the fast path add them)")
+        problems.append(
+            f"{len(uncovered)} active class(es) unknown to the candidate, e.g. {uncovered[:5]} "
+            "(the catalogue changed after training; run full_rebuild or let the fast path add them)"
+        )
     unvalidated = list(audit_summary(ws).get("active_classes_without_val") or [])
     if unvalidated:
-        warnings.append(f"{len(unvalidated)} active class(es) have no validation image, so the gate cannot judge them, "
-                        f"e.g. {unvalidated[:5]} (add labelled images of them)")
+        warnings.append(
+            f"{len(unvalidated)} active class(es) have no validation image, so the gate cannot judge them, "
+            f"e.g. {unvalidated[:5]} (add labelled images of them)"
+        )
     stale = sorted(set(cand.model.classes) - set(data.classes))
     if stale:
         warnings.append(f"{len(stale)} class(es) of the model are no longer active, e.g. {stale[:5]}")
     report.inputs_ok = not problems
 
 
-def evaluate_gate(ws: Workspace, candidate: str | PublishedModel, config: GateConfig = GateConfig(),
-                  data: Any | None = None) -> GateReport:
+def evaluate_gate(
+    ws: Workspace, candidate: str | PublishedModel, config: GateConfig = GateConfig(), data: Any | None = None
+) -> GateReport:
     """Judge ``candidate_id`` against the deployed model on the current validation split.
 
     * inputs: the images table satisfies its schema, the candidate's encoder and input width match the current
@@ -133,8 +138,10 @@ def evaluate_gate(ws: Workspace, candidate: str | PublishedModel, config: GateCo
     val = data.val
     report.n_val = len(val)
     if len(val) == 0:
-        report.accuracy_reason = ("no validation images: the candidate cannot be judged (a train/test manifest gets its "
-                                  "validation split carved from the train rows; every class here has too few images)")
+        report.accuracy_reason = (
+            "no validation images: the candidate cannot be judged (a train/test manifest gets its "
+            "validation split carved from the train rows; every class here has too few images)"
+        )
         report.zero_reason = "no validation images"
         return report
     if report.inputs_ok or (cand.card.get("encoder", {}).get("encoder_id") == data.encoder_id):
@@ -153,14 +160,23 @@ def evaluate_gate(ws: Workspace, candidate: str | PublishedModel, config: GateCo
     report.n_validated_classes = int(len(per_class))
     report.zero_accuracy_share = float(len(dead) / max(1, len(per_class)))
     report.zero_ok = report.zero_accuracy_share <= config.max_zero_accuracy_share + 1e-12
-    report.zero_reason = (f"{len(dead)}/{len(per_class)} validated classes ({report.zero_accuracy_share:.1%}) have zero "
-                          f"validation accuracy (allowed: {config.max_zero_accuracy_share:.1%}), e.g. {dead[:10]}") if dead else ""
+    report.zero_reason = (
+        (
+            f"{len(dead)}/{len(per_class)} validated classes ({report.zero_accuracy_share:.1%}) have zero "
+            f"validation accuracy (allowed: {config.max_zero_accuracy_share:.1%}), e.g. {dead[:10]}"
+        )
+        if dead
+        else ""
+    )
     # Accuracy against the deployed model.
     if deployed_id is None or deployed_id == candidate_id:
         report.deployed_top1_basis = "none deployed" if deployed_id is None else "candidate is the deployed model"
         report.accuracy_ok = report.candidate_top1 >= config.min_accuracy
-        report.accuracy_reason = ("" if report.accuracy_ok else
-                                  f"validation top-1 {report.candidate_top1:.4f} is below the minimum {config.min_accuracy:.4f}")
+        report.accuracy_reason = (
+            ""
+            if report.accuracy_ok
+            else f"validation top-1 {report.candidate_top1:.4f} is below the minimum {config.min_accuracy:.4f}"
+        )
         return report
     dep = load_published(ws, deployed_id)
     if dep.card.get("encoder", {}).get("encoder_id") == data.encoder_id:
@@ -176,9 +192,14 @@ def evaluate_gate(ws: Workspace, candidate: str | PublishedModel, config: GateCo
         return report
     floor = report.deployed_top1 - config.tolerance
     report.accuracy_ok = report.candidate_top1 + 1e-12 >= floor and report.candidate_top1 >= config.min_accuracy
-    report.accuracy_reason = "" if report.accuracy_ok else (
-        f"validation top-1 {report.candidate_top1:.4f} is more than {config.tolerance:.4f} below the deployed model "
-        f"{deployed_id} ({report.deployed_top1:.4f}, {report.deployed_top1_basis})")
+    report.accuracy_reason = (
+        ""
+        if report.accuracy_ok
+        else (
+            f"validation top-1 {report.candidate_top1:.4f} is more than {config.tolerance:.4f} below the deployed model "
+            f"{deployed_id} ({report.deployed_top1:.4f}, {report.deployed_top1_basis})"
+        )
+    )
     return report
 
 
@@ -191,7 +212,9 @@ class DeploymentDecision:
     event: dict
 
 
-def decide_deployment(ws: Workspace, candidate_id: str, config: GateConfig = GateConfig(), data: Any | None = None) -> DeploymentDecision:
+def decide_deployment(
+    ws: Workspace, candidate_id: str, config: GateConfig = GateConfig(), data: Any | None = None
+) -> DeploymentDecision:
     """Promote ``candidate_id`` iff the gate passes; a refusal is recorded and leaves the pointer untouched."""
     store = ModelStore(ws)
     before = store.deployed_id()
@@ -199,7 +222,12 @@ def decide_deployment(ws: Workspace, candidate_id: str, config: GateConfig = Gat
     if report.passed:
         event = store.deploy(candidate_id, reason="gate passed", extra={"gate": report.to_dict()})
         return DeploymentDecision(True, candidate_id, candidate_id, report, event)
-    event = {"model_id": candidate_id, "deployed_model_id": before, "refused_at": now_iso(), "reasons": report.reasons,
-             "gate": report.to_dict()}
+    event = {
+        "model_id": candidate_id,
+        "deployed_model_id": before,
+        "refused_at": now_iso(),
+        "reasons": report.reasons,
+        "gate": report.to_dict(),
+    }
     store.record_event("refused", event)
     return DeploymentDecision(False, before, candidate_id, report, event)

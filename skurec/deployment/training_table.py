@@ -34,11 +34,12 @@ def training_table_sha256(table: pd.DataFrame) -> str:
     return hashlib.sha256("\n".join(rows).encode()).hexdigest()
 
 
-
 def training_table(data: Any) -> pd.DataFrame:
     """The ``(image_id, sku_id, split)`` rows of a :class:`~skurec.datasets.TrainingData` (train, val, test)."""
-    parts = [pd.DataFrame({"image_id": list(s.image_ids), "sku_id": [str(v) for v in s.y], "split": name})
-             for name, s in (("train", data.train), ("val", data.val), ("test", data.test))]
+    parts = [
+        pd.DataFrame({"image_id": list(s.image_ids), "sku_id": [str(v) for v in s.y], "split": name})
+        for name, s in (("train", data.train), ("val", data.val), ("test", data.test))
+    ]
     return pd.concat(parts, ignore_index=True)[["image_id", "sku_id", "split"]]
 
 

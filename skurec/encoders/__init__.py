@@ -36,7 +36,16 @@ from .base import (
     default_device,
 )
 from .combined import load_combined_backbones, split_combined_name
-from .registry import ENCODERS, SEPARATOR, EncoderSpec, descriptions, encoder_spec, load_families, register_encoder, takes_checkpoint
+from .registry import (
+    ENCODERS,
+    SEPARATOR,
+    EncoderSpec,
+    descriptions,
+    encoder_spec,
+    load_families,
+    register_encoder,
+    takes_checkpoint,
+)
 
 load_families()  # every family registers its names on import: ENCODERS is complete from here on
 
@@ -63,7 +72,10 @@ OPTIONS = {
     "layers": f"0..{MAX_LAYERS}: also concatenate the GeM-pooled last N intermediate stages (default 0)",
 }
 
-_COMBINED_EXAMPLE = ("efficientnet_lite2+mobilenetv2_100", "concatenation of the two packaged encoders, 2560-d (any 'a+b' works)")
+_COMBINED_EXAMPLE = (
+    "efficientnet_lite2+mobilenetv2_100",
+    "concatenation of the two packaged encoders, 2560-d (any 'a+b' works)",
+)
 
 _CACHE: dict[tuple[Any, ...], FrozenEncoder] = {}
 _CACHE_LOCK = threading.Lock()
@@ -122,7 +134,12 @@ def _validate_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_encoder(
-    name: str, checkpoint: str | None = None, device: str | None = None, *, cpu_threads: int | None = None, **options: Any
+    name: str,
+    checkpoint: str | None = None,
+    device: str | None = None,
+    *,
+    cpu_threads: int | None = None,
+    **options: Any,
 ) -> FrozenEncoder:
     """Load (or reuse from the per-process cache) the frozen encoder ``name``.
 

@@ -15,8 +15,9 @@ import json
 import math
 import os
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -260,7 +261,9 @@ class FrozenEncoder:
         if not isinstance(img, Image.Image):
             raise TypeError(f"preprocess expects a PIL image, got {type(img).__name__}")
         if img.mode != "RGB":
-            raise ValueError(f"preprocess expects an RGB image, got mode {img.mode!r}; decode with skurec.images.decode_rgb")
+            raise ValueError(
+                f"preprocess expects an RGB image, got mode {img.mode!r}; decode with skurec.images.decode_rgb"
+            )
         w, h = img.size
         short = self.resize_size
         if w <= h:
@@ -367,7 +370,9 @@ class FrozenEncoder:
                 raise ValueError(f"unknown view {v!r}")
         return out[0] if len(out) == 1 else torch.cat(out, dim=0)
 
-    def _forward_backbone(self, b: Backbone, renorm: tuple[torch.Tensor, torch.Tensor] | None, x: torch.Tensor) -> torch.Tensor:
+    def _forward_backbone(
+        self, b: Backbone, renorm: tuple[torch.Tensor, torch.Tensor] | None, x: torch.Tensor
+    ) -> torch.Tensor:
         if renorm is not None:
             x = x * renorm[0] + renorm[1]
         n = x.shape[0]
@@ -404,7 +409,9 @@ def zoom_center(x: torch.Tensor, fraction: float = ZOOM_FRACTION) -> torch.Tenso
     ch, cw = max(1, int(round(h * fraction))), max(1, int(round(w * fraction)))
     top, left = (h - ch) // 2, (w - cw) // 2
     crop = x[:, :, top : top + ch, left : left + cw]
-    return torch.nn.functional.interpolate(crop.float(), size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    return torch.nn.functional.interpolate(
+        crop.float(), size=(h, w), mode="bilinear", align_corners=False, antialias=True
+    )
 
 
 def _l2n(x: torch.Tensor) -> torch.Tensor:

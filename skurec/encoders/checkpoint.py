@@ -10,8 +10,9 @@ Used for ``load_encoder("timm:<arch>", checkpoint=PATH)`` and, through :mod:`sku
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 
@@ -81,9 +82,7 @@ def classifier_prefixes(model: torch.nn.Module) -> tuple[str, ...]:
     return tuple(f"{n}." for n in names)
 
 
-def mismatch_report(
-    model: torch.nn.Module, sd: Mapping[str, torch.Tensor], *, check_shapes: bool = True
-) -> str | None:
+def mismatch_report(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], *, check_shapes: bool = True) -> str | None:
     """``None`` when ``sd``'s keys (and shapes) are exactly the model's; else a readable report listing what is
     missing, unexpected or (with ``check_shapes``) of the wrong shape. Classifier-head keys the model lacks are
     ignored (embeddings do not use them)."""
@@ -118,7 +117,9 @@ def mismatch_error(model: torch.nn.Module, where: str, report: str, note: str = 
     )
 
 
-def load_matching_state_dict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], where: str, note: str = "") -> None:
+def load_matching_state_dict(
+    model: torch.nn.Module, sd: Mapping[str, torch.Tensor], where: str, note: str = ""
+) -> None:
     """Strictly load ``sd`` into ``model``; raise a readable error listing missing/unexpected/mis-shaped keys."""
     report = mismatch_report(model, sd)
     if report is not None:
@@ -235,4 +236,4 @@ TIMM_PREFIX = "timm:"
 )
 def _load_timm_file(name: str, checkpoint: str | None, input_size: int | None) -> Backbone:
     assert checkpoint is not None  # EncoderSpec.load enforces requires_checkpoint
-    return load_timm_checkpoint(name[len(TIMM_PREFIX):], checkpoint, input_size=input_size)
+    return load_timm_checkpoint(name[len(TIMM_PREFIX) :], checkpoint, input_size=input_size)

@@ -8,7 +8,7 @@ Which part takes a checkpoint file is the registry's ``takes_checkpoint`` (:mod:
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from .base import Backbone
 from .registry import SEPARATOR, encoder_spec, split_name

@@ -123,7 +123,11 @@ def hf_to_meta(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     lacking one of query/key/value keeps the others under their own names and its ``qkv`` is reported missing.
     """
     if any(k.startswith("dinov2.") for k in sd):  # Dinov2ForImageClassification: backbone under "dinov2.", a head
-        sd = {k[len("dinov2."):] if k.startswith("dinov2.") else k: v for k, v in sd.items() if not k.startswith("classifier.")}
+        sd = {
+            k[len("dinov2.") :] if k.startswith("dinov2.") else k: v
+            for k, v in sd.items()
+            if not k.startswith("classifier.")
+        }
     out: dict[str, torch.Tensor] = {}
     qkv: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
     for key, value in sd.items():
@@ -141,7 +145,7 @@ def hf_to_meta(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             continue
         for old, new in _HF_BLOCK_RENAMES.items():
             if rest.startswith(old):
-                out[f"blocks.{n}.{new}{rest[len(old):]}"] = value
+                out[f"blocks.{n}.{new}{rest[len(old) :]}"] = value
                 break
         else:
             out[key] = value
@@ -230,7 +234,12 @@ def load_dinov2(name: str = "dinov2_vits14", checkpoint: str | None = None, inpu
         load_state_dict_into(model, read_state_dict(path), path)
         source = {"kind": "hub", "repo": variant.hub_repo, "file": HUB_FILE, "arch": variant.arch}
     backbone = backbone_from_timm_model(
-        name, model, weights_sha256=sha256_file(path), pretrained=True, source=source, input_size=size,
+        name,
+        model,
+        weights_sha256=sha256_file(path),
+        pretrained=True,
+        source=source,
+        input_size=size,
         native_input_size=INPUT_SIZE,
     )
     if backbone.dim != variant.dim:  # pragma: no cover - guards the table above against a timm change

@@ -14,8 +14,9 @@ Everything else (``load_encoder``, combined ``a+b`` names, the recognizer, the C
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 from .base import Backbone, EncoderUnavailableError
 
@@ -83,8 +84,13 @@ def register_encoder(
         if name in ENCODERS and ENCODERS[name].loader is not loader:
             raise ValueError(f"encoder {name!r} is already registered by {ENCODERS[name].loader.__module__}")
         ENCODERS[name] = EncoderSpec(
-            name=name, loader=loader, description=description, takes_checkpoint=takes_checkpoint or requires_checkpoint,
-            requires_checkpoint=requires_checkpoint, prefix=prefix, pretrained=pretrained,
+            name=name,
+            loader=loader,
+            description=description,
+            takes_checkpoint=takes_checkpoint or requires_checkpoint,
+            requires_checkpoint=requires_checkpoint,
+            prefix=prefix,
+            pretrained=pretrained,
         )
         return loader
 
@@ -116,7 +122,9 @@ def encoder_spec(name: str) -> EncoderSpec:
             if name == spec.name:
                 raise ValueError(f"name {name!r} needs an architecture, e.g. '{spec.name}vit_small_patch16_224'")
             return spec
-    raise EncoderUnavailableError(f"unknown encoder {name!r}; available: {sorted(s.display_name for s in ENCODERS.values())}")
+    raise EncoderUnavailableError(
+        f"unknown encoder {name!r}; available: {sorted(s.display_name for s in ENCODERS.values())}"
+    )
 
 
 def split_name(name: str) -> list[str]:

@@ -23,7 +23,10 @@ _REMEDY = (
 
 
 def _hub_offline() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def _probe_endpoint(timeout: float) -> None:
@@ -55,9 +58,13 @@ def resolve_hub_file(repo_id: str, filename: str, timeout: float = HUB_TIMEOUT_S
     if isinstance(cached, str) and os.path.isfile(cached):
         return cached
     if _hub_offline():
-        raise EncoderUnavailableError(f"{repo_id}/{filename} is not in the local HF cache and HF_HUB_OFFLINE is set. {_REMEDY}")
+        raise EncoderUnavailableError(
+            f"{repo_id}/{filename} is not in the local HF cache and HF_HUB_OFFLINE is set. {_REMEDY}"
+        )
     _probe_endpoint(timeout)
     try:
         return str(hf_hub_download(repo_id, filename, etag_timeout=timeout))
     except Exception as exc:
-        raise EncoderUnavailableError(f"downloading {repo_id}/{filename} failed ({type(exc).__name__}: {exc}). {_REMEDY}") from exc
+        raise EncoderUnavailableError(
+            f"downloading {repo_id}/{filename} failed ({type(exc).__name__}: {exc}). {_REMEDY}"
+        ) from exc

@@ -25,7 +25,11 @@ class PCAWhitening:
         self.components = np.asarray(components, dtype=np.float32)  # (dim_out, dim_in), rows orthonormal
         self.scale = np.asarray(scale, dtype=np.float32)  # (dim_out,) = 1 / sqrt(eigenvalue + eps)
         self.eps = float(eps)
-        if self.components.ndim != 2 or self.mean.shape != (self.components.shape[1],) or self.scale.shape != (self.components.shape[0],):
+        if (
+            self.components.ndim != 2
+            or self.mean.shape != (self.components.shape[1],)
+            or self.scale.shape != (self.components.shape[0],)
+        ):
             raise ValueError("inconsistent PCA whitening shapes")
 
     @property
@@ -37,7 +41,7 @@ class PCAWhitening:
         return int(self.components.shape[0])
 
     @classmethod
-    def fit(cls, X_train: np.ndarray, dim: int | None = None, eps: float = 1e-6) -> "PCAWhitening":
+    def fit(cls, X_train: np.ndarray, dim: int | None = None, eps: float = 1e-6) -> PCAWhitening:
         """Fit on training rows ``(n, d)``; ``dim`` defaults to ``min(n - 1, d)``."""
         X = np.asarray(X_train, dtype=np.float64)
         if X.ndim != 2 or X.shape[0] < 2:
@@ -81,12 +85,18 @@ class PCAWhitening:
         stem.parent.mkdir(parents=True, exist_ok=True)
         tensors_path, meta_path = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
         save_file({k: np.ascontiguousarray(v) for k, v in self.tensors().items()}, str(tensors_path))
-        meta = {"kind": "pca_whitening", "eps": self.eps, "dim_in": self.dim_in, "dim": self.dim, "fingerprint": self.fingerprint}
+        meta = {
+            "kind": "pca_whitening",
+            "eps": self.eps,
+            "dim_in": self.dim_in,
+            "dim": self.dim,
+            "fingerprint": self.fingerprint,
+        }
         meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True))
         return tensors_path, meta_path
 
     @classmethod
-    def from_files(cls, stem: str | os.PathLike[str]) -> "PCAWhitening":
+    def from_files(cls, stem: str | os.PathLike[str]) -> PCAWhitening:
         from safetensors.numpy import load_file
 
         stem = Path(stem)

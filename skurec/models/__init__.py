@@ -46,9 +46,14 @@ from .metrics import (
 from .prototypes import Prototypes, class_prototypes
 from .registry import load_classifier
 from .serialization import ModelFormatError
-from .specialist_hierarchy import SpecialistHierarchy, SpecialistHierarchyConfig, choose_route_m, train_specialist_hierarchy
-from .specialists import SpecialistConfig, SpecialistHead, train_specialists
 from .similar import group_members, nearest_neighbour_cosines, similar_class_set, similar_groups
+from .specialist_hierarchy import (
+    SpecialistHierarchy,
+    SpecialistHierarchyConfig,
+    choose_route_m,
+    train_specialist_hierarchy,
+)
+from .specialists import SpecialistConfig, SpecialistHead, train_specialists
 from .superclasses import Superclasses, derive_superclasses, superclass_group_ami, superclass_scatter_png
 
 __all__ = [

@@ -210,7 +210,8 @@ def grouped_log_softmax(logits: torch.Tensor, groups: torch.Tensor, n_groups: in
     n = logits.shape[0]
     idx = groups.unsqueeze(0).expand(n, -1)
     gmax = torch.full((n, n_groups), float("-inf"), dtype=logits.dtype).scatter_reduce(
-        1, idx, logits, reduce="amax", include_self=True)
+        1, idx, logits, reduce="amax", include_self=True
+    )
     shifted = logits - gmax.gather(1, idx)
     z = torch.zeros((n, n_groups), dtype=logits.dtype).scatter_add_(1, idx, shifted.exp())
     return shifted - torch.log(z.gather(1, idx))

@@ -28,8 +28,15 @@ class CoarseHead:
 
     KIND = "coarse_head"
 
-    def __init__(self, module: DenseNet, dim: int, n_superclasses: int, config: DenseConfig,
-                 metrics: Mapping[str, Any] | None = None, device: str | torch.device | None = None):
+    def __init__(
+        self,
+        module: DenseNet,
+        dim: int,
+        n_superclasses: int,
+        config: DenseConfig,
+        metrics: Mapping[str, Any] | None = None,
+        device: str | torch.device | None = None,
+    ):
         self.device = resolve_device(device)
         self.module = module.to(self.device).eval()
         self.dim = int(dim)
@@ -53,8 +60,12 @@ class CoarseHead:
         return idx.numpy(), vals.numpy()
 
     def to_files(self) -> dict[str, bytes]:
-        config = {"dim": self.dim, "n_superclasses": self.n_superclasses, "hyper_params": asdict(self.config),
-                  "metrics": jsonable(self.metrics)}
+        config = {
+            "dim": self.dim,
+            "n_superclasses": self.n_superclasses,
+            "hyper_params": asdict(self.config),
+            "metrics": jsonable(self.metrics),
+        }
         return pack(self.KIND, config, self.module.state_dict())
 
     @classmethod
@@ -66,10 +77,17 @@ class CoarseHead:
         return cls(module, config["dim"], config["n_superclasses"], hp, config.get("metrics"), device)
 
 
-def train_coarse(X: np.ndarray, y: np.ndarray, superclass_of_class: Mapping[str, int],
-                 X_val: np.ndarray | None = None, y_val: np.ndarray | None = None,
-                 config: DenseConfig | None = None, n_superclasses: int | None = None,
-                 device: str | torch.device | None = None, progress: ProgressFn | None = None) -> CoarseHead:
+def train_coarse(
+    X: np.ndarray,
+    y: np.ndarray,
+    superclass_of_class: Mapping[str, int],
+    X_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
+    config: DenseConfig | None = None,
+    n_superclasses: int | None = None,
+    device: str | torch.device | None = None,
+    progress: ProgressFn | None = None,
+) -> CoarseHead:
     """Train the coarse head on SKU-labelled embeddings; targets are ``superclass_of_class[y]``.
 
     ``metrics`` of the result hold ``val_top1`` / ``val_top3`` superclass accuracy on the validation set (when

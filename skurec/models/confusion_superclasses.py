@@ -26,7 +26,7 @@ METHOD_CONFUSION = "lda-confusion-capped-linkage"
 def mahalanobis_distances(stats: LDAStatistics, shrinkage: float) -> np.ndarray:
     """Squared Mahalanobis distances (C, C) between class means under ``Sigma(shrinkage)``."""
     Mz = (stats.means - stats.mu0) @ stats.whitener(shrinkage).T
-    sq = (Mz ** 2).sum(axis=1)
+    sq = (Mz**2).sum(axis=1)
     D = sq[:, None] + sq[None, :] - 2.0 * (Mz @ Mz.T)
     np.fill_diagonal(D, 0.0)
     return np.maximum(D, 0.0)
@@ -56,8 +56,14 @@ def capped_linkage(dist: np.ndarray, max_size: int) -> np.ndarray:
     return canonical_labels(np.asarray([find(i) for i in range(C)]))
 
 
-def confusion_superclasses(X: np.ndarray, y: np.ndarray, max_size: int = 8, shrinkage: float = 0.5,
-                           stats: LDAStatistics | None = None, classes: Sequence[str] | None = None) -> Superclasses:
+def confusion_superclasses(
+    X: np.ndarray,
+    y: np.ndarray,
+    max_size: int = 8,
+    shrinkage: float = 0.5,
+    stats: LDAStatistics | None = None,
+    classes: Sequence[str] | None = None,
+) -> Superclasses:
     """Superclasses of at most ``max_size`` SKUs built from the global LDA's pairwise confusions (module doc).
 
     ``stats`` may pass precomputed :func:`~skurec.models.lda.lda_statistics` for the sorted classes of ``y``.
@@ -79,9 +85,15 @@ def confusion_superclasses(X: np.ndarray, y: np.ndarray, max_size: int = 8, shri
             torch.manual_seed(0)
             u, sv, _ = torch.svd_lowrank(torch.from_numpy(centred), q=min(6, *centred.shape), niter=3)
         proj = (u[:, :2] * sv[:2]).float().numpy()
-    return Superclasses(names, labels, S, proj, METHOD_CONFUSION,
-                        f"pairwise LDA confusion (Mahalanobis distance of SKU means), superclasses of <= {max_size}",
-                        {"max_size": max_size, "shrinkage": shrinkage})
+    return Superclasses(
+        names,
+        labels,
+        S,
+        proj,
+        METHOD_CONFUSION,
+        f"pairwise LDA confusion (Mahalanobis distance of SKU means), superclasses of <= {max_size}",
+        {"max_size": max_size, "shrinkage": shrinkage},
+    )
 
 
 __all__ = ["METHOD_CONFUSION", "capped_linkage", "confusion_superclasses", "mahalanobis_distances"]

@@ -122,9 +122,17 @@ def _evaluate(module: DenseNet, X: torch.Tensor, codes: torch.Tensor, smoothing:
     return {"loss": loss_sum / n, "top1": top1 / n, "top3": top3 / n}
 
 
-def fit_dense(X: np.ndarray, codes: np.ndarray, n_out: int, X_val: np.ndarray | None, codes_val: np.ndarray | None,
-              config: DenseConfig, device: torch.device, progress: ProgressFn | None = None,
-              stage: str = "dense") -> tuple[DenseNet, dict[str, Any]]:
+def fit_dense(
+    X: np.ndarray,
+    codes: np.ndarray,
+    n_out: int,
+    X_val: np.ndarray | None,
+    codes_val: np.ndarray | None,
+    config: DenseConfig,
+    device: torch.device,
+    progress: ProgressFn | None = None,
+    stage: str = "dense",
+) -> tuple[DenseNet, dict[str, Any]]:
     """Train a :class:`DenseNet` on integer targets; return the best module (by validation) and a summary."""
     t0 = time.perf_counter()
     with seeded(config.seed):
@@ -152,7 +160,7 @@ def fit_dense(X: np.ndarray, codes: np.ndarray, n_out: int, X_val: np.ndarray | 
             perm = torch.randperm(n, generator=gen).to(device)
             total = 0.0
             for start in range(0, n, config.batch_size):
-                idx = perm[start:start + config.batch_size]
+                idx = perm[start : start + config.batch_size]
                 loss = F.cross_entropy(module(Xt[idx]), ct[idx], label_smoothing=config.label_smoothing)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -178,9 +186,12 @@ def fit_dense(X: np.ndarray, codes: np.ndarray, n_out: int, X_val: np.ndarray | 
         else:
             best_epoch = len(history)
     module.eval()
-    summary: dict[str, Any] = {"epochs_run": len(history), "best_epoch": best_epoch,
-                               "train_seconds": round(time.perf_counter() - t0, 3),
-                               "final_train_loss": history[-1]["train_loss"]}
+    summary: dict[str, Any] = {
+        "epochs_run": len(history),
+        "best_epoch": best_epoch,
+        "train_seconds": round(time.perf_counter() - t0, 3),
+        "final_train_loss": history[-1]["train_loss"],
+    }
     if Xv is not None and cv is not None:
         val = _evaluate(module, Xv, cv, config.label_smoothing)
         summary.update({"val_top1": val["top1"], "val_top3": val["top3"], "val_loss": val["loss"]})
@@ -191,8 +202,13 @@ def dense_state_shapes(dim: int, n_out: int, hidden: int) -> dict[str, tuple[int
     """The parameter shapes a :class:`DenseNet` with this config must have (used to validate loaded files)."""
     base = {"shift": (dim,), "scale": (dim,)}
     if hidden > 0:
-        return {**base, "net.0.weight": (hidden, dim), "net.0.bias": (hidden,),
-                "net.3.weight": (n_out, hidden), "net.3.bias": (n_out,)}
+        return {
+            **base,
+            "net.0.weight": (hidden, dim),
+            "net.0.bias": (hidden,),
+            "net.3.weight": (n_out, hidden),
+            "net.3.bias": (n_out,),
+        }
     return {**base, "net.0.weight": (n_out, dim), "net.0.bias": (n_out,)}
 
 

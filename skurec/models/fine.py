@@ -108,15 +108,22 @@ def fine_state_shapes(dim: int, proj_dim: int, hidden: int) -> dict[str, tuple[i
     """Parameter shapes implied by a fine-head config (validated on load)."""
     shapes: dict[str, tuple[int, ...]] = {"log_scale": ()}
     if hidden > 0:
-        shapes.update({"proj.0.weight": (hidden, dim), "proj.0.bias": (hidden,),
-                       "proj.2.weight": (proj_dim, hidden), "proj.2.bias": (proj_dim,)})
+        shapes.update(
+            {
+                "proj.0.weight": (hidden, dim),
+                "proj.0.bias": (hidden,),
+                "proj.2.weight": (proj_dim, hidden),
+                "proj.2.bias": (proj_dim,),
+            }
+        )
     else:
         shapes.update({"proj.0.weight": (proj_dim, dim), "proj.0.bias": (proj_dim,)})
     return shapes
 
 
-def _lda_init(X: np.ndarray, codes: np.ndarray, sc_of_code: np.ndarray, k: int, n_samples: int,
-              shrinkage: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _lda_init(
+    X: np.ndarray, codes: np.ndarray, sc_of_code: np.ndarray, k: int, n_samples: int, shrinkage: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Superclass-local LDA: ``(W (k, d), b (k,))`` maximising within-superclass class separation.
 
     Solves ``Sb v = lambda Sw v`` with ``Sw`` the pooled within-class covariance (from at most ``n_samples`` rows,
@@ -193,8 +200,9 @@ class _EpisodeSampler:
         return self.order[self.starts[cls][:, None] + perm], ep
 
 
-def _episode_loss(net: FineNet, Xt: torch.Tensor, idx: torch.Tensor, ep: torch.Tensor, n_support: int) -> tuple[
-        torch.Tensor, torch.Tensor]:
+def _episode_loss(
+    net: FineNet, Xt: torch.Tensor, idx: torch.Tensor, ep: torch.Tensor, n_support: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Prototypical loss of a batch of episodes; also returns query accuracy."""
     z = net.embed(Xt[idx])  # (N_c, S+Q, k)
     protos = F.normalize(z[:, :n_support].mean(dim=1), dim=-1)
@@ -219,9 +227,18 @@ class FineHead:
 
     KIND = "fine_head"
 
-    def __init__(self, net: FineNet, classes: Sequence[str], class_means: np.ndarray, counts: np.ndarray,
-                 dim: int, config: FineConfig, metrics: Mapping[str, Any] | None = None,
-                 device: str | torch.device | None = None, raw_means: np.ndarray | None = None):
+    def __init__(
+        self,
+        net: FineNet,
+        classes: Sequence[str],
+        class_means: np.ndarray,
+        counts: np.ndarray,
+        dim: int,
+        config: FineConfig,
+        metrics: Mapping[str, Any] | None = None,
+        device: str | torch.device | None = None,
+        raw_means: np.ndarray | None = None,
+    ):
         self.device = resolve_device(device)
         self.net = net.to(self.device).eval()
         self.classes = [str(c) for c in classes]
@@ -245,8 +262,10 @@ class FineHead:
         """Unit projected embeddings (n, k) float32."""
         X = check_embeddings(X, dim=self.dim)
         with torch.no_grad():
-            out = [self.net.embed(torch.from_numpy(X[sl]).to(self.device)).cpu()
-                   for sl in batched_rows(len(X), INFER_BATCH)]
+            out = [
+                self.net.embed(torch.from_numpy(X[sl]).to(self.device)).cpu()
+                for sl in batched_rows(len(X), INFER_BATCH)
+            ]
         return torch.cat(out, 0).numpy()
 
     def class_logits(self, X: np.ndarray) -> torch.Tensor:
@@ -291,14 +310,27 @@ class FineHead:
         counts = np.bincount(codes, minlength=len(classes)).astype(np.int64)
         counts[: len(self.classes)] += self.counts
         raw = None if self.raw_means is None else _running_mean(self.raw_means, self.counts, X, codes, len(classes))
-        head = FineHead(self.net, classes, means.astype(np.float32), counts, self.dim, self.config,
-                        {**self.metrics, "n_added_classes": self.metrics.get("n_added_classes", 0) + len(new)},
-                        self.device, raw)
+        head = FineHead(
+            self.net,
+            classes,
+            means.astype(np.float32),
+            counts,
+            self.dim,
+            self.config,
+            {**self.metrics, "n_added_classes": self.metrics.get("n_added_classes", 0) + len(new)},
+            self.device,
+            raw,
+        )
         return head, new, refreshed
 
     def to_files(self) -> dict[str, bytes]:
-        config = {"dim": self.dim, "proj_dim": self.proj_dim, "classes": self.classes,
-                  "hyper_params": asdict(self.config), "metrics": jsonable(self.metrics)}
+        config = {
+            "dim": self.dim,
+            "proj_dim": self.proj_dim,
+            "classes": self.classes,
+            "hyper_params": asdict(self.config),
+            "metrics": jsonable(self.metrics),
+        }
         tensors = {f"net.{k}": v for k, v in self.net.state_dict().items()}
         tensors.update({"class_means": self.class_means, "counts": self.counts})
         if self.raw_means is not None:
@@ -324,12 +356,22 @@ class FineHead:
         net = FineNet(dim, proj_dim, hp.hidden, hp.init_scale)
         net.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("net.")})
         rm = t["raw_means"].numpy() if "raw_means" in t else None
-        return cls(net, [str(c) for c in classes], t["class_means"].numpy(), t["counts"].numpy(), dim, hp,
-                   config.get("metrics"), device, rm)
+        return cls(
+            net,
+            [str(c) for c in classes],
+            t["class_means"].numpy(),
+            t["counts"].numpy(),
+            dim,
+            hp,
+            config.get("metrics"),
+            device,
+            rm,
+        )
 
 
-def _running_mean(old_means: np.ndarray, old_counts: np.ndarray, rows: np.ndarray, codes: np.ndarray,
-                  n_classes: int) -> np.ndarray:
+def _running_mean(
+    old_means: np.ndarray, old_counts: np.ndarray, rows: np.ndarray, codes: np.ndarray, n_classes: int
+) -> np.ndarray:
     """Exact class means after adding ``rows`` (codes index the extended class list; new classes are appended)."""
     sums, cnt = class_sums(np.asarray(rows, dtype=np.float64), codes, n_classes)
     tot = np.zeros((n_classes, old_means.shape[1]))
@@ -351,8 +393,9 @@ def _project_means(net: FineNet, Ft: torch.Tensor, codes_t: torch.Tensor, C: int
     return means.float().cpu().numpy(), counts.cpu().numpy().astype(np.int64)
 
 
-def _within_superclass_accuracy(net: FineNet, Ft: torch.Tensor, codes_t: torch.Tensor, Fv: torch.Tensor,
-                                cv: torch.Tensor, sc_of_code: torch.Tensor) -> float:
+def _within_superclass_accuracy(
+    net: FineNet, Ft: torch.Tensor, codes_t: torch.Tensor, Fv: torch.Tensor, cv: torch.Tensor, sc_of_code: torch.Tensor
+) -> float:
     """Validation top-1 of ``p(SKU | true superclass)`` with prototypes from the training rows."""
     C = sc_of_code.numel()
     means, _ = _project_means(net, Ft, codes_t, C)
@@ -385,8 +428,7 @@ def _fold(base: nn.Linear, adapter: FineNet, dim: int) -> FineNet:
     return net
 
 
-def _init_projection(X: np.ndarray, codes: np.ndarray, sc_of_code: np.ndarray, k: int,
-                     config: FineConfig) -> FineNet:
+def _init_projection(X: np.ndarray, codes: np.ndarray, sc_of_code: np.ndarray, k: int, config: FineConfig) -> FineNet:
     """The d->k network before episodic training: LDA-initialised linear, or orthogonal linear / MLP."""
     d = X.shape[1]
     net = FineNet(d, k, config.hidden, config.init_scale)
@@ -407,17 +449,32 @@ def _check_config(config: FineConfig) -> None:
     """Reject hyper-parameters the episodic trainer cannot use, naming the field."""
     if config.init not in ("lda", "orthogonal"):
         raise ValueError(f"unknown fine init {config.init!r}; use 'lda' or 'orthogonal'")
-    for name, low in (("proj_dim", 1), ("n_support", 1), ("n_query", 1), ("max_ways", 2), ("episodes_per_step", 1),
-                      ("eval_every", 1), ("steps", 0), ("lda_samples", 2)):
+    for name, low in (
+        ("proj_dim", 1),
+        ("n_support", 1),
+        ("n_query", 1),
+        ("max_ways", 2),
+        ("episodes_per_step", 1),
+        ("eval_every", 1),
+        ("steps", 0),
+        ("lda_samples", 2),
+    ):
         if getattr(config, name) < low:
             raise ValueError(f"FineConfig.{name} must be >= {low}, got {getattr(config, name)}")
     if not 0.0 <= config.lda_shrinkage <= 1.0:
         raise ValueError(f"FineConfig.lda_shrinkage must be in [0, 1], got {config.lda_shrinkage}")
 
 
-def train_fine(X: np.ndarray, y: np.ndarray, superclass_of_class: Mapping[str, int],
-               X_val: np.ndarray | None = None, y_val: np.ndarray | None = None, config: FineConfig | None = None,
-               device: str | torch.device | None = None, progress: ProgressFn | None = None) -> FineHead:
+def train_fine(
+    X: np.ndarray,
+    y: np.ndarray,
+    superclass_of_class: Mapping[str, int],
+    X_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
+    config: FineConfig | None = None,
+    device: str | torch.device | None = None,
+    progress: ProgressFn | None = None,
+) -> FineHead:
     """Train the fine head episodically inside superclasses, then compute every class's prototype.
 
     Linear heads train in *subspace mode*: the LDA/orthogonal projection ``P`` (d->k) is applied once to all rows
@@ -470,9 +527,19 @@ def train_fine(X: np.ndarray, y: np.ndarray, superclass_of_class: Mapping[str, i
     return FineHead(net, classes, means, counts, d, config, metrics, dev, raw_means)
 
 
-def _episodic_loop(tnet: FineNet, Ft: torch.Tensor, codes_t: torch.Tensor, Fv: torch.Tensor | None,
-                   cv: torch.Tensor | None, sc_t: torch.Tensor, codes: np.ndarray, sc_of_code: np.ndarray,
-                   config: FineConfig, dev: torch.device, progress: ProgressFn | None) -> dict[str, Any]:
+def _episodic_loop(
+    tnet: FineNet,
+    Ft: torch.Tensor,
+    codes_t: torch.Tensor,
+    Fv: torch.Tensor | None,
+    cv: torch.Tensor | None,
+    sc_t: torch.Tensor,
+    codes: np.ndarray,
+    sc_of_code: np.ndarray,
+    config: FineConfig,
+    dev: torch.device,
+    progress: ProgressFn | None,
+) -> dict[str, Any]:
     """Optimise ``tnet`` on batches of within-superclass episodes; keeps the best validated state."""
     sampler = _EpisodeSampler(codes, sc_of_code, config, config.seed)
     opt = torch.optim.AdamW(tnet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -488,8 +555,9 @@ def _episodic_loop(tnet: FineNet, Ft: torch.Tensor, codes_t: torch.Tensor, Fv: t
     for step in range(1, config.steps + 1):
         tnet.train()
         idx, ep = sampler.sample()
-        loss, acc = _episode_loss(tnet, Ft, torch.from_numpy(idx).to(dev), torch.from_numpy(ep).to(dev),
-                                  config.n_support)
+        loss, acc = _episode_loss(
+            tnet, Ft, torch.from_numpy(idx).to(dev), torch.from_numpy(ep).to(dev), config.n_support
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

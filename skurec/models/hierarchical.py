@@ -67,8 +67,13 @@ class HierarchicalClassifier:
 
     KIND = "hierarchical"
 
-    def __init__(self, coarse: CoarseHead | LDARouter, fine: FineHead | SpecialistHead,
-                 superclass_of_class: Mapping[str, int], m: int = 3):
+    def __init__(
+        self,
+        coarse: CoarseHead | LDARouter,
+        fine: FineHead | SpecialistHead,
+        superclass_of_class: Mapping[str, int],
+        m: int = 3,
+    ):
         if coarse.dim != fine.dim:
             raise EmbeddingInputError(f"coarse head expects d={coarse.dim} but fine head d={fine.dim}")
         missing = [c for c in fine.classes if c not in superclass_of_class]
@@ -85,10 +90,12 @@ class HierarchicalClassifier:
         if isinstance(fine, SpecialistHead) and not np.array_equal(fine.sc_of_index, sc):
             raise EmbeddingInputError("the specialist head was built for another superclass assignment than given")
         if isinstance(fine, SpecialistHead) and fine.n_superclasses != coarse.n_superclasses:
-            raise EmbeddingInputError(f"specialist head has {fine.n_superclasses} superclasses, the router "
-                                      f"{coarse.n_superclasses}")
-        if isinstance(coarse, LDARouter) and (coarse.classes != fine.classes
-                                              or not np.array_equal(coarse.sc_of_index, sc)):
+            raise EmbeddingInputError(
+                f"specialist head has {fine.n_superclasses} superclasses, the router {coarse.n_superclasses}"
+            )
+        if isinstance(coarse, LDARouter) and (
+            coarse.classes != fine.classes or not np.array_equal(coarse.sc_of_index, sc)
+        ):
             raise EmbeddingInputError("the LDA router scores another class list / superclass assignment than given")
         self.coarse = coarse
         self.fine = fine
@@ -149,8 +156,13 @@ class HierarchicalClassifier:
         if kk < k:
             lab = np.concatenate([lab, np.full((lab.shape[0], k - kk), "", dtype=lab.dtype)], axis=1)
             sco = np.concatenate([sco, np.zeros((sco.shape[0], k - kk), np.float32)], axis=1)
-        return Predictions(labels=lab, scores=sco, superclass=np.concatenate(top_sc),
-                           coarse_proba=np.concatenate(coarse_all), extra={"m": m})
+        return Predictions(
+            labels=lab,
+            scores=sco,
+            superclass=np.concatenate(top_sc),
+            coarse_proba=np.concatenate(coarse_all),
+            extra={"m": m},
+        )
 
     # ------------------------------------------------------------------ new SKUs without retraining
     def add_classes(self, X_new: np.ndarray, y_new: np.ndarray, attach: str = "coarse") -> AddClassesResult:
@@ -191,8 +203,9 @@ class HierarchicalClassifier:
             np.add.at(mean_p, codes, proba)
             return {c: int(np.argmax(mean_p[i])) for i, c in enumerate(new)}
         if self.fine.raw_means is None:
-            raise EmbeddingInputError(f"attach={attach!r} needs the fine head's raw_means; this model has none "
-                                      "(use attach='coarse')")
+            raise EmbeddingInputError(
+                f"attach={attach!r} needs the fine head's raw_means; this model has none (use attach='coarse')"
+            )
         sums, _ = class_sums(X_new[rows], codes, len(new))
         new_protos = _unit(sums)
         protos = _unit(self.fine.raw_means.astype(np.float64))
@@ -207,16 +220,20 @@ class HierarchicalClassifier:
     # ------------------------------------------------------------------ serialisation
     def to_files(self) -> dict[str, bytes]:
         """``config.json`` (classes, superclass of each, m) + empty ``tensors.safetensors`` + ``coarse/*`` + ``fine/*``."""
-        config = {"classes": self.classes, "superclass_of_class": self.sc_of_index.tolist(), "m": self.m,
-                  "n_superclasses": self.n_superclasses, "dim": self.dim}
+        config = {
+            "classes": self.classes,
+            "superclass_of_class": self.sc_of_index.tolist(),
+            "m": self.m,
+            "n_superclasses": self.n_superclasses,
+            "dim": self.dim,
+        }
         files = pack(self.KIND, config, {})
         files.update(nest("coarse/", self.coarse.to_files()))
         files.update(nest("fine/", self.fine.to_files()))
         return files
 
     @classmethod
-    def from_files(cls, files: Mapping[str, bytes], device: str | torch.device | None = None
-                   ) -> HierarchicalClassifier:
+    def from_files(cls, files: Mapping[str, bytes], device: str | torch.device | None = None) -> HierarchicalClassifier:
         config, _ = unpack(files, cls.KIND, required_keys=("classes", "superclass_of_class", "m", "n_superclasses"))
         where = "hierarchical config.json"
         classes = require(config, "classes", list, where)
@@ -235,8 +252,9 @@ class HierarchicalClassifier:
         if fine.classes != [str(c) for c in classes] or len(sc_list) != len(classes):
             raise ModelFormatError(f"{where}: class list / superclass list disagree with fine/config.json")
         if coarse.n_superclasses != config["n_superclasses"]:
-            raise ModelFormatError(f"{where} says {config['n_superclasses']} superclasses, coarse/ has "
-                                   f"{coarse.n_superclasses}")
+            raise ModelFormatError(
+                f"{where} says {config['n_superclasses']} superclasses, coarse/ has {coarse.n_superclasses}"
+            )
         try:
             return cls(coarse, fine, {str(c): int(s) for c, s in zip(classes, sc_list)}, int(config["m"]))
         except EmbeddingInputError as exc:
@@ -247,11 +265,19 @@ def _unit(a: np.ndarray) -> np.ndarray:
     return a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
 
 
-def train_hierarchical(X: np.ndarray, y: np.ndarray, superclass_of_class: Mapping[str, int],
-                       X_val: np.ndarray | None = None, y_val: np.ndarray | None = None,
-                       coarse_config: DenseConfig | None = None, fine_config: FineConfig | None = None,
-                       m: int = 3, n_superclasses: int | None = None, device: str | torch.device | None = None,
-                       progress: ProgressFn | None = None) -> HierarchicalClassifier:
+def train_hierarchical(
+    X: np.ndarray,
+    y: np.ndarray,
+    superclass_of_class: Mapping[str, int],
+    X_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
+    coarse_config: DenseConfig | None = None,
+    fine_config: FineConfig | None = None,
+    m: int = 3,
+    n_superclasses: int | None = None,
+    device: str | torch.device | None = None,
+    progress: ProgressFn | None = None,
+) -> HierarchicalClassifier:
     """Train coarse + fine heads on the same embeddings and assemble the classifier."""
     X, y = check_xy(X, y)
     coarse = train_coarse(X, y, superclass_of_class, X_val, y_val, coarse_config, n_superclasses, device, progress)

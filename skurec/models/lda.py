@@ -99,8 +99,10 @@ def linear_scores(X: np.ndarray, W: np.ndarray, b: np.ndarray) -> torch.Tensor:
     """``X W' + b`` (n, C) float32 on CPU, in bounded-memory batches."""
     Wt = torch.from_numpy(np.ascontiguousarray(W, dtype=np.float32)).T
     bt = torch.from_numpy(np.asarray(b, dtype=np.float32))
-    out = [torch.from_numpy(np.ascontiguousarray(X[sl], dtype=np.float32)) @ Wt + bt
-           for sl in batched_rows(len(X), ROW_BATCH)]
+    out = [
+        torch.from_numpy(np.ascontiguousarray(X[sl], dtype=np.float32)) @ Wt + bt
+        for sl in batched_rows(len(X), ROW_BATCH)
+    ]
     return torch.cat(out, 0) if out else torch.zeros((0, W.shape[0]))
 
 

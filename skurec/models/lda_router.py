@@ -45,7 +45,8 @@ def group_logsumexp(logits: torch.Tensor, groups: torch.Tensor, n_groups: int) -
     n = logits.shape[0]
     idx = groups.unsqueeze(0).expand(n, -1)
     gmax = torch.full((n, n_groups), float("-inf"), dtype=logits.dtype).scatter_reduce(
-        1, idx, logits, reduce="amax", include_self=True)
+        1, idx, logits, reduce="amax", include_self=True
+    )
     safe = torch.where(torch.isfinite(gmax), gmax, torch.zeros_like(gmax))
     z = torch.zeros((n, n_groups), dtype=logits.dtype).scatter_add_(1, idx, (logits - safe.gather(1, idx)).exp())
     return torch.where(z > 0, safe + torch.log(z.clamp(min=1e-300)), torch.full_like(z, float("-inf")))
@@ -60,10 +61,20 @@ class LDARouter:
 
     KIND = "lda_router"
 
-    def __init__(self, classes: list[str], W: np.ndarray, b: np.ndarray, sc_of_index: np.ndarray,
-                 n_superclasses: int, precision: np.ndarray, mu0: np.ndarray, temperature: float = 1.0,
-                 shrinkage: float = 0.5, metrics: Mapping[str, Any] | None = None,
-                 device: str | torch.device | None = None):
+    def __init__(
+        self,
+        classes: list[str],
+        W: np.ndarray,
+        b: np.ndarray,
+        sc_of_index: np.ndarray,
+        n_superclasses: int,
+        precision: np.ndarray,
+        mu0: np.ndarray,
+        temperature: float = 1.0,
+        shrinkage: float = 0.5,
+        metrics: Mapping[str, Any] | None = None,
+        device: str | torch.device | None = None,
+    ):
         self.classes = [str(c) for c in classes]
         self.W = np.ascontiguousarray(W, dtype=np.float32)
         self.b = np.asarray(b, dtype=np.float32)
@@ -74,8 +85,9 @@ class LDARouter:
         self.dim = int(self.W.shape[1])
         C = len(self.classes)
         if self.W.shape[0] != C or self.b.shape != (C,) or self.sc_of_index.shape != (C,):
-            raise EmbeddingInputError(f"LDARouter: {C} classes but W {self.W.shape}, b {self.b.shape}, "
-                                      f"superclasses {self.sc_of_index.shape}")
+            raise EmbeddingInputError(
+                f"LDARouter: {C} classes but W {self.W.shape}, b {self.b.shape}, superclasses {self.sc_of_index.shape}"
+            )
         if self.precision.shape != (self.dim, self.dim) or self.mu0.shape != (self.dim,):
             raise EmbeddingInputError("LDARouter: precision / mu0 do not match the embedding width")
         if C and (self.sc_of_index.min() < 0 or self.sc_of_index.max() >= self.n_superclasses):
@@ -127,18 +139,41 @@ class LDARouter:
         sums, counts = class_sums(X[rows], encode_labels(y[rows], new), len(new))
         W_new, b_new = lda_rows(sums / counts[:, None], self.mu0.astype(np.float64), self.precision.astype(np.float64))
         sc_new = np.asarray([int(superclass_of_new[c]) for c in new], dtype=np.int64)
-        return LDARouter(self.classes + new, np.concatenate([self.W, W_new]), np.concatenate([self.b, b_new]),
-                         np.concatenate([self.sc_of_index, sc_new]), self.n_superclasses, self.precision, self.mu0,
-                         self.temperature, self.shrinkage,
-                         {**self.metrics, "n_added_classes": self.metrics.get("n_added_classes", 0) + len(new)},
-                         self.device)
+        return LDARouter(
+            self.classes + new,
+            np.concatenate([self.W, W_new]),
+            np.concatenate([self.b, b_new]),
+            np.concatenate([self.sc_of_index, sc_new]),
+            self.n_superclasses,
+            self.precision,
+            self.mu0,
+            self.temperature,
+            self.shrinkage,
+            {**self.metrics, "n_added_classes": self.metrics.get("n_added_classes", 0) + len(new)},
+            self.device,
+        )
 
     # ------------------------------------------------------------------ serialisation
     def to_files(self) -> dict[str, bytes]:
-        config = {"dim": self.dim, "classes": self.classes, "n_superclasses": self.n_superclasses,
-                  "temperature": self.temperature, "shrinkage": self.shrinkage, "metrics": jsonable(self.metrics)}
-        return pack(self.KIND, config, {"W": self.W, "b": self.b, "superclass_of_class": self.sc_of_index,
-                                        "precision": self.precision, "mu0": self.mu0})
+        config = {
+            "dim": self.dim,
+            "classes": self.classes,
+            "n_superclasses": self.n_superclasses,
+            "temperature": self.temperature,
+            "shrinkage": self.shrinkage,
+            "metrics": jsonable(self.metrics),
+        }
+        return pack(
+            self.KIND,
+            config,
+            {
+                "W": self.W,
+                "b": self.b,
+                "superclass_of_class": self.sc_of_index,
+                "precision": self.precision,
+                "mu0": self.mu0,
+            },
+        )
 
     @classmethod
     def from_files(cls, files: Mapping[str, bytes], device: str | torch.device | None = None) -> LDARouter:
@@ -156,9 +191,19 @@ class LDARouter:
         if not temperature > 0:
             raise ModelFormatError(f"{where}: temperature must be > 0, got {temperature}")
         try:
-            return cls([str(c) for c in classes], t["W"].numpy(), t["b"].numpy(), t["superclass_of_class"].numpy(),
-                       S, t["precision"].numpy(), t["mu0"].numpy(), float(temperature),
-                       float(config.get("shrinkage", 0.5)), config.get("metrics"), device)
+            return cls(
+                [str(c) for c in classes],
+                t["W"].numpy(),
+                t["b"].numpy(),
+                t["superclass_of_class"].numpy(),
+                S,
+                t["precision"].numpy(),
+                t["mu0"].numpy(),
+                float(temperature),
+                float(config.get("shrinkage", 0.5)),
+                config.get("metrics"),
+                device,
+            )
         except EmbeddingInputError as exc:
             raise ModelFormatError(f"{where}: {exc}") from exc
 
@@ -175,10 +220,17 @@ def fit_temperature(logits: torch.Tensor, targets: np.ndarray, grid: tuple[float
     return best
 
 
-def train_lda_router(X: np.ndarray, y: np.ndarray, superclass_of_class: Mapping[str, int],
-                     X_val: np.ndarray | None = None, y_val: np.ndarray | None = None,
-                     shrinkage: float | None = None, n_superclasses: int | None = None,
-                     stats: LDAStatistics | None = None, device: str | torch.device | None = None) -> LDARouter:
+def train_lda_router(
+    X: np.ndarray,
+    y: np.ndarray,
+    superclass_of_class: Mapping[str, int],
+    X_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
+    shrinkage: float | None = None,
+    n_superclasses: int | None = None,
+    stats: LDAStatistics | None = None,
+    device: str | torch.device | None = None,
+) -> LDARouter:
     """Fit the router in closed form: LDA statistics, shrinkage and temperature.
 
     ``shrinkage=None`` picks it from :data:`SHRINKAGE_GRID` by validation SKU top-1 (0.5 without validation
@@ -220,9 +272,13 @@ def train_lda_router(X: np.ndarray, y: np.ndarray, superclass_of_class: Mapping[
         T = fit_temperature(router.logits(X_val), sc[cv])
         router.temperature = T
         top, _ = router.predict_topk(X_val, min(5, S))
-        metrics.update({"temperature": T, "val_sku_top1": best[0],
-                        **{f"val_top{k}": float((top[:, :k] == sc[cv][:, None]).any(1).mean())
-                           for k in (1, 3, 5) if k <= S}})
+        metrics.update(
+            {
+                "temperature": T,
+                "val_sku_top1": best[0],
+                **{f"val_top{k}": float((top[:, :k] == sc[cv][:, None]).any(1).mean()) for k in (1, 3, 5) if k <= S},
+            }
+        )
     router.metrics = {"shrinkage": lam, **{k: v for k, v in metrics.items() if v is not None}}
     return router
 

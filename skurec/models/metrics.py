@@ -49,8 +49,9 @@ def mean_per_class_accuracy(pred: np.ndarray, y_true: np.ndarray) -> float:
     return float(np.mean(list(acc.values()))) if acc else float("nan")
 
 
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str],
-                     other: str | None = "<other>") -> tuple[np.ndarray, list[str]]:
+def confusion_matrix(
+    y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str], other: str | None = "<other>"
+) -> tuple[np.ndarray, list[str]]:
     """Counts ``M[i, j]`` of true ``labels[i]`` predicted as ``labels[j]``.
 
     Rows are restricted to true labels in ``labels``; predictions outside ``labels`` go to a final ``other``
@@ -67,8 +68,9 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[st
     cols = labels + ([other] if other is not None else [])
     M = np.zeros((len(labels), len(cols)), dtype=np.int64)
     rows = np.asarray([index.get(t, -1) for t in y_true.tolist()], dtype=np.int64)
-    colsi = np.asarray([index.get(p, len(labels) if other is not None else -1) for p in y_pred.tolist()],
-                       dtype=np.int64)
+    colsi = np.asarray(
+        [index.get(p, len(labels) if other is not None else -1) for p in y_pred.tolist()], dtype=np.int64
+    )
     keep = (rows >= 0) & (colsi >= 0)
     np.add.at(M, (rows[keep], colsi[keep]), 1)
     return M, cols
@@ -81,8 +83,9 @@ def normalize_rows(M: np.ndarray) -> np.ndarray:
     return np.divide(M, s, out=np.zeros_like(M), where=s > 0)
 
 
-def superclass_accuracy(topk_superclasses: np.ndarray, y_true: np.ndarray, superclass_of_class: Mapping[str, int],
-                        k: int = 1) -> float:
+def superclass_accuracy(
+    topk_superclasses: np.ndarray, y_true: np.ndarray, superclass_of_class: Mapping[str, int], k: int = 1
+) -> float:
     """Top-k accuracy of superclass predictions (n, >=k) against the superclass of each true SKU."""
     y_true = np.asarray(y_true).astype(str)
     missing = sorted({c for c in np.unique(y_true).tolist() if c not in superclass_of_class})

@@ -25,7 +25,8 @@ class Prototypes:
         C = len(self.classes)
         if self.vectors.ndim != 2 or self.vectors.shape[0] != C or self.counts.shape != (C,):
             raise EmbeddingInputError(
-                f"Prototypes: {C} classes but vectors {self.vectors.shape} and counts {self.counts.shape}")
+                f"Prototypes: {C} classes but vectors {self.vectors.shape} and counts {self.counts.shape}"
+            )
 
     @property
     def dim(self) -> int:

@@ -19,8 +19,16 @@ from .lda_router import LDARouter
 from .serialization import ModelFormatError, read_config
 from .specialists import SpecialistHead
 
-MODEL_CLASSES: tuple[type, ...] = (HierarchicalClassifier, CoarseHead, LDARouter, FineHead, SpecialistHead, FlatLinear,
-                                   FlatPrototype, FlatKNN)
+MODEL_CLASSES: tuple[type, ...] = (
+    HierarchicalClassifier,
+    CoarseHead,
+    LDARouter,
+    FineHead,
+    SpecialistHead,
+    FlatLinear,
+    FlatPrototype,
+    FlatKNN,
+)
 
 
 def model_kinds() -> dict[str, type]:

@@ -40,8 +40,9 @@ def _as_tensor(value: np.ndarray | torch.Tensor) -> torch.Tensor:
     return t.detach().to("cpu").contiguous()
 
 
-def pack(kind: str, config: Mapping[str, Any], tensors: Mapping[str, np.ndarray | torch.Tensor],
-         prefix: str = "") -> dict[str, bytes]:
+def pack(
+    kind: str, config: Mapping[str, Any], tensors: Mapping[str, np.ndarray | torch.Tensor], prefix: str = ""
+) -> dict[str, bytes]:
     """Serialise one model part: ``{prefix+"config.json": ..., prefix+"tensors.safetensors": ...}``."""
     tensors_t = {name: _as_tensor(v) for name, v in tensors.items()}
     blob = st_save(tensors_t, metadata={"kind": kind, "format_version": str(FORMAT_VERSION)})
@@ -49,8 +50,10 @@ def pack(kind: str, config: Mapping[str, Any], tensors: Mapping[str, np.ndarray 
         "kind": kind,
         "format_version": FORMAT_VERSION,
         **dict(config),
-        "tensors": {n: {"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
-                    for n, t in sorted(tensors_t.items())},
+        "tensors": {
+            n: {"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
+            for n, t in sorted(tensors_t.items())
+        },
         "tensors_sha256": hashlib.sha256(blob).hexdigest(),
     }
     text = json.dumps(full, indent=1, sort_keys=True, allow_nan=False)
@@ -73,9 +76,13 @@ def read_config(files: Mapping[str, bytes], prefix: str = "", kind: str | None =
     return config
 
 
-def unpack(files: Mapping[str, bytes], kind: str, prefix: str = "",
-           expected_shapes: Mapping[str, tuple[int, ...]] | None = None,
-           required_keys: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def unpack(
+    files: Mapping[str, bytes],
+    kind: str,
+    prefix: str = "",
+    expected_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    required_keys: tuple[str, ...] = (),
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Read and validate one model part written by :func:`pack`; return ``(config, tensors)``.
 
     ``expected_shapes`` are the shapes implied by the config's semantic fields (the caller derives them, e.g.
@@ -87,7 +94,8 @@ def unpack(files: Mapping[str, bytes], kind: str, prefix: str = "",
         raise ModelFormatError(f"{cname} describes a {config['kind']!r} model, expected {kind!r}")
     if config.get("format_version") != FORMAT_VERSION:
         raise ModelFormatError(
-            f"{cname} has format_version {config.get('format_version')!r}; this code reads {FORMAT_VERSION}")
+            f"{cname} has format_version {config.get('format_version')!r}; this code reads {FORMAT_VERSION}"
+        )
     missing = [k for k in required_keys if k not in config]
     if missing:
         raise ModelFormatError(f"{cname} lacks required fields {missing}")
@@ -98,21 +106,22 @@ def unpack(files: Mapping[str, bytes], kind: str, prefix: str = "",
     if digest != config.get("tensors_sha256"):
         raise ModelFormatError(
             f"{tname} is corrupted or belongs to another model: its SHA-256 {digest[:12]}... differs from "
-            f"{str(config.get('tensors_sha256'))[:12]}... recorded in {cname}")
+            f"{str(config.get('tensors_sha256'))[:12]}... recorded in {cname}"
+        )
     try:
         tensors = st_load(blob)
     except (SafetensorError, ValueError, RuntimeError) as exc:
         raise ModelFormatError(f"{tname} is not a readable safetensors file: {exc}") from exc
     declared = config.get("tensors", {})
     if set(declared) != set(tensors):
-        raise ModelFormatError(
-            f"{tname} holds tensors {sorted(tensors)} but {cname} declares {sorted(declared)}")
+        raise ModelFormatError(f"{tname} holds tensors {sorted(tensors)} but {cname} declares {sorted(declared)}")
     for name, t in tensors.items():
         want = declared[name]
         if list(t.shape) != list(want["shape"]) or str(t.dtype).replace("torch.", "") != want["dtype"]:
             raise ModelFormatError(
                 f"tensor {name!r} in {tname} has shape {tuple(t.shape)} / {t.dtype}, "
-                f"{cname} declares {tuple(want['shape'])} / {want['dtype']}")
+                f"{cname} declares {tuple(want['shape'])} / {want['dtype']}"
+            )
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise ModelFormatError(f"tensor {name!r} in {tname} contains NaN or inf values")
     for name, shape in (expected_shapes or {}).items():
@@ -121,7 +130,8 @@ def unpack(files: Mapping[str, bytes], kind: str, prefix: str = "",
         if tuple(tensors[name].shape) != tuple(shape):
             raise ModelFormatError(
                 f"tensor {name!r} in {tname} has shape {tuple(tensors[name].shape)} but the config implies "
-                f"{tuple(shape)} (class list / dimensions in {cname} disagree with the weights)")
+                f"{tuple(shape)} (class list / dimensions in {cname} disagree with the weights)"
+            )
     return config, tensors
 
 
@@ -132,7 +142,7 @@ def nest(prefix: str, files: Mapping[str, bytes]) -> dict[str, bytes]:
 
 def sub(files: Mapping[str, bytes], prefix: str) -> dict[str, bytes]:
     """The files under ``prefix``, with the prefix removed."""
-    return {name[len(prefix):]: data for name, data in files.items() if name.startswith(prefix)}
+    return {name[len(prefix) :]: data for name, data in files.items() if name.startswith(prefix)}
 
 
 def require(config: Mapping[str, Any], key: str, typ: type | tuple[type, ...], where: str) -> Any:

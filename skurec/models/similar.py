@@ -29,8 +29,14 @@ def nearest_neighbour_cosines(vectors: np.ndarray) -> np.ndarray:
     return sims.max(axis=1)
 
 
-def similar_groups(vectors: np.ndarray, classes: Sequence[str], threshold: float | None = None, k: int = 3,
-                   quantile: float = 0.75, given_groups: Mapping[str, str] | None = None) -> dict[str, str]:
+def similar_groups(
+    vectors: np.ndarray,
+    classes: Sequence[str],
+    threshold: float | None = None,
+    k: int = 3,
+    quantile: float = 0.75,
+    given_groups: Mapping[str, str] | None = None,
+) -> dict[str, str]:
     """Map every SKU to a group id; SKUs sharing a group id are visually similar.
 
     * ``threshold``: minimum cosine between two prototypes for a data-derived edge. ``None`` -> the ``quantile``

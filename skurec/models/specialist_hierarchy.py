@@ -49,9 +49,13 @@ def _val_top1(model: HierarchicalClassifier, X: np.ndarray, y: np.ndarray, m: in
     return float(np.mean(model.predict_topk(X, k=1, m=m).labels[:, 0] == y))
 
 
-def choose_route_m(model: HierarchicalClassifier, X_val: np.ndarray, y_val: np.ndarray,
-                   m_grid: tuple[int, ...] = SpecialistHierarchyConfig.m_grid,
-                   tolerance: float = SpecialistHierarchyConfig.m_tolerance) -> tuple[int, dict[int, float]]:
+def choose_route_m(
+    model: HierarchicalClassifier,
+    X_val: np.ndarray,
+    y_val: np.ndarray,
+    m_grid: tuple[int, ...] = SpecialistHierarchyConfig.m_grid,
+    tolerance: float = SpecialistHierarchyConfig.m_tolerance,
+) -> tuple[int, dict[int, float]]:
     """The routing width: the smallest ``m`` whose validation top-1 is within ``tolerance`` of the best over
     ``m_grid`` (and all superclasses); returns ``(m, {m: val top-1})``."""
     n = model.n_superclasses
@@ -61,9 +65,14 @@ def choose_route_m(model: HierarchicalClassifier, X_val: np.ndarray, y_val: np.n
     return min(m for m, v in by_m.items() if v >= top - tolerance), by_m
 
 
-def train_specialist_hierarchy(X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray,
-                               config: SpecialistHierarchyConfig | None = None,
-                               device: str | torch.device | None = None) -> SpecialistHierarchy:
+def train_specialist_hierarchy(
+    X: np.ndarray,
+    y: np.ndarray,
+    X_val: np.ndarray,
+    y_val: np.ndarray,
+    config: SpecialistHierarchyConfig | None = None,
+    device: str | torch.device | None = None,
+) -> SpecialistHierarchy:
     """Fit and select the whole hierarchy on ``(X, y)`` with validation ``(X_val, y_val)`` (module docstring)."""
     t0 = time.perf_counter()
     config = config or SpecialistHierarchyConfig()
@@ -76,31 +85,53 @@ def train_specialist_hierarchy(X: np.ndarray, y: np.ndarray, X_val: np.ndarray, 
     stats = lda_statistics(X, encode_labels(y, classes), len(classes))
     t_stats = time.perf_counter() - t0
     # shrinkage first (superclass-independent: the router's SKU top-1 does not depend on the grouping)
-    probe = train_lda_router(X, y, {c: 0 for c in classes}, X_val, y_val, shrinkage=config.shrinkage, stats=stats,
-                             device=device)
+    probe = train_lda_router(
+        X, y, {c: 0 for c in classes}, X_val, y_val, shrinkage=config.shrinkage, stats=stats, device=device
+    )
     lam = float(probe.shrinkage)
-    report: dict[str, Any] = {"shrinkage": lam, "val_flat_lda_top1": probe.metrics.get("val_sku_top1"),
-                              "candidates": []}
+    report: dict[str, Any] = {
+        "shrinkage": lam,
+        "val_flat_lda_top1": probe.metrics.get("val_sku_top1"),
+        "candidates": [],
+    }
     best: tuple[float, int, Any] | None = None
     for cap in config.max_sizes:
         sc = confusion_superclasses(X, y, max_size=cap, shrinkage=lam, stats=stats, classes=classes)
         sc_map = sc.superclass_of_class()
-        router = train_lda_router(X, y, sc_map, X_val, y_val, shrinkage=lam, n_superclasses=sc.n_superclasses,
-                                  stats=stats, device=device)
+        router = train_lda_router(
+            X, y, sc_map, X_val, y_val, shrinkage=lam, n_superclasses=sc.n_superclasses, stats=stats, device=device
+        )
         spec = train_specialists(X, y, sc_map, router, X_val, y_val, config.specialists, stats=stats, device=device)
         model = HierarchicalClassifier(router, spec, sc_map, m=sc.n_superclasses)
         score = _val_top1(model, X_val, y_val, sc.n_superclasses)
-        report["candidates"].append({"max_size": cap, "n_superclasses": sc.n_superclasses, "val_top1": score,
-                                     "beta": spec.beta, "router_val_top1": router.metrics.get("val_top1"),
-                                     "router_val_top3": router.metrics.get("val_top3")})
+        report["candidates"].append(
+            {
+                "max_size": cap,
+                "n_superclasses": sc.n_superclasses,
+                "val_top1": score,
+                "beta": spec.beta,
+                "router_val_top1": router.metrics.get("val_top1"),
+                "router_val_top3": router.metrics.get("val_top3"),
+            }
+        )
         if best is None or score > best[0]:
             best = (score, cap, (model, sc))
     assert best is not None
     model, sc = best[2]
     m_best, by_m = choose_route_m(model, X_val, y_val, config.m_grid, config.m_tolerance)
-    report.update({"max_size": best[1], "n_superclasses": sc.n_superclasses, "val_top1_by_m": by_m, "m": m_best,
-                   "val_top1": by_m[m_best], "beta": model.fine.beta, "temperature": model.coarse.temperature,
-                   "stats_seconds": round(t_stats, 3), "train_seconds": round(time.perf_counter() - t0, 3)})
+    report.update(
+        {
+            "max_size": best[1],
+            "n_superclasses": sc.n_superclasses,
+            "val_top1_by_m": by_m,
+            "m": m_best,
+            "val_top1": by_m[m_best],
+            "beta": model.fine.beta,
+            "temperature": model.coarse.temperature,
+            "stats_seconds": round(t_stats, 3),
+            "train_seconds": round(time.perf_counter() - t0, 3),
+        }
+    )
     return SpecialistHierarchy(model.with_m(m_best), sc, report)
 
 

@@ -79,11 +79,27 @@ class SpecialistHead:
 
     KIND = "specialist_head"
 
-    def __init__(self, classes: Sequence[str], sc_of_index: np.ndarray, n_superclasses: int,
-                 Wg: np.ndarray, bg: np.ndarray, Ws: np.ndarray, bs: np.ndarray, whitener: np.ndarray,
-                 mu0: np.ndarray, local_U: np.ndarray, local_gamma: np.ndarray, raw_means: np.ndarray,
-                 counts: np.ndarray, beta: float, scale: float, config: SpecialistConfig,
-                 metrics: Mapping[str, Any] | None = None, device: str | torch.device | None = None):
+    def __init__(
+        self,
+        classes: Sequence[str],
+        sc_of_index: np.ndarray,
+        n_superclasses: int,
+        Wg: np.ndarray,
+        bg: np.ndarray,
+        Ws: np.ndarray,
+        bs: np.ndarray,
+        whitener: np.ndarray,
+        mu0: np.ndarray,
+        local_U: np.ndarray,
+        local_gamma: np.ndarray,
+        raw_means: np.ndarray,
+        counts: np.ndarray,
+        beta: float,
+        scale: float,
+        config: SpecialistConfig,
+        metrics: Mapping[str, Any] | None = None,
+        device: str | torch.device | None = None,
+    ):
         self.classes = [str(c) for c in classes]
         C = len(self.classes)
         f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
@@ -95,17 +111,29 @@ class SpecialistHead:
         self.raw_means, self.counts = f32(raw_means), np.asarray(counts, dtype=np.int64)
         self.dim = int(self.Wg.shape[1])
         d, S = self.dim, self.n_superclasses
-        shapes = {"Wg": (self.Wg.shape, (C, d)), "bg": (self.bg.shape, (C,)), "Ws": (self.Ws.shape, (C, d)),
-                  "bs": (self.bs.shape, (C,)), "superclass_of_class": (self.sc_of_index.shape, (C,)),
-                  "whitener": (self.whitener.shape, (d, d)), "mu0": (self.mu0.shape, (d,)),
-                  "raw_means": (self.raw_means.shape, (C, d)), "counts": (self.counts.shape, (C,))}
+        shapes = {
+            "Wg": (self.Wg.shape, (C, d)),
+            "bg": (self.bg.shape, (C,)),
+            "Ws": (self.Ws.shape, (C, d)),
+            "bs": (self.bs.shape, (C,)),
+            "superclass_of_class": (self.sc_of_index.shape, (C,)),
+            "whitener": (self.whitener.shape, (d, d)),
+            "mu0": (self.mu0.shape, (d,)),
+            "raw_means": (self.raw_means.shape, (C, d)),
+            "counts": (self.counts.shape, (C,)),
+        }
         bad = {k: v for k, v in shapes.items() if tuple(v[0]) != v[1]}
         if bad:
             raise EmbeddingInputError(f"SpecialistHead: shapes disagree with {C} classes / d={d}: {bad}")
-        if self.local_U.ndim != 3 or self.local_U.shape[0] != S or self.local_U.shape[2] != d \
-                or self.local_gamma.shape != self.local_U.shape[:2]:
-            raise EmbeddingInputError(f"SpecialistHead: local factors {self.local_U.shape} / {self.local_gamma.shape}"
-                                      f" do not fit S={S}, d={d}")
+        if (
+            self.local_U.ndim != 3
+            or self.local_U.shape[0] != S
+            or self.local_U.shape[2] != d
+            or self.local_gamma.shape != self.local_U.shape[:2]
+        ):
+            raise EmbeddingInputError(
+                f"SpecialistHead: local factors {self.local_U.shape} / {self.local_gamma.shape} do not fit S={S}, d={d}"
+            )
         if C and (self.sc_of_index.min() < 0 or self.sc_of_index.max() >= S):
             raise EmbeddingInputError(f"SpecialistHead: superclass ids must lie in 0..{S - 1}")
         self.beta, self.scale = float(beta), float(scale)
@@ -141,8 +169,9 @@ class SpecialistHead:
         proba = torch.softmax(self.class_logits(X)[:, cols].double(), dim=1)
         vals, pos = topk_stable(proba, min(k, len(candidates)))
         idx = cols[pos].numpy()
-        return Predictions(labels=labels_from_indices(idx, np.ones(idx.shape, bool), self.classes),
-                           scores=vals.float().numpy())
+        return Predictions(
+            labels=labels_from_indices(idx, np.ones(idx.shape, bool), self.classes), scores=vals.float().numpy()
+        )
 
     # ------------------------------------------------------------------ new SKUs
     def specialist_rows(self, means: np.ndarray, superclasses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -158,8 +187,9 @@ class SpecialistHead:
         W = Pm @ H
         return W.astype(np.float32), (bz - W @ mu0).astype(np.float32)
 
-    def with_images(self, X: np.ndarray, y: np.ndarray, superclass_of_new: Mapping[str, int] | None = None
-                    ) -> tuple[SpecialistHead, list[str], list[str]]:
+    def with_images(
+        self, X: np.ndarray, y: np.ndarray, superclass_of_new: Mapping[str, int] | None = None
+    ) -> tuple[SpecialistHead, list[str], list[str]]:
         """A head that also knows the SKUs of ``(X, y)``: ``(head, new_skus, refreshed_skus)``; nothing is trained.
 
         New SKUs (their superclass from ``superclass_of_new``) get closed-form global and specialist rows from
@@ -181,11 +211,20 @@ class SpecialistHead:
         tot = np.zeros((len(classes), self.dim))
         tot[: len(self.classes)] = self.raw_means.astype(np.float64) * self.counts[:, None]
         means = (tot + sums) / np.maximum(counts, 1)[:, None]
-        sc = np.concatenate([self.sc_of_index, np.asarray([int(superclass_of_new[c]) for c in new],  # type: ignore[index]
-                                                          dtype=np.int64)])
+        sc = np.concatenate(
+            [
+                self.sc_of_index,
+                np.asarray(
+                    [int(superclass_of_new[c]) for c in new],  # type: ignore[index]
+                    dtype=np.int64,
+                ),
+            ]
+        )
         if sc.size and sc.max() >= self.n_superclasses:
             raise EmbeddingInputError(f"superclass ids must lie in 0..{self.n_superclasses - 1}")
-        touched = np.asarray([index[c] for c in refreshed] + list(range(len(self.classes), len(classes))), dtype=np.int64)
+        touched = np.asarray(
+            [index[c] for c in refreshed] + list(range(len(self.classes), len(classes))), dtype=np.int64
+        )
         precision = self.whitener.astype(np.float64).T @ self.whitener.astype(np.float64)
         Wg_t, bg_t = lda_rows(means[touched], self.mu0.astype(np.float64), precision)
         Ws_t, bs_t = self.specialist_rows(means[touched], sc[touched])
@@ -193,22 +232,57 @@ class SpecialistHead:
         grow = lambda a: np.concatenate([a, np.zeros((n_new,) + a.shape[1:], a.dtype)])  # noqa: E731
         Wg, bg, Ws, bs = grow(self.Wg), grow(self.bg), grow(self.Ws), grow(self.bs)
         Wg[touched], bg[touched], Ws[touched], bs[touched] = Wg_t, bg_t, Ws_t, bs_t
-        head = SpecialistHead(classes, sc, self.n_superclasses, Wg, bg, Ws, bs, self.whitener, self.mu0,
-                              self.local_U, self.local_gamma, means.astype(np.float32), counts, self.beta,
-                              self.scale, self.config,
-                              {**self.metrics, "n_added_classes": self.metrics.get("n_added_classes", 0) + n_new},
-                              self.device)
+        head = SpecialistHead(
+            classes,
+            sc,
+            self.n_superclasses,
+            Wg,
+            bg,
+            Ws,
+            bs,
+            self.whitener,
+            self.mu0,
+            self.local_U,
+            self.local_gamma,
+            means.astype(np.float32),
+            counts,
+            self.beta,
+            self.scale,
+            self.config,
+            {**self.metrics, "n_added_classes": self.metrics.get("n_added_classes", 0) + n_new},
+            self.device,
+        )
         return head, new, refreshed
 
     # ------------------------------------------------------------------ serialisation
     def to_files(self) -> dict[str, bytes]:
-        config = {"dim": self.dim, "classes": self.classes, "n_superclasses": self.n_superclasses,
-                  "rank": int(self.local_U.shape[1]), "beta": self.beta, "scale": self.scale,
-                  "hyper_params": asdict(self.config), "metrics": jsonable(self.metrics)}
-        return pack(self.KIND, config, {
-            "Wg": self.Wg, "bg": self.bg, "Ws": self.Ws, "bs": self.bs, "superclass_of_class": self.sc_of_index,
-            "whitener": self.whitener, "mu0": self.mu0, "local_U": self.local_U, "local_gamma": self.local_gamma,
-            "raw_means": self.raw_means, "counts": self.counts})
+        config = {
+            "dim": self.dim,
+            "classes": self.classes,
+            "n_superclasses": self.n_superclasses,
+            "rank": int(self.local_U.shape[1]),
+            "beta": self.beta,
+            "scale": self.scale,
+            "hyper_params": asdict(self.config),
+            "metrics": jsonable(self.metrics),
+        }
+        return pack(
+            self.KIND,
+            config,
+            {
+                "Wg": self.Wg,
+                "bg": self.bg,
+                "Ws": self.Ws,
+                "bs": self.bs,
+                "superclass_of_class": self.sc_of_index,
+                "whitener": self.whitener,
+                "mu0": self.mu0,
+                "local_U": self.local_U,
+                "local_gamma": self.local_gamma,
+                "raw_means": self.raw_means,
+                "counts": self.counts,
+            },
+        )
 
     @classmethod
     def from_files(cls, files: Mapping[str, bytes], device: str | torch.device | None = None) -> SpecialistHead:
@@ -219,25 +293,51 @@ class SpecialistHead:
         S = require(raw, "n_superclasses", int, where)
         r = require(raw, "rank", int, where)
         C = len(classes)
-        expected = {"Wg": (C, d), "bg": (C,), "Ws": (C, d), "bs": (C,), "superclass_of_class": (C,),
-                    "whitener": (d, d), "mu0": (d,), "local_U": (S, r, d), "local_gamma": (S, r),
-                    "raw_means": (C, d), "counts": (C,)}
+        expected = {
+            "Wg": (C, d),
+            "bg": (C,),
+            "Ws": (C, d),
+            "bs": (C,),
+            "superclass_of_class": (C,),
+            "whitener": (d, d),
+            "mu0": (d,),
+            "local_U": (S, r, d),
+            "local_gamma": (S, r),
+            "raw_means": (C, d),
+            "counts": (C,),
+        }
         config, t = unpack(files, cls.KIND, expected_shapes=expected)
         if set(t) != set(expected):
             raise ModelFormatError(f"{cls.KIND} tensors {sorted(t)} differ from the expected {sorted(expected)}")
         hp = SpecialistConfig.from_dict(require(config, "hyper_params", dict, where))
         try:
-            return cls([str(c) for c in classes], t["superclass_of_class"].numpy(), S, t["Wg"].numpy(),
-                       t["bg"].numpy(), t["Ws"].numpy(), t["bs"].numpy(), t["whitener"].numpy(), t["mu0"].numpy(),
-                       t["local_U"].numpy(), t["local_gamma"].numpy(), t["raw_means"].numpy(), t["counts"].numpy(),
-                       float(require(config, "beta", (int, float), where)),
-                       float(require(config, "scale", (int, float), where)), hp, config.get("metrics"), device)
+            return cls(
+                [str(c) for c in classes],
+                t["superclass_of_class"].numpy(),
+                S,
+                t["Wg"].numpy(),
+                t["bg"].numpy(),
+                t["Ws"].numpy(),
+                t["bs"].numpy(),
+                t["whitener"].numpy(),
+                t["mu0"].numpy(),
+                t["local_U"].numpy(),
+                t["local_gamma"].numpy(),
+                t["raw_means"].numpy(),
+                t["counts"].numpy(),
+                float(require(config, "beta", (int, float), where)),
+                float(require(config, "scale", (int, float), where)),
+                hp,
+                config.get("metrics"),
+                device,
+            )
         except EmbeddingInputError as exc:
             raise ModelFormatError(f"{where}: {exc}") from exc
 
 
-def _local_factors(Xs: np.ndarray, codes_s: np.ndarray, Mz: np.ndarray, H: torch.Tensor, mu0: torch.Tensor,
-                   rank: int, mix: float) -> tuple[np.ndarray, np.ndarray]:
+def _local_factors(
+    Xs: np.ndarray, codes_s: np.ndarray, Mz: np.ndarray, H: torch.Tensor, mu0: torch.Tensor, rank: int, mix: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-``rank`` eigenpairs of one superclass's within-class covariance in z-space -> ``(U (r, d), gamma (r,))``.
 
     ``Xs`` / ``codes_s``: the superclass's training rows and their class indices into ``Mz`` (class means, z-space).
@@ -257,16 +357,23 @@ def _local_factors(Xs: np.ndarray, codes_s: np.ndarray, Mz: np.ndarray, H: torch
     sv, V = sv[:r].double(), V[:, :r].double()
     keep = sv > 1e-6 * max(float(sv[0]), 1e-30)
     sv, V = sv[keep], V[:, keep]
-    lam = sv ** 2 / R.shape[0]
+    lam = sv**2 / R.shape[0]
     U[: V.shape[1]] = V.T.float().numpy()
     gam[: V.shape[1]] = (mix * lam / ((1 - mix) + mix * lam)).float().numpy()
     return U, gam
 
 
-def train_specialists(X: np.ndarray, y: np.ndarray, superclass_of_class: Mapping[str, int],
-                      router: Any, X_val: np.ndarray | None = None, y_val: np.ndarray | None = None,
-                      config: SpecialistConfig | None = None, stats: LDAStatistics | None = None,
-                      device: str | torch.device | None = None) -> SpecialistHead:
+def train_specialists(
+    X: np.ndarray,
+    y: np.ndarray,
+    superclass_of_class: Mapping[str, int],
+    router: Any,
+    X_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
+    config: SpecialistConfig | None = None,
+    stats: LDAStatistics | None = None,
+    device: str | torch.device | None = None,
+) -> SpecialistHead:
     """Fit the specialists of every superclass (closed form) and choose ``beta`` / ``scale`` on validation.
 
     ``router`` is the trained :class:`~skurec.models.lda_router.LDARouter` (its shrinkage is reused, and the
@@ -293,7 +400,7 @@ def train_specialists(X: np.ndarray, y: np.ndarray, superclass_of_class: Mapping
     Wg, bg = lda_rows(stats.means, stats.mu0, stats.precision(lam))
     Hf = torch.from_numpy(H.astype(np.float32))
     mu0f = torch.from_numpy(stats.mu0.astype(np.float32))
-    Mz = ((stats.means - stats.mu0) @ H.T)
+    Mz = (stats.means - stats.mu0) @ H.T
     local_U = np.zeros((S, config.rank, X.shape[1]), np.float32)
     local_gamma = np.zeros((S, config.rank), np.float32)
     row_sc = sc[codes]
@@ -302,14 +409,30 @@ def train_specialists(X: np.ndarray, y: np.ndarray, superclass_of_class: Mapping
     sizes = np.bincount(sc, minlength=S)
     for s in range(S):
         if sizes[s] >= 2:
-            rows = order[bounds[s]:bounds[s + 1]]
+            rows = order[bounds[s] : bounds[s + 1]]
             local_U[s], local_gamma[s] = _local_factors(X[rows], codes[rows], Mz, Hf, mu0f, config.rank, config.mix)
-    head = SpecialistHead(classes, sc, S, Wg, bg, Wg, bg, H, stats.mu0, local_U, local_gamma, stats.means,
-                          stats.counts, 0.0, 1.0, config, device=device)
+    head = SpecialistHead(
+        classes,
+        sc,
+        S,
+        Wg,
+        bg,
+        Wg,
+        bg,
+        H,
+        stats.mu0,
+        local_U,
+        local_gamma,
+        stats.means,
+        stats.counts,
+        0.0,
+        1.0,
+        config,
+        device=device,
+    )
     Ws, bs = head.specialist_rows(stats.means, sc)
     head.Ws, head.bs = Ws, bs
-    metrics: dict[str, Any] = {"shrinkage": lam, "n_superclasses": S,
-                               "n_specialists": int((sizes >= 2).sum())}
+    metrics: dict[str, Any] = {"shrinkage": lam, "n_superclasses": S, "n_specialists": int((sizes >= 2).sum())}
     beta, scale = 0.5, 1.0
     if (X_val is None) != (y_val is None):
         raise EmbeddingInputError("give both X_val and y_val, or neither")
@@ -332,10 +455,10 @@ def train_specialists(X: np.ndarray, y: np.ndarray, superclass_of_class: Mapping
                 if best is None or key > best:
                     best = key
                     beta, scale = b_, s_
-        metrics["val_within_top1_global"] = float((G.masked_fill(~same, float("-inf")).argmax(1) == cv)
-                                                  .double().mean())
-        metrics["val_within_top1_specialist"] = float((F.masked_fill(~same, float("-inf")).argmax(1) == cv)
-                                                      .double().mean())
+        metrics["val_within_top1_global"] = float((G.masked_fill(~same, float("-inf")).argmax(1) == cv).double().mean())
+        metrics["val_within_top1_specialist"] = float(
+            (F.masked_fill(~same, float("-inf")).argmax(1) == cv).double().mean()
+        )
         assert best is not None
         metrics.update({"val_top1": best[0], "val_within_top1": best[1]})
     head.beta, head.scale, head._rows = beta, scale, None

@@ -89,8 +89,9 @@ class Superclasses:
             raise ValueError("superclasses JSON: assignment / projection length differs from the class list")
         if len(classes) and (assignment.min() < 0 or assignment.max() >= S):
             raise ValueError(f"superclasses JSON: assignment outside 0..{S - 1}")
-        return cls(classes, assignment, S, proj, str(data["method"]), str(data.get("note", "")),
-                   dict(data.get("params", {})))
+        return cls(
+            classes, assignment, S, proj, str(data["method"]), str(data.get("note", "")), dict(data.get("params", {}))
+        )
 
 
 def canonical_labels(labels: np.ndarray) -> np.ndarray:
@@ -99,14 +100,22 @@ def canonical_labels(labels: np.ndarray) -> np.ndarray:
     return np.asarray([mapping.setdefault(v, len(mapping)) for v in np.asarray(labels).tolist()], dtype=np.int64)
 
 
-def _umap(vectors: np.ndarray, n_components: int, n_neighbors: int, min_dist: float, seed: int,
-          n_epochs: int | None) -> np.ndarray:
+def _umap(
+    vectors: np.ndarray, n_components: int, n_neighbors: int, min_dist: float, seed: int, n_epochs: int | None
+) -> np.ndarray:
+    import torch
     import umap  # local import: numba start-up cost only when superclasses are derived
 
-    import torch
-
-    reducer = umap.UMAP(n_neighbors=n_neighbors, n_components=n_components, metric="cosine", min_dist=min_dist,
-                        random_state=seed, n_jobs=1, n_epochs=n_epochs, init="spectral")
+    reducer = umap.UMAP(
+        n_neighbors=n_neighbors,
+        n_components=n_components,
+        metric="cosine",
+        min_dist=min_dist,
+        random_state=seed,
+        n_jobs=1,
+        n_epochs=n_epochs,
+        init="spectral",
+    )
     threads = torch.get_num_threads()  # UMAP's thread handling resets torch's intra-op thread count: restore it
     try:
         with warnings.catch_warnings():
@@ -134,9 +143,17 @@ def _pca_2d(vectors: np.ndarray) -> np.ndarray:
     return out
 
 
-def derive_superclasses(vectors: np.ndarray, classes: Sequence[str], n_superclasses: int = 100, seed: int = 0,
-                        n_neighbors: int = 15, n_components: int = 8, min_dist: float = 0.0,
-                        n_epochs: int | None = None, linkage: str = "ward") -> Superclasses:
+def derive_superclasses(
+    vectors: np.ndarray,
+    classes: Sequence[str],
+    n_superclasses: int = 100,
+    seed: int = 0,
+    n_neighbors: int = 15,
+    n_components: int = 8,
+    min_dist: float = 0.0,
+    n_epochs: int | None = None,
+    linkage: str = "ward",
+) -> Superclasses:
     """Cluster class prototypes ``vectors`` (C, d) into ``min(n_superclasses, C)`` superclasses.
 
     UMAP (umap-learn, ``metric="cosine"``, ``random_state=seed``, single-threaded hence deterministic) reduces the
@@ -157,14 +174,28 @@ def derive_superclasses(vectors: np.ndarray, classes: Sequence[str], n_superclas
     k = min(n_superclasses, C)
     nn = max(2, min(n_neighbors, C - 1))
     nc = max(2, min(n_components, C - 2))
-    params: dict[str, Any] = {"requested_n_superclasses": n_superclasses, "seed": seed, "n_neighbors": nn,
-                              "n_components": nc, "min_dist": min_dist, "linkage": linkage, "n_epochs": n_epochs}
+    params: dict[str, Any] = {
+        "requested_n_superclasses": n_superclasses,
+        "seed": seed,
+        "n_neighbors": nn,
+        "n_components": nc,
+        "min_dist": min_dist,
+        "linkage": linkage,
+        "n_epochs": n_epochs,
+    }
     note = ""
     if k == C:
         assignment = np.arange(C, dtype=np.int64)
         proj = _umap_or_pca_2d(vectors, nn, min_dist, seed, n_epochs)
-        return Superclasses(classes, assignment, C, proj, METHOD_IDENTITY,
-                            f"n_superclasses ({n_superclasses}) >= number of classes ({C})", params)
+        return Superclasses(
+            classes,
+            assignment,
+            C,
+            proj,
+            METHOD_IDENTITY,
+            f"n_superclasses ({n_superclasses}) >= number of classes ({C})",
+            params,
+        )
     embedding: np.ndarray | None = None
     if C < MIN_UMAP_CLASSES:
         note = f"UMAP skipped: only {C} classes (< {MIN_UMAP_CLASSES}); clustered the prototypes directly"
@@ -224,8 +255,11 @@ def superclass_scatter_png(superclasses: Superclasses, title: str | None = None,
     if len(superclasses.classes) <= 60:
         for (px, py), name in zip(xy, superclasses.classes):
             ax.annotate(name, (px, py), fontsize=6, alpha=0.7)
-    ax.set_title(title or f"{len(superclasses.classes)} classes -> {superclasses.n_superclasses} superclasses "
-                          f"({superclasses.method})", fontsize=9)
+    ax.set_title(
+        title
+        or f"{len(superclasses.classes)} classes -> {superclasses.n_superclasses} superclasses ({superclasses.method})",
+        fontsize=9,
+    )
     ax.set_xticks([])
     ax.set_yticks([])
     buf = io.BytesIO()

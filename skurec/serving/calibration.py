@@ -10,8 +10,9 @@ import numpy as np
 from skurec.storage import Workspace
 
 
-def calibrate_threshold(ws: Workspace, model: Any, data: Any | None = None, keep: float = 0.95,
-                        bounds: tuple[float, float] = (0.05, 0.9)) -> dict[str, Any]:
+def calibrate_threshold(
+    ws: Workspace, model: Any, data: Any | None = None, keep: float = 0.95, bounds: tuple[float, float] = (0.05, 0.9)
+) -> dict[str, Any]:
     """The "unknown" threshold recommended for this model: the top-1 score that ``keep`` of the correct validation
     predictions reach (so 95 % of in-catalogue photos the model gets right are answered), clipped to ``bounds``.
 
@@ -30,5 +31,9 @@ def calibrate_threshold(ws: Workspace, model: Any, data: Any | None = None, keep
     q = float(np.quantile(pred.scores[correct, 0], 1.0 - keep))
     t = float(min(max(q, bounds[0]), bounds[1]))
     wrong = pred.scores[~correct, 0]
-    return {"threshold": round(t, 4), "method": f"{keep:.0%} of correct validation predictions score >= threshold",
-            "n_val": int(len(correct)), "wrong_rejected_share": float(np.mean(wrong < t)) if len(wrong) else None}
+    return {
+        "threshold": round(t, 4),
+        "method": f"{keep:.0%} of correct validation predictions score >= threshold",
+        "n_val": int(len(correct)),
+        "wrong_rejected_share": float(np.mean(wrong < t)) if len(wrong) else None,
+    }

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from skurec.images import ImageRejected, decode_rgb, sha256_bytes
 from skurec.deployment.bundle import load_published
+from skurec.images import ImageRejected, decode_rgb, sha256_bytes
 from skurec.model_store import ModelStore
 from skurec.storage import Workspace
 
@@ -111,8 +111,17 @@ def _encode_png(img: Image.Image) -> bytes:
 class Recognizer:
     """A loaded model + encoder that maps images to SKUs. Build it with :meth:`from_workdir` (or inject both)."""
 
-    def __init__(self, model: Any, card: dict, encoder: Any, *, top_k: int = 3, threshold: float | None = None,
-                 m: int | None = None, model_id: str | None = None):
+    def __init__(
+        self,
+        model: Any,
+        card: dict,
+        encoder: Any,
+        *,
+        top_k: int = 3,
+        threshold: float | None = None,
+        m: int | None = None,
+        model_id: str | None = None,
+    ):
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         if threshold is None:  # the model's calibrated threshold (see skurec.serving.calibration.calibrate_threshold)
@@ -140,10 +149,19 @@ class Recognizer:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_workdir(cls, workdir: str | os.PathLike | Workspace, model_id: str | None = None, *, device: str | None = "cpu",
-                     encoder: Any | None = None, checkpoint: str | None = None, top_k: int = 3,
-                     threshold: float | None = None, m: int | None = None,
-                     storage_options: dict | None = None) -> Recognizer:
+    def from_workdir(
+        cls,
+        workdir: str | os.PathLike | Workspace,
+        model_id: str | None = None,
+        *,
+        device: str | None = "cpu",
+        encoder: Any | None = None,
+        checkpoint: str | None = None,
+        top_k: int = 3,
+        threshold: float | None = None,
+        m: int | None = None,
+        storage_options: dict | None = None,
+    ) -> Recognizer:
         """Load ``model_id`` (default: the deployed model) and the encoder its card names.
 
         ``checkpoint``: local weights for checkpoint-based encoders (``dinov2_vits14``, ``timm:<arch>``; default
@@ -151,7 +169,11 @@ class Recognizer:
         ``threshold``: top-1 score below which the answer is ``unknown``; default: the threshold calibrated on the
         validation split when the model was published (model card ``recognition.threshold``), else 0.5.
         """
-        ws = workdir if isinstance(workdir, Workspace) else Workspace(os.fspath(workdir), storage_options=storage_options)
+        ws = (
+            workdir
+            if isinstance(workdir, Workspace)
+            else Workspace(os.fspath(workdir), storage_options=storage_options)
+        )
         store = ModelStore(ws)
         model_id = model_id or store.deployed_id()
         if model_id is None:
@@ -181,11 +203,13 @@ class Recognizer:
             review_queue.add(rec, data if data is not None else _encode_png(img))
         return rec
 
-    def predict_many(self, images: Sequence[ImageInput], batch_size: int = 32, review_queue: Any | None = None) -> list[Recognition]:
+    def predict_many(
+        self, images: Sequence[ImageInput], batch_size: int = 32, review_queue: Any | None = None
+    ) -> list[Recognition]:
         """Recognise many images with batched forward passes (throughput mode)."""
         out: list[Recognition] = []
         for start in range(0, len(images), batch_size):
-            chunk = images[start:start + batch_size]
+            chunk = images[start : start + batch_size]
             decoded = [_as_rgb(im, self._min_side) for im in chunk]
             x = torch.stack([self.encoder.preprocess(img) for img, _, _ in decoded])
             emb = self.encoder.forward_batch(x).numpy()
@@ -197,29 +221,40 @@ class Recognizer:
             out.extend(recs)
         return out
 
-    def _results(self, emb: np.ndarray, names: Sequence[str | None], datas: Sequence[bytes | None]) -> list[Recognition]:
+    def _results(
+        self, emb: np.ndarray, names: Sequence[str | None], datas: Sequence[bytes | None]
+    ) -> list[Recognition]:
         kwargs = {} if self.m is None else {"m": self.m}
         pred = self.model.predict_topk(emb, k=self.top_k, **kwargs)
         sc = pred.superclass if pred.superclass is not None else np.full(len(emb), -1)
         out = []
         for i in range(len(emb)):
-            top = [{"sku_id": str(lab), "score": round(float(s), 6), **({"sku_name": self.names[lab]} if lab in self.names else {})}
-                   for lab, s in zip(pred.labels[i].tolist(), pred.scores[i].tolist()) if lab]
+            top = [
+                {
+                    "sku_id": str(lab),
+                    "score": round(float(s), 6),
+                    **({"sku_name": self.names[lab]} if lab in self.names else {}),
+                }
+                for lab, s in zip(pred.labels[i].tolist(), pred.scores[i].tolist())
+                if lab
+            ]
             best = top[0] if top else None
             score = best["score"] if best else 0.0
             unknown = best is None or score < self.threshold
-            out.append(Recognition(
-                label=UNKNOWN if unknown else best["sku_id"],
-                sku_id=best["sku_id"] if best else None,
-                score=score,
-                unknown=unknown,
-                superclass=int(sc[i]),
-                top_k=top,
-                model_id=self.model_id,
-                threshold=self.threshold,
-                image=names[i],
-                image_id=sha256_bytes(datas[i]) if datas[i] is not None else None,
-            ))
+            out.append(
+                Recognition(
+                    label=UNKNOWN if unknown else best["sku_id"],
+                    sku_id=best["sku_id"] if best else None,
+                    score=score,
+                    unknown=unknown,
+                    superclass=int(sc[i]),
+                    top_k=top,
+                    model_id=self.model_id,
+                    threshold=self.threshold,
+                    image=names[i],
+                    image_id=sha256_bytes(datas[i]) if datas[i] is not None else None,
+                )
+            )
         return out
 
 

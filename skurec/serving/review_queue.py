@@ -23,9 +23,9 @@ from typing import Any
 import pandas as pd
 
 from skurec.images import sha256_bytes
+from skurec.layout import REVIEW_QUEUE_DIR as QUEUE_DIR
 from skurec.storage import Workspace
 
-from skurec.layout import REVIEW_QUEUE_DIR as QUEUE_DIR
 _EXT = {b"\xff\xd8\xff": ".jpg", b"\x89PNG": ".png", b"GIF8": ".gif", b"BM": ".bmp", b"RIFF": ".webp"}
 
 
@@ -69,10 +69,21 @@ class ReviewQueue:
 
     def items(self) -> list[dict]:
         """Every queued item, oldest first."""
-        return [self.ws.read_json(QUEUE_DIR, "items", n) for n in self.ws.listdir(QUEUE_DIR, "items") if n.endswith(".json")]
+        return [
+            self.ws.read_json(QUEUE_DIR, "items", n) for n in self.ws.listdir(QUEUE_DIR, "items") if n.endswith(".json")
+        ]
 
     def frame(self) -> pd.DataFrame:
-        cols = ["image_id", "image_file", "original", "suggested_sku_id", "score", "superclass", "model_id", "queued_at"]
+        cols = [
+            "image_id",
+            "image_file",
+            "original",
+            "suggested_sku_id",
+            "score",
+            "superclass",
+            "model_id",
+            "queued_at",
+        ]
         return pd.DataFrame([{c: it.get(c) for c in cols} for it in self.items()], columns=cols)
 
     def __len__(self) -> int:
@@ -94,8 +105,15 @@ class ReviewQueue:
             seen.add(it["image_id"])
             name = posixpath.basename(it["image_file"])
             (dest / "images" / name).write_bytes(self.ws.read_bytes(it["image_file"]))
-            rows.append({"image_uri": f"images/{name}", "sku_id": "", "suggested_sku_id": it.get("suggested_sku_id") or "",
-                         "score": it.get("score"), "model_id": it.get("model_id") or ""})
+            rows.append(
+                {
+                    "image_uri": f"images/{name}",
+                    "sku_id": "",
+                    "suggested_sku_id": it.get("suggested_sku_id") or "",
+                    "score": it.get("score"),
+                    "model_id": it.get("model_id") or "",
+                }
+            )
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=["image_uri", "sku_id", "suggested_sku_id", "score", "model_id"])
         writer.writeheader()
