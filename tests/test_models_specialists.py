@@ -240,3 +240,19 @@ def test_add_classes_without_retraining(cat: Cat) -> None:
     assert acc_new >= 0.8
     again = load_classifier(new.to_files())
     assert (again.predict_topk(cat.Xt, 2).labels == new.predict_topk(cat.Xt, 2).labels).all()
+
+
+def test_route_m_is_chosen_on_validation_top1_then_top3(trained, cat: Cat) -> None:
+    from skurec.models import choose_route_m
+
+    model = trained.model
+    m, top1 = choose_route_m(model, cat.Xv, cat.yv, m_grid=(1, 2, 3), tolerance=0.0)
+
+    def top3(width: int) -> float:
+        labels = model.predict_topk(cat.Xv, k=3, m=width).labels
+        return float(np.mean((labels == cat.yv[:, None]).any(axis=1)))
+
+    best = max(top1.values())
+    eligible = [w for w, v in top1.items() if v >= best]
+    assert m in eligible and top1[m] == best
+    assert top3(m) == max(top3(w) for w in eligible)  # among equal top-1 widths, the best top-3 wins

@@ -56,13 +56,20 @@ def choose_route_m(
     m_grid: tuple[int, ...] = SpecialistHierarchyConfig.m_grid,
     tolerance: float = SpecialistHierarchyConfig.m_tolerance,
 ) -> tuple[int, dict[int, float]]:
-    """The routing width: the smallest ``m`` whose validation top-1 is within ``tolerance`` of the best over
-    ``m_grid`` (and all superclasses); returns ``(m, {m: val top-1})``."""
+    """The routing width: among the widths of ``m_grid`` (and all superclasses) whose validation top-1 is within
+    ``tolerance`` of the best, the one with the best validation top-3 (ties: the smallest, the cheapest); a hard
+    split (m=1) ranks only one superclass's SKUs, so it can cost top-3 at no top-1 gain. Returns
+    ``(m, {m: val top-1})``."""
     n = model.n_superclasses
     widths = sorted({min(int(m), n) for m in m_grid} | {n})
-    by_m = {m: _val_top1(model, X_val, y_val, m) for m in widths}
-    top = max(by_m.values())
-    return min(m for m, v in by_m.items() if v >= top - tolerance), by_m
+    top1, top3 = {}, {}
+    for m in widths:
+        labels = model.predict_topk(X_val, k=min(3, len(model.classes)), m=m).labels
+        top1[m] = float(np.mean(labels[:, 0] == y_val))
+        top3[m] = float(np.mean((labels == np.asarray(y_val)[:, None]).any(axis=1)))
+    best = max(top1.values())
+    eligible = [m for m in widths if top1[m] >= best - tolerance]
+    return max(eligible, key=lambda m: (top3[m], -m)), top1
 
 
 def train_specialist_hierarchy(
