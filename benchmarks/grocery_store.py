@@ -55,7 +55,13 @@ def write_manifest(dataset: Path, out: Path, pin_splits: bool) -> Path:
 
 
 def run_protocol(
-    name: str, manifest: Path, workdir: Path, encoder: str, min_samples: int, shared_cache: Path | None
+    name: str,
+    manifest: Path,
+    workdir: Path,
+    encoder: str,
+    min_samples: int,
+    shared_cache: Path | None,
+    layers: int = 0,
 ) -> dict:
     import dagster as dg
 
@@ -68,7 +74,7 @@ def run_protocol(
     resources = {
         "storage": StorageResource(workdir=str(workdir)),
         "catalogue": CatalogueResource(location=str(manifest), min_samples=min_samples),
-        "encoder": EncoderResource(name=encoder),
+        "encoder": EncoderResource(name=encoder, layers=layers or None),
         "loop": LabellingLoopResource(drop_location=str(workdir / "drop")),
     }
     t0 = time.perf_counter()
@@ -104,6 +110,10 @@ def print_table(name: str, out: dict) -> None:
             s = variants[v]["models"].get(m, {})
             cells += "".join(f"{(s.get(k) if s.get(k) is not None else float('nan')):>14.4f}" for k in ("top1", "top3"))
         print(f"{m:<20}{cells}")
+    for variant, gap in (
+        (rep.get("hierarchy") or {}).get("models", {}).get("hierarchical_soft", {}).get("gap") or {}
+    ).items():
+        print(f"gap hierarchical - best flat ({gap['best_flat']}) on {variant}: {gap['gap_top1']:+.4f}")
     t = out["timings"]
     keys = ["image_embeddings", "superclasses", "coarse_model", "fine_model", "flat_baselines"]
     print("step seconds: " + ", ".join(f"{k}={t[k]:.1f}" for k in keys if k in t) + f"; total {out['seconds']:.1f}s")
@@ -115,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("bench_out/grocery"))
     p.add_argument("--encoder", default=os.environ.get("SKUREC_ENCODER", "efficientnet_lite2+mobilenetv2_100"))
     p.add_argument("--protocols", nargs="+", default=["official", "reference"], choices=["official", "reference"])
+    p.add_argument("--layers", type=int, default=0, help="encoder option: also GeM-pool the last N stages")
     args = p.parse_args(argv)
     if not (args.dataset / "dataset" / "train.txt").exists():
         raise SystemExit(f"Grocery Store dataset not found under {args.dataset}")
@@ -124,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.protocols:
         manifest = write_manifest(args.dataset, out_root, pin_splits=(name == "official"))
         workdir = out_root / f"work_{name}"
-        results[name] = run_protocol(name, manifest, workdir, args.encoder, 1 if name == "official" else 50, shared)
+        min_samples = 1 if name == "official" else 50
+        results[name] = run_protocol(name, manifest, workdir, args.encoder, min_samples, shared, args.layers)
         shared = workdir / "embeddings"
         print_table(name, results[name])
     (out_root / "results.json").write_text(json.dumps({k: v["report"] for k, v in results.items()}, indent=2))
