@@ -26,7 +26,7 @@ import yaml
 from test_labelling_loop import BASE_SKUS, FAST_RUN_CONFIG, write_catalogue
 
 REPO = Path(__file__).resolve().parent.parent
-START_TIMEOUT_S = 60
+START_TIMEOUT_S = 150  # two workers importing torch + dagster at once on 2 cores
 RUN_TIMEOUT_S = 300
 pytestmark = pytest.mark.slow
 
@@ -176,6 +176,10 @@ def test_full_pipeline_runs_its_steps_on_celery_workers(broker, tmp_path, monkey
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     }
+    # Create the instance's SQLite schema once, before two workers open it at the same moment (else they race on
+    # CREATE TABLE and one dies with "table runs already exists").
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.get_runs(limit=1)
     logs = tmp_path / "logs"
     logs.mkdir()
     workers: list[subprocess.Popen] = []
@@ -208,7 +212,12 @@ def test_full_pipeline_runs_its_steps_on_celery_workers(broker, tmp_path, monkey
                     start_new_session=True,
                 )
             )
-        pools = _pool_pids(broker_url, backend_url, expect_workers=2)
+        try:
+            pools = _pool_pids(broker_url, backend_url, expect_workers=2)
+        except AssertionError as exc:  # say why: the workers' own logs
+            tails = {p.name: p.read_text(errors="replace")[-2000:] for p in sorted(logs.glob("worker*.log"))}
+            codes = [w.poll() for w in workers]
+            raise AssertionError(f"{exc}; worker exit codes {codes}; logs: {tails}") from None
         pool_pids = {pid for pids in pools.values() for pid in pids}
         assert len(pool_pids) == 2
 
