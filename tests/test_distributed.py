@@ -23,21 +23,13 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
+from extras import need
 from test_labelling_loop import BASE_SKUS, FAST_RUN_CONFIG, write_catalogue
 
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 150  # two workers importing torch + dagster at once on 2 cores
 RUN_TIMEOUT_S = 300
 pytestmark = pytest.mark.slow
-
-
-def _need(module: str):
-    try:
-        return __import__(module)
-    except ImportError:
-        if os.environ.get("CI"):
-            pytest.fail(f"{module} is missing: CI installs .[test,scale]")
-        pytest.skip(f"{module} not installed (the Celery executor): pip install -e '.[scale]'")
 
 
 def find_redis_server() -> str | None:
@@ -85,7 +77,7 @@ def _stop(proc: subprocess.Popen | None) -> None:
 
 @pytest.fixture
 def broker(tmp_path):
-    _need("redis")
+    need("redis", "the Redis client")
     server = find_redis_server()
     if server is None:
         if os.environ.get("CI"):
@@ -150,8 +142,8 @@ def _pool_pids(broker_url: str, backend_url: str, expect_workers: int) -> dict[s
 
 
 def test_full_pipeline_runs_its_steps_on_celery_workers(broker, tmp_path, monkeypatch):
-    _need("dagster_celery")
-    _need("celery")
+    need("dagster_celery", "the Celery executor")
+    need("celery", "the Celery executor")
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")

@@ -24,22 +24,13 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from extras import need
 from test_labelling_loop import BASE_SKUS, initial_build, loop_resources, write_batch, write_catalogue
 
 REPO = Path(__file__).resolve().parent.parent
 INSTANCE_FILE = REPO / "deploy" / "dagster.postgres.yaml"
 START_TIMEOUT_S = 60
 pytestmark = pytest.mark.slow
-
-
-def _need(module: str, why: str):
-    """Import an optional-extra module; in CI (which installs .[scale]) a missing one is a failure, not a skip."""
-    try:
-        return __import__(module)
-    except ImportError:
-        if os.environ.get("CI"):
-            pytest.fail(f"{module} is missing: CI installs .[test,scale]")
-        pytest.skip(f"{module} not installed ({why}): pip install -e '.[scale]'")
 
 
 def find_postgres_bin() -> Path | None:
@@ -187,8 +178,8 @@ class PostgresServer:
 
 @pytest.fixture(scope="module")
 def postgres():
-    _need("dagster_postgres", "the Dagster instance on PostgreSQL")
-    _need("psycopg2", "the PostgreSQL driver")
+    need("dagster_postgres", "the Dagster instance on PostgreSQL")
+    need("psycopg2", "the PostgreSQL driver")
     bindir = find_postgres_bin()
     if bindir is None:
         pytest.skip(
