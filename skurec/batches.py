@@ -17,7 +17,7 @@ manifest order: the same batch copied under another name has the same hash and i
 batch is never ingested twice. A **malformed** batch (unreadable manifest, missing columns, rows that cannot be
 used, images missing) is rejected with a human-readable reason; it never stops the other batches.
 
-Nothing here imports Dagster: the sensor in ``skurec_assets/loop.py`` calls :func:`triage_drop_location`.
+Nothing here imports Dagster: the sensor in ``skurec_assets/sensors.py`` calls :func:`triage_drop_location`.
 """
 
 from __future__ import annotations

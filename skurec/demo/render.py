@@ -89,100 +89,251 @@ class FamilySpec:
 
 FAMILIES: tuple[FamilySpec, ...] = (
     FamilySpec(
-        "juice", "Juice", "SUNVALE", "carton",
-        body=(246, 241, 226), band=(0, 122, 62), band_text=(255, 255, 255), text=(35, 35, 35), accent=(250, 140, 0),
-        motif="circle", mode="badge", flavour_y=0.80,
+        "juice",
+        "Juice",
+        "SUNVALE",
+        "carton",
+        body=(246, 241, 226),
+        band=(0, 122, 62),
+        band_text=(255, 255, 255),
+        text=(35, 35, 35),
+        accent=(250, 140, 0),
+        motif="circle",
+        mode="badge",
+        flavour_y=0.80,
         variants=(
-            ("ORANGE", "1L", (250, 135, 0)), ("APPLE", "1L", (120, 190, 40)), ("CHERRY", "1L", (190, 20, 45)),
-            ("MANGO", "1L", (255, 196, 0)), ("GRAPE", "1L", (110, 40, 125)), ("PEACH", "1L", (250, 165, 120)),
-            ("LEMON", "1L", (240, 228, 50)), ("KIWI", "1L", (95, 140, 40)),
+            ("ORANGE", "1L", (250, 135, 0)),
+            ("APPLE", "1L", (120, 190, 40)),
+            ("CHERRY", "1L", (190, 20, 45)),
+            ("MANGO", "1L", (255, 196, 0)),
+            ("GRAPE", "1L", (110, 40, 125)),
+            ("PEACH", "1L", (250, 165, 120)),
+            ("LEMON", "1L", (240, 228, 50)),
+            ("KIWI", "1L", (95, 140, 40)),
         ),
     ),
     FamilySpec(
-        "cola", "Soda", "FIZZO", "can",
-        body=(200, 22, 32), band=(255, 255, 255), band_text=(200, 22, 32), text=(255, 255, 255), accent=(255, 255, 255),
-        motif="wave", mode="text", flavour_y=0.82,
+        "cola",
+        "Soda",
+        "FIZZO",
+        "can",
+        body=(200, 22, 32),
+        band=(255, 255, 255),
+        band_text=(200, 22, 32),
+        text=(255, 255, 255),
+        accent=(255, 255, 255),
+        motif="wave",
+        mode="text",
+        flavour_y=0.82,
         variants=(
-            ("CLASSIC", "330ml", None), ("ZERO", "330ml", None), ("LIGHT", "330ml", None), ("CHERRY", "330ml", None),
-            ("LIME", "330ml", None), ("VANILLA", "330ml", None), ("GINGER", "330ml", None), ("MANGO", "330ml", None),
+            ("CLASSIC", "330ml", None),
+            ("ZERO", "330ml", None),
+            ("LIGHT", "330ml", None),
+            ("CHERRY", "330ml", None),
+            ("LIME", "330ml", None),
+            ("VANILLA", "330ml", None),
+            ("GINGER", "330ml", None),
+            ("MANGO", "330ml", None),
         ),
     ),
     FamilySpec(
-        "water", "Water", "CLEARSPRING", "bottle",
-        body=(175, 212, 240), band=(20, 90, 180), band_text=(255, 255, 255), text=(255, 255, 255), accent=(120, 200, 255),
-        motif="drop", mode="text", cap=(30, 80, 170), flavour_y=0.34, big_size=True, size_y=0.64, body_alpha=175,
-        motif_y=0.9, motif_scale=0.45,
+        "water",
+        "Water",
+        "CLEARSPRING",
+        "bottle",
+        body=(175, 212, 240),
+        band=(20, 90, 180),
+        band_text=(255, 255, 255),
+        text=(255, 255, 255),
+        accent=(120, 200, 255),
+        motif="drop",
+        mode="text",
+        cap=(30, 80, 170),
+        flavour_y=0.34,
+        big_size=True,
+        size_y=0.64,
+        body_alpha=175,
+        motif_y=0.9,
+        motif_scale=0.45,
         variants=(
-            ("STILL", "0.5L", None), ("STILL", "1.5L", None), ("SPARKLING", "0.5L", None), ("SPARKLING", "1.5L", None),
-            ("LEMON", "0.5L", None), ("MINT", "0.5L", None), ("STILL", "5L", None), ("LIME", "1.5L", None),
+            ("STILL", "0.5L", None),
+            ("STILL", "1.5L", None),
+            ("SPARKLING", "0.5L", None),
+            ("SPARKLING", "1.5L", None),
+            ("LEMON", "0.5L", None),
+            ("MINT", "0.5L", None),
+            ("STILL", "5L", None),
+            ("LIME", "1.5L", None),
         ),
     ),
     FamilySpec(
-        "chips", "Chips", "CRUNCHOS", "bag",
-        body=(250, 208, 25), band=(205, 30, 30), band_text=(255, 240, 200), text=(120, 20, 10), accent=(205, 30, 30),
-        motif="diagonal", mode="badge", flavour_y=0.80,
+        "chips",
+        "Chips",
+        "CRUNCHOS",
+        "bag",
+        body=(250, 208, 25),
+        band=(205, 30, 30),
+        band_text=(255, 240, 200),
+        text=(120, 20, 10),
+        accent=(205, 30, 30),
+        motif="diagonal",
+        mode="badge",
+        flavour_y=0.80,
         variants=(
-            ("SALTED", "150g", (50, 110, 220)), ("PAPRIKA", "150g", (225, 70, 25)), ("CHEESE", "150g", (245, 140, 0)),
-            ("ONION", "150g", (60, 160, 60)), ("CHILI", "150g", (140, 0, 0)), ("BBQ", "150g", (110, 60, 30)),
-            ("VINEGAR", "150g", (120, 200, 220)), ("PEPPER", "150g", (60, 60, 60)),
+            ("SALTED", "150g", (50, 110, 220)),
+            ("PAPRIKA", "150g", (225, 70, 25)),
+            ("CHEESE", "150g", (245, 140, 0)),
+            ("ONION", "150g", (60, 160, 60)),
+            ("CHILI", "150g", (140, 0, 0)),
+            ("BBQ", "150g", (110, 60, 30)),
+            ("VINEGAR", "150g", (120, 200, 220)),
+            ("PEPPER", "150g", (60, 60, 60)),
         ),
     ),
     FamilySpec(
-        "cereal", "Cereal", "OATSY", "box",
-        body=(205, 155, 95), band=(95, 52, 22), band_text=(255, 236, 190), text=(95, 52, 22), accent=(250, 246, 235),
-        motif="circle", mode="text", panel=(250, 244, 230), flavour_y=0.82,
+        "cereal",
+        "Cereal",
+        "OATSY",
+        "box",
+        body=(205, 155, 95),
+        band=(95, 52, 22),
+        band_text=(255, 236, 190),
+        text=(95, 52, 22),
+        accent=(250, 246, 235),
+        motif="circle",
+        mode="text",
+        panel=(250, 244, 230),
+        flavour_y=0.82,
         variants=(
-            ("HONEY", "500g", None), ("CHOCO", "500g", None), ("BERRY", "500g", None), ("NUTS", "500g", None),
-            ("PLAIN", "500g", None), ("COCONUT", "500g", None), ("APPLE", "500g", None), ("BANANA", "500g", None),
+            ("HONEY", "500g", None),
+            ("CHOCO", "500g", None),
+            ("BERRY", "500g", None),
+            ("NUTS", "500g", None),
+            ("PLAIN", "500g", None),
+            ("COCONUT", "500g", None),
+            ("APPLE", "500g", None),
+            ("BANANA", "500g", None),
         ),
     ),
     FamilySpec(
-        "coffee", "Coffee", "ROASTERY", "bag",
-        body=(42, 32, 27), band=(200, 160, 80), band_text=(42, 32, 27), text=(232, 204, 145), accent=(200, 160, 80),
-        motif="bean", mode="badge", flavour_y=0.80,
+        "coffee",
+        "Coffee",
+        "ROASTERY",
+        "bag",
+        body=(42, 32, 27),
+        band=(200, 160, 80),
+        band_text=(42, 32, 27),
+        text=(232, 204, 145),
+        accent=(200, 160, 80),
+        motif="bean",
+        mode="badge",
+        flavour_y=0.80,
         variants=(
-            ("ESPRESSO", "250g", (190, 40, 30)), ("DECAF", "250g", (40, 130, 70)), ("MILD", "250g", (235, 185, 70)),
-            ("STRONG", "250g", (120, 20, 120)), ("CREMA", "250g", (240, 225, 190)), ("ARABICA", "250g", (60, 120, 200)),
-            ("MOCHA", "250g", (150, 90, 50)), ("LUNGO", "250g", (90, 180, 190)),
+            ("ESPRESSO", "250g", (190, 40, 30)),
+            ("DECAF", "250g", (40, 130, 70)),
+            ("MILD", "250g", (235, 185, 70)),
+            ("STRONG", "250g", (120, 20, 120)),
+            ("CREMA", "250g", (240, 225, 190)),
+            ("ARABICA", "250g", (60, 120, 200)),
+            ("MOCHA", "250g", (150, 90, 50)),
+            ("LUNGO", "250g", (90, 180, 190)),
         ),
     ),
     FamilySpec(
-        "shampoo", "Shampoo", "SILKA", "bottle",
-        body=(118, 58, 160), band=(246, 244, 250), band_text=(118, 58, 160), text=(118, 58, 160), accent=(230, 120, 190),
-        motif="wave", mode="badge", cap=(250, 250, 250), flavour_y=0.82,
+        "shampoo",
+        "Shampoo",
+        "SILKA",
+        "bottle",
+        body=(118, 58, 160),
+        band=(246, 244, 250),
+        band_text=(118, 58, 160),
+        text=(118, 58, 160),
+        accent=(230, 120, 190),
+        motif="wave",
+        mode="badge",
+        cap=(250, 250, 250),
+        flavour_y=0.82,
         variants=(
-            ("DRY", "250ml", (230, 120, 40)), ("OILY", "250ml", (40, 170, 120)), ("VOLUME", "250ml", (230, 60, 140)),
-            ("REPAIR", "250ml", (40, 90, 200)), ("COLOR", "250ml", (220, 180, 20)), ("CURLS", "250ml", (150, 40, 40)),
-            ("MEN", "250ml", (40, 40, 40)), ("BABY", "250ml", (130, 200, 240)),
+            ("DRY", "250ml", (230, 120, 40)),
+            ("OILY", "250ml", (40, 170, 120)),
+            ("VOLUME", "250ml", (230, 60, 140)),
+            ("REPAIR", "250ml", (40, 90, 200)),
+            ("COLOR", "250ml", (220, 180, 20)),
+            ("CURLS", "250ml", (150, 40, 40)),
+            ("MEN", "250ml", (40, 40, 40)),
+            ("BABY", "250ml", (130, 200, 240)),
         ),
     ),
     FamilySpec(
-        "soup", "Soup", "FARMA", "can",
-        body=(30, 110, 52), band=(242, 232, 200), band_text=(30, 80, 40), text=(30, 60, 30), accent=(210, 40, 30),
-        motif="circle", mode="badge", panel=(242, 232, 200), flavour_y=0.82,
+        "soup",
+        "Soup",
+        "FARMA",
+        "can",
+        body=(30, 110, 52),
+        band=(242, 232, 200),
+        band_text=(30, 80, 40),
+        text=(30, 60, 30),
+        accent=(210, 40, 30),
+        motif="circle",
+        mode="badge",
+        panel=(242, 232, 200),
+        flavour_y=0.82,
         variants=(
-            ("TOMATO", "400g", (212, 40, 30)), ("CORN", "400g", (242, 200, 40)), ("PEAS", "400g", (110, 185, 50)),
-            ("BEANS", "400g", (150, 70, 40)), ("MUSHROOM", "400g", (175, 155, 135)), ("PUMPKIN", "400g", (245, 130, 30)),
-            ("ONION", "400g", (235, 215, 160)), ("BEET", "400g", (130, 20, 70)),
+            ("TOMATO", "400g", (212, 40, 30)),
+            ("CORN", "400g", (242, 200, 40)),
+            ("PEAS", "400g", (110, 185, 50)),
+            ("BEANS", "400g", (150, 70, 40)),
+            ("MUSHROOM", "400g", (175, 155, 135)),
+            ("PUMPKIN", "400g", (245, 130, 30)),
+            ("ONION", "400g", (235, 215, 160)),
+            ("BEET", "400g", (130, 20, 70)),
         ),
     ),
     FamilySpec(
-        "yogurt", "Yogurt", "DAIRO", "cup",
-        body=(248, 248, 250), band=(30, 72, 160), band_text=(255, 255, 255), text=(30, 72, 160), accent=(230, 60, 90),
-        motif="circle", mode="badge", flavour_y=0.82,
+        "yogurt",
+        "Yogurt",
+        "DAIRO",
+        "cup",
+        body=(248, 248, 250),
+        band=(30, 72, 160),
+        band_text=(255, 255, 255),
+        text=(30, 72, 160),
+        accent=(230, 60, 90),
+        motif="circle",
+        mode="badge",
+        flavour_y=0.82,
         variants=(
-            ("STRAWBERRY", "150g", (225, 45, 70)), ("VANILLA", "150g", (245, 225, 150)),
-            ("BLUEBERRY", "150g", (70, 60, 160)), ("PEACH", "150g", (250, 160, 100)), ("NATURAL", "150g", (220, 220, 220)),
-            ("CHERRY", "150g", (150, 10, 40)), ("MANGO", "150g", (250, 190, 20)), ("LEMON", "150g", (240, 230, 60)),
+            ("STRAWBERRY", "150g", (225, 45, 70)),
+            ("VANILLA", "150g", (245, 225, 150)),
+            ("BLUEBERRY", "150g", (70, 60, 160)),
+            ("PEACH", "150g", (250, 160, 100)),
+            ("NATURAL", "150g", (220, 220, 220)),
+            ("CHERRY", "150g", (150, 10, 40)),
+            ("MANGO", "150g", (250, 190, 20)),
+            ("LEMON", "150g", (240, 230, 60)),
         ),
     ),
     FamilySpec(
-        "tea", "Tea", "LEAFY", "box",
-        body=(20, 92, 72), band=(240, 220, 150), band_text=(20, 92, 72), text=(240, 220, 150), accent=(110, 180, 90),
-        motif="leaf", mode="text", flavour_y=0.80,
+        "tea",
+        "Tea",
+        "LEAFY",
+        "box",
+        body=(20, 92, 72),
+        band=(240, 220, 150),
+        band_text=(20, 92, 72),
+        text=(240, 220, 150),
+        accent=(110, 180, 90),
+        motif="leaf",
+        mode="text",
+        flavour_y=0.80,
         variants=(
-            ("GREEN", "20 bags", None), ("BLACK", "20 bags", None), ("MINT", "20 bags", None), ("CHAI", "20 bags", None),
-            ("EARL GREY", "20 bags", None), ("JASMINE", "20 bags", None), ("ROOIBOS", "20 bags", None),
+            ("GREEN", "20 bags", None),
+            ("BLACK", "20 bags", None),
+            ("MINT", "20 bags", None),
+            ("CHAI", "20 bags", None),
+            ("EARL GREY", "20 bags", None),
+            ("JASMINE", "20 bags", None),
+            ("ROOIBOS", "20 bags", None),
             ("CHAMOMILE", "20 bags", None),
         ),
     ),
@@ -218,7 +369,9 @@ def make_sku(family_index: int, variant_index: int) -> SyntheticSku:
         raise ValueError(f"family_index must be in [0, {MAX_FAMILIES}), got {family_index}")
     fam = FAMILIES[family_index]
     if not 0 <= variant_index < len(fam.variants):
-        raise ValueError(f"variant_index for family {fam.slug!r} must be in [0, {len(fam.variants)}), got {variant_index}")
+        raise ValueError(
+            f"variant_index for family {fam.slug!r} must be in [0, {len(fam.variants)}), got {variant_index}"
+        )
     word, size, badge = fam.variants[variant_index]
     return SyntheticSku(
         sku_id=f"{fam.slug}-{slugify(word)}-{slugify(size)}",
@@ -249,7 +402,9 @@ def sku_by_id(sku_id: str) -> SyntheticSku:
 
 def _check_shape_args(n_families: int, skus_per_family: int) -> None:
     if not 1 <= n_families <= MAX_FAMILIES:
-        raise ValueError(f"n_families must be between 1 and {MAX_FAMILIES} (the number of family templates), got {n_families}")
+        raise ValueError(
+            f"n_families must be between 1 and {MAX_FAMILIES} (the number of family templates), got {n_families}"
+        )
     if not 1 <= skus_per_family <= MAX_SKUS_PER_FAMILY:
         raise ValueError(f"skus_per_family must be between 1 and {MAX_SKUS_PER_FAMILY}, got {skus_per_family}")
 
@@ -280,7 +435,9 @@ def _font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size)
 
 
-def _draw_text(draw: ImageDraw.ImageDraw, centre: tuple[float, float], text: str, max_w: float, max_h: float, fill: Colour) -> None:
+def _draw_text(
+    draw: ImageDraw.ImageDraw, centre: tuple[float, float], text: str, max_w: float, max_h: float, fill: Colour
+) -> None:
     """Draw bold-ish ``text`` centred at ``centre``, as large as fits in ``max_w`` x ``max_h``."""
     size = max(6, int(max_h * 1.25))
     for _ in range(3):
@@ -300,7 +457,12 @@ def _shade(c: Colour, k: float) -> Colour:
 
 # Packshot canvas (width, height) per shape, at ~320 px tall: the label text is drawn at this resolution.
 SHAPE_SIZES: dict[str, tuple[int, int]] = {
-    "box": (230, 320), "carton": (190, 320), "bottle": (150, 320), "can": (170, 280), "bag": (240, 300), "cup": (210, 210),
+    "box": (230, 320),
+    "carton": (190, 320),
+    "bottle": (150, 320),
+    "can": (170, 280),
+    "bag": (240, 300),
+    "cup": (210, 210),
 }
 
 
@@ -348,12 +510,16 @@ def _draw_can(draw: ImageDraw.ImageDraw, fam: FamilySpec) -> tuple[int, int, int
 def _draw_bag(draw: ImageDraw.ImageDraw, fam: FamilySpec) -> tuple[int, int, int, int]:
     (w, h), crimp, bulge = SHAPE_SIZES["bag"], 20, 10
     steps = 24
-    left = [(bulge - bulge * math.sin(math.pi * t / steps), crimp + (h - 2 * crimp) * t / steps) for t in range(steps + 1)]
+    left = [
+        (bulge - bulge * math.sin(math.pi * t / steps), crimp + (h - 2 * crimp) * t / steps) for t in range(steps + 1)
+    ]
     right = [(w - 1 - x, y) for x, y in reversed(left)]
     top = [(bulge + (w - 2 * bulge) * i / 16, 0 if i % 2 == 0 else 6) for i in range(17)]
     bottom = [(x, h - 1 - y) for x, y in reversed(top)]
-    draw.polygon([*top, (w - 1 - bulge, crimp), *right, (w - 1 - bulge, h - 1 - crimp), *bottom, (bulge, h - 1 - crimp), *left],
-                 fill=fam.body)
+    draw.polygon(
+        [*top, (w - 1 - bulge, crimp), *right, (w - 1 - bulge, h - 1 - crimp), *bottom, (bulge, h - 1 - crimp), *left],
+        fill=fam.body,
+    )
     for y0 in (0, h - crimp):
         for x in range(bulge + 4, w - bulge - 3, 7):
             draw.line([(x, y0 + 4), (x, y0 + crimp - 4)], fill=_shade(fam.body, 0.75))
@@ -379,7 +545,9 @@ _SHAPES = {
 }
 
 
-def _draw_motif(draw: ImageDraw.ImageDraw, fam: FamilySpec, box: tuple[float, float, float, float], colour: Colour) -> None:
+def _draw_motif(
+    draw: ImageDraw.ImageDraw, fam: FamilySpec, box: tuple[float, float, float, float], colour: Colour
+) -> None:
     """The family's graphic (shared layout); its colour is the SKU badge colour in ``badge`` families."""
     x0, y0, x1, y1 = box
     w, h = x1 - x0, y1 - y0
@@ -395,7 +563,12 @@ def _draw_motif(draw: ImageDraw.ImageDraw, fam: FamilySpec, box: tuple[float, fl
         draw.line(pts, fill=_shade(colour, 0.7), width=4)
     elif fam.motif == "diagonal":
         draw.polygon([(x0, cy + r * 0.2), (x1, cy - r * 1.0), (x1, cy - r * 0.1), (x0, cy + r * 1.1)], fill=colour)
-        draw.ellipse([cx - r * 0.7, cy - r * 0.9, cx + r * 0.7, cy + r * 0.5], fill=_shade(fam.body, 0.85), outline=colour, width=4)
+        draw.ellipse(
+            [cx - r * 0.7, cy - r * 0.9, cx + r * 0.7, cy + r * 0.5],
+            fill=_shade(fam.body, 0.85),
+            outline=colour,
+            width=4,
+        )
     elif fam.motif == "drop":
         draw.ellipse([cx - r * 0.7, cy - r * 0.2, cx + r * 0.7, cy + r * 1.2], fill=colour)
         draw.polygon([(cx - r * 0.62, cy + r * 0.25), (cx, cy - r * 1.0), (cx + r * 0.62, cy + r * 0.25)], fill=colour)
@@ -434,7 +607,9 @@ def _draw_label(draw: ImageDraw.ImageDraw, fam: FamilySpec, sku: SyntheticSku, b
         _draw_text(draw, (x0 + w / 2, y0 + h * fam.size_y), sku.size, w * 0.9, h * 0.24, fam.text)
     else:
         sh = h * 0.065
-        _draw_text(draw, (x1 - w * 0.2, y1 - sh * 0.9), sku.size, w * 0.34, sh, fam.text if fam.panel is None else fam.band)
+        _draw_text(
+            draw, (x1 - w * 0.2, y1 - sh * 0.9), sku.size, w * 0.34, sh, fam.text if fam.panel is None else fam.band
+        )
 
 
 def _apply_shading(sprite: Image.Image, shape: str) -> Image.Image:
@@ -553,7 +728,9 @@ def _composite(bg: Image.Image, prod: Image.Image, pos: tuple[int, int], rng: np
         tx = pos[0] + tag_x * (pw - tw)
         ty = pos[1] + ph * 0.94
         draw = ImageDraw.Draw(out)
-        draw.rectangle([tx, ty - th * 0.35, tx + tw, ty + th * 0.65], fill=(255, 245, 120) if tag_col < 0.5 else (250, 250, 250))
+        draw.rectangle(
+            [tx, ty - th * 0.35, tx + tw, ty + th * 0.65], fill=(255, 245, 120) if tag_col < 0.5 else (250, 250, 250)
+        )
         draw.line([(tx + tw * 0.1, ty), (tx + tw * 0.7, ty)], fill=(40, 40, 40), width=2)
         draw.line([(tx + tw * 0.1, ty + th * 0.3), (tx + tw * 0.45, ty + th * 0.3)], fill=(200, 30, 30), width=2)
     return out
@@ -645,7 +822,7 @@ def _prepare_output(out_dir: Path, marker_name: str, kind: str, params: dict) ->
         if marker is None or marker.get("kind") != kind:
             raise FileExistsError(
                 f"refusing to write the {kind} into {out_dir}: the folder is not empty and was not created by "
-                f"skurec.synthetic (no {marker_name}); choose an empty or new folder"
+                f"skurec.demo (no {marker_name}); choose an empty or new folder"
             )
         if marker.get("params") != params:
             raise FileExistsError(
@@ -656,15 +833,22 @@ def _prepare_output(out_dir: Path, marker_name: str, kind: str, params: dict) ->
             return True
         log.info("resuming the incomplete %s in %s", kind, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(marker_path, json.dumps({"kind": kind, "version": MARKER_VERSION, "params": params, "complete": False}).encode())
+    _atomic_write(
+        marker_path, json.dumps({"kind": kind, "version": MARKER_VERSION, "params": params, "complete": False}).encode()
+    )
     return False
 
 
 def _finish_marker(out_dir: Path, marker_name: str, kind: str, params: dict) -> None:
-    _atomic_write(out_dir / marker_name, json.dumps({"kind": kind, "version": MARKER_VERSION, "params": params, "complete": True}).encode())
+    _atomic_write(
+        out_dir / marker_name,
+        json.dumps({"kind": kind, "version": MARKER_VERSION, "params": params, "complete": True}).encode(),
+    )
 
 
-def _render_files(jobs: list[tuple[SyntheticSku, int, Path]], seed: int, stream: str, image_size: int, desc: str) -> None:
+def _render_files(
+    jobs: list[tuple[SyntheticSku, int, Path]], seed: int, stream: str, image_size: int, desc: str
+) -> None:
     for sku, i, path in tqdm(jobs, desc=desc, unit="img", disable=None):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(render_sku_jpeg(sku, image_rng(seed, sku.sku_id, i, stream), image_size))
@@ -706,8 +890,12 @@ def make_demo_catalogue(
     skus = demo_skus(n_families, skus_per_family, seed)
     out = Path(out_dir)
     params = {
-        "n_families": n_families, "skus_per_family": skus_per_family, "images_per_sku": images_per_sku,
-        "seed": seed, "layout": layout, "image_size": image_size,
+        "n_families": n_families,
+        "skus_per_family": skus_per_family,
+        "images_per_sku": images_per_sku,
+        "seed": seed,
+        "layout": layout,
+        "image_size": image_size,
     }
     result = out if layout == "folder" else out / MANIFEST_NAME
     if _prepare_output(out, DEMO_MARKER, "demo catalogue", params):
@@ -718,7 +906,12 @@ def make_demo_catalogue(
     _render_files(jobs, seed, "catalogue", image_size, "rendering demo catalogue")
     if layout == "manifest":
         rows = [
-            {"image_uri": p.relative_to(out).as_posix(), "sku_id": s.sku_id, "sku_name": s.sku_name, "group_id": s.group_id}
+            {
+                "image_uri": p.relative_to(out).as_posix(),
+                "sku_id": s.sku_id,
+                "sku_name": s.sku_name,
+                "group_id": s.group_id,
+            }
             for s, _, p in jobs
         ]
         _atomic_write(result, _manifest_bytes(CATALOGUE_COLUMNS, rows))
@@ -751,8 +944,14 @@ def _new_sku_pool(n_families: int, skus_per_family: int, new_family: bool, seed:
 
 
 def _choose_batch_skus(
-    out: Path, batch_id: str, new_skus: int, extra_images_for: list[str], n_families: int, skus_per_family: int,
-    new_family: bool, seed: int,
+    out: Path,
+    batch_id: str,
+    new_skus: int,
+    extra_images_for: list[str],
+    n_families: int,
+    skus_per_family: int,
+    new_family: bool,
+    seed: int,
 ) -> tuple[list[SyntheticSku], list[str]]:
     """The batch's new SKUs (unseen in the catalogue and earlier batches) and the validated existing SKU ids."""
     demo_ids = [s.sku_id for s in demo_skus(n_families, skus_per_family)]
@@ -765,7 +964,9 @@ def _choose_batch_skus(
         )
     pool = [s for s in _new_sku_pool(n_families, skus_per_family, new_family, seed) if s.sku_id not in existing]
     if new_skus > len(pool):
-        raise ValueError(f"only {len(pool)} unseen synthetic SKUs are left (new_family={new_family}); asked for {new_skus}")
+        raise ValueError(
+            f"only {len(pool)} unseen synthetic SKUs are left (new_family={new_family}); asked for {new_skus}"
+        )
     return pool[:new_skus], list(dict.fromkeys(extra_images_for))
 
 
@@ -800,7 +1001,9 @@ def make_labelled_batch(
     create, or that was made with other parameters, raises ``FileExistsError``.
     """
     if not isinstance(batch_id, str) or not _SLUG_RE.match(batch_id):
-        raise ValueError(f"batch_id must be a lowercase slug like 'batch-0001' (a-z, 0-9, '.', '_', '-'), got {batch_id!r}")
+        raise ValueError(
+            f"batch_id must be a lowercase slug like 'batch-0001' (a-z, 0-9, '.', '_', '-'), got {batch_id!r}"
+        )
     if new_skus < 0 or images_per_new_sku < 1 or images_per_existing < 1:
         raise ValueError(
             f"need new_skus >= 0 and images_per_new_sku, images_per_existing >= 1; got {new_skus}, "
@@ -813,22 +1016,36 @@ def make_labelled_batch(
     if isinstance(extra_images_for, str):
         raise TypeError("extra_images_for must be a list of sku_ids, not a single string")
     if new_family and n_families >= MAX_FAMILIES:
-        raise ValueError(f"new_family=True needs a catalogue with fewer than {MAX_FAMILIES} families, got n_families={n_families}")
+        raise ValueError(
+            f"new_family=True needs a catalogue with fewer than {MAX_FAMILIES} families, got n_families={n_families}"
+        )
     out = Path(out_dir)
     batch_dir = out / batch_id
     manifest = batch_dir / MANIFEST_NAME
     params = {
-        "new_skus": new_skus, "images_per_new_sku": images_per_new_sku, "extra_images_for": list(extra_images_for),
-        "images_per_existing": images_per_existing, "seed": seed, "n_families": n_families,
-        "skus_per_family": skus_per_family, "new_family": new_family, "image_size": image_size,
+        "new_skus": new_skus,
+        "images_per_new_sku": images_per_new_sku,
+        "extra_images_for": list(extra_images_for),
+        "images_per_existing": images_per_existing,
+        "seed": seed,
+        "n_families": n_families,
+        "skus_per_family": skus_per_family,
+        "new_family": new_family,
+        "image_size": image_size,
     }
     marker = _read_marker(batch_dir / BATCH_MARKER)
     if manifest.exists() and marker is not None and marker.get("params") == params and marker.get("complete"):
         log.info("reusing the complete batch %s", batch_dir)
         return manifest
-    new, extra = _choose_batch_skus(out, batch_id, new_skus, list(extra_images_for), n_families, skus_per_family, new_family, seed)
+    new, extra = _choose_batch_skus(
+        out, batch_id, new_skus, list(extra_images_for), n_families, skus_per_family, new_family, seed
+    )
     _prepare_output(batch_dir, BATCH_MARKER, "labelled batch", params)
-    jobs = [(s, i, batch_dir / "images" / s.sku_id / _image_name(s.sku_id, i)) for s in new for i in range(images_per_new_sku)]
+    jobs = [
+        (s, i, batch_dir / "images" / s.sku_id / _image_name(s.sku_id, i))
+        for s in new
+        for i in range(images_per_new_sku)
+    ]
     jobs += [
         (sku_by_id(sid), i, batch_dir / "images" / sid / _image_name(sid, i))
         for sid in extra
@@ -836,11 +1053,18 @@ def make_labelled_batch(
     ]
     _render_files(jobs, seed, f"batch:{batch_id}", image_size, f"rendering batch {batch_id}")
     rows = [
-        {"image_uri": p.relative_to(batch_dir).as_posix(), "sku_id": s.sku_id, "sku_name": s.sku_name,
-         "group_id": s.group_id, "batch_id": batch_id}
+        {
+            "image_uri": p.relative_to(batch_dir).as_posix(),
+            "sku_id": s.sku_id,
+            "sku_name": s.sku_name,
+            "group_id": s.group_id,
+            "batch_id": batch_id,
+        }
         for s, _, p in jobs
     ]
     _atomic_write(manifest, _manifest_bytes(BATCH_COLUMNS, rows))  # last: its presence marks the batch complete
     _finish_marker(batch_dir, BATCH_MARKER, "labelled batch", params)
-    log.info("batch %s: new SKUs %s, %d extra images", batch_id, [x.sku_id for x in new], len(extra) * images_per_existing)
+    log.info(
+        "batch %s: new SKUs %s, %d extra images", batch_id, [x.sku_id for x in new], len(extra) * images_per_existing
+    )
     return manifest
