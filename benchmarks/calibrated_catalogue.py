@@ -50,7 +50,7 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -372,16 +372,23 @@ def _bisect(f, target: float, lo: float, hi: float, iters: int) -> float:
 
 
 def calibrate(
-    bank: RealBank, seeds: int = 3, iters: int = 9, with_flat: bool = True, seed: int = 0, log=print
+    bank: RealBank,
+    seeds: int = 3,
+    iters: int = 9,
+    with_flat: bool = True,
+    seed: int = 0,
+    log=print,
+    base: GeneratorParams | None = None,
 ) -> Calibration:
-    """Fit ``sibling_dtheta`` and ``residual_scale`` on ``bank`` and build the calibration table (module docstring)."""
+    """Fit ``sibling_dtheta`` and ``residual_scale`` on ``bank`` and build the calibration table (module docstring).
+    ``base``: the other knobs (``theta_max``, ``neighbours``, ``sibling_fraction``); default :class:`GeneratorParams`."""
     t0 = time.perf_counter()
     real_cat = catalogue_from_bank(bank)
     n = bank.n_classes
     real_pairs = lookalike_pairs(real_cat)
     real_pe = pair_errors(real_cat, real_pairs)
     real_simple = simple_accuracies(real_cat)
-    p = GeneratorParams()
+    p = replace(base) if base is not None else GeneratorParams()
 
     def sib_err(s: float) -> float:
         p.sibling_dtheta = s

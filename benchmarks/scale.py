@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from calibrated_catalogue import (  # noqa: E402
     Catalogue,
+    GeneratorParams,
     bank_from_npz,
     calibrate,
     catalogue_from_bank,
@@ -250,6 +251,18 @@ def main() -> None:
         help="train images per generated SKU (default: the source class's real count)",
     )
     ap.add_argument("--calibration-seeds", type=int, default=3)
+    ap.add_argument(
+        "--theta-max",
+        type=float,
+        default=GeneratorParams.theta_max,
+        help="largest blend angle of a generated SKU (radians; default %(default).3f)",
+    )
+    ap.add_argument(
+        "--neighbours",
+        type=int,
+        default=GeneratorParams.neighbours,
+        help="the second blend component is one of this many nearest real classes (default %(default)s)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     ap.add_argument("--coarse-hidden", type=int, default=-1, help="coarse head width (-1 = the pipeline's rule)")
@@ -279,7 +292,8 @@ def main() -> None:
     else:
         banks = [bank_from_npz(p) for p in args.real_npz]
         for bank in banks:
-            cal = calibrate(bank, seeds=args.calibration_seeds, seed=args.seed)
+            base = GeneratorParams(theta_max=args.theta_max, neighbours=args.neighbours)
+            cal = calibrate(bank, seeds=args.calibration_seeds, seed=args.seed, base=base)
             calibrations.append(cal)
             print("\n" + format_calibration_table(cal) + "\n", flush=True)
         bank, cal = banks[0], calibrations[0]
