@@ -37,6 +37,11 @@ def _dagster() -> str:
     return str(here) if here.exists() else (shutil.which("dagster") or "dagster")
 
 
+def _materialize(select: str, *extra: str) -> list[str]:
+    """``dagster asset materialize`` of one asset of the skurec code location."""
+    return [_dagster(), "asset", "materialize", "-m", "skurec_assets.definitions", "--select", select, *extra]
+
+
 def spans(home: Path) -> dict[str, float]:
     import dagster as dg
 
@@ -98,15 +103,7 @@ def main() -> None:
             run_env = {**env, "DAGSTER_HOME": str(home)}
             if i == 0:  # audit once (same work directory for every measurement)
                 subprocess.run(
-                    [
-                        _dagster(),
-                        "asset",
-                        "materialize",
-                        "-m",
-                        "skurec_assets.definitions",
-                        "--select",
-                        "audited_catalogue",
-                    ],
+                    _materialize("audited_catalogue"),
                     env={**run_env, "SKUREC_EXECUTOR": "in_process"},
                     cwd=base,
                     check=True,
@@ -115,17 +112,7 @@ def main() -> None:
             shutil.rmtree(work / "embeddings", ignore_errors=True)  # embed everything again
             t = time.perf_counter()
             proc = subprocess.run(
-                [
-                    _dagster(),
-                    "asset",
-                    "materialize",
-                    "-m",
-                    "skurec_assets.definitions",
-                    "--select",
-                    "image_embeddings",
-                    "-c",
-                    str(base / "run.json"),
-                ],
+                _materialize("image_embeddings", "-c", str(base / "run.json")),
                 env=run_env,
                 cwd=base,
                 capture_output=True,
