@@ -34,6 +34,14 @@ class TrainingData:
     classes: list[str]
     group_of_class: dict[str, str] = field(default_factory=dict)
     name_of_class: dict[str, str] = field(default_factory=dict)
+    # Rows the heads are fitted on: the train images plus their train-time augmented views (None: the train split).
+    # Lineage (training table, image-id hashes) always names ``train``: a view is a row of an image, not an image.
+    fit_split: Split | None = None
+
+    @property
+    def fit(self) -> Split:
+        """The rows the heads train on (``train`` plus its cached train-time views when the encoder has them)."""
+        return self.fit_split if self.fit_split is not None else self.train
 
     @property
     def encoder_id(self) -> str:
