@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from calibrated_catalogue import (  # noqa: E402
+    THETA_GRID,
     Catalogue,
     GeneratorParams,
     bank_from_npz,
@@ -254,8 +255,8 @@ def main() -> None:
     ap.add_argument(
         "--theta-max",
         type=float,
-        default=GeneratorParams.theta_max,
-        help="largest blend angle of a generated SKU (radians; default %(default).3f)",
+        default=None,
+        help="largest blend angle of a generated SKU (radians); default: calibrated from THETA_GRID, widest first",
     )
     ap.add_argument(
         "--neighbours",
@@ -292,8 +293,9 @@ def main() -> None:
     else:
         banks = [bank_from_npz(p) for p in args.real_npz]
         for bank in banks:
-            base = GeneratorParams(theta_max=args.theta_max, neighbours=args.neighbours)
-            cal = calibrate(bank, seeds=args.calibration_seeds, seed=args.seed, base=base)
+            base = GeneratorParams(neighbours=args.neighbours)
+            grid = THETA_GRID if args.theta_max is None else (args.theta_max,)
+            cal = calibrate(bank, seeds=args.calibration_seeds, seed=args.seed, base=base, theta_grid=grid)
             calibrations.append(cal)
             print("\n" + format_calibration_table(cal) + "\n", flush=True)
         bank, cal = banks[0], calibrations[0]

@@ -100,6 +100,17 @@ def test_calibration_matches_the_real_accuracies_at_the_real_class_count(bank) -
     text = cc.format_calibration_table(cal)
     assert "nearest prototype test top-1" in text and "look-alike pair" in text
     assert cc.Calibration.from_json(cal.to_json()) == cal
+    # the blend width is calibrated: widths tried widest first, the kept one is the first within tolerance
+    assert cal.tried and cal.tried[-1]["ok"] and not any(t["ok"] for t in cal.tried[:-1])
+    widths = [t["theta_max"] for t in cal.tried]
+    assert widths == sorted(widths, reverse=True) and cal.params.theta_max == pytest.approx(widths[-1], abs=1e-3)
+    assert "blend widths tried" in text
+
+
+def test_a_single_blend_width_is_calibrated_when_asked(bank) -> None:
+    base = cc.GeneratorParams(theta_max=0.5)
+    cal = cc.calibrate(bank, seeds=1, iters=4, with_flat=False, log=lambda *_: None, base=base, theta_grid=None)
+    assert [t["theta_max"] for t in cal.tried] == [0.5] and cal.params.theta_max == 0.5
 
 
 def test_catalogue_npz_round_trip_and_clear_errors(bank, tmp_path) -> None:
