@@ -1,4 +1,10 @@
-"""Training data: the audited catalogue joined with the cached embeddings of the current encoder."""
+"""Training data: the audited catalogue joined with the cached embeddings of the current encoder.
+
+When the current encoder has train-time augmented views (``train_views`` in the current-encoder document, written by
+the embedding asset), ``TrainingData.fit_split`` is the train split followed by each view's cached rows of the same
+images (view-major: all of view 0, then view 1, ...; ``image_ids`` and ``y`` repeated), so ``TrainingData.fit`` has
+(1 + K) x the train rows. ``train``, ``val`` and ``test`` (and so lineage) never contain a view.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,9 @@ import numpy as np
 from skurec.embedding_cache import EmbeddingCache
 from skurec.layout import CURRENT_ENCODER
 from skurec.storage import Workspace
+
+#: the share of missing embeddings (images that failed to embed, or train-time view rows) training tolerates
+MAX_MISSING_SHARE = 0.05
 
 
 class TrainingDataError(ValueError):
@@ -81,7 +90,7 @@ def load_training_data(ws: Workspace, min_classes: int = 2) -> TrainingData:
         missing = int((~present).sum())
         # Images that failed to embed are reported by the embedding asset; train on the rest.
         images = images[present].reset_index(drop=True)
-        if missing > 0.05 * (len(images) + missing):
+        if missing > MAX_MISSING_SHARE * (len(images) + missing):
             raise TrainingDataError(f"{missing} active images have no embedding; re-materialise image_embeddings")
 
     def split(name: str) -> Split:
@@ -101,4 +110,47 @@ def load_training_data(ws: Workspace, min_classes: int = 2) -> TrainingData:
     missing_train = sorted(set(classes) - set(data.train.y))
     if missing_train:
         raise TrainingDataError(f"active classes without training images: {missing_train[:10]}")
+    views = encoder.get("train_views") or {}
+    if views.get("k"):
+        data.fit_split = with_train_views(cache, data.train, views)
     return data
+
+
+def with_train_views(cache: EmbeddingCache, train: Split, views: dict) -> Split:
+    """``train`` followed by the cached rows of each train-time view (``views``: the ``train_views`` entry of the
+    current-encoder document). A train image without a cached view row is left out of that view; more than
+    :data:`MAX_MISSING_SHARE` of the view rows missing is a :class:`TrainingDataError`."""
+    view_ids = list(views.get("encoder_ids") or [])
+    if len(view_ids) != int(views["k"]):
+        raise TrainingDataError(f"the current encoder names {len(view_ids)} train-view ids for k={views['k']}")
+    dim = train.X.shape[1]
+    ids, blocks, labels = [list(train.image_ids)], [train.X], [train.y]
+    n_missing = 0
+    for view_id in view_ids:
+        vids, VX = cache.load(view_id)
+        index = {i: k for k, i in enumerate(vids)}
+        keep = np.fromiter((i in index for i in train.image_ids), dtype=bool, count=len(train))
+        n_missing += int((~keep).sum())
+        if not keep.any():
+            continue
+        if VX.shape[1] != dim:
+            raise TrainingDataError(
+                f"train-time view rows {view_id} have {VX.shape[1]} dims, the train rows {dim}: re-materialise "
+                "image_embeddings"
+            )
+        kept = [i for i, k in zip(train.image_ids, keep) if k]
+        ids.append(kept)
+        blocks.append(VX[[index[i] for i in kept]])
+        labels.append(train.y[keep])
+    expected = len(train) * len(view_ids)
+    if n_missing > MAX_MISSING_SHARE * expected:
+        raise TrainingDataError(
+            f"{n_missing} of {expected} train-time view rows ({len(view_ids)} views x {len(train)} train images, "
+            f"seed {views.get('seed')}) have no cached embedding (more than {MAX_MISSING_SHARE:.0%}); "
+            "re-materialise image_embeddings with the same SKUREC_ENCODER_TRAIN_VIEWS / _SEED"
+        )
+    return Split(
+        [i for part in ids for i in part],
+        np.concatenate(blocks, axis=0).astype(np.float32, copy=False),
+        np.concatenate(labels).astype(str),
+    )

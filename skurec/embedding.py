@@ -26,12 +26,16 @@ import torch
 from .images import ImageRejected, decode_rgb
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from .encoders import FrozenEncoder
 
 logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, "int | None"], None]
 Item = tuple[str, Callable[[], bytes]]
+#: ``transform(image_id, decoded_rgb) -> rgb`` applied between decoding and ``encoder.preprocess`` (train-time views)
+Transform = Callable[[str, "Image.Image"], "Image.Image"]
 
 # Reason codes added by the pipeline (decode failures keep ImageRejected.reason, e.g. "corrupt_image").
 READ_ERROR = "read_error"
@@ -72,29 +76,38 @@ def default_num_workers() -> int:
 
 
 def prepare_one(
-    encoder: FrozenEncoder, image_id: str, load: Callable[[], bytes]
+    encoder: FrozenEncoder,
+    image_id: str,
+    load: Callable[[], bytes],
+    transform: Transform | None = None,
+    decode_side: int | None = None,
 ) -> torch.Tensor | tuple[str, str, str]:
-    """Read, decode and preprocess one image; a failure tuple ``(id, reason, detail)`` instead of raising."""
+    """Read, decode, optionally ``transform`` and preprocess one image; a failure tuple ``(id, reason, detail)``
+    instead of raising. ``decode_side``: the JPEG draft target (default: ``encoder.min_decode_side``)."""
     try:
         data = load()
     except Exception as exc:  # storage errors must not stop the run
         return (image_id, READ_ERROR, f"{type(exc).__name__}: {exc}")
     try:
-        img = decode_rgb(data, target_min_side=encoder.min_decode_side)
+        img = decode_rgb(data, target_min_side=decode_side or encoder.min_decode_side)
     except ImageRejected as exc:
         return (image_id, exc.reason, exc.detail)
     try:
+        if transform is not None:
+            img = transform(image_id, img)
         return encoder.preprocess(img)
     except Exception as exc:
         return (image_id, PREPROCESS_ERROR, f"{type(exc).__name__}: {exc}")
 
 
-def _prepare_batch(encoder: FrozenEncoder, chunk: Sequence[Item]) -> _Prepared:
+def _prepare_batch(
+    encoder: FrozenEncoder, chunk: Sequence[Item], transform: Transform | None = None, decode_side: int | None = None
+) -> _Prepared:
     ids: list[str] = []
     tensors: list[torch.Tensor] = []
     failures: list[tuple[str, str, str]] = []
     for image_id, load in chunk:
-        out = prepare_one(encoder, image_id, load)
+        out = prepare_one(encoder, image_id, load, transform, decode_side)
         if isinstance(out, tuple):
             failures.append(out)
         else:
@@ -112,14 +125,14 @@ def _chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
         yield chunk
 
 
-def _make_tqdm(total: int | None, enabled: bool | None):  # type: ignore[no-untyped-def]
+def _make_tqdm(total: int | None, enabled: bool | None, desc: str = "embedding"):  # type: ignore[no-untyped-def]
     if enabled is None:
         enabled = sys.stderr.isatty()
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="img", desc="embedding", leave=False)
+    return tqdm(total=total, unit="img", desc=desc, leave=False)
 
 
 def iter_embeddings(
@@ -131,13 +144,18 @@ def iter_embeddings(
     progress: ProgressFn | None = None,
     prefetch_batches: int = 2,
     tqdm_bar: bool | None = None,
+    transform: Transform | None = None,
+    decode_side: int | None = None,
+    desc: str = "embedding",
 ) -> Iterator[EmbeddedBatch]:
     """Embed ``(image_id, load_bytes)`` items; yield one :class:`EmbeddedBatch` per input chunk, in input order.
 
     ``num_workers`` decode threads (default :func:`default_num_workers`) prepare up to ``num_workers +
     prefetch_batches`` batches ahead while the current batch runs through the encoder. ``progress(n_done, n_total)``
     is called after each batch (``n_total`` is None for unsized iterables); a tqdm bar is shown when stderr is a
-    terminal (``tqdm_bar`` forces it on/off). Closing the generator early cancels the pending work.
+    terminal (``tqdm_bar`` forces it on/off; ``desc`` labels it). ``transform(image_id, rgb)`` runs on each decoded
+    image before ``encoder.preprocess`` (train-time views), decoded at ``decode_side`` when given. Closing the
+    generator early cancels the pending work.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -147,7 +165,7 @@ def iter_embeddings(
     if workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     n_total = len(items) if hasattr(items, "__len__") else None  # type: ignore[arg-type]
-    bar = _make_tqdm(n_total, tqdm_bar)
+    bar = _make_tqdm(n_total, tqdm_bar, desc)
     chunks = _chunks(items, batch_size)
     pending: deque[Future[_Prepared]] = deque()
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="skurec-decode")
@@ -159,7 +177,7 @@ def iter_embeddings(
                 chunk = next(chunks, None)
                 if chunk is None:
                     return
-                pending.append(pool.submit(_prepare_batch, encoder, chunk))
+                pending.append(pool.submit(_prepare_batch, encoder, chunk, transform, decode_side))
 
         refill()
         while pending:

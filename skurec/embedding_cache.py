@@ -194,16 +194,34 @@ class EmbeddingCache:
         compact: bool = True,
         shard: tuple[int, int] | None = None,
         verify: bool = True,
+        train_view: tuple[int, int] | None = None,
     ) -> UpdateStats:
         """Embed every row of ``images`` (columns image_id, image_uri) not yet cached for ``encoder``.
 
         ``shard=(s, n_shards)``: only the images of hash shard ``s`` (:func:`shard_of`) are considered; the new
         vectors go to that shard's own parts and only those are compacted, so the shards can be embedded at the same
         time by different processes or machines. ``verify=False`` reads only the cached ids (not the vectors): for a
-        shard step after :meth:`plan_shards` verified the whole cache in the same run."""
+        shard step after :meth:`plan_shards` verified the whole cache in the same run.
+
+        ``train_view=(j, seed)``: embed train-time view ``j`` (:func:`skurec.encoders.views.train_view`, then the
+        encoder's ordinary preprocessing) of each image instead of the image itself, under
+        :func:`~skurec.encoders.views.view_encoder_id` (its own folder, keyed by the ordinary image id): every
+        ``(image, view, seed)`` is embedded once, like a plain vector."""
         from skurec.embedding import iter_embeddings
 
         encoder_id = encoder.encoder_id
+        view_kwargs: dict = {}
+        if train_view is not None:
+            from skurec.encoders.views import train_view as make_view
+            from skurec.encoders.views import train_view_decode_side, view_encoder_id
+
+            j, seed = int(train_view[0]), int(train_view[1])
+            encoder_id = view_encoder_id(encoder.encoder_id, j, seed)
+            view_kwargs = {
+                "transform": lambda image_id, img: make_view(img, j, seed, image_id),
+                "decode_side": train_view_decode_side(encoder.min_decode_side),
+                "desc": f"embedding train view {j}",
+            }
         wanted = images.drop_duplicates("image_id")
         if shard is not None:
             wanted = wanted[shard_column(wanted["image_id"], shard[1]) == shard[0]]
@@ -227,7 +245,10 @@ class EmbeddingCache:
                 buf_ids.clear()
                 buf_vecs.clear()
 
-        for batch in iter_embeddings(encoder, items, batch_size=batch_size, num_workers=num_workers, progress=progress):
+        batches = iter_embeddings(
+            encoder, items, batch_size=batch_size, num_workers=num_workers, progress=progress, **view_kwargs
+        )
+        for batch in batches:
             stats.failures.extend(batch.failures)
             if len(batch.ids):
                 buf_ids.extend(batch.ids)

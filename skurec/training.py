@@ -47,9 +47,14 @@ def rebuild_needed(ws: Workspace, code_version: str = TRAINING_CODE_VERSION) -> 
         return True, "no trained model yet"
     if layout.catalogue_snapshot(ws) != manifest.get("catalogue_snapshot"):
         return True, "the catalogue changed since the last full training (new batches were added by the fast path)"
-    enc = (layout.current_encoder(ws) or {}).get("encoder_id")
+    current = layout.current_encoder(ws) or {}
+    enc = current.get("encoder_id")
     if enc is not None and enc != (manifest.get("encoder") or {}).get("encoder_id"):
         return True, f"the encoder changed to {enc}"
+    views = current.get("train_views")  # None without train-time views (then as before)
+    if enc is not None and views != (manifest.get("encoder") or {}).get("train_views"):
+        k = (views or {}).get("k", 0)
+        return True, f"the train-time views changed (now {k} per train image, seed {(views or {}).get('seed', 0)})"
     if manifest.get("code_version") != code_version:
         return True, f"training code version changed ({manifest.get('code_version')} -> {code_version})"
     return False, "catalogue, encoder and training code unchanged since the last full training"

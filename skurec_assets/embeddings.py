@@ -13,6 +13,12 @@
 
 Downstream assets read the union of the parts (``EmbeddingCache.load``) and do not know about shards. The steps hand
 each other only small JSON documents, stored in the work directory (never pickled, visible to every machine).
+
+Train-time augmented views (``SKUREC_ENCODER_TRAIN_VIEWS`` = K >= 1): each active ``train`` image also gets views
+``j = 0..K-1`` (:func:`skurec.encoders.views.train_view`, then the encoder's ordinary preprocessing), embedded in the
+image's own shard step under :func:`~skurec.encoders.views.view_encoder_id` (one cache folder per view, missing rows
+only, like the plain vectors). The current-encoder document records K, the seed and the view ids; K = 0 changes
+nothing (same plan, documents, cache and data version as without the option).
 """
 
 import os
@@ -26,6 +32,7 @@ import dagster as dg
 from skurec.embedding import worker_device
 from skurec.embedding_cache import EmbeddingCache
 from skurec.encoders import EncoderCheckpointError, EncoderUnavailableError
+from skurec.encoders.views import train_views_doc
 from skurec.layout import CURRENT_ENCODER, EMBEDDING_FAILURES, EMBEDDINGS_VIEW, STEP_IO_DIR
 from skurec_assets.ingest import audited_catalogue
 from skurec_assets.metadata import throttled_progress
@@ -114,6 +121,19 @@ def _worker() -> dict:
     return {"pid": os.getpid(), "hostname": socket.gethostname()}
 
 
+def _train_view_config(encoder: EncoderResource) -> tuple[int, int]:
+    try:
+        return encoder.train_view_config()
+    except ValueError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from exc
+
+
+def _train_images(ws):
+    """The images that get train-time views: active rows of the audited ``train`` split (never val / test)."""
+    images = ws.read_table("images", columns=["image_id", "image_uri", "split", "active"])
+    return images[images["active"].astype(bool) & (images["split"] == "train")][["image_id", "image_uri"]]
+
+
 @dg.op(
     ins={"catalogue": dg.In(dg.Nothing)},
     out={
@@ -129,28 +149,50 @@ def plan_embedding_shards(
     """Split the accepted images into hash shards and emit the shards that have images without a cached vector."""
     ws = storage.workspace()
     enc = _load(encoder)
+    k_views, view_seed = _train_view_config(encoder)
     n_shards = config.resolved()
     images = ws.read_table("images", columns=["image_id", "image_uri"])
-    shards = EmbeddingCache(ws).plan_shards(enc.encoder_id, images, n_shards)
-    todo = [s for s, c in shards.items() if c["n_missing"]]
+    cache = EmbeddingCache(ws)
+    shards = cache.plan_shards(enc.encoder_id, images, n_shards)
+    views = train_views_doc(enc.encoder_id, k_views, view_seed) if k_views else None
+    view_meta: dict = {}
+    if views is not None:  # per shard: the train images' view rows, and those not cached yet
+        train = _train_images(ws)
+        for c in shards.values():
+            c["n_view_rows"] = c["n_view_missing"] = 0
+        for view_id in views["encoder_ids"]:
+            for s, c in cache.plan_shards(view_id, train, n_shards).items():
+                shards[s]["n_view_rows"] += c["n_images"]
+                shards[s]["n_view_missing"] += c["n_missing"]
+        n_view_missing = sum(c["n_view_missing"] for c in shards.values())
+        view_meta = {"train_views": k_views, "train_view_seed": view_seed, "n_view_missing": n_view_missing}
+        context.log.info(
+            f"train-time views: {k_views} per train image (seed {view_seed}), {len(train)} train images; "
+            f"{n_view_missing} view rows to embed"
+        )
+    todo = [s for s, c in shards.items() if c["n_missing"] or c.get("n_view_missing")]
     n_missing = sum(c["n_missing"] for c in shards.values())
     context.log.info(
         f"{len(images)} images in {n_shards} shards; {n_missing} to embed with {enc.encoder_id} in shards {todo}"
     )
+    doc = {
+        "encoder_id": enc.encoder_id,
+        "identity": enc.identity(),
+        "n_shards": n_shards,
+        "shards": {str(s): c for s, c in shards.items()},
+        "worker": {**_worker(), "device": str(enc.device)},
+    }
+    if views is not None:
+        doc["train_views"] = views
     yield dg.Output(
-        {
-            "encoder_id": enc.encoder_id,
-            "identity": enc.identity(),
-            "n_shards": n_shards,
-            "shards": {str(s): c for s, c in shards.items()},
-            "worker": {**_worker(), "device": str(enc.device)},
-        },
+        doc,
         "plan",
         metadata={
             "n_shards": n_shards,
             "n_images": len(images),
             "n_missing": n_missing,
             "shards_to_embed": dg.MetadataValue.json(todo),
+            **view_meta,
         },
     )
     for s in todo:
@@ -203,6 +245,11 @@ def embed_shard(
         "failures": [list(f) for f in stats.failures],
         "worker": worker,
     }
+    view_meta: dict = {}
+    if plan.get("train_views"):
+        result["views"] = _embed_shard_views(context, storage, encoder, enc, plan, shard, stats.failures)
+        view_meta = {f"n_view_{k}": result["views"][k] for k in ("requested", "cached", "computed")}
+        view_meta["n_view_failed"] = sum(len(f) for f in result["views"]["failures"].values())
     return dg.Output(
         result,
         metadata={
@@ -210,8 +257,57 @@ def embed_shard(
             "shard": shard,
             "n_shards": n_shards,
             **worker,
+            **view_meta,
         },
     )
+
+
+def _embed_shard_views(
+    context, storage: StorageResource, encoder: EncoderResource, enc, plan: dict, shard: int, failed
+):
+    """Embed the missing train-time views of this shard's train images (view j under its own cache encoder id).
+    Images this step could not embed plainly are skipped (they would fail K more times)."""
+    ws = storage.workspace()
+    views = plan["train_views"]
+    n_shards = int(plan["n_shards"])
+    skip = {f[0] for f in failed}
+    train = _train_images(ws)
+    train = train[~train["image_id"].isin(skip)]
+    cache = EmbeddingCache(ws)
+    out = {"requested": 0, "cached": 0, "computed": 0, "seconds": 0.0, "failures": {}}
+    for j, view_id in enumerate(views["encoder_ids"]):
+        progress = throttled_progress(context, f"shard {shard}: train view {j}: embedded {{done}}/{{total}} new rows")
+        vs = cache.update(
+            enc,
+            train,
+            batch_size=encoder.batch_size,
+            num_workers=encoder.num_workers,
+            progress=progress,
+            storage_options=storage.storage_options(),
+            shard=(shard, n_shards),
+            verify=False,  # the plan step verified every view's cache in this run
+            train_view=(j, int(views["seed"])),
+        )
+        if vs.encoder_id != view_id:  # the recipe version of this worker differs from the plan's
+            raise dg.Failure(
+                description=f"this worker names train view {j} {vs.encoder_id}, the plan {view_id}: every worker "
+                "must run the same skurec version",
+                allow_retries=False,
+            )
+        out["requested"] += vs.n_requested
+        out["cached"] += vs.n_cached
+        out["computed"] += vs.n_computed
+        out["seconds"] += vs.seconds
+        if vs.failures:
+            out["failures"][view_id] = [list(f) for f in vs.failures]
+            for image_id, reason, detail in vs.failures[:5]:
+                context.log.warning(f"could not embed train view {j} of {image_id}: {reason} ({detail})")
+    out["seconds"] = round(out["seconds"], 3)
+    context.log.info(
+        f"shard {shard}/{n_shards}: {out['computed']} train-view rows embedded ({len(views['encoder_ids'])} views), "
+        f"{out['cached']} cached"
+    )
+    return out
 
 
 @dg.op(
@@ -240,6 +336,8 @@ def combine_embedding_shards(
             description=f"{len(uncovered)} image(s) are neither in the union of the shards' cache parts nor reported "
             f"as failed, e.g. {sorted(uncovered)[:3]}: a shard's parts were lost; re-materialise image_embeddings",
         )
+    views = plan.get("train_views")
+    view_totals = _check_views(cache, ws, views, ran, failed_ids) if views else None
     n_requested = sum(int(c["n_images"]) for c in plan["shards"].values())
     n_computed = sum(int(r["n_computed"]) for r in ran.values())
     seconds = sum(float(r["seconds"]) for r in ran.values())
@@ -251,7 +349,16 @@ def combine_embedding_shards(
         f"{len(failures)} failed"
     )
     ws.write_json(f"{cache.rel_dir(encoder_id)}/encoder.json", identity)
-    ws.write_json(CURRENT_ENCODER, identity)
+    if views:
+        for j, view_id in enumerate(views["encoder_ids"]):
+            view_doc = {"encoder_id": view_id, "train_view": j, "seed": views["seed"], "base": identity}
+            ws.write_json(f"{cache.rel_dir(view_id)}/encoder.json", {**view_doc, "aug_version": views["aug_version"]})
+        context.log.info(
+            f"train-time views ({views['k']} per train image): {view_totals['n_view_computed']} view rows embedded, "
+            f"{view_totals['n_view_rows'] - view_totals['n_view_computed'] - view_totals['n_view_failed']} reused, "
+            f"{view_totals['n_view_failed']} missing (failed)"
+        )
+    ws.write_json(CURRENT_ENCODER, {**identity, "train_views": views} if views else identity)
     ws.write_json(EMBEDDING_FAILURES, [list(f) for f in failures])
     ws.mirror_parquet_view(EMBEDDINGS_VIEW, f"{cache.rel_dir(encoder_id)}/part-*.parquet")
     workers = {str(s): r["worker"] for s, r in sorted(ran.items())}
@@ -270,11 +377,46 @@ def combine_embedding_shards(
             workers,
             identity,
             ws.uri(cache.rel_dir(encoder_id)),
+            view_totals,
         )
 
 
-def _combined_output(n_requested, n_cached, n_computed, failures, seconds, plan, ran, workers, identity, cache_uri):
+def _check_views(cache: EmbeddingCache, ws, views: dict, ran: dict, failed_ids: set) -> dict:
+    """Every active train image has each view cached, or failed (plainly or as that view); the view totals."""
+    train_ids = set(_train_images(ws)["image_id"])
+    n_cached = 0
+    for view_id in views["encoder_ids"]:
+        view_failed = {f[0] for r in ran.values() for f in (r.get("views") or {}).get("failures", {}).get(view_id, [])}
+        cached = train_ids & cache.cached_ids(view_id)
+        n_cached += len(cached)
+        uncovered = train_ids - cached - failed_ids - view_failed
+        if uncovered:
+            raise dg.Failure(
+                description=f"{len(uncovered)} train image(s) have no cached train-time view {view_id} and were not "
+                f"reported as failed, e.g. {sorted(uncovered)[:3]}: a shard's parts were lost; re-materialise "
+                "image_embeddings",
+            )
+    n_computed = sum(int((r.get("views") or {}).get("computed", 0)) for r in ran.values())
+    n_rows = len(train_ids) * int(views["k"])
+    return {"n_view_rows": n_rows, "n_view_computed": n_computed, "n_view_failed": n_rows - n_cached}
+
+
+def _combined_output(
+    n_requested, n_cached, n_computed, failures, seconds, plan, ran, workers, identity, cache_uri, view_totals=None
+):
     encoder_id = plan["encoder_id"]
+    views = plan.get("train_views")
+    version = f"{encoder_id}:{n_requested}:{n_requested - len(failures)}"
+    view_meta: dict = {}
+    if views:  # the training rows change with K / the seed: so does the data version (K = 0: as before)
+        version += f":trainviews{views['k']}.seed{views['seed']}.aug{views['aug_version']}"
+        version += f":{view_totals['n_view_rows'] - view_totals['n_view_failed']}"
+        view_meta = {
+            "train_views": int(views["k"]),
+            "train_view_seed": int(views["seed"]),
+            **view_totals,
+            "train_view_encoder_ids": dg.MetadataValue.json(views["encoder_ids"]),
+        }
     return dg.Output(
         None,
         metadata={
@@ -293,8 +435,9 @@ def _combined_output(n_requested, n_cached, n_computed, failures, seconds, plan,
             "pretrained": bool(identity.get("pretrained", False)),
             "device": ", ".join(sorted({r["worker"]["device"] for r in ran.values()})) or plan["worker"]["device"],
             "cache_dir": dg.MetadataValue.path(cache_uri),
+            **view_meta,
         },
-        data_version=dg.DataVersion(f"{encoder_id}:{n_requested}:{n_requested - len(failures)}"),
+        data_version=dg.DataVersion(version),
     )
 
 

@@ -65,11 +65,21 @@ class EncoderResource(dg.ConfigurableResource):
     views: Optional[str] = None  # test-time views: "flip", "zoom", "flip+zoom" (default: the centre crop only)
     layers: Optional[int] = None  # also GeM-pool the last N intermediate stages (2: +2 to +3 points, ~1.03x cost)
     input_size: Optional[int] = None  # crop side in px (default: the encoder's native size)
+    # Train-time augmented views: K extra embeddings per active train image (view j cached under its own id; not
+    # part of the encoder id, so plain vectors are never re-embedded); 0 = none. The seed picks the views.
+    train_views: int = 0
+    train_view_seed: int = 0
 
     def options(self) -> dict:
         """The encoder options that are set (all part of the encoder id, so changing one re-embeds)."""
         opts = {"views": self.views, "layers": self.layers, "input_size": self.input_size}
         return {k: v for k, v in opts.items() if v}
+
+    def train_view_config(self) -> tuple[int, int]:
+        """``(K, seed)`` of the train-time views (K = 0: none); ValueError when K is out of range."""
+        from skurec.encoders.views import check_train_view_config
+
+        return check_train_view_config(self.train_views or 0, self.train_view_seed or 0)
 
     def load(self, device: Optional[str] = None):
         """The frozen encoder on ``device`` (default: the resource's)."""
@@ -138,6 +148,8 @@ def default_resources() -> dict:
             views=_env("SKUREC_ENCODER_VIEWS"),
             layers=_env("SKUREC_ENCODER_LAYERS", as_int=True),
             input_size=_env("SKUREC_ENCODER_INPUT_SIZE", as_int=True),
+            train_views=_env("SKUREC_ENCODER_TRAIN_VIEWS", 0, as_int=True),
+            train_view_seed=_env("SKUREC_ENCODER_TRAIN_VIEW_SEED", 0, as_int=True),
         ),
         "loop": LabellingLoopResource(
             drop_location=_env("SKUREC_DROP_LOCATION", os.path.join(workdir, layout.DROP_DIR)),

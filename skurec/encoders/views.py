@@ -5,7 +5,8 @@ seeded with ``sha256(f"{seed}|{image_id}|{j}")``, so the same image always yield
 any order, in any shard) and view ``j`` never depends on ``k``. Each view is a random resized crop (scale
 :data:`SCALE`, aspect :data:`RATIO`), a horizontal flip with probability 0.5 and a mild colour jitter (brightness,
 contrast, saturation +-:data:`JITTER`); it is returned as a PIL image that the encoder then preprocesses with its
-ordinary test-time recipe (resize, centre crop, its ``views``).
+ordinary test-time recipe (resize, centre crop, its ``views``). :func:`train_view` makes view ``j`` alone (what the
+embedding cache uses: each view is embedded in its own pass, under its own id).
 
 :func:`view_encoder_id` names the cache rows of view ``j``: ``<encoder_id>.trainview<j>.seed<seed>`` (only
 characters the embedding cache keeps in directory names), so the embedding cache stores view rows under their own
@@ -26,8 +27,20 @@ RATIO = (3.0 / 4.0, 4.0 / 3.0)
 JITTER = 0.2
 FLIP_P = 0.5
 AUG_VERSION = 1  # bump when the recipe changes: it is part of view_encoder_id, so old cached view rows never mix
+MAX_TRAIN_VIEWS = 64  # K above this is almost certainly a typo (each view is one more forward pass per train image)
 
-__all__ = ["AUG_VERSION", "parse_view_encoder_id", "train_views", "view_encoder_id", "view_rng"]
+__all__ = [
+    "AUG_VERSION",
+    "MAX_TRAIN_VIEWS",
+    "check_train_view_config",
+    "parse_view_encoder_id",
+    "train_view",
+    "train_view_decode_side",
+    "train_views",
+    "train_views_doc",
+    "view_encoder_id",
+    "view_rng",
+]
 
 _VIEW_ID = re.compile(r"^(?P<base>.+)\.trainview(?P<k>\d+)\.seed(?P<seed>-?\d+)\.aug(?P<aug>\d+)$")
 
@@ -76,6 +89,46 @@ def train_views(image: Image.Image, k: int, seed: int, image_id: str) -> list[Im
     if not image_id:
         raise ValueError("image_id must be a non-empty string (it seeds the views)")
     return [one_view(image, view_rng(seed, image_id, j)) for j in range(int(k))]
+
+
+def train_view(image: Image.Image, index: int, seed: int, image_id: str) -> Image.Image:
+    """View ``index`` of ``train_views(image, k, seed, image_id)`` for any ``k > index``, without the others."""
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"train_view expects a PIL image, got {type(image).__name__}")
+    if image.mode != "RGB":
+        raise ValueError(f"train_view expects an RGB image, got mode {image.mode!r}")
+    if int(index) != index or index < 0:
+        raise ValueError(f"index must be a non-negative integer, got {index!r}")
+    if not image_id:
+        raise ValueError("image_id must be a non-empty string (it seeds the views)")
+    return one_view(image, view_rng(seed, image_id, int(index)))
+
+
+def train_view_decode_side(min_decode_side: int) -> int:
+    """Shorter side to decode an image at before cropping views: the smallest crop (area :data:`SCALE` ``[0]``)
+    still covers the encoder's resize side, so a view is not upsampled from a reduced-size JPEG decode."""
+    return int(math.ceil(int(min_decode_side) / math.sqrt(SCALE[0])))
+
+
+def check_train_view_config(k: int, seed: int) -> tuple[int, int]:
+    """``(k, seed)`` as ints; ValueError naming the limit when ``k`` is not in ``0..MAX_TRAIN_VIEWS``."""
+    if isinstance(k, bool) or int(k) != k or not 0 <= int(k) <= MAX_TRAIN_VIEWS:
+        raise ValueError(f"train_views must be an integer in [0, {MAX_TRAIN_VIEWS}], got {k!r}")
+    if isinstance(seed, bool) or int(seed) != seed:
+        raise ValueError(f"train_view_seed must be an integer, got {seed!r}")
+    return int(k), int(seed)
+
+
+def train_views_doc(encoder_id: str, k: int, seed: int) -> dict:
+    """What the current-encoder document records about train-time views (``k`` >= 1): K, seed, recipe version and
+    the cache encoder id of every view, so training reads exactly these rows and lineage names them."""
+    k, seed = check_train_view_config(k, seed)
+    return {
+        "k": k,
+        "seed": seed,
+        "aug_version": AUG_VERSION,
+        "encoder_ids": [view_encoder_id(encoder_id, j, seed) for j in range(k)],
+    }
 
 
 def view_encoder_id(encoder_id: str, k_index: int, seed: int) -> str:
