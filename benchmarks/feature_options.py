@@ -1,14 +1,17 @@
 """Feature options on the Grocery Store: test-time views x multi-layer GeM x input size, per packaged encoder.
 
-For each ``(encoder, input_size)`` ONE pass embeds every image under the three test-time views (centre, flip, zoom)
-with ``layers=L`` (default 2). Every option of the grid is then derived EXACTLY from those per-view vectors, because
+For each ``(encoder, input_size)`` ONE pass embeds every image under the test-time views of ``PASS_VIEWS`` (centre,
+zoom) with ``layers=L`` (default 2), and ``--train-views K`` passes embed K train-time views of every TRAIN image
+(:func:`skurec.encoders.views.train_view`, the pipeline's views) the same way. Every option of the grid is then derived EXACTLY from those per-view vectors, because
 the encoder's recipe is linear in them: ``views=...`` = mean of the per-view L2-normalised vectors, re-normalised;
 ``layers=l < L`` = the first ``1 + l`` parts (pooled embedding, last ``l`` stages), each re-normalised, concatenated,
 re-normalised. (The script checks this equivalence against the real encoder with the recipe on a few images.)
 
-Choice on validation only: a flat logistic regression (``skurec.models.flat.fit_flat_logreg``, C chosen on val)
-is fitted on train and scored on val for every option; then the chosen option(s) are refitted on train+val with the
-val-chosen C and scored ONCE on the official test list. Cost: img/s of the real encoder with each recipe on the
+Choice on validation only, as in the pipeline: for every option the flat logistic regression
+(``skurec.models.flat.fit_flat_logreg``, C chosen on val) and the hierarchy (``train_specialist_hierarchy``, every
+choice on val) are fitted on train (plus its train-time views for the ``train views = K`` options) and scored on
+val; the plain option and the val-best option(s) of each encoder are then scored ONCE on the official test list
+with those same models. Cost: img/s of the real encoder with each recipe on the
 same few images, and its ratio to the plain path (measured back to back; 2 shared cores, so read them as rough).
 
 Outputs ``/tmp/skurec_real/grocery_<encoder><option tag>.npz`` (same keys as export_grocery_embeddings.py:
@@ -38,12 +41,26 @@ from export_grocery_embeddings import read_split_rows  # noqa: E402
 
 from skurec.embedding import iter_embeddings  # noqa: E402
 from skurec.encoders import load_encoder  # noqa: E402
-from skurec.encoders.base import ZOOM_FRACTION, zoom_center  # noqa: E402
+from skurec.encoders.base import VIEW_RECIPES, ZOOM_FRACTION, zoom_center  # noqa: E402
+from skurec.encoders.views import train_view, train_view_decode_side  # noqa: E402
 from skurec.images import decode_rgb  # noqa: E402
+from skurec.models.flat import fit_flat_logreg  # noqa: E402
 
 DATASET = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "grocery_store" / "dataset"
 OUT_DIR = Path("/tmp/skurec_real")
-VIEW_SETS = {"center": (0,), "flip": (0, 1), "zoom": (0, 2), "flip+zoom": (0, 1, 2)}
+PASS_VIEWS = ("center", "zoom")  # the per-view pass (flip was ~+1 val point for one more forward: 2026-12-01 grid)
+
+
+def view_sets(pass_views: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    """Every recipe of VIEW_RECIPES whose views the per-view pass has -> their indices in the pass."""
+    return {
+        name: tuple(pass_views.index(v) for v in views)
+        for name, views in VIEW_RECIPES.items()
+        if all(v in pass_views for v in views)
+    }
+
+
+VIEW_SETS = view_sets(PASS_VIEWS)
 
 
 def l2n(x: np.ndarray) -> np.ndarray:
@@ -51,24 +68,19 @@ def l2n(x: np.ndarray) -> np.ndarray:
 
 
 class PerViewEncoder:
-    """Duck-typed encoder for iter_embeddings: forward_batch -> [centre | flip | zoom] vectors, concatenated."""
+    """Duck-typed encoder for iter_embeddings: forward_batch -> the PASS_VIEWS vectors, concatenated."""
 
-    def __init__(self, enc) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, enc, pass_views: tuple[str, ...] = PASS_VIEWS) -> None:  # type: ignore[no-untyped-def]
         self.enc = enc
+        self.pass_views = pass_views
         self.device = enc.device
         self.min_decode_side = enc.min_decode_side
-        self.dim = 3 * enc.dim
+        self.dim = len(pass_views) * enc.dim
         self.preprocess = enc.preprocess
 
     def forward_batch(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat(
-            [
-                self.enc.forward_batch(x),
-                self.enc.forward_batch(x.flip(3)),
-                self.enc.forward_batch(zoom_center(x, ZOOM_FRACTION)),
-            ],
-            dim=1,
-        )
+        views = {"center": lambda: x, "flip": lambda: x.flip(3), "zoom": lambda: zoom_center(x, ZOOM_FRACTION)}
+        return torch.cat([self.enc.forward_batch(views[v]()) for v in self.pass_views], dim=1)
 
 
 def derive(V: np.ndarray, part_dims: list[int], views: str, layers: int) -> np.ndarray:
@@ -99,15 +111,24 @@ def option_tag(views: str, layers: int, input_size: int | None, native: int) -> 
 
 
 def embed_all(
-    name: str, input_size: int | None, layers: int, rows: list, batch_size: int
+    name: str, input_size: int | None, layers: int, rows: list, batch_size: int, view: tuple[int, int] | None = None
 ) -> tuple[np.ndarray, object, float]:
+    """The per-view pass over ``rows``; ``view=(j, seed)``: of train-time view ``j`` of each image instead (the
+    pipeline's :func:`skurec.encoders.views.train_view`, seeded by the image's relative path)."""
     enc = load_encoder(name, device="cpu", input_size=input_size, layers=layers)
     pv = PerViewEncoder(enc)
+    kw: dict = {}
+    if view is not None:
+        j, seed = view
+        kw = {
+            "transform": lambda image_id, img: train_view(img, j, seed, rows[int(image_id)][0]),
+            "decode_side": train_view_decode_side(enc.min_decode_side),
+        }
     items = [(str(i), (lambda p=DATASET / r[0]: p.read_bytes())) for i, r in enumerate(rows)]
     out = np.zeros((len(rows), pv.dim), dtype=np.float32)
     got = np.zeros(len(rows), dtype=bool)
     t0 = time.perf_counter()
-    for batch in iter_embeddings(pv, items, batch_size=batch_size, tqdm_bar=False):
+    for batch in iter_embeddings(pv, items, batch_size=batch_size, tqdm_bar=False, **kw):
         idx = [int(i) for i in batch.ids]
         out[idx] = batch.vectors
         got[idx] = True
@@ -115,7 +136,8 @@ def embed_all(
             print(f"  failures: {batch.failures[:3]}", flush=True)
     dt = time.perf_counter() - t0
     print(
-        f"[{enc.encoder_id}] {got.sum()} images x 3 views in {dt:.0f}s ({got.sum() / dt:.1f} img/s for 3 views)",
+        f"[{enc.encoder_id}{'' if view is None else f' train view {view[0]}'}] {got.sum()} images x "
+        f"{len(pv.pass_views)} views in {dt:.0f}s ({got.sum() / dt:.1f} img/s for {len(pv.pass_views)} views)",
         flush=True,
     )
     return out, enc, dt
@@ -126,7 +148,7 @@ def check_equivalence(
 ) -> None:
     """The derived recipes equal the real encoder's recipes (first 4 images)."""
     imgs = [decode_rgb((DATASET / r[0]).read_bytes()) for r in rows[:4]]
-    for views, l in (("flip+zoom", layers), ("flip", 0), ("zoom", 1 if layers >= 1 else 0)):
+    for views, l in (("zoom", layers), ("center", 0), ("tight", 1 if layers >= 1 else 0)):
         real = load_encoder(name, device="cpu", input_size=input_size, layers=l, views=views).embed_images(imgs)
         err = float(np.abs(real - derive(V[:4], part_dims, views, l)).max())
         if err > 2e-3:
@@ -158,14 +180,6 @@ def _speed(name: str, input_size: int | None, views: str, layers: int, imgs: lis
 
 def top1(model, X: np.ndarray, y: np.ndarray) -> float:  # type: ignore[no-untyped-def]
     return float((np.asarray(model.predict_topk(X, k=1).labels)[:, 0] == y).mean())
-
-
-def fit_eval(X_tr, y_tr, X_va, y_va):  # type: ignore[no-untyped-def]
-    """Flat logreg on train, C chosen on val (skurec.models.flat); (val top-1, chosen C)."""
-    from skurec.models.flat import fit_flat_logreg
-
-    m = fit_flat_logreg(X_tr, y_tr, X_va, y_va, device="cpu")
-    return top1(m, X_va, y_va), float(m.metrics["C"])
 
 
 def export_option(names: list[str], views: str, layers: int, input_scale: float, batch_size: int) -> int:
@@ -226,6 +240,27 @@ def export_option(names: list[str], views: str, layers: int, input_scale: float,
     return 0
 
 
+def fit_hier(X_tr, y_tr, X_va, y_va):  # type: ignore[no-untyped-def]
+    """The pipeline's hierarchy (skurec.models.train_specialist_hierarchy, every choice on val)."""
+    from skurec.models import train_specialist_hierarchy
+
+    known = np.isin(y_va, np.unique(y_tr))  # (a --smoke subset may miss classes in train)
+    return train_specialist_hierarchy(X_tr, y_tr, X_va[known], y_va[known], device="cpu").model
+
+
+def per_view_pass(name: str, size, layers: int, rows: list, batch_size: int, view=None) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """The per-view pass of ``rows`` (cached under /tmp/h12 by encoder, size, layers, pass views, rows, view)."""
+    rows_key = hashlib.sha256("|".join(r[0] for r in rows).encode()).hexdigest()[:12]
+    tag = "-".join(PASS_VIEWS) + ("" if view is None else f"_tv{view[0]}s{view[1]}")
+    cache = Path("/tmp/h12") / f"V_{name}_{size}_{layers}_{len(rows)}_{rows_key}_{tag}.npy"
+    if cache.exists():
+        return np.load(cache)
+    V, _, _ = embed_all(name, size, layers, rows, batch_size, view=view)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.save(cache, V)
+    return V
+
+
 def main(argv: list[str] | None = None) -> int:
     global DATASET
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -236,15 +271,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--limit-per-class", type=int, default=None, help="subsample TRAIN to N images per class (val full)"
     )
+    ap.add_argument("--train-views", type=int, default=0, help="K train-time views per train image (options 0, K)")
+    ap.add_argument("--train-view-seed", type=int, default=0)
     ap.add_argument("--no-test", action="store_true", help="val only (do not embed or score the test list)")
-    ap.add_argument("--n-test", type=int, default=2, help="options scored on test (best on val, + plain)")
+    ap.add_argument("--n-test", type=int, default=2, help="options scored on test per encoder (plain + val-best)")
+    ap.add_argument("--no-hierarchy", action="store_true", help="flat only (faster)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--speed-images", type=int, default=16)
-    ap.add_argument(
-        "--speed-only-plain-views",
-        action="store_true",
-        help="measure img/s only for the single encoders at layers 0 and max (speed of other rows = nan)",
-    )
     ap.add_argument(
         "--smoke", type=int, default=None, help="first N rows of each split only (code check, not a result)"
     )
@@ -281,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     split = np.array([r[3] for r in rows])
     fine = np.array([r[1] for r in rows])
     tr, va, te = split == "train", split == "val", split == "test"
+    train_rows = [r for r in rows if r[3] == "train"]
     sub = f" (TRAIN SUBSAMPLED to {args.limit_per_class}/class)" if args.limit_per_class else ""
     print(f"rows: train={tr.sum()} val={va.sum()} test={te.sum()}{sub}", flush=True)
     speed_imgs = [decode_rgb((DATASET / r[0]).read_bytes()) for r in rows[: args.speed_images]]
@@ -289,86 +323,106 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.encoders:
         native = load_encoder(name, device="cpu").input_size
         size = None if args.input_scale == 1.0 else int(round(native * args.input_scale / 4) * 4)
-        rows_key = hashlib.sha256("|".join(r[0] for r in rows).encode()).hexdigest()[:12]
-        cache = Path("/tmp/h12") / f"V_{name}_{size}_{args.layers}_{len(rows)}_{rows_key}.npy"
-        if cache.exists():
-            V, enc = np.load(cache), load_encoder(name, device="cpu", input_size=size, layers=args.layers)
-        else:
-            V, enc, dt = embed_all(name, size, args.layers, rows, args.batch_size)
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            np.save(cache, V)
+        enc = load_encoder(name, device="cpu", input_size=size, layers=args.layers)
+        V = per_view_pass(name, size, args.layers, rows, args.batch_size)
         part_dims = [int(d) for d in enc._part_dims[0]]
         check_equivalence(name, size, args.layers, V, part_dims, rows)
-        per_enc[name] = {"V": V, "parts": part_dims, "size": size, "native": native, "enc": enc}
+        TV = [
+            per_view_pass(name, size, args.layers, train_rows, args.batch_size, view=(j, args.train_view_seed))
+            for j in range(args.train_views)
+        ]
+        per_enc[name] = {"V": V, "TV": TV, "parts": part_dims, "size": size, "native": native, "enc": enc}
 
-    grid = [(v, l) for l in range(args.layers + 1) for v in VIEW_SETS]
+    tv_grid = [0] + ([args.train_views] if args.train_views else [])
+    grid = [(v, l, k) for k in tv_grid for l in range(args.layers + 1) for v in VIEW_SETS]
     results = []
     names = list(args.encoders) + (["+".join(args.encoders)] if len(args.encoders) > 1 else [])
     plain_speed: dict[str, float] = {}
+    y_tv = np.concatenate([fine[tr]] * (1 + args.train_views))
     for name in names:
         parts = name.split("+")
-        for views, layers in grid:
-            feats = [derive(per_enc[p]["V"], per_enc[p]["parts"], views, layers) for p in parts]
-            X = feats[0] if len(feats) == 1 else l2n(np.concatenate(feats, axis=1))
-            acc, C = fit_eval(X[tr], fine[tr], X[va], fine[va])
-            if args.speed_only_plain_views and (len(parts) > 1 or layers not in (0, args.layers)):
-                ips = float("nan")
+        for views, layers, k in grid:
+
+            def feats(V: dict, views=views, layers=layers, parts=parts) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
+                return [derive(V[p], per_enc[p]["parts"], views, layers) for p in parts]
+
+            def join(fs: list[np.ndarray]) -> np.ndarray:
+                return fs[0] if len(fs) == 1 else l2n(np.concatenate(fs, axis=1))
+
+            X = join(feats({p: per_enc[p]["V"] for p in parts}))
+            X_fit, y_fit = X[tr], fine[tr]
+            if k:
+                views_X = [join(feats({p: per_enc[p]["TV"][j] for p in parts})) for j in range(k)]
+                X_fit, y_fit = np.concatenate([X_fit, *views_X]), y_tv
+            flat = fit_flat_logreg(X_fit, y_fit, X[va], fine[va], device="cpu")
+            acc, C = top1(flat, X[va], fine[va]), float(flat.metrics["C"])
+            hier = None if args.no_hierarchy else fit_hier(X_fit, y_fit, X[va], fine[va])
+            hacc = float("nan") if hier is None else top1(hier, X[va], fine[va])
+            if len(parts) > 1 or layers not in (0, args.layers):
+                ips = float("nan")  # speed of single encoders at layers 0 / max only (2 shared cores: rough)
             else:
-                ips = 1.0 / sum(1.0 / speed(p, per_enc[p]["size"], views, layers, speed_imgs) for p in parts)
-            if views == "center" and layers == 0:
+                ips = speed(parts[0], per_enc[parts[0]]["size"], views, layers, speed_imgs)
+            if views == "center" and layers == 0 and k == 0:
                 plain_speed[name] = ips
             tag = option_tag(views, layers, per_enc[parts[0]]["size"], per_enc[parts[0]]["native"])
-            results.append(
-                {
-                    "encoder": name,
-                    "views": views,
-                    "layers": layers,
-                    "input_size": per_enc[parts[0]]["size"] or per_enc[parts[0]]["native"],
-                    "tag": tag,
-                    "dim": X.shape[1],
-                    "val": acc,
-                    "C": C,
-                    "img_s": ips,
-                    "X": X,
-                }
-            )
+            tag += f"_tv{k}" if k else ""
+            row = {
+                "encoder": name,
+                "views": views,
+                "layers": layers,
+                "train_views": k,
+                "input_size": per_enc[parts[0]]["size"] or per_enc[parts[0]]["native"],
+                "tag": tag,
+                "dim": X.shape[1],
+                "val_flat": acc,
+                "val_hier": hacc,
+                "C": C,
+                "img_s": ips,
+                "models": (flat, hier),
+                "X": X,
+            }
+            results.append(row)
             print(
-                f"  {name:36s} views={views:9s} layers={layers} d={X.shape[1]:5d} val={acc:.3f} C={C:g} {ips:.1f} img/s",
+                f"  {name:36s} views={views:6s} layers={layers} tv={k} d={X.shape[1]:5d} val flat={acc:.3f} "
+                f"hier={hacc:.3f} C={C:g} {ips:.1f} img/s",
                 flush=True,
             )
 
-    print("\n=== results (val: flat logreg fit on train, C chosen on val" + sub + ") ===")
-    header = f"{'encoder':36s} {'views':9s} {'layers':6s} {'size':4s} {'dim':5s} {'val':6s} {'test':6s} {'img/s':6s} {'ratio':5s}"
-    chosen: list[dict] = []
-    if not args.no_test:
+    if not args.no_test:  # test scored ONCE per encoder: the plain option and the val-best option(s)
         for name in names:
             mine = [r for r in results if r["encoder"] == name]
-            best = sorted(mine, key=lambda r: (-r["val"], r["img_s"] and -r["img_s"]))[: max(1, args.n_test - 1)]
-            plain = [r for r in mine if r["views"] == "center" and r["layers"] == 0]
+            key = (lambda r: r["val_flat"]) if args.no_hierarchy else (lambda r: max(r["val_hier"], r["val_flat"]))
+            best = sorted(mine, key=lambda r: -key(r))[: max(1, args.n_test - 1)]
+            plain = [r for r in mine if r["views"] == "center" and r["layers"] == 0 and r["train_views"] == 0]
             for r in plain + [b for b in best if b not in plain]:
-                X = r["X"]
-                from skurec.models.flat import fit_flat_logreg
-
-                trv = tr | va
-                m = fit_flat_logreg(X[trv], fine[trv], C=r["C"], device="cpu")
-                r["test"] = top1(m, X[te], fine[te])
-                chosen.append(r)
-    print(header)
+                flat, hier = r["models"]
+                r["test_flat"] = top1(flat, r["X"][te], fine[te])
+                r["test_hier"] = float("nan") if hier is None else top1(hier, r["X"][te], fine[te])
+    print("\n=== options (every model fitted on train [+ its train-time views], every choice on val" + sub + ") ===")
+    print(
+        "| encoder | views | layers | train views | size | dim | val flat | val hier | test flat | test hier | img/s | cost |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        ratio = plain_speed[r["encoder"]] / r["img_s"]
-        test = f"{r['test']:.3f}" if "test" in r else "  -  "
+        base = plain_speed.get(r["encoder"], float("nan"))
+        cost = base / r["img_s"] if r["img_s"] == r["img_s"] else float("nan")
+        test = " | ".join(f"{r[k]:.3f}" if k in r else "-" for k in ("test_flat", "test_hier"))
         print(
-            f"{r['encoder']:36s} {r['views']:9s} {r['layers']:<6d} {r['input_size']:<4d} {r['dim']:<5d} {r['val']:.3f}  {test:6s} {r['img_s']:6.1f} {ratio:5.2f}x"
+            f"| {r['encoder']} | {r['views']} | {r['layers']} | {r['train_views']} | {r['input_size']} | {r['dim']} | "
+            f"{r['val_flat']:.3f} | {r['val_hier']:.3f} | {test} | {r['img_s']:.1f} | {cost:.2f}x |"
         )
     print(
-        "(ratio = embedding cost relative to the plain path of the same encoder at native size in this run;"
-        " test scored once, only for the plain option and the val-best option(s), fit on train+val with the val-chosen C)"
+        "(cost = plain img/s / option img/s for the single encoders at layers 0 and max (nan: not measured; layers 1"
+        " costs like max); train views cost K extra forwards per TRAIN image once, nothing at test time; test scored"
+        " once, for the plain option and the val-best option(s))"
     )
     if args.smoke:
         print("smoke run: nothing written")
         return 0
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    for r in chosen:
+    for r in results:
+        if "test_flat" not in r or r["train_views"]:
+            continue
         # "opt_" prefix: never overwrites export_grocery_embeddings.py's files
         out = OUT_DIR / f"grocery_opt_{r['encoder']}{r['tag']}{'_sub' if args.limit_per_class else ''}.npz"
         ident = {

@@ -62,7 +62,7 @@ class EncoderResource(dg.ConfigurableResource):
     device: Optional[str] = None  # None: CUDA when available, else CPU
     batch_size: int = 32
     num_workers: Optional[int] = None
-    views: Optional[str] = None  # test-time views: "flip", "zoom", "flip+zoom" (default: the centre crop only)
+    views: Optional[str] = None  # test-time views: "tight", "flip", "zoom", "flip+zoom" (default: the centre crop)
     layers: Optional[int] = None  # also GeM-pool the last N intermediate stages (2: +2 to +3 points, ~1.03x cost)
     input_size: Optional[int] = None  # crop side in px (default: the encoder's native size)
     # Train-time augmented views: K extra embeddings per active train image (view j cached under its own id; not

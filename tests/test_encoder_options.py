@@ -27,7 +27,14 @@ def test_tiny_encoder_is_labelled_random() -> None:
 
 @pytest.mark.parametrize(
     "options",
-    [{"views": "flip"}, {"views": "zoom"}, {"views": "flip+zoom"}, {"layers": 1}, {"layers": 1, "views": "flip"}],
+    [
+        {"views": "flip"},
+        {"views": "zoom"},
+        {"views": "tight"},
+        {"views": "flip+zoom"},
+        {"layers": 1},
+        {"layers": 1, "views": "flip"},
+    ],
 )
 def test_options_change_the_encoder_id_and_same_options_keep_it(options: dict) -> None:
     plain = load_encoder("tiny_random_vit", device="cpu")
@@ -110,6 +117,9 @@ def test_test_time_views_are_deterministic_and_recipe_matches_definition() -> No
     views = [plain.forward_batch(x), plain.forward_batch(x.flip(3)), plain.forward_batch(zoom_center(x))]
     expected = torch.nn.functional.normalize(sum(views), dim=1).numpy()
     np.testing.assert_allclose(a, expected, atol=1e-5)
+    # tight: the zoomed view alone, one forward
+    tight = load_encoder("tiny_random_vit", device="cpu", views="tight").embed_images(imgs)
+    np.testing.assert_allclose(tight, torch.nn.functional.normalize(views[2], dim=1).numpy(), atol=1e-5)
     # flip (unchanged behaviour): invariant to mirroring the input
     flip = load_encoder("tiny_random_vit", device="cpu", views="flip")
     mirrored = [im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for im in imgs]

@@ -11,8 +11,8 @@ Every name lives in one table, :data:`skurec.encoders.registry.ENCODERS`, filled
 * ``a+b``: concatenation of the above (each part L2-normalised, then re-normalised).
 
 Options (keyword arguments of :func:`load_encoder`, all part of the identity and ``encoder_id``):
-``views`` (test-time view recipe, :data:`~skurec.encoders.base.VIEW_RECIPES`: "center" | "flip" | "zoom" |
-"flip+zoom"; the per-view embeddings are averaged and re-normalised), ``input_size`` (crop side, px; above the
+``views`` (test-time view recipe, :data:`~skurec.encoders.base.VIEW_RECIPES`: "center" | "tight" | "flip" |
+"zoom" | "flip+zoom"; the per-view embeddings are averaged and re-normalised; "tight" is the central zoom alone), ``input_size`` (crop side, px; above the
 native size for finer detail), ``crop_pct`` (crop / resized shorter side), ``layers`` (0: pooled embedding only;
 N: also the GeM-pooled (p=3) last N intermediate stages, each part L2-normalised, concatenated, re-normalised).
 

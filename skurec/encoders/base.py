@@ -25,9 +25,10 @@ from PIL import Image
 
 # Test-time view recipes: each view is a deterministic transform of the preprocessed crop; the embedding is the mean
 # of the per-view (L2-normalised) embeddings, re-normalised. "zoom" = the central ZOOM_FRACTION of the crop resized
-# back to input_size (a closer look at label text / colour accents).
+# back to input_size (a closer look at label text / colour accents); "tight" = that zoomed view alone (one forward).
 VIEW_RECIPES: dict[str, tuple[str, ...]] = {
     "center": ("center",),
+    "tight": ("zoom",),
     "flip": ("center", "flip"),
     "zoom": ("center", "zoom"),
     "flip+zoom": ("center", "flip", "zoom"),
