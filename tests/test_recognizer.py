@@ -193,3 +193,42 @@ def test_predict_cli_prints_one_json_line_per_image(deployed, tmp_path, capsys):
     lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert "error" in lines[0] and lines[1]["label"] == "unknown"
     assert len(ReviewQueue(ws)) == 1
+
+
+@pytest.mark.parametrize("options", [{"views": "tight", "layers": 1}, {"views": "flip+zoom"}])
+def test_the_recognizer_applies_exactly_the_evaluations_test_time_recipe(tmp_path, options):
+    """A model trained on embeddings of an encoder with test-time options: the Recognizer loads that encoder from the
+    card alone, and its embedding of an image equals the pipeline's (the rows evaluation scores) for the same bytes."""
+    from skurec.embedding import embed_all
+    from skurec.models import FlatPrototype
+
+    enc = load_encoder("tiny_random_vit", device="cpu", **options)
+    datas = {f"{sku}-{i}": sku_png(sku, 500 + 10 * j + i) for j, sku in enumerate(SKUS) for i in range(3)}
+    batch = embed_all(enc, [(k, (lambda d=d: d)) for k, d in datas.items()], batch_size=4, tqdm_bar=False)
+    assert batch.ids == list(datas) and not batch.failures
+    y = np.asarray([k.rsplit("-", 1)[0] for k in batch.ids])
+    model = FlatPrototype.fit(batch.vectors, y, device="cpu")
+    table = pd.DataFrame({"image_id": batch.ids, "sku_id": y, "split": "train", "added_by": None})
+    card = build_model_card(
+        source="full_rebuild",
+        model=model,
+        table=table,
+        catalogue_snapshot="s" * 64,
+        encoder=enc.identity(),
+        superclasses={"version": "v1", "n_superclasses": 1},
+        training_config={},
+        seeds={},
+        evaluation={},
+        batches=[],
+    )
+    ws = Workspace(str(tmp_path / "work"))
+    ModelStore(ws).deploy(publish_model(ws, model, card, table).model_id, reason="test")
+    rec = Recognizer.from_workdir(ws, threshold=0.0)  # the encoder comes from the card
+    assert rec.encoder is not enc and rec.encoder.encoder_id == enc.encoder_id
+    for k, v in options.items():
+        assert rec.encoder.identity()["options"][k] == v
+    np.testing.assert_allclose(rec.embed(list(datas.values())), batch.vectors, atol=1e-5)
+    img = Image.open(io.BytesIO(datas["sku-red-0"])).convert("RGB")
+    plain, recipe = load_encoder("tiny_random_vit", device="cpu").embed_images([img]), rec.embed([img])
+    assert plain.shape != recipe.shape or not np.allclose(plain, recipe, atol=1e-3)  # the options change the vectors
+    assert rec.predict(datas["sku-red-0"]).sku_id == "sku-red"
