@@ -12,6 +12,8 @@ Usage::
 
     python benchmarks/grocery_store.py [--dataset ../shared/datasets/grocery_store] [--out bench_out/grocery]
         [--encoder efficientnet_lite2+mobilenetv2_100] [--protocols official reference]
+        [--layers N] [--views tight] [--train-views K]
+    python benchmarks/grocery_store.py --options [--train-views 2]   # the feature-option table (feature_options.py)
 
 The dataset is read in place (never copied); the work directories under ``--out`` hold the embedding cache, so a
 second run re-uses every embedding. Prints one table per protocol: model -> top-1 / top-3 on `all` and `similar`.
@@ -62,6 +64,8 @@ def run_protocol(
     min_samples: int,
     shared_cache: Path | None,
     layers: int = 0,
+    views: str | None = None,
+    train_views: int = 0,
 ) -> dict:
     import dagster as dg
 
@@ -74,7 +78,7 @@ def run_protocol(
     resources = {
         "storage": StorageResource(workdir=str(workdir)),
         "catalogue": CatalogueResource(location=str(manifest), min_samples=min_samples),
-        "encoder": EncoderResource(name=encoder, layers=layers or None),
+        "encoder": EncoderResource(name=encoder, layers=layers or None, views=views, train_views=train_views),
         "loop": LabellingLoopResource(drop_location=str(workdir / "drop")),
     }
     t0 = time.perf_counter()
@@ -126,7 +130,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--encoder", default=os.environ.get("SKUREC_ENCODER", "efficientnet_lite2+mobilenetv2_100"))
     p.add_argument("--protocols", nargs="+", default=["official", "reference"], choices=["official", "reference"])
     p.add_argument("--layers", type=int, default=0, help="encoder option: also GeM-pool the last N stages")
-    args = p.parse_args(argv)
+    p.add_argument("--views", default=None, help="encoder option: test-time view recipe (tight, flip, zoom, ...)")
+    p.add_argument("--train-views", type=int, default=0, help="K train-time augmented views per train image")
+    p.add_argument(
+        "--options",
+        action="store_true",
+        help="print the feature-option table instead (val / test accuracy, img/s; benchmarks/feature_options.py, "
+        "which takes the remaining arguments, e.g. --train-views 2)",
+    )
+    args, rest = p.parse_known_args(argv)
+    if args.options:
+        import feature_options
+
+        return feature_options.main(["--dataset", str(args.dataset / "dataset"), *rest])
+    if rest:
+        p.error(f"unrecognized arguments: {' '.join(rest)}")
     if not (args.dataset / "dataset" / "train.txt").exists():
         raise SystemExit(f"Grocery Store dataset not found under {args.dataset}")
     out_root = args.out.resolve()
@@ -136,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         manifest = write_manifest(args.dataset, out_root, pin_splits=(name == "official"))
         workdir = out_root / f"work_{name}"
         min_samples = 1 if name == "official" else 50
-        results[name] = run_protocol(name, manifest, workdir, args.encoder, min_samples, shared, args.layers)
+        results[name] = run_protocol(
+            name, manifest, workdir, args.encoder, min_samples, shared, args.layers, args.views, args.train_views
+        )
         shared = workdir / "embeddings"
         print_table(name, results[name])
     (out_root / "results.json").write_text(json.dumps({k: v["report"] for k, v in results.items()}, indent=2))
