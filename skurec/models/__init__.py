@@ -34,7 +34,14 @@ from .dense import DenseConfig
 from .fine import FineConfig, FineHead, train_fine
 from .flat import FlatKNN, FlatLinear, FlatPrototype, fit_flat_logreg, train_flat_linear
 from .hierarchical import AddClassesResult, HierarchicalClassifier, train_hierarchical
-from .lda import LDAStatistics, lda_statistics
+from .lda import (
+    LDAStatistics,
+    fit_lda_statistics,
+    lda_statistics,
+    rows_sha256,
+    statistics_files,
+    statistics_from_files,
+)
 from .lda_router import LDARouter, train_lda_router
 from .metrics import (
     confusion_matrix,
@@ -86,6 +93,7 @@ __all__ = [
     "confusion_superclasses",
     "confusion_matrix",
     "derive_superclasses",
+    "fit_lda_statistics",
     "group_members",
     "l2_normalize",
     "lda_statistics",
@@ -94,8 +102,11 @@ __all__ = [
     "nearest_neighbour_cosines",
     "per_class_accuracy",
     "resolve_device",
+    "rows_sha256",
     "similar_class_set",
     "similar_groups",
+    "statistics_files",
+    "statistics_from_files",
     "superclass_accuracy",
     "superclass_group_ami",
     "superclass_scatter_png",

@@ -107,6 +107,24 @@ def seeded(seed: int) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run a block with one torch intra-op thread, restoring the caller's count afterwards.
+
+    For LAPACK factorisations and runs of small operations: they are sequences of many short parallel regions, and on
+    a busy machine every region waits for its slowest thread. Measured on 2 shared cores (``benchmarks/
+    hierarchy_cost.py``): the specialists' batched QR/SVD 10-20x and a 2560-d ``eigh`` 17x (40 s vs 2.4 s) slower with
+    2 threads than with 1, the validation searches 3-5x. Process-wide, like ``torch.set_num_threads`` itself: for
+    training code, not for concurrent serving threads.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def report(progress: ProgressFn | None, stage: str, step: int, total: int, metrics: Mapping[str, float]) -> None:
     """Forward training progress to the callback (if any) and to the ``skurec.models`` logger."""
     if progress is not None:
@@ -134,9 +152,29 @@ def encode_labels(y: np.ndarray, classes: Sequence[str], name: str = "y") -> np.
 
 
 def topk_stable(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k along the last dim with a deterministic tie order (lower index first) unlike ``torch.topk``."""
-    vals, idx = torch.sort(scores, dim=-1, descending=True, stable=True)
-    return vals[..., :k], idx[..., :k]
+    """Top-k along the last dim with a deterministic tie order (lower index first) unlike ``torch.topk``.
+
+    Exactly the first ``k`` of a stable descending sort. For ``k`` well below the width, without sorting every
+    row: ``torch.topk`` finds the k-th value; where exactly ``k`` entries reach it (no tie across the cut) those
+    entries, in index order, are stably sorted; other rows (ties at the cut, NaN) take the full stable sort.
+    """
+    C = scores.shape[-1]
+    if scores.ndim != 2 or k < 1 or k * 8 > C or scores.shape[0] == 0:
+        vals, idx = torch.sort(scores, dim=-1, descending=True, stable=True)
+        return vals[..., :k], idx[..., :k]
+    kth = torch.topk(scores, k, dim=1).values[:, -1:]
+    reach = scores >= kth
+    clean = reach.sum(dim=1) == k
+    idx = torch.empty((scores.shape[0], k), dtype=torch.long)
+    if bool(clean.any()):
+        rows = clean.nonzero()[:, 0]
+        cols = reach[rows].nonzero()[:, 1].reshape(-1, k)  # row-major: each row's k entries in index order
+        _, by_value = torch.sort(scores[rows].gather(1, cols), dim=1, descending=True, stable=True)
+        idx[rows] = cols.gather(1, by_value)
+    if not bool(clean.all()):
+        rows = (~clean).nonzero()[:, 0]
+        idx[rows] = torch.sort(scores[rows], dim=1, descending=True, stable=True).indices[:, :k]
+    return scores.gather(1, idx), idx
 
 
 @dataclass
@@ -215,3 +253,74 @@ def grouped_log_softmax(logits: torch.Tensor, groups: torch.Tensor, n_groups: in
     shifted = logits - gmax.gather(1, idx)
     z = torch.zeros((n, n_groups), dtype=logits.dtype).scatter_add_(1, idx, shifted.exp())
     return shifted - torch.log(z.gather(1, idx))
+
+
+@dataclass(frozen=True)
+class GroupSlots:
+    """The columns of every group, padded to the largest group (the dense layout of grouped reductions).
+
+    ``index`` (G, K) long: the column ids of group ``g`` in ascending order, then ``pad`` (= the number of columns);
+    ``size`` (G,) members per group. A grouped reduction over these slots touches ``G x K`` entries per row, so on
+    groups of bounded size (confusion superclasses) it costs about one pass over the columns.
+    """
+
+    index: torch.Tensor
+    size: torch.Tensor
+    pad: int
+
+    @classmethod
+    def of(cls, groups: np.ndarray, n_groups: int) -> GroupSlots:
+        groups = np.asarray(groups, dtype=np.int64)
+        size = np.bincount(groups, minlength=n_groups)[:n_groups]
+        K = max(1, int(size.max()) if size.size else 1)
+        order = np.argsort(groups, kind="stable")  # columns grouped, ascending inside each group
+        start = np.concatenate([[0], np.cumsum(size)[:-1]])
+        pos = np.arange(len(groups)) - start[groups[order]]
+        index = np.full((n_groups, K), len(groups), dtype=np.int64)
+        index[groups[order], pos] = order
+        return cls(torch.from_numpy(index), torch.from_numpy(size), len(groups))
+
+    @property
+    def width(self) -> int:
+        return int(self.index.shape[1])
+
+    def slot_major(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(columns (K * G,), is_pad (K * G,))``: the slots plane by plane (slot 0 of every group, then slot 1,
+        ...), so (n, K * G) values in this order reshape to (n, K, G) planes for :func:`plane_logsumexp`."""
+        flat = self.index.T.reshape(-1)
+        return flat.clamp(max=max(self.pad - 1, 0)), flat == self.pad
+
+    def logsumexp(self, values: torch.Tensor) -> torch.Tensor:
+        """``logsumexp`` of every group's columns of ``values`` (n, C) -> (n, G) float64; empty groups: ``-inf``."""
+        n, (G, K) = values.shape[0], self.index.shape
+        cols, pads = self.slot_major()
+        v = values.index_select(1, cols).reshape(n, K, G)
+        if bool(pads.any()):
+            v.masked_fill_(pads.reshape(1, K, G), float("-inf"))
+        return plane_logsumexp(v)
+
+    def gather(
+        self, values: torch.Tensor, groups: torch.Tensor, rows: torch.Tensor | None = None, fill: float = float("-inf")
+    ) -> torch.Tensor:
+        """``values`` (N, C) at the slots of ``groups`` (n, M) group ids -> (n, M, K), pads set to ``fill``; row ``i``
+        of the result reads row ``rows[i]`` of ``values`` (default: row ``i``), without copying whole rows."""
+        n, M = groups.shape
+        idx = self.index[groups]  # (n, M, K)
+        safe = idx.clamp(max=max(self.pad - 1, 0))
+        if rows is None:
+            out = values.gather(1, safe.reshape(n, -1)).reshape(idx.shape)
+        else:
+            flat = rows.reshape(n, 1, 1) * values.shape[1] + safe
+            out = values.reshape(-1)[flat]
+        return out.masked_fill(idx == self.pad, fill)
+
+
+def plane_logsumexp(v: torch.Tensor) -> torch.Tensor:
+    """``logsumexp`` over dim 1 of (n, K, G) values laid out as K contiguous (n, G) planes -> (n, G) float64
+    (``-inf`` where a column is ``-inf`` in every plane). Reductions over K are elementwise on whole planes; they run
+    in the input's precision (float32 scores: float32 sums of at most K terms, the maximum exact), the log in float64.
+    """
+    top = v.amax(dim=1)
+    safe = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    z = (v - safe[:, None, :]).exp_().sum(dim=1)
+    return safe.double() + torch.log(z.double())

@@ -32,28 +32,86 @@ def mahalanobis_distances(stats: LDAStatistics, shrinkage: float) -> np.ndarray:
     return np.maximum(D, 0.0)
 
 
-def capped_linkage(dist: np.ndarray, max_size: int) -> np.ndarray:
-    """Single linkage in increasing ``dist`` order, never forming a group of more than ``max_size`` (labels (C,))."""
+def linkage_order(dist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs ``i < j`` of a (C, C) distance matrix in increasing distance (stable): the merge order of
+    :func:`capped_linkage`, shared by every size cap."""
+    iu, ju = np.triu_indices(dist.shape[0], 1)
+    o = np.argsort(dist[iu, ju], kind="stable")
+    return iu[o], ju[o]
+
+
+def capped_linkage(dist: np.ndarray, max_size: int, order: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Single linkage in increasing ``dist`` order, never forming a group of more than ``max_size`` (labels (C,)).
+
+    ``order``: :func:`linkage_order` of ``dist`` when already computed. The pairs are walked in blocks: a pair whose
+    ends were already in one group, or whose groups were already too large together, at the start of its block is
+    skipped without a Python step (groups only grow, so it would be rejected anyway); the walk stops once no two
+    groups fit together under the cap.
+    """
     C = dist.shape[0]
     if max_size < 1:
         raise ValueError(f"max_size must be >= 1, got {max_size}")
-    parent = np.arange(C)
+    comp = np.arange(C)
     size = np.ones(C, dtype=np.int64)
-
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = int(parent[a])
-        return a
-
+    members: dict[int, list[int]] = {i: [i] for i in range(C)}
     if C >= 2 and max_size >= 2:
-        iu, ju = np.triu_indices(C, 1)
-        for o in np.argsort(dist[iu, ju], kind="stable").tolist():
-            a, b = find(int(iu[o])), find(int(ju[o]))
-            if a != b and size[a] + size[b] <= max_size:
-                parent[b] = a
-                size[a] += size[b]
-    return canonical_labels(np.asarray([find(i) for i in range(C)]))
+        ii, jj = order if order is not None else linkage_order(dist)
+        pos, block = 0, 512
+        while pos < len(ii):
+            bi, bj = ii[pos : pos + block], jj[pos : pos + block]
+            ci, cj = comp[bi], comp[bj]
+            live = (ci != cj) & (size[ci] + size[cj] <= max_size)
+            for i, j in zip(bi[live].tolist(), bj[live].tolist()):
+                a, b = int(comp[i]), int(comp[j])
+                if a != b and size[a] + size[b] <= max_size:
+                    comp[members[b]] = a
+                    members[a] += members.pop(b)
+                    size[a] += size[b]
+            pos += block
+            block = min(2 * block, 1 << 16)
+            open_sizes = np.sort(size[list(members)])
+            if len(open_sizes) < 2 or open_sizes[0] + open_sizes[1] > max_size:
+                break
+    return canonical_labels(comp)
+
+
+def _projection(stats: LDAStatistics, shrinkage: float) -> np.ndarray:
+    """First two principal components of the SKU means in LDA space (randomised: only for the scatter plot)."""
+    Mz = (stats.means - stats.mu0) @ stats.whitener(shrinkage).T
+    centred = Mz - Mz.mean(axis=0, keepdims=True)
+    proj = np.zeros((stats.n_classes, 2), np.float32)
+    if stats.n_classes >= 3:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            u, sv, _ = torch.svd_lowrank(torch.from_numpy(centred), q=min(6, *centred.shape), niter=3)
+        proj = (u[:, :2] * sv[:2]).float().numpy()
+    return proj
+
+
+def confusion_superclasses_by_cap(
+    stats: LDAStatistics, classes: Sequence[str], max_sizes: Sequence[int], shrinkage: float
+) -> dict[int, Superclasses]:
+    """:func:`confusion_superclasses` for several size caps from one set of statistics (the distances, their
+    order and the 2-D layout are computed once): ``{max_size: Superclasses}``."""
+    names = [str(c) for c in classes]
+    if stats.n_classes != len(names):
+        raise EmbeddingInputError(f"stats cover {stats.n_classes} classes, the labels {len(names)}")
+    dist = mahalanobis_distances(stats, shrinkage)
+    order = linkage_order(dist)
+    proj = _projection(stats, shrinkage)
+    out = {}
+    for cap in dict.fromkeys(int(c) for c in max_sizes):
+        labels = capped_linkage(dist, cap, order)
+        out[cap] = Superclasses(
+            names,
+            labels,
+            int(labels.max()) + 1,
+            proj,
+            METHOD_CONFUSION,
+            f"pairwise LDA confusion (Mahalanobis distance of SKU means), superclasses of <= {cap}",
+            {"max_size": cap, "shrinkage": shrinkage},
+        )
+    return out
 
 
 def confusion_superclasses(
@@ -72,28 +130,14 @@ def confusion_superclasses(
     names = sorted(np.unique(y).tolist()) if classes is None else [str(c) for c in classes]
     if stats is None:
         stats = lda_statistics(X, encode_labels(y, names), len(names))
-    if stats.n_classes != len(names):
-        raise EmbeddingInputError(f"stats cover {stats.n_classes} classes, the labels {len(names)}")
-    dist = mahalanobis_distances(stats, shrinkage)
-    labels = capped_linkage(dist, max_size)
-    S = int(labels.max()) + 1
-    Mz = (stats.means - stats.mu0) @ stats.whitener(shrinkage).T
-    centred = Mz - Mz.mean(axis=0, keepdims=True)
-    proj = np.zeros((len(names), 2), np.float32)
-    if len(names) >= 3:  # first two principal components (randomised: the layout is only for the scatter plot)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            u, sv, _ = torch.svd_lowrank(torch.from_numpy(centred), q=min(6, *centred.shape), niter=3)
-        proj = (u[:, :2] * sv[:2]).float().numpy()
-    return Superclasses(
-        names,
-        labels,
-        S,
-        proj,
-        METHOD_CONFUSION,
-        f"pairwise LDA confusion (Mahalanobis distance of SKU means), superclasses of <= {max_size}",
-        {"max_size": max_size, "shrinkage": shrinkage},
-    )
+    return confusion_superclasses_by_cap(stats, names, (max_size,), shrinkage)[int(max_size)]
 
 
-__all__ = ["METHOD_CONFUSION", "capped_linkage", "confusion_superclasses", "mahalanobis_distances"]
+__all__ = [
+    "METHOD_CONFUSION",
+    "capped_linkage",
+    "confusion_superclasses",
+    "confusion_superclasses_by_cap",
+    "linkage_order",
+    "mahalanobis_distances",
+]

@@ -11,7 +11,7 @@ reorder candidates. Rows with fewer than k candidates are padded with label ``""
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,13 +19,13 @@ import torch
 
 from ._common import (
     EmbeddingInputError,
+    GroupSlots,
     Predictions,
     ProgressFn,
     batched_rows,
     check_embeddings,
     check_xy,
     encode_labels,
-    grouped_log_softmax,
     labels_from_indices,
     resolve_device,
     topk_stable,
@@ -129,40 +129,52 @@ class HierarchicalClassifier:
     # ------------------------------------------------------------------ inference
     def predict_topk(self, X: np.ndarray, k: int = 3, m: int | None = None) -> Predictions:
         """Top-k SKUs by ``p(superclass) * p(SKU | superclass)`` over the top-``m`` superclasses."""
-        X = check_embeddings(X, dim=self.dim)
         m = self.m if m is None else int(m)
-        if m < 1 or k < 1:
-            raise ValueError(f"need k >= 1 and m >= 1, got k={k}, m={m}")
-        m = min(m, self.n_superclasses)
+        return self.predict_topk_widths(X, k, (m,))[m]
+
+    def predict_topk_widths(self, X: np.ndarray, k: int, widths: Sequence[int]) -> dict[int, Predictions]:
+        """:meth:`predict_topk` for several routing widths at once (the stages score every row once): ``{m: ...}``."""
+        X = check_embeddings(X, dim=self.dim)
+        widths = [int(m) for m in widths]
+        if k < 1 or any(m < 1 for m in widths):
+            raise ValueError(f"need k >= 1 and m >= 1, got k={k}, m={widths}")
+        S = self.n_superclasses
         kk = min(k, len(self.classes))
         sc = torch.from_numpy(self.sc_of_index)
-        labels, scores, top_sc, coarse_all = [], [], [], []
+        parts: dict[int, list[tuple]] = {m: [] for m in widths}
+        coarse_all = []
         for sl in batched_rows(len(X), ROW_BATCH):
             coarse_logp = torch.log_softmax(self.coarse.logits(X[sl]).double(), dim=1)
             coarse_p = coarse_logp.exp()
-            cond_log = grouped_log_softmax(self.fine.class_logits(X[sl]).double(), sc, self.n_superclasses)
-            _, routed_sc = topk_stable(coarse_p, m)
-            routed = torch.zeros_like(coarse_p, dtype=torch.bool).scatter_(1, routed_sc, True)
-            cand = routed[:, sc]
-            key = coarse_logp[:, sc] + cond_log
-            key = key.masked_fill(~cand, float("-inf"))
-            vals, idx = topk_stable(key, kk)
-            valid = torch.gather(cand, 1, idx)
-            labels.append(labels_from_indices(idx.numpy(), valid.numpy(), self.classes))
-            scores.append(torch.where(valid, vals.exp(), torch.zeros_like(vals)).float().numpy())
-            top_sc.append(torch.where(valid[:, 0], sc[idx[:, 0]], torch.full_like(idx[:, 0], -1)).numpy())
+            fine_logits = self.fine.class_logits(X[sl])
+            found = routed_topk_widths(coarse_logp, coarse_p, fine_logits, self._slots(), list(parts), kk)
+            for m in parts:
+                vals, idx, valid = found[min(m, S)]
+                parts[m].append((idx, vals, valid))
             coarse_all.append(coarse_p.float().numpy())
-        lab, sco = np.concatenate(labels), np.concatenate(scores)
-        if kk < k:
-            lab = np.concatenate([lab, np.full((lab.shape[0], k - kk), "", dtype=lab.dtype)], axis=1)
-            sco = np.concatenate([sco, np.zeros((sco.shape[0], k - kk), np.float32)], axis=1)
-        return Predictions(
-            labels=lab,
-            scores=sco,
-            superclass=np.concatenate(top_sc),
-            coarse_proba=np.concatenate(coarse_all),
-            extra={"m": m},
-        )
+        coarse_proba = np.concatenate(coarse_all)
+        out = {}
+        for m, chunks in parts.items():
+            idx = torch.cat([c[0] for c in chunks])
+            vals = torch.cat([c[1] for c in chunks])
+            valid = torch.cat([c[2] for c in chunks])
+            lab = labels_from_indices(idx.numpy(), valid.numpy(), self.classes)
+            sco = torch.where(valid, vals.exp(), torch.zeros_like(vals)).float().numpy()
+            top_sc = torch.where(valid[:, 0], sc[idx[:, 0].clamp(max=len(sc) - 1)], torch.full_like(idx[:, 0], -1))
+            if kk < k:
+                lab = np.concatenate([lab, np.full((lab.shape[0], k - kk), "", dtype=lab.dtype)], axis=1)
+                sco = np.concatenate([sco, np.zeros((sco.shape[0], k - kk), np.float32)], axis=1)
+            out[m] = Predictions(
+                labels=lab, scores=sco, superclass=top_sc.numpy(), coarse_proba=coarse_proba, extra={"m": min(m, S)}
+            )
+        return out
+
+    def _slots(self) -> GroupSlots:
+        slots = self.__dict__.get("_group_slots")
+        if slots is None:
+            slots = GroupSlots.of(self.sc_of_index, self.n_superclasses)
+            self.__dict__["_group_slots"] = slots
+        return slots
 
     # ------------------------------------------------------------------ new SKUs without retraining
     def add_classes(self, X_new: np.ndarray, y_new: np.ndarray, attach: str = "coarse") -> AddClassesResult:
@@ -261,6 +273,103 @@ class HierarchicalClassifier:
             raise ModelFormatError(f"{where}: {exc}") from exc
 
 
+#: Widths up to this share one scoring of their top superclasses in :func:`routed_topk_widths`; wider ones extend it.
+SHARED_WIDTH = 16
+
+
+def _scored(
+    lp_top: torch.Tensor, groups: torch.Tensor, fine_logits: torch.Tensor, slots: GroupSlots, rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The keys of the SKUs of each row's first ``M`` routed superclasses (``groups`` (r, M), their log-probabilities
+    ``lp_top``; ``rows`` index ``fine_logits``), best first (ties: the lower SKU id): ``(keys, SKU ids, routing
+    position of their superclass)``, each (r, M * K); pads: ``-inf`` / ``pad``."""
+    M = groups.shape[1]
+    cond = torch.log_softmax(slots.gather(fine_logits, groups, rows=rows).double(), dim=2)
+    cls = slots.index[groups]
+    key = (lp_top[:, :, None] + cond).masked_fill(cls == slots.pad, float("-inf")).reshape(len(rows), -1)
+    cls = cls.reshape(len(rows), -1)
+    pos = torch.arange(M).repeat_interleave(slots.width).expand(len(rows), -1)
+    by_id = torch.argsort(cls, dim=1, stable=True)  # ties of the key then fall to the lower SKU id
+    key, cls, pos = key.gather(1, by_id), cls.gather(1, by_id), pos.gather(1, by_id)
+    _, best = torch.sort(key, dim=1, descending=True, stable=True)
+    return key.gather(1, best), cls.gather(1, best), pos.gather(1, best)
+
+
+def _first_k(keys: torch.Tensor, ids: torch.Tensor, take: torch.Tensor, k: int, pad: int):  # type: ignore[no-untyped-def]
+    """The first ``k`` entries of each row where ``take`` holds (rows are best first): keys, ids (pads after)."""
+    L = keys.shape[1]
+    where = torch.where(take, -torch.arange(L, dtype=torch.float32).expand_as(keys), float(-L - 1))
+    first, at = torch.topk(where, min(k, L), dim=1)  # distinct values: the first positions, in order
+    found = first > -L - 1
+    out_keys = torch.where(found, keys.gather(1, at), float("-inf"))
+    out_ids = torch.where(found, ids.gather(1, at), pad)
+    if k > L:
+        out_keys = torch.cat([out_keys, torch.full((len(keys), k - L), float("-inf"), dtype=keys.dtype)], 1)
+        out_ids = torch.cat([out_ids, torch.full((len(keys), k - L), pad, dtype=ids.dtype)], 1)
+    return out_keys, out_ids
+
+
+def routed_topk_widths(
+    coarse_logp: torch.Tensor,
+    coarse_p: torch.Tensor,
+    fine_logits: torch.Tensor,
+    slots: GroupSlots,
+    widths: Sequence[int],
+    k: int,
+) -> dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Exact top-``k`` of ``key_c = log p(s(c)) + log p(c | s(c))`` over the SKUs of the top-``m`` superclasses, for
+    every routing width ``m`` of ``widths``: ``{m: (keys (n, k) float64, SKU ids (n, k), valid (n, k))}``.
+
+    ``coarse_logp`` (n, S) float64 superclass log-probabilities and ``coarse_p`` their ``exp`` (routing ranks
+    superclasses by it, ties to the lower id), ``fine_logits`` (n, C) the fine head's scores, ``slots`` the SKUs of
+    each superclass. Ties go to the lower SKU id (the order of a stable sort over all SKUs). The SKUs of the first
+    ``M`` routed superclasses are scored once for all widths up to ``M``; a wider ``m`` extends ``M`` (doubling)
+    only for the rows where a superclass beyond it could still enter the top-k: ``key_c <= log p(s(c))`` since
+    ``log p(c | s) <= 0``, so the k-th key found must beat the best log-probability left out. The cost is
+    ``n x M x K``, not ``n x C``.
+    """
+    n, S = coarse_logp.shape
+    widths = sorted({min(max(1, int(m)), S) for m in widths})
+    everyone = torch.arange(n)
+    M = min(S, max([m for m in widths if m <= SHARED_WIDTH] + [min(max(4, k), S)]))
+    _, groups = topk_stable(coarse_p, M)
+    keys, ids, pos = _scored(coarse_logp.gather(1, groups), groups, fine_logits, slots, everyone)
+    out = {}
+    for m in widths:
+        if m <= M:
+            vals, top = _first_k(keys, ids, (pos < m) & (ids != slots.pad), k, slots.pad)
+            out[m] = (vals, top, top != slots.pad)
+            continue
+        vals, top = _first_k(keys, ids, ids != slots.pad, k, slots.pad)
+        todo, seen, width = everyone, groups, M
+        while todo.numel() and width < m:
+            # the best log-probability among the superclasses not scored yet (an upper bound of their keys)
+            left_out = torch.ones((len(todo), S), dtype=torch.bool).scatter_(1, seen, False)
+            bound = coarse_logp[todo].masked_fill(~left_out, float("-inf")).max(dim=1).values
+            keep = ~(vals[todo, -1] > bound)  # rows whose k-th key a left-out superclass could still beat
+            todo = todo[keep]
+            if not todo.numel():
+                break
+            width = min(m, 2 * width)
+            _, seen = topk_stable(coarse_p[todo], width)
+            chunk = max(1, (1 << 22) // max(1, width * slots.width))
+            for a in range(0, todo.numel(), chunk):
+                r, g = todo[a : a + chunk], seen[a : a + chunk]
+                kr, ir, _ = _scored(coarse_logp[r].gather(1, g), g, fine_logits, slots, r)
+                vals[r], top[r] = _first_k(kr, ir, ir != slots.pad, k, slots.pad)
+        out[m] = (vals, top, top != slots.pad)
+    return out
+
+
+def routed_topk(
+    coarse_logp: torch.Tensor, coarse_p: torch.Tensor, fine_logits: torch.Tensor, slots: GroupSlots, m: int, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`routed_topk_widths` for one width: ``(keys, SKU ids, valid)``."""
+    return routed_topk_widths(coarse_logp, coarse_p, fine_logits, slots, (m,), k)[
+        min(max(1, int(m)), coarse_p.shape[1])
+    ]
+
+
 def _unit(a: np.ndarray) -> np.ndarray:
     return a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
 
@@ -286,4 +395,11 @@ def train_hierarchical(
     return HierarchicalClassifier(coarse, fine, used, m)
 
 
-__all__ = ["AddClassesResult", "HierarchicalClassifier", "train_hierarchical", "resolve_device"]
+__all__ = [
+    "AddClassesResult",
+    "HierarchicalClassifier",
+    "routed_topk",
+    "routed_topk_widths",
+    "train_hierarchical",
+    "resolve_device",
+]

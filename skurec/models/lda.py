@@ -13,20 +13,25 @@ no retraining: their row is ``P (mu_new - mu0)``.
 
 :class:`LDAStatistics` holds what every part of the hierarchy derives its parameters from (class means, counts, the
 eigendecomposition of ``Sw``); :func:`lda_statistics` computes it once and the router, the superclass builder and the
-specialists share it.
+specialists share it. :func:`statistics_files` / :func:`statistics_from_files` store it as safetensors + JSON (with
+the class list and a digest of the rows it was computed on, so a consumer can refuse statistics of other data).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from ._common import batched_rows
+from ._common import EmbeddingInputError, batched_rows, check_xy, encode_labels, one_thread
 from .prototypes import class_sums
+from .serialization import ModelFormatError, pack, read_config, require, unpack
 
 ROW_BATCH = 16384
+STATS_KIND = "lda_statistics"
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,9 @@ class LDAStatistics:
     counts: np.ndarray
     evals: np.ndarray
     evecs: np.ndarray
+    # derived arrays by shrinkage (the statistics never change, so the router, the specialists and every size cap of
+    # the search share one precision / one set of rows per shrinkage)
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def dim(self) -> int:
@@ -63,8 +71,23 @@ class LDAStatistics:
         return (self.evecs / np.sqrt(self.shrunk_evals(shrinkage))[None, :]).T
 
     def precision(self, shrinkage: float) -> np.ndarray:
-        """``Sigma(shrinkage)^-1`` (d, d)."""
-        return (self.evecs / self.shrunk_evals(shrinkage)[None, :]) @ self.evecs.T
+        """``Sigma(shrinkage)^-1`` (d, d) (an ``O(d^3)`` product, once per shrinkage: :meth:`rows` does not need it)."""
+        key = ("precision", float(shrinkage))
+        if key not in self._cache:
+            self._cache[key] = (self.evecs / self.shrunk_evals(shrinkage)[None, :]) @ self.evecs.T
+        return self._cache[key].copy()
+
+    def rows(self, shrinkage: float) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`lda_rows` of the class means under ``Sigma(shrinkage)``, float32, through the eigenvectors
+        (``O(C d^2)``: the precision is never formed)."""
+        key = ("rows", float(shrinkage))
+        if key not in self._cache:
+            D = self.means - self.mu0[None, :]
+            W = ((D @ self.evecs) / self.shrunk_evals(shrinkage)[None, :]) @ self.evecs.T
+            b = -0.5 * np.einsum("cd,cd->c", W, D) - W @ self.mu0
+            self._cache[key] = (W.astype(np.float32), b.astype(np.float32))
+        W, b = self._cache[key]
+        return W.copy(), b.copy()
 
 
 def lda_statistics(X: np.ndarray, codes: np.ndarray, n_classes: int) -> LDAStatistics:
@@ -83,8 +106,56 @@ def lda_statistics(X: np.ndarray, codes: np.ndarray, n_classes: int) -> LDAStati
         R = torch.from_numpy(X[sl]) - Mt[torch.from_numpy(codes[sl])]
         Sw += (R.T @ R).double()
     Sw /= max(1, n - int((counts > 0).sum()))
-    evals, evecs = torch.linalg.eigh(Sw)
+    with one_thread():  # LAPACK's tridiagonal reduction: many short parallel regions (see one_thread)
+        evals, evecs = torch.linalg.eigh(Sw)
     return LDAStatistics(mu0, means, counts, evals.clamp(min=0).numpy(), evecs.numpy())
+
+
+def fit_lda_statistics(X: np.ndarray, y: np.ndarray) -> tuple[list[str], LDAStatistics]:
+    """``(sorted classes of y, lda_statistics of (X, y))`` for validated embeddings and SKU ids."""
+    X, y = check_xy(X, y)
+    classes = sorted(np.unique(y).tolist())
+    return classes, lda_statistics(X, encode_labels(y, classes), len(classes))
+
+
+def rows_sha256(X: np.ndarray, y: np.ndarray) -> str:
+    """Digest of a training set's rows (float32 embeddings, labels, in order): what statistics were computed on."""
+    h = hashlib.sha256()
+    Xc = np.ascontiguousarray(X, dtype=np.float32)
+    h.update(f"{Xc.shape}".encode())
+    h.update(memoryview(Xc).cast("B"))
+    h.update("\0".join(np.asarray(y).astype(str).tolist()).encode("utf-8"))
+    return h.hexdigest()
+
+
+def statistics_files(stats: LDAStatistics, classes: Sequence[str], rows_digest: str) -> dict[str, bytes]:
+    """``stats`` as ``config.json`` (class list, width, ``rows_sha256``) + ``tensors.safetensors`` (float64)."""
+    if len(classes) != stats.n_classes:
+        raise EmbeddingInputError(f"{len(classes)} class names for statistics of {stats.n_classes} classes")
+    config = {"classes": [str(c) for c in classes], "dim": stats.dim, "rows_sha256": str(rows_digest)}
+    tensors = {
+        "mu0": np.asarray(stats.mu0, np.float64),
+        "means": np.asarray(stats.means, np.float64),
+        "counts": np.asarray(stats.counts, np.int64),
+        "evals": np.asarray(stats.evals, np.float64),
+        "evecs": np.asarray(stats.evecs, np.float64),
+    }
+    return pack(STATS_KIND, config, tensors)
+
+
+def statistics_from_files(files: Mapping[str, bytes]) -> tuple[LDAStatistics, list[str], str]:
+    """``(stats, classes, rows_sha256)`` from :func:`statistics_files` output (:class:`ModelFormatError` if bad)."""
+    raw = read_config(files, kind=STATS_KIND)
+    where = f"{STATS_KIND} config.json"
+    classes = [str(c) for c in require(raw, "classes", list, where)]
+    d = require(raw, "dim", int, where)
+    C = len(classes)
+    expected = {"mu0": (d,), "means": (C, d), "counts": (C,), "evals": (d,), "evecs": (d, d)}
+    config, t = unpack(files, STATS_KIND, expected_shapes=expected)
+    if set(t) != set(expected):
+        raise ModelFormatError(f"{STATS_KIND} tensors {sorted(t)} differ from the expected {sorted(expected)}")
+    stats = LDAStatistics(*(t[k].numpy() for k in ("mu0", "means", "counts", "evals", "evecs")))
+    return stats, classes, require(config, "rows_sha256", str, where)
 
 
 def lda_rows(means: np.ndarray, mu0: np.ndarray, precision: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -96,14 +167,22 @@ def lda_rows(means: np.ndarray, mu0: np.ndarray, precision: np.ndarray) -> tuple
 
 
 def linear_scores(X: np.ndarray, W: np.ndarray, b: np.ndarray) -> torch.Tensor:
-    """``X W' + b`` (n, C) float32 on CPU, in bounded-memory batches."""
+    """``X W' + b`` (n, C) float32 on CPU, in bounded-memory batches written into one output (no concatenation)."""
     Wt = torch.from_numpy(np.ascontiguousarray(W, dtype=np.float32)).T
     bt = torch.from_numpy(np.asarray(b, dtype=np.float32))
-    out = [
-        torch.from_numpy(np.ascontiguousarray(X[sl], dtype=np.float32)) @ Wt + bt
-        for sl in batched_rows(len(X), ROW_BATCH)
-    ]
-    return torch.cat(out, 0) if out else torch.zeros((0, W.shape[0]))
+    out = torch.empty((len(X), W.shape[0]), dtype=torch.float32)
+    for sl in batched_rows(len(X), ROW_BATCH):
+        torch.addmm(bt, torch.from_numpy(np.ascontiguousarray(X[sl], dtype=np.float32)), Wt, out=out[sl])
+    return out
 
 
-__all__ = ["LDAStatistics", "lda_rows", "lda_statistics", "linear_scores"]
+__all__ = [
+    "LDAStatistics",
+    "fit_lda_statistics",
+    "lda_rows",
+    "lda_statistics",
+    "linear_scores",
+    "rows_sha256",
+    "statistics_files",
+    "statistics_from_files",
+]

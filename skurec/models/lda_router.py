@@ -24,10 +24,12 @@ import torch
 
 from ._common import (
     EmbeddingInputError,
+    GroupSlots,
     check_embeddings,
     check_xy,
     encode_labels,
     jsonable,
+    plane_logsumexp,
     resolve_device,
     superclass_targets,
     topk_stable,
@@ -40,9 +42,19 @@ SHRINKAGE_GRID = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7)
 TEMPERATURE_GRID = tuple(float(t) for t in np.geomspace(0.05, 20.0, 41))
 
 
-def group_logsumexp(logits: torch.Tensor, groups: torch.Tensor, n_groups: int) -> torch.Tensor:
-    """``logsumexp`` of the columns of every group (n, C) -> (n, n_groups); empty groups give ``-inf``."""
+def group_logsumexp(
+    logits: torch.Tensor, groups: torch.Tensor, n_groups: int, slots: GroupSlots | None = None
+) -> torch.Tensor:
+    """``logsumexp`` of the columns of every group (n, C) -> (n, n_groups) float64; empty groups give ``-inf``.
+
+    ``slots``: the :class:`~skurec.models._common.GroupSlots` of ``groups`` (built here when not given); while the
+    padded layout is at most twice the columns (groups of bounded size) the reduction runs on it, else by scatter.
+    """
     n = logits.shape[0]
+    slots = slots if slots is not None else GroupSlots.of(groups.numpy(), n_groups)
+    if n_groups * slots.width <= 2 * max(1, logits.shape[1]):
+        return slots.logsumexp(logits)
+    logits = logits.double()
     idx = groups.unsqueeze(0).expand(n, -1)
     gmax = torch.full((n, n_groups), float("-inf"), dtype=logits.dtype).scatter_reduce(
         1, idx, logits, reduce="amax", include_self=True
@@ -98,6 +110,7 @@ class LDARouter:
         self.shrinkage = float(shrinkage)
         self.metrics: dict[str, Any] = dict(metrics or {})
         self.device = resolve_device(device)
+        self._slot_rows: tuple | None = None  # (W, b, slots) arranged slot-major for logits(), built on first use
 
     # ------------------------------------------------------------------ inference
     def class_logits(self, X: np.ndarray) -> torch.Tensor:
@@ -106,9 +119,26 @@ class LDARouter:
         return linear_scores(X, self.W, self.b)
 
     def logits(self, X: np.ndarray) -> torch.Tensor:
-        """Superclass logits (n, S) float64: ``logsumexp`` of member SKU scores, divided by the temperature."""
-        g = self.class_logits(X).double()
-        return group_logsumexp(g, torch.from_numpy(self.sc_of_index), self.n_superclasses) / self.temperature
+        """Superclass logits (n, S) float64: ``logsumexp`` of member SKU scores, divided by the temperature.
+
+        On superclasses of bounded size the SKU rows are pre-arranged slot by slot (pads: zero row, bias ``-inf``), so
+        one matrix product yields the scores as (n, K, S) planes for :func:`~skurec.models._common.plane_logsumexp`.
+        """
+        X = check_embeddings(X, dim=self.dim)
+        if self._slot_rows is None:
+            slots = GroupSlots.of(self.sc_of_index, self.n_superclasses)
+            self._slot_rows = (None, None, slots)
+            if self.n_superclasses * slots.width <= 2 * max(1, len(self.classes)):
+                cols, pads = (t.numpy() for t in slots.slot_major())
+                W, b = self.W[cols].copy(), self.b[cols].copy()
+                W[pads], b[pads] = 0.0, float("-inf")
+                self._slot_rows = (W, b, slots)
+        W, b, slots = self._slot_rows
+        if W is None:
+            lse = group_logsumexp(self.class_logits(X), torch.from_numpy(self.sc_of_index), self.n_superclasses, slots)
+        else:
+            lse = plane_logsumexp(linear_scores(X, W, b).reshape(len(X), slots.width, self.n_superclasses))
+        return lse / self.temperature
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Superclass probabilities (n, S) float32 (a superclass without SKUs gets 0)."""
@@ -209,15 +239,48 @@ class LDARouter:
 
 
 def fit_temperature(logits: torch.Tensor, targets: np.ndarray, grid: tuple[float, ...] = TEMPERATURE_GRID) -> float:
-    """The ``T`` of ``grid`` minimising the mean NLL of ``softmax(logits / T)`` at ``targets`` (1-D search)."""
+    """The ``T`` of ``grid`` minimising the mean NLL of ``softmax(logits / T)`` at ``targets`` (ties: the first).
+
+    The NLL is convex in ``1 / T`` (a log-sum-exp of linear functions minus a linear one), so along an increasing
+    grid it falls, then rises: on such a grid the minimum is found by bisecting the sign of the next step
+    (``O(log |grid|)`` evaluations instead of one per grid point); any other grid is scanned.
+    """
     t = torch.from_numpy(np.asarray(targets, dtype=np.int64))
     L = logits.double()
+    nll: dict[int, float] = {}
+
+    def f(j: int) -> float:
+        if j not in nll:
+            nll[j] = float(torch.nn.functional.cross_entropy(L / grid[j], t))
+        return nll[j]
+
+    if len(grid) > 3 and all(a < b for a, b in zip(grid, grid[1:])):
+        lo, hi = 0, len(grid) - 1  # first j with f(j + 1) >= f(j) (hi = the last point: none)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if f(mid + 1) >= f(mid):
+                hi = mid
+            else:
+                lo = mid + 1
+        return float(grid[lo])
     best, best_nll = 1.0, float("inf")
-    for T in grid:
-        nll = float(torch.nn.functional.cross_entropy(L / T, t))
-        if nll < best_nll:
-            best, best_nll = float(T), nll
+    for j, T in enumerate(grid):
+        if f(j) < best_nll:
+            best, best_nll = float(T), f(j)
     return best
+
+
+def choose_shrinkage(
+    stats: LDAStatistics, X_val: np.ndarray, codes_val: np.ndarray, grid: tuple[float, ...] = SHRINKAGE_GRID
+) -> tuple[float, float, dict[float, float]]:
+    """The LDA shrinkage of ``grid`` with the best validation SKU top-1 (ties: the first):
+    ``(shrinkage, its top-1, {shrinkage: top-1})``. ``codes_val``: class indices of the validation rows."""
+    by_lam: dict[float, float] = {}
+    for lam in grid:
+        W, b = stats.rows(lam)
+        by_lam[lam] = float((linear_scores(X_val, W, b).argmax(1).numpy() == codes_val).mean())
+    best = max(grid, key=lambda lam: (by_lam[lam], -grid.index(lam)))
+    return float(best), by_lam[best], by_lam
 
 
 def train_lda_router(
@@ -258,24 +321,23 @@ def train_lda_router(
         raise EmbeddingInputError("stats were computed for another class list or embedding width")
     metrics: dict[str, Any] = {}
     grid = (shrinkage,) if shrinkage is not None else (SHRINKAGE_GRID if has_val else (0.5,))
-    best: tuple[float, float, np.ndarray, np.ndarray] | None = None
-    for lam in grid:
-        W, b = lda_rows(stats.means, stats.mu0, stats.precision(lam))
-        score = float((linear_scores(X_val, W, b).argmax(1).numpy() == cv).mean()) if has_val else 0.0
-        metrics[f"val_sku_top1_shrinkage_{lam:g}"] = score if has_val else None
-        if best is None or score > best[0]:
-            best = (score, lam, W, b)
-    assert best is not None
-    _, lam, W, b = best
+    if has_val:
+        lam, best_top1, by_lam = choose_shrinkage(stats, X_val, cv, grid)
+        metrics.update({f"val_sku_top1_shrinkage_{k:g}": v for k, v in by_lam.items()})
+    else:
+        lam, best_top1 = grid[0], None
+    W, b = stats.rows(lam)
     router = LDARouter(classes, W, b, sc, S, stats.precision(lam), stats.mu0, 1.0, lam, device=device)
     if has_val:
-        T = fit_temperature(router.logits(X_val), sc[cv])
+        L = router.logits(X_val)  # at temperature 1
+        T = fit_temperature(L, sc[cv])
         router.temperature = T
-        top, _ = router.predict_topk(X_val, min(5, S))
+        proba = torch.softmax(L / T, dim=1).float()  # what predict_proba returns at temperature T
+        top = topk_stable(proba, min(5, S))[1].numpy()
         metrics.update(
             {
                 "temperature": T,
-                "val_sku_top1": best[0],
+                "val_sku_top1": best_top1,
                 **{f"val_top{k}": float((top[:, :k] == sc[cv][:, None]).any(1).mean()) for k in (1, 3, 5) if k <= S},
             }
         )
@@ -283,4 +345,4 @@ def train_lda_router(
     return router
 
 
-__all__ = ["LDARouter", "fit_temperature", "group_logsumexp", "train_lda_router"]
+__all__ = ["LDARouter", "choose_shrinkage", "fit_temperature", "group_logsumexp", "train_lda_router"]

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._common import EmbeddingInputError, check_xy, encode_labels
-from .confusion_superclasses import confusion_superclasses
+from ._common import EmbeddingInputError, check_xy, encode_labels, one_thread
+from .confusion_superclasses import confusion_superclasses_by_cap
 from .hierarchical import HierarchicalClassifier
-from .lda import lda_statistics
-from .lda_router import train_lda_router
+from .lda import LDAStatistics, lda_statistics
+from .lda_router import SHRINKAGE_GRID, choose_shrinkage, train_lda_router
 from .specialists import SpecialistConfig, train_specialists
 from .superclasses import Superclasses
 
@@ -38,15 +38,36 @@ class SpecialistHierarchyConfig:
 
 @dataclass
 class SpecialistHierarchy:
-    """The trained model, its superclasses and what validation chose (``report``)."""
+    """The trained model, its superclasses, what validation chose (``report``) and the LDA statistics every stage
+    was derived from (``stats``, for ``model.classes``: the pipeline stores them for the router and specialist refits).
+    """
 
     model: HierarchicalClassifier
     superclasses: Superclasses
     report: dict[str, Any]
+    stats: LDAStatistics | None = None
 
 
-def _val_top1(model: HierarchicalClassifier, X: np.ndarray, y: np.ndarray, m: int) -> float:
-    return float(np.mean(model.predict_topk(X, k=1, m=m).labels[:, 0] == y))
+def route_width_scores(
+    model: HierarchicalClassifier, X_val: np.ndarray, y_val: np.ndarray, m_grid: tuple[int, ...]
+) -> tuple[dict[int, float], dict[int, float]]:
+    """Validation ``({m: top-1}, {m: top-3})`` for the widths of ``m_grid`` (capped at the number of superclasses)
+    and all superclasses, from one pass of the two stages over ``X_val``."""
+    n = model.n_superclasses
+    widths = sorted({min(int(m), n) for m in m_grid} | {n})
+    with one_thread():  # many small per-batch operations (see skurec.models._common.one_thread)
+        preds = model.predict_topk_widths(X_val, min(3, len(model.classes)), widths)
+    truth = np.asarray(y_val)[:, None]
+    top1 = {m: float(np.mean(preds[m].labels[:, 0] == y_val)) for m in widths}
+    top3 = {m: float(np.mean((preds[m].labels == truth).any(axis=1))) for m in widths}
+    return top1, top3
+
+
+def pick_route_m(top1: dict[int, float], top3: dict[int, float], tolerance: float) -> int:
+    """Among the widths whose top-1 is within ``tolerance`` of the best, the best top-3 (ties: the smallest)."""
+    best = max(top1.values())
+    eligible = [m for m in sorted(top1) if top1[m] >= best - tolerance]
+    return max(eligible, key=lambda m: (top3[m], -m))
 
 
 def choose_route_m(
@@ -59,17 +80,9 @@ def choose_route_m(
     """The routing width: among the widths of ``m_grid`` (and all superclasses) whose validation top-1 is within
     ``tolerance`` of the best, the one with the best validation top-3 (ties: the smallest, the cheapest); a hard
     split (m=1) ranks only one superclass's SKUs, so it can cost top-3 at no top-1 gain. Returns
-    ``(m, {m: val top-1})``."""
-    n = model.n_superclasses
-    widths = sorted({min(int(m), n) for m in m_grid} | {n})
-    top1, top3 = {}, {}
-    for m in widths:
-        labels = model.predict_topk(X_val, k=min(3, len(model.classes)), m=m).labels
-        top1[m] = float(np.mean(labels[:, 0] == y_val))
-        top3[m] = float(np.mean((labels == np.asarray(y_val)[:, None]).any(axis=1)))
-    best = max(top1.values())
-    eligible = [m for m in widths if top1[m] >= best - tolerance]
-    return max(eligible, key=lambda m: (top3[m], -m)), top1
+    ``(m, {m: val top-1})``; every width is scored from one pass of the two stages over ``X_val``."""
+    top1, top3 = route_width_scores(model, X_val, y_val, m_grid)
+    return pick_route_m(top1, top3, tolerance), top1
 
 
 def train_specialist_hierarchy(
@@ -79,9 +92,22 @@ def train_specialist_hierarchy(
     y_val: np.ndarray,
     config: SpecialistHierarchyConfig | None = None,
     device: str | torch.device | None = None,
+    stats: LDAStatistics | None = None,
 ) -> SpecialistHierarchy:
-    """Fit and select the whole hierarchy on ``(X, y)`` with validation ``(X_val, y_val)`` (module docstring)."""
+    """Fit and select the whole hierarchy on ``(X, y)`` with validation ``(X_val, y_val)`` (module docstring).
+
+    ``stats``: precomputed :func:`~skurec.models.lda.lda_statistics` of ``(X, sorted classes of y)``. The report's
+    ``stage_seconds`` says where the time went."""
     t0 = time.perf_counter()
+    clock = t0
+    seconds: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[name] = round(seconds.get(name, 0.0) + now - clock, 3)
+        clock = now
+
     config = config or SpecialistHierarchyConfig()
     X, y = check_xy(X, y)
     X_val, y_val = check_xy(X_val, y_val, dim=X.shape[1], prefix="val ")
@@ -89,28 +115,32 @@ def train_specialist_hierarchy(
     unknown = sorted(set(np.unique(y_val).tolist()) - set(classes))
     if unknown:
         raise EmbeddingInputError(f"validation SKUs without training images: {unknown[:5]}")
-    stats = lda_statistics(X, encode_labels(y, classes), len(classes))
+    if stats is None:
+        stats = lda_statistics(X, encode_labels(y, classes), len(classes))
+    elif stats.n_classes != len(classes) or stats.dim != X.shape[1]:
+        raise EmbeddingInputError("stats were computed for another class list or embedding width")
     t_stats = time.perf_counter() - t0
-    # shrinkage first (superclass-independent: the router's SKU top-1 does not depend on the grouping)
-    probe = train_lda_router(
-        X, y, {c: 0 for c in classes}, X_val, y_val, shrinkage=config.shrinkage, stats=stats, device=device
-    )
-    lam = float(probe.shrinkage)
-    report: dict[str, Any] = {
-        "shrinkage": lam,
-        "val_flat_lda_top1": probe.metrics.get("val_sku_top1"),
-        "candidates": [],
-    }
+    lap("stats")
+    # shrinkage first (superclass-independent: the global SKU scorer's top-1 does not depend on the grouping)
+    grid = (config.shrinkage,) if config.shrinkage is not None else SHRINKAGE_GRID
+    lam, flat_top1, _ = choose_shrinkage(stats, X_val, encode_labels(y_val, classes, "y_val"), grid)
+    report: dict[str, Any] = {"shrinkage": lam, "val_flat_lda_top1": flat_top1, "candidates": []}
+    lap("shrinkage")
+    by_cap = confusion_superclasses_by_cap(stats, classes, config.max_sizes, lam)
+    lap("superclasses")
     best: tuple[float, int, Any] | None = None
-    for cap in config.max_sizes:
-        sc = confusion_superclasses(X, y, max_size=cap, shrinkage=lam, stats=stats, classes=classes)
+    for cap, sc in by_cap.items():
         sc_map = sc.superclass_of_class()
         router = train_lda_router(
             X, y, sc_map, X_val, y_val, shrinkage=lam, n_superclasses=sc.n_superclasses, stats=stats, device=device
         )
+        lap("routers")
         spec = train_specialists(X, y, sc_map, router, X_val, y_val, config.specialists, stats=stats, device=device)
+        lap("specialists")
         model = HierarchicalClassifier(router, spec, sc_map, m=sc.n_superclasses)
-        score = _val_top1(model, X_val, y_val, sc.n_superclasses)
+        widths = route_width_scores(model, X_val, y_val, config.m_grid)  # the cap's score and its route-m search
+        score = widths[0][sc.n_superclasses]
+        lap("candidate_scores")
         report["candidates"].append(
             {
                 "max_size": cap,
@@ -122,10 +152,10 @@ def train_specialist_hierarchy(
             }
         )
         if best is None or score > best[0]:
-            best = (score, cap, (model, sc))
+            best = (score, cap, (model, sc, widths))
     assert best is not None
-    model, sc = best[2]
-    m_best, by_m = choose_route_m(model, X_val, y_val, config.m_grid, config.m_tolerance)
+    model, sc, (by_m, top3) = best[2]
+    m_best = pick_route_m(by_m, top3, config.m_tolerance)
     report.update(
         {
             "max_size": best[1],
@@ -136,10 +166,18 @@ def train_specialist_hierarchy(
             "beta": model.fine.beta,
             "temperature": model.coarse.temperature,
             "stats_seconds": round(t_stats, 3),
+            "stage_seconds": seconds,
             "train_seconds": round(time.perf_counter() - t0, 3),
         }
     )
-    return SpecialistHierarchy(model.with_m(m_best), sc, report)
+    return SpecialistHierarchy(model.with_m(m_best), sc, report, stats)
 
 
-__all__ = ["SpecialistHierarchy", "SpecialistHierarchyConfig", "choose_route_m", "train_specialist_hierarchy"]
+__all__ = [
+    "SpecialistHierarchy",
+    "SpecialistHierarchyConfig",
+    "choose_route_m",
+    "pick_route_m",
+    "route_width_scores",
+    "train_specialist_hierarchy",
+]

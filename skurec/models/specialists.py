@@ -31,13 +31,14 @@ import torch
 
 from ._common import (
     EmbeddingInputError,
+    GroupSlots,
     Predictions,
     check_embeddings,
     check_xy,
     encode_labels,
-    grouped_log_softmax,
     jsonable,
     labels_from_indices,
+    one_thread,
     resolve_device,
     superclass_targets,
     topk_stable,
@@ -335,12 +336,20 @@ class SpecialistHead:
             raise ModelFormatError(f"{where}: {exc}") from exc
 
 
+#: Elements per padded block (superclass batches, validation row chunks): bounds the memory of the vectorised steps.
+BLOCK_ELEMENTS = 1 << 22
+#: Subspace iterations and oversampling of the randomised top-``rank`` decomposition of each superclass's residuals.
+LOWRANK_NITER = 3
+LOWRANK_OVERSAMPLE = 8
+
+
 def _local_factors(
     Xs: np.ndarray, codes_s: np.ndarray, Mz: np.ndarray, H: torch.Tensor, mu0: torch.Tensor, rank: int, mix: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``rank`` eigenpairs of one superclass's within-class covariance in z-space -> ``(U (r, d), gamma (r,))``.
 
     ``Xs`` / ``codes_s``: the superclass's training rows and their class indices into ``Mz`` (class means, z-space).
+    One superclass at a time (the reference for :func:`local_factors`, which batches the same computation).
     """
     d = Xs.shape[1]
     U = np.zeros((rank, d), np.float32)
@@ -353,7 +362,7 @@ def _local_factors(
     # subspace iteration: O(n_s d r) instead of an n_s x n_s or d x d eigendecomposition)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        _, sv, V = torch.svd_lowrank(R, q=min(r + 8, min(R.shape)), niter=3)
+        _, sv, V = torch.svd_lowrank(R, q=min(r + LOWRANK_OVERSAMPLE, min(R.shape)), niter=LOWRANK_NITER)
     sv, V = sv[:r].double(), V[:, :r].double()
     keep = sv > 1e-6 * max(float(sv[0]), 1e-30)
     sv, V = sv[keep], V[:, keep]
@@ -361,6 +370,182 @@ def _local_factors(
     U[: V.shape[1]] = V.T.float().numpy()
     gam[: V.shape[1]] = (mix * lam / ((1 - mix) + mix * lam)).float().numpy()
     return U, gam
+
+
+def _lowrank_right_vectors(A: torch.Tensor, probe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.svd_lowrank`` of a batch, for the singular values and right singular vectors only.
+
+    ``A`` (B, m, n) float32 with ``m >= n`` rows (zero rows pad shorter members: they change neither the values nor
+    the right vectors), ``probe`` (B, n, q) the random start. Returns ``sv`` (B, q) and ``V`` (B, n, q); the same
+    steps as ``torch.svd_lowrank`` (Halko et al. subspace iteration, then an SVD of the projected matrix), batched.
+    """
+    Q = torch.linalg.qr(A @ probe).Q
+    for _ in range(LOWRANK_NITER):
+        Q = torch.linalg.qr(A.mT @ Q).Q
+        Q = torch.linalg.qr(A @ Q).Q
+    _, sv, Vh = torch.linalg.svd(Q.mT @ A, full_matrices=False)
+    return sv, Vh.mT
+
+
+def _lowrank_left_vectors(At: torch.Tensor, probe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same for the transposed case of ``torch.svd_lowrank`` (fewer rows than columns): ``At`` (B, n, m) is the
+    transpose (zero columns pad shorter members, ``probe`` (B, m, q) zero rows there); returns ``sv`` and the left
+    singular vectors of ``At`` (B, n, q), i.e. the right singular vectors of the residuals."""
+    Q = torch.linalg.qr(At @ probe).Q
+    for _ in range(LOWRANK_NITER):
+        Q = torch.linalg.qr(At.mT @ Q).Q
+        Q = torch.linalg.qr(At @ Q).Q
+    Ub, sv, _ = torch.linalg.svd(Q.mT @ At, full_matrices=False)
+    return sv, Q @ Ub
+
+
+def local_factors(
+    X: np.ndarray,
+    codes: np.ndarray,
+    sc: np.ndarray,
+    n_superclasses: int,
+    Mz: np.ndarray,
+    H: np.ndarray,
+    mu0: np.ndarray,
+    rank: int,
+    mix: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(local_U (S, rank, d), local_gamma (S, rank))`` of every superclass (fewer than 2 rows: zeros).
+
+    :func:`_local_factors` of every superclass, batched: superclasses with the same shape of problem (the same
+    subspace size, more rows than the width or not) and similar row counts are zero-padded to one block and
+    decomposed together (the random start of each is the one ``torch.svd_lowrank`` draws for it under seed 0), so the
+    cost is a few batched matrix products and QR factorisations per block instead of a loop over superclasses.
+    """
+    S, d = int(n_superclasses), X.shape[1]
+    local_U = np.zeros((S, rank, d), np.float32)
+    local_gamma = np.zeros((S, rank), np.float32)
+    row_sc = sc[codes]
+    order = np.argsort(row_sc, kind="stable")  # rows grouped by superclass: one slice each, X never copied whole
+    bounds = np.searchsorted(row_sc[order], np.arange(S + 1))
+    n_rows = np.diff(bounds)
+    Hf = torch.from_numpy(np.ascontiguousarray(H, dtype=np.float32))
+    mu0f = torch.from_numpy(np.asarray(mu0, dtype=np.float32))
+    Mzf = torch.from_numpy(np.asarray(Mz, dtype=np.float32))
+    probes: dict[tuple[int, int], torch.Tensor] = {}
+
+    def probe(n: int, q: int) -> torch.Tensor:  # what svd_lowrank draws first after torch.manual_seed(0)
+        if (n, q) not in probes:
+            probes[(n, q)] = torch.randn(n, q, generator=torch.Generator().manual_seed(0))
+        return probes[(n, q)]
+
+    kinds: dict[tuple[bool, int], list[int]] = {}
+    for s in np.argsort(n_rows, kind="stable").tolist():
+        n_s = int(n_rows[s])
+        if n_s >= 2:
+            q = min(min(rank, n_s, d) + LOWRANK_OVERSAMPLE, n_s, d)
+            kinds.setdefault((n_s < d, q), []).append(s)
+    for (wide, q), members in kinds.items():
+        i = 0
+        while i < len(members):  # ascending row counts: each block is padded to its last member
+            j = i + 1
+            while j < len(members) and (j - i + 1) * int(n_rows[members[j]]) * d <= BLOCK_ELEMENTS:
+                j += 1
+            block = members[i:j]
+            counts = n_rows[block]
+            n_max = int(counts[-1])
+            # every member's residual rows z - m_c (z = H (x - mu0)), from one product, placed in the padded block
+            rows = np.concatenate([order[bounds[s] : bounds[s + 1]] for s in block])
+            member = torch.from_numpy(np.repeat(np.arange(len(block)), counts))
+            pos = torch.from_numpy(np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts))
+            A = torch.zeros((len(block), n_max, d), dtype=torch.float32)
+            A[member, pos] = (torch.from_numpy(X[rows]) - mu0f) @ Hf.T - Mzf[torch.from_numpy(codes[rows])]
+            with one_thread():
+                if wide:
+                    start = torch.zeros((len(block), n_max, q), dtype=torch.float32)
+                    for b, n_s in enumerate(counts.tolist()):
+                        start[b, :n_s] = probe(n_s, q)
+                    sv, V = _lowrank_left_vectors(A.mT, start)
+                else:
+                    sv, V = _lowrank_right_vectors(A, probe(d, q).expand(len(block), d, q))
+            r = min(rank, q)
+            limit = torch.from_numpy(np.minimum(np.minimum(rank, counts), d))
+            sv, V = sv[:, :r].double(), V[:, :, :r].double()
+            # kept: the first min(rank, n_s, d) components above 1e-6 of the largest (a prefix: sv is descending)
+            keep = (sv > 1e-6 * sv[:, :1].clamp(min=1e-30)) & (torch.arange(r)[None, :] < limit[:, None])
+            lam = sv**2 / torch.from_numpy(counts).double()[:, None]
+            gam = torch.where(keep, mix * lam / ((1 - mix) + mix * lam), torch.zeros_like(lam))
+            U = torch.where(keep[:, :, None], V.transpose(1, 2), torch.zeros((), dtype=torch.float64))
+            local_U[block, :r] = U.float().numpy()
+            local_gamma[block, :r] = gam.float().numpy()
+            i = j
+    return local_U, local_gamma
+
+
+def search_beta(
+    G: torch.Tensor,
+    F: torch.Tensor,
+    route: torch.Tensor,
+    sc: np.ndarray,
+    n_superclasses: int,
+    targets: np.ndarray,
+    betas: Sequence[float],
+    scales: Sequence[float],
+) -> dict[tuple[float, float], tuple[float, float]]:
+    """Validation top-1 of the soft hierarchy over all superclasses and top-1 inside the true superclass, for every
+    specialist weight ``beta`` and scale: ``{(beta, scale): (top1, within_top1)}``, plus ``("global"|"specialist",
+    0)`` for each expert alone inside the true superclass.
+
+    ``G`` / ``F`` (n, C) the two experts' validation scores, ``route`` (n, S) float64 router log-probabilities. The
+    hierarchy's prediction is ``argmax_c route[s(c)] + log softmax_{c in s(c)} scale (G + beta F)_c`` (ties: the
+    lower SKU id). Only the superclasses that can hold it are scored: the best key inside ``s`` lies in
+    ``[route[s] - log |s|, route[s]]``, so a superclass whose ``route`` is below ``max_s (route[s] - log |s|)`` never
+    wins; on a calibrated router that is a handful per row, so the search costs ``n x M x K`` per grid point.
+    """
+    slots = GroupSlots.of(sc, n_superclasses)
+    n = route.shape[0]
+    cv = torch.as_tensor(targets, dtype=torch.long)
+    true_sc = torch.from_numpy(sc)[cv]
+    size = slots.size.double()
+    floor = (route - torch.log(size.clamp(min=1))[None, :]).masked_fill(size[None, :] == 0, float("-inf"))
+    floor = floor.max(dim=1).values
+    n_cand = (route >= floor[:, None]).sum(dim=1)
+    _, order = torch.sort(route, dim=1, descending=True, stable=True)
+    grid = [(float(b), float(s)) for b in betas for s in scales]
+    bv = torch.tensor([b for b, _ in grid], dtype=torch.float64)[:, None, None, None]
+    sv = torch.tensor([s for _, s in grid], dtype=torch.float64)[:, None, None, None]
+    hits = torch.zeros((len(grid), 2), dtype=torch.long)
+    alone = {"global": 0, "specialist": 0}
+    # blocks of rows needing about as many superclasses (1, 2, 3-4, 5-8, ...), each padded to its largest need;
+    # every (beta, scale) of the grid is one slice of a block, so a block is a few whole-tensor operations
+    rows_sorted = torch.argsort(n_cand, stable=True)
+    bucket = np.ceil(np.log2(n_cand[rows_sorted].numpy().clip(min=1))).astype(np.int64)
+    edges = np.flatnonzero(np.diff(bucket)) + 1
+    blocks = []
+    for seg_start, seg_end in zip(np.r_[0, edges], np.r_[edges, n]):
+        per_row = int(n_cand[rows_sorted[seg_end - 1]]) * slots.width * len(grid)
+        step = max(1, BLOCK_ELEMENTS // max(1, per_row))
+        blocks += [(a, min(seg_end, a + step)) for a in range(int(seg_start), int(seg_end), step)]
+    for start, end in blocks:
+        r = rows_sorted[start:end]
+        M = int(n_cand[r].max())
+        groups = order[r, :M]
+        cls = slots.index[groups].reshape(len(r), -1)
+        # pads: -inf in G, 0 in F, so scale (G + beta F) stays -inf there for every beta (beta = 0 included)
+        Gc, Fc = slots.gather(G, groups, rows=r).double(), slots.gather(F, groups, rows=r, fill=0.0).double()
+        Gt = slots.gather(G, true_sc[r, None], rows=r)[:, 0].double()
+        Ft = slots.gather(F, true_sc[r, None], rows=r, fill=0.0)[:, 0].double()
+        true_cls = slots.index[true_sc[r]]
+        truth = cv[r]
+        for name, E in (("global", Gt), ("specialist", Ft.masked_fill(torch.isinf(Gt), float("-inf")))):
+            alone[name] += int((true_cls.gather(1, E.argmax(1, keepdim=True))[:, 0] == truth).sum())
+        rc = route[r].gather(1, groups)[None, :, :, None]
+        key = (rc + torch.log_softmax(sv * (Gc[None] + bv * Fc[None]), dim=3)).reshape(len(grid), len(r), -1)
+        key = key.masked_fill((cls == slots.pad)[None], float("-inf"))
+        best = key.max(dim=2, keepdim=True).values
+        pred = torch.where(key == best, cls[None], torch.full_like(cls, slots.pad)[None]).min(dim=2).values
+        within = torch.log_softmax(sv[..., 0] * (Gt[None] + bv[..., 0] * Ft[None]), dim=2).argmax(2)
+        within_cls = true_cls[None].expand(len(grid), -1, -1).gather(2, within[:, :, None])[:, :, 0]
+        hits[:, 0] += (pred == truth[None]).sum(1)
+        hits[:, 1] += (within_cls == truth[None]).sum(1)
+    out: dict = {key: (int(h[0]) / max(1, n), int(h[1]) / max(1, n)) for key, h in zip(grid, hits)}
+    out.update({(name, 0): (v / max(1, n), v / max(1, n)) for name, v in alone.items()})
+    return out
 
 
 def train_specialists(
@@ -377,8 +562,9 @@ def train_specialists(
     """Fit the specialists of every superclass (closed form) and choose ``beta`` / ``scale`` on validation.
 
     ``router`` is the trained :class:`~skurec.models.lda_router.LDARouter` (its shrinkage is reused, and the
-    validation search scores the full soft hierarchy ``log p(s) + log p(c | s)`` over all superclasses). Without
-    validation data ``beta = 0.5``. ``stats``: precomputed :func:`~skurec.models.lda.lda_statistics`.
+    validation search scores the full soft hierarchy ``log p(s) + log p(c | s)`` over all superclasses,
+    :func:`search_beta`). Without validation data ``beta = 0.5``. ``stats``: precomputed
+    :func:`~skurec.models.lda.lda_statistics`.
     """
     t0 = time.perf_counter()
     config = config or SpecialistConfig()
@@ -386,6 +572,8 @@ def train_specialists(
         raise ValueError(f"SpecialistConfig.mix must be in [0, 1), got {config.mix}")
     if config.rank < 1:
         raise ValueError(f"SpecialistConfig.rank must be >= 1, got {config.rank}")
+    if not all(s_ > 0 for s_ in config.scales):
+        raise ValueError(f"SpecialistConfig.scales must be > 0, got {config.scales}")
     X, y = check_xy(X, y)
     classes = sorted(np.unique(y).tolist())
     codes = encode_labels(y, classes)
@@ -395,22 +583,16 @@ def train_specialists(
         raise EmbeddingInputError("the router was trained on another class list")
     if stats is None:
         stats = lda_statistics(X, codes, len(classes))
+    elif stats.n_classes != len(classes) or stats.dim != X.shape[1]:
+        raise EmbeddingInputError("stats were computed for another class list or embedding width")
+    if (X_val is None) != (y_val is None):
+        raise EmbeddingInputError("give both X_val and y_val, or neither")
     lam = config.shrinkage if config.shrinkage is not None else float(router.shrinkage)
     H = stats.whitener(lam)
-    Wg, bg = lda_rows(stats.means, stats.mu0, stats.precision(lam))
-    Hf = torch.from_numpy(H.astype(np.float32))
-    mu0f = torch.from_numpy(stats.mu0.astype(np.float32))
+    Wg, bg = stats.rows(lam)
     Mz = (stats.means - stats.mu0) @ H.T
-    local_U = np.zeros((S, config.rank, X.shape[1]), np.float32)
-    local_gamma = np.zeros((S, config.rank), np.float32)
-    row_sc = sc[codes]
-    order = np.argsort(row_sc, kind="stable")  # rows grouped by superclass: one slice each, X never copied whole
-    bounds = np.searchsorted(row_sc[order], np.arange(S + 1))
+    local_U, local_gamma = local_factors(X, codes, sc, S, Mz, H, stats.mu0, config.rank, config.mix)
     sizes = np.bincount(sc, minlength=S)
-    for s in range(S):
-        if sizes[s] >= 2:
-            rows = order[bounds[s] : bounds[s + 1]]
-            local_U[s], local_gamma[s] = _local_factors(X[rows], codes[rows], Mz, Hf, mu0f, config.rank, config.mix)
     head = SpecialistHead(
         classes,
         sc,
@@ -434,31 +616,25 @@ def train_specialists(
     head.Ws, head.bs = Ws, bs
     metrics: dict[str, Any] = {"shrinkage": lam, "n_superclasses": S, "n_specialists": int((sizes >= 2).sum())}
     beta, scale = 0.5, 1.0
-    if (X_val is None) != (y_val is None):
-        raise EmbeddingInputError("give both X_val and y_val, or neither")
     if X_val is not None and y_val is not None:
         X_val, y_val = check_xy(X_val, y_val, dim=X.shape[1], prefix="val ")
-        cv = torch.from_numpy(encode_labels(y_val, classes, "y_val"))
+        cv = encode_labels(y_val, classes, "y_val")
         G, F = head.expert_logits(X_val)
-        G, F = G.double(), F.double()
-        sct = torch.from_numpy(sc)
-        route = torch.log_softmax(router.logits(X_val).double(), dim=1)[:, sct]
-        same = sct[None, :] == sct[cv][:, None]
+        route = torch.log_softmax(router.logits(X_val).double(), dim=1)
+        betas = sorted(set((0.0,) + tuple(config.betas)))
+        with one_thread():  # a few dozen small block operations (see one_thread)
+            found = search_beta(G, F, route, sc, S, cv, betas, config.scales)
         best: tuple[float, float, float, float] | None = None
-        for b_ in sorted(set((0.0,) + tuple(config.betas))):
+        for b_ in betas:
             for s_ in config.scales:
-                fine = grouped_log_softmax(s_ * (G + b_ * F), sct, S)
-                top1 = float(((route + fine).argmax(1) == cv).double().mean())
-                within = float((fine.masked_fill(~same, float("-inf")).argmax(1) == cv).double().mean())
+                top1, within = found[(float(b_), float(s_))]
                 metrics[f"val_top1_beta_{b_:g}_scale_{s_:g}"] = top1
                 key = (top1, within, -b_, -abs(s_ - 1.0))
                 if best is None or key > best:
                     best = key
                     beta, scale = b_, s_
-        metrics["val_within_top1_global"] = float((G.masked_fill(~same, float("-inf")).argmax(1) == cv).double().mean())
-        metrics["val_within_top1_specialist"] = float(
-            (F.masked_fill(~same, float("-inf")).argmax(1) == cv).double().mean()
-        )
+        metrics["val_within_top1_global"] = found[("global", 0)][0]
+        metrics["val_within_top1_specialist"] = found[("specialist", 0)][0]
         assert best is not None
         metrics.update({"val_top1": best[0], "val_within_top1": best[1]})
     head.beta, head.scale, head._rows = beta, scale, None
@@ -467,4 +643,4 @@ def train_specialists(
     return head
 
 
-__all__ = ["SpecialistConfig", "SpecialistHead", "train_specialists"]
+__all__ = ["SpecialistConfig", "SpecialistHead", "local_factors", "search_beta", "train_specialists"]
