@@ -61,6 +61,9 @@ STEP_IO_DIR = "dagster_step_io"
 ARTIFACTS_DIR = "artifacts"
 PROTOTYPES_DIR = f"{ARTIFACTS_DIR}/prototypes"
 SUPERCLASSES_JSON = f"{ARTIFACTS_DIR}/superclasses.json"
+#: the shrinkage-LDA statistics of the fit rows (safetensors + JSON), computed once by the superclasses step and
+#: reused by the router (coarse) and specialist (fine) refits; superclasses.json records their digest
+LDA_STATISTICS_DIR = f"{ARTIFACTS_DIR}/lda_statistics"
 SIMILAR_JSON = f"{ARTIFACTS_DIR}/similar_groups.json"
 COARSE_DIR = f"{ARTIFACTS_DIR}/coarse"
 HIERARCHICAL_DIR = f"{ARTIFACTS_DIR}/hierarchical"

@@ -1,5 +1,5 @@
-"""The training steps' rules, framework-free (the Dagster training assets call them): the prototype artifact format
-and whether a scheduled rebuild has anything to do.
+"""The training steps' rules, framework-free (the Dagster training assets call them): the prototype and LDA-statistics
+artifact formats and whether a scheduled rebuild has anything to do.
 
 ``TRAINING_CODE_VERSION`` names the training code: it is recorded in every training manifest and model card, and a
 change of it makes the scheduled rebuild retrain.
@@ -15,8 +15,8 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from skurec import layout
-from skurec.artifacts import read_files
-from skurec.models import Prototypes
+from skurec.artifacts import files_digest, read_files, write_files
+from skurec.models import LDAStatistics, Prototypes, rows_sha256, statistics_files, statistics_from_files
 from skurec.storage import Workspace
 
 TRAINING_CODE_VERSION = "train-v2"  # v2: LDA confusion superclasses, LDA router, specialists
@@ -37,6 +37,41 @@ def load_prototypes(ws: Workspace) -> Prototypes:
     cfg = json.loads(files["config.json"])
     t = st_load(files["prototypes.safetensors"])
     return Prototypes(classes=cfg["classes"], vectors=t["vectors"], counts=t["counts"])
+
+
+class StaleArtifactError(RuntimeError):
+    """An artifact was written by another run or from other rows than the step reading it has: re-materialise the
+    asset that writes it."""
+
+
+def write_lda_statistics(ws: Workspace, stats: LDAStatistics, classes: list[str], X: np.ndarray, y: np.ndarray) -> str:
+    """Write ``artifacts/lda_statistics`` (the statistics of the fit rows ``(X, y)``, with their digest); returns the
+    folder's digest, which ``superclasses.json`` records."""
+    return write_files(ws, layout.LDA_STATISTICS_DIR, statistics_files(stats, classes, rows_sha256(X, y)))
+
+
+def load_lda_statistics(ws: Workspace, X: np.ndarray, y: np.ndarray, digest: str | None) -> LDAStatistics:
+    """The LDA statistics the superclasses step wrote, for the fit rows ``(X, y)`` of the step reading them.
+
+    Refused (:class:`StaleArtifactError`) unless the folder's digest is ``digest`` (the one ``superclasses.json``
+    recorded: the statistics the superclasses were derived from) and they were computed on exactly ``(X, y)`` (the
+    same rows, labels and class list); the folder itself is hash-verified on reading.
+    """
+    hint = "re-materialise superclasses (it writes them) before coarse_model / fine_model"
+    if not digest:
+        raise StaleArtifactError(f"superclasses.json records no LDA statistics (an older superclasses run); {hint}")
+    files = read_files(ws, layout.LDA_STATISTICS_DIR)
+    if files_digest(files) != digest:
+        raise StaleArtifactError(
+            f"{layout.LDA_STATISTICS_DIR} is not the one the superclasses were derived from; {hint}"
+        )
+    stats, classes, rows = statistics_from_files(files)
+    if classes != sorted(np.unique(np.asarray(y).astype(str)).tolist()) or rows != rows_sha256(X, y):
+        raise StaleArtifactError(
+            f"{layout.LDA_STATISTICS_DIR} was computed on other training rows than this step's "
+            f"({len(classes)} classes, rows {rows[:12]}... vs {rows_sha256(X, y)[:12]}...); {hint}"
+        )
+    return stats
 
 
 def rebuild_needed(ws: Workspace, code_version: str = TRAINING_CODE_VERSION) -> tuple[bool, str]:

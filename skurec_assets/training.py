@@ -4,9 +4,13 @@ the flat baselines on the same embeddings.
 The hierarchy (:mod:`skurec.models.specialist_hierarchy`) is closed form: one shrinkage-LDA over every SKU whose
 pairwise confusions make the superclasses (look-alikes together), whose implied superclass posterior is the router,
 and per-superclass local-whitening specialists whose evidence is added to the global scores. Every choice (shrinkage,
-superclass size, specialist weight, routing width) is made on the validation split. Each asset reads its inputs from
-the work directory, calls the framework-free core, writes its artifact folder (tensors + JSON, hash-verified) and
-returns metadata for the UI. Run-config defaults are the core's own (its dataclasses and function defaults).
+superclass size, specialist weight, routing width) is made on the validation split. The LDA statistics are computed
+once, by ``superclasses`` (``artifacts/lda_statistics``, safetensors), and the router and specialist refits load them
+(refused when they are not the ones ``superclasses.json`` records or were computed on other rows). Models are fitted
+on ``TrainingData.fit`` (the train rows plus any train-time views); lineage names the train images. Each asset reads
+its inputs from the work directory, calls the framework-free core, writes its artifact folder (tensors + JSON,
+hash-verified) and returns metadata for the UI. Run-config defaults are the core's own (its dataclasses and function
+defaults).
 """
 
 import hashlib
@@ -45,6 +49,7 @@ from skurec.models import (
     class_prototypes,
     confusion_superclasses,
     fit_flat_logreg,
+    fit_lda_statistics,
     load_classifier,
     superclass_group_ami,
     superclass_scatter_png,
@@ -54,7 +59,13 @@ from skurec.models import (
 )
 from skurec.models import similar_groups as derive_similar_groups
 from skurec.models.flat import DEFAULT_CS
-from skurec.training import TRAINING_CODE_VERSION, load_prototypes, prototypes_files
+from skurec.training import (
+    TRAINING_CODE_VERSION,
+    load_lda_statistics,
+    load_prototypes,
+    prototypes_files,
+    write_lda_statistics,
+)
 from skurec_assets.embeddings import image_embeddings
 from skurec_assets.metadata import markdown_table, png_markdown
 from skurec_resources import StorageResource
@@ -125,19 +136,23 @@ def _training_set_table(data: TrainingData) -> bytes:
 def class_prototypes_asset(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
     ws = storage.workspace()
     data = load_training_data(ws)
-    protos = class_prototypes(data.train.X, data.train.y)
+    protos = class_prototypes(data.fit.X, data.fit.y)
     digest = write_files(ws, PROTOTYPES_DIR, prototypes_files(protos))
     ws.write_bytes(TRAINING_SET, _training_set_table(data))
-    context.log.info(f"{len(protos.classes)} prototypes of dim {protos.dim} from {len(data.train)} train images")
+    context.log.info(
+        f"{len(protos.classes)} prototypes of dim {protos.dim} from {len(data.train)} train images "
+        f"({len(data.fit)} fit rows)"
+    )
     return dg.MaterializeResult(
         metadata={
             "n_classes": len(protos.classes),
             "dim": protos.dim,
             "n_train_images": len(data.train),
+            "n_fit_rows": len(data.fit),
             "n_val_images": len(data.val),
             "n_test_images": len(data.test),
             "encoder_id": data.encoder_id,
-            "min_images_per_class": int(protos.counts.min()),
+            "min_images_per_class": int(np.unique(data.train.y, return_counts=True)[1].min()),
         },
         data_version=dg.DataVersion(digest),
     )
@@ -153,7 +168,8 @@ def class_prototypes_asset(context: dg.AssetExecutionContext, storage: StorageRe
         "Superclasses derived from the data: SKUs grouped by the pairwise confusions of a shrinkage-LDA over every "
         "SKU (Mahalanobis distance of the SKU means, closest pairs first, a size cap), so look-alikes share a "
         "superclass. The cap and the LDA shrinkage are chosen on the validation split by fitting the whole hierarchy "
-        "for each cap."
+        "for each cap. Writes the LDA statistics of the fit rows (computed once; coarse_model and fine_model reuse "
+        "them, verified by digest)."
     ),
 )
 def superclasses_asset(
@@ -161,31 +177,41 @@ def superclasses_asset(
 ) -> dg.MaterializeResult:
     ws = storage.workspace()
     data = load_training_data(ws)
+    fit = data.fit
     t0 = time.perf_counter()
+    classes, stats = fit_lda_statistics(fit.X, fit.y)  # once: the router and specialist refits load them
     if len(data.val):
         context.log.info(
             f"choosing the superclass size cap among {config.max_sizes} on {len(data.val)} validation images"
         )
         chosen = train_specialist_hierarchy(
-            data.train.X,
-            data.train.y,
+            fit.X,
+            fit.y,
             data.val.X,
             data.val.y,
             SpecialistHierarchyConfig(max_sizes=tuple(config.max_sizes)),
+            stats=stats,
         )
         sc = chosen.superclasses
         selection = {k: v for k, v in chosen.report.items() if k != "val_top1_by_m"}
     else:
         context.log.warning("no validation images: superclass cap and shrinkage are the defaults, not chosen")
         sc = confusion_superclasses(
-            data.train.X, data.train.y, max_size=config.default_max_size, shrinkage=config.default_shrinkage
+            fit.X,
+            fit.y,
+            max_size=config.default_max_size,
+            shrinkage=config.default_shrinkage,
+            stats=stats,
+            classes=classes,
         )
         selection = {"max_size": config.default_max_size, "shrinkage": config.default_shrinkage, "chosen_on": None}
+    stats_digest = write_lda_statistics(ws, stats, classes, fit.X, fit.y)
     seconds = time.perf_counter() - t0
     doc = sc.to_json_dict()
     version = hashlib.sha256(json.dumps([doc["classes"], doc["assignment"]]).encode()).hexdigest()
     doc["version"] = version
     doc["selection"] = selection
+    doc["lda_statistics_digest"] = stats_digest
     ws.write_json(SUPERCLASSES_JSON, doc)
     scatter = superclass_scatter_png(sc)
     ws.write_bytes(layout.SUPERCLASSES_PNG, scatter)
@@ -212,12 +238,15 @@ def superclasses_asset(
             "sizes": dg.MetadataValue.json(sizes.astype(int).tolist()),
             "ami_vs_group_id": float(ami) if ami is not None else dg.MetadataValue.null(),
             "superclass_version": version,
+            "lda_statistics_digest": stats_digest,
+            "n_fit_rows": len(fit),
             "seconds": round(seconds, 2),
+            "stage_seconds": dg.MetadataValue.json(selection.get("stage_seconds") or {}),
             "cap_search": dg.MetadataValue.md(markdown_table(candidates)) if candidates else "",
             "projection": dg.MetadataValue.md(png_markdown(scatter, "SKU means in LDA space, coloured by superclass")),
             "members": dg.MetadataValue.md(markdown_table(table[:200])),
         },
-        data_version=dg.DataVersion(version),
+        data_version=dg.DataVersion(hashlib.sha256(f"{version}:{stats_digest}".encode()).hexdigest()),
     )
 
 
@@ -284,14 +313,16 @@ def coarse_model(
     shrinkage = config.shrinkage if config.shrinkage is not None else (sc_doc.get("selection") or {}).get("shrinkage")
     has_val = len(data.val) > 0
     t0 = time.perf_counter()
+    stats = load_lda_statistics(ws, data.fit.X, data.fit.y, sc_doc.get("lda_statistics_digest"))
     router = train_lda_router(
-        data.train.X,
-        data.train.y,
+        data.fit.X,
+        data.fit.y,
         sc_map,
         X_val=data.val.X if has_val else None,
         y_val=data.val.y if has_val else None,
         shrinkage=shrinkage,
         n_superclasses=int(sc_doc["n_superclasses"]),
+        stats=stats,
     )
     seconds = time.perf_counter() - t0
     digest = write_files(ws, COARSE_DIR, router.to_files())
@@ -332,14 +363,16 @@ def fine_model(
     has_val = len(data.val) > 0
     spec_cfg = SpecialistConfig(mix=config.mix, rank=config.rank, betas=tuple(config.betas))
     t0 = time.perf_counter()
+    stats = load_lda_statistics(ws, data.fit.X, data.fit.y, sc_doc.get("lda_statistics_digest"))
     fine = train_specialists(
-        data.train.X,
-        data.train.y,
+        data.fit.X,
+        data.fit.y,
         sc_map,
         router,
         X_val=data.val.X if has_val else None,
         y_val=data.val.y if has_val else None,
         config=spec_cfg,
+        stats=stats,
     )
     model = HierarchicalClassifier(router, fine, sc_map, m=router.n_superclasses)
     by_m: dict = {}
@@ -354,10 +387,14 @@ def fine_model(
     files = model.to_files()
     digest = write_files(ws, HIERARCHICAL_DIR, files)
     val_metrics = {}
-    if has_val:
-        for name, m in (("val_top1_soft", route_m), ("val_top1_hard", 1)):
-            pred = model.predict_topk(data.val.X, k=1, m=m)
-            val_metrics[name] = round(float(np.mean(pred.labels[:, 0] == data.val.y)), 4)
+    if has_val:  # the widths the route-m search scored are not scored again
+        scored = {min(m, router.n_superclasses): v for m, v in by_m.items()}
+        wanted = {"val_top1_soft": min(route_m, router.n_superclasses), "val_top1_hard": 1}
+        missing = sorted({m for m in wanted.values() if m not in scored})
+        if missing:
+            preds = model.predict_topk_widths(data.val.X, 1, missing)
+            scored.update({m: float(np.mean(p.labels[:, 0] == data.val.y)) for m, p in preds.items()})
+        val_metrics = {name: round(scored[m], 4) for name, m in wanted.items()}
     manifest = {
         "catalogue_snapshot": layout.catalogue_snapshot(ws),
         "encoder": data.encoder,
@@ -365,6 +402,7 @@ def fine_model(
         "train_image_ids_sha256": image_ids_sha256(data.train.image_ids),
         "training_set": TRAINING_SET,
         "n_train": len(data.train),
+        "n_fit_rows": len(data.fit),
         "n_val": len(data.val),
         "n_test": len(data.test),
         "classes": data.classes,
@@ -418,14 +456,14 @@ def flat_baselines(
         + (f" (C from {config.Cs} on validation)" if has_val else " (no validation: default C)")
     )
     linear = fit_flat_logreg(
-        data.train.X,
-        data.train.y,
+        data.fit.X,
+        data.fit.y,
         X_val=data.val.X if has_val else None,
         y_val=data.val.y if has_val else None,
         Cs=tuple(config.Cs),
         max_iter=config.max_iter,
     )
-    proto = FlatPrototype.fit(data.train.X, data.train.y)
+    proto = FlatPrototype.fit(data.fit.X, data.fit.y)
     seconds = time.perf_counter() - t0
     d1 = write_files(ws, FLAT_LINEAR_DIR, linear.to_files())
     d2 = write_files(ws, FLAT_PROTOTYPE_DIR, proto.to_files())
