@@ -26,6 +26,27 @@ from skurec_assets.cli import main
 SKUS = ["sku-red", "sku-green", "sku-blue", "sku-yellow", "sku-white"]
 
 
+def deploy_model(ws: Workspace, model, enc, ids, labels, n_superclasses: int) -> str:  # type: ignore[no-untyped-def]
+    """Publish ``model`` (trained on the train images ``ids``) with a full-rebuild card and deploy it."""
+    table = pd.DataFrame({"image_id": list(ids), "sku_id": list(labels), "split": "train", "added_by": None})
+    card = build_model_card(
+        source="full_rebuild",
+        model=model,
+        table=table,
+        catalogue_snapshot="s" * 64,
+        encoder=enc.identity(),
+        superclasses={"version": "v1", "n_superclasses": n_superclasses},
+        training_config={},
+        seeds={},
+        evaluation={},
+        batches=[],
+        sku_names={s: s.replace("sku-", "").title() for s in SKUS},
+    )
+    rec = publish_model(ws, model, card, table)
+    ModelStore(ws).deploy(rec.model_id, reason="test")
+    return rec.model_id
+
+
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory):
     """A workspace with a hierarchical model trained on tiny-ViT embeddings of separable SKU images, deployed."""
@@ -51,23 +72,8 @@ def deployed(tmp_path_factory):
         n_superclasses=2,
         device="cpu",
     )
-    table = pd.DataFrame({"image_id": ids, "sku_id": labels, "split": "train", "added_by": None})
-    card = build_model_card(
-        source="full_rebuild",
-        model=model,
-        table=table,
-        catalogue_snapshot="s" * 64,
-        encoder=enc.identity(),
-        superclasses={"version": "v1", "n_superclasses": 2},
-        training_config={},
-        seeds={},
-        evaluation={},
-        batches=[],
-        sku_names={s: s.replace("sku-", "").title() for s in SKUS},
-    )
-    rec = publish_model(ws, model, card, table)
-    ModelStore(ws).deploy(rec.model_id, reason="test")
-    return ws, rec.model_id, enc
+    model_id = deploy_model(ws, model, enc, ids, labels, n_superclasses=2)
+    return ws, model_id, enc
 
 
 def test_every_input_kind_gives_the_same_answer(deployed, tmp_path):
@@ -208,21 +214,8 @@ def test_the_recognizer_applies_exactly_the_evaluations_test_time_recipe(tmp_pat
     assert batch.ids == list(datas) and not batch.failures
     y = np.asarray([k.rsplit("-", 1)[0] for k in batch.ids])
     model = FlatPrototype.fit(batch.vectors, y, device="cpu")
-    table = pd.DataFrame({"image_id": batch.ids, "sku_id": y, "split": "train", "added_by": None})
-    card = build_model_card(
-        source="full_rebuild",
-        model=model,
-        table=table,
-        catalogue_snapshot="s" * 64,
-        encoder=enc.identity(),
-        superclasses={"version": "v1", "n_superclasses": 1},
-        training_config={},
-        seeds={},
-        evaluation={},
-        batches=[],
-    )
     ws = Workspace(str(tmp_path / "work"))
-    ModelStore(ws).deploy(publish_model(ws, model, card, table).model_id, reason="test")
+    deploy_model(ws, model, enc, batch.ids, y, n_superclasses=1)
     rec = Recognizer.from_workdir(ws, threshold=0.0)  # the encoder comes from the card
     assert rec.encoder is not enc and rec.encoder.encoder_id == enc.encoder_id
     for k, v in options.items():

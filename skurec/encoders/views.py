@@ -80,23 +80,17 @@ def one_view(image: Image.Image, rng: np.random.Generator) -> Image.Image:
 
 def train_views(image: Image.Image, k: int, seed: int, image_id: str) -> list[Image.Image]:
     """``k`` deterministic augmented views of an RGB ``image`` (view ``j`` depends only on seed, image_id, j)."""
-    if not isinstance(image, Image.Image):
-        raise TypeError(f"train_views expects a PIL image, got {type(image).__name__}")
-    if image.mode != "RGB":
-        raise ValueError(f"train_views expects an RGB image, got mode {image.mode!r}")
     if int(k) != k or k < 0:
         raise ValueError(f"k must be a non-negative integer, got {k!r}")
-    if not image_id:
-        raise ValueError("image_id must be a non-empty string (it seeds the views)")
-    return [one_view(image, view_rng(seed, image_id, j)) for j in range(int(k))]
+    return [train_view(image, j, seed, image_id) for j in range(int(k))]
 
 
 def train_view(image: Image.Image, index: int, seed: int, image_id: str) -> Image.Image:
     """View ``index`` of ``train_views(image, k, seed, image_id)`` for any ``k > index``, without the others."""
     if not isinstance(image, Image.Image):
-        raise TypeError(f"train_view expects a PIL image, got {type(image).__name__}")
+        raise TypeError(f"train views need a PIL image, got {type(image).__name__}")
     if image.mode != "RGB":
-        raise ValueError(f"train_view expects an RGB image, got mode {image.mode!r}")
+        raise ValueError(f"train views need an RGB image, got mode {image.mode!r}")
     if int(index) != index or index < 0:
         raise ValueError(f"index must be a non-negative integer, got {index!r}")
     if not image_id:
