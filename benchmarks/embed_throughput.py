@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _dataset import DEFAULT_DATASET, dataset_root  # noqa: E402
 
 from skurec.embedding import default_num_workers, iter_embeddings  # noqa: E402
-from skurec.encoders import FrozenEncoder, load_encoder  # noqa: E402
+from skurec.encoders import FrozenEncoder, load_encoder, views  # noqa: E402
+from skurec.encoders.base import VIEWS  # noqa: E402
 from skurec.images import decode_rgb, sha256_bytes  # noqa: E402
 
 EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
@@ -87,12 +88,22 @@ def naive_loop(enc: FrozenEncoder, files: list[Path]) -> Meter:
     return m
 
 
-def pipeline(enc: FrozenEncoder, files: list[Path], batch_size: int, workers: int | None) -> Meter:
-    """(c) iter_embeddings."""
+def pipeline(
+    enc: FrozenEncoder, files: list[Path], batch_size: int, workers: int | None, train_view: bool = False
+) -> Meter:
+    """(c) iter_embeddings; ``train_view``: of train-time view 0 of every image (the pipeline's view path:
+    decode at the larger view side, random resized crop, flip, colour jitter, then preprocess)."""
     items = [(str(i), _reader(p)) for i, p in enumerate(files)]
+    kw: dict = {}
+    if train_view:
+        kw = {
+            "transform": lambda image_id, img: views.train_view(img, 0, 0, image_id),
+            "decode_side": views.train_view_decode_side(enc.min_decode_side),
+        }
     with Meter(len(files)) as m:
         n = sum(
-            len(b.ids) for b in iter_embeddings(enc, items, batch_size=batch_size, num_workers=workers, tqdm_bar=False)
+            len(b.ids)
+            for b in iter_embeddings(enc, items, batch_size=batch_size, num_workers=workers, tqdm_bar=False, **kw)
         )
     if n != len(files):
         raise RuntimeError(f"pipeline embedded {n} of {len(files)} images")
@@ -151,7 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--folder", type=Path, default=None, help="image folder (default: the dataset's train/ folder)")
     ap.add_argument("--limit", type=int, default=256)
     ap.add_argument("--encoder", default="efficientnet_lite2")
-    ap.add_argument("--views", default="center", choices=["center", "flip"])
+    ap.add_argument("--views", default="center", choices=list(VIEWS))
+    ap.add_argument("--layers", type=int, default=None)
+    ap.add_argument(
+        "--train-view", action="store_true", help="(c) embeds train-time view 0 of every image (the view path)"
+    )
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=None, help="decode threads (default: skurec's choice)")
     ap.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -166,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
-    enc = load_encoder(args.encoder, views=args.views, cpu_threads=args.cpu_threads)
+    enc = load_encoder(args.encoder, views=args.views, layers=args.layers, cpu_threads=args.cpu_threads)
     all_files = list_images(args.folder, None)
     files = list_images(args.folder, args.limit)
     chosen = set(files)
@@ -186,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     bare, piped = [], []
     for _ in range(args.rounds):  # alternate so that load from other processes hits both alike
         bare.append(bare_forward(enc, tensors, args.batch_size))
-        piped.append(pipeline(enc, files, args.batch_size, workers))
+        piped.append(pipeline(enc, files, args.batch_size, workers, args.train_view))
     naive = naive_loop(enc, files[: args.naive_limit])
     a = statistics.median(m.ips for m in bare)
     c = statistics.median(m.ips for m in piped)
@@ -194,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[tuple[str, list[Meter]]] = [
         ("(a) bare forward, preloaded tensors", bare),
         (f"(b) naive loop (first {min(args.naive_limit, len(files))} images)", [naive]),
-        ("(c) pipeline iter_embeddings", piped),
+        ("(c) pipeline iter_embeddings" + (" (train view 0)" if args.train_view else ""), piped),
     ]
     cache = None if args.no_cache else cache_runs(enc, files, extra, args.batch_size, workers)
     if cache:
