@@ -280,3 +280,46 @@ def test_rebuild_is_needed_when_the_train_views_change(tmp_path: Path) -> None:
     ws.write_json(layout.CURRENT_ENCODER, {**ident, "train_views": views})
     needed, why = rebuild_needed(ws, code_version="x")
     assert needed and "train-time views" in why
+
+
+def test_the_fast_path_fits_new_skus_on_their_train_views_too(tmp_path: Path) -> None:
+    """A labelled batch extends the deployed model with the new images AND their cached train-time views (the
+    rows a full rebuild would fit on); the training table still lists each image once."""
+    from test_recognizer import deploy_model
+
+    from skurec.datasets import Split, TrainingData
+    from skurec.deployment.candidates import prepare_fast_path
+    from skurec.models import l2_normalize, load_classifier, train_specialist_hierarchy
+
+    rng = np.random.default_rng(0)
+    enc = load_encoder("tiny_random_vit", device="cpu")
+    centres = rng.normal(size=(6, enc.dim))
+
+    def rows(c: int, n: int) -> np.ndarray:
+        return l2_normalize(centres[c] + 0.4 * rng.normal(size=(n, enc.dim))).astype(np.float32)
+
+    X = np.concatenate([rows(c, 10) for c in range(5)])
+    y = np.repeat([f"s{c}" for c in range(5)], 10)
+    Xv, yv = np.concatenate([rows(c, 3) for c in range(5)]), np.repeat([f"s{c}" for c in range(5)], 3)
+    model = train_specialist_hierarchy(X, y, Xv, yv, device="cpu").model
+    ws = Workspace(str(tmp_path / "work"))
+    ids = [f"old{k}" for k in range(len(y))]
+    deploy_model(ws, model, enc, ids, y, n_superclasses=model.n_superclasses)
+
+    new_ids, X_new, X_views = [f"new{k}" for k in range(4)], rows(5, 4), rows(5, 8)  # two views of each new image
+    train = Split(ids + new_ids, np.concatenate([X, X_new]), np.concatenate([y, ["s5"] * 4]))
+    fit = Split(
+        train.image_ids + new_ids * 2, np.concatenate([train.X, X_views]), np.concatenate([train.y, ["s5"] * 8])
+    )
+    empty = Split([], np.zeros((0, enc.dim), np.float32), np.zeros(0, dtype=str))
+    data = TrainingData(enc.identity(), train, empty, empty, sorted(set(train.y)), fit_split=fit)
+    candidate, why, details = prepare_fast_path(ws, data)
+    assert candidate is not None, why
+    assert details["n_images_added"] == 4 and details["n_fit_rows_added"] == 12
+    assert candidate.table["image_id"].tolist().count("new0") == 1  # lineage: each image once
+    base = load_classifier(model.to_files())
+    with_views = base.add_classes(np.concatenate([X_new, X_views]), np.asarray(["s5"] * 12)).model
+    images_only = base.add_classes(X_new, np.asarray(["s5"] * 4)).model
+    # the same tensors as the deployed model extended with the images and their views, not with the images alone
+    assert candidate.model.to_files() == with_views.to_files()
+    assert candidate.model.to_files() != images_only.to_files()

@@ -215,8 +215,10 @@ def prepare_fast_path(
     new_idx = [i for i, image_id in enumerate(data.train.image_ids) if image_id not in seen]
     if not new_idx:
         return None, f"no train image that {base_id} has not seen: nothing to add", details
-    X_new, y_new = data.train.X[new_idx], data.train.y[new_idx]
-    result = base.model.add_classes(X_new, y_new, attach=attach)
+    # the new images' fit rows: each image plus its train-time views when the encoder has them
+    fit_idx = [i for i, image_id in enumerate(data.fit.image_ids) if image_id not in seen]
+    result = base.model.add_classes(data.fit.X[fit_idx], data.fit.y[fit_idx], attach=attach)
+    y_new = data.train.y[new_idx]
     model_id = model_id or new_model_id("fast")
     added = pd.DataFrame(
         {
@@ -249,6 +251,7 @@ def prepare_fast_path(
         "superclass_of_new": {k: int(v) for k, v in sorted(result.superclass_of_new.items())},
         "refreshed_skus": sorted(result.refreshed),
         "n_images_added": int(len(new_idx)),
+        "n_fit_rows_added": int(len(fit_idx)),  # the images plus their train-time views
         "attach_rule": result.attach_rule,
         "inactive_new_skus": details["inactive_new_skus"],
     }
