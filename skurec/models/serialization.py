@@ -86,7 +86,8 @@ def unpack(
     """Read and validate one model part written by :func:`pack`; return ``(config, tensors)``.
 
     ``expected_shapes`` are the shapes implied by the config's semantic fields (the caller derives them, e.g.
-    ``{"prototypes": (len(classes), dim)}``); a tensor that disagrees raises :class:`ModelFormatError`.
+    ``{"prototypes": (len(classes), dim)}``); a tensor that disagrees, is missing or is not expected raises
+    :class:`ModelFormatError`.
     """
     cname, tname = prefix + CONFIG_FILE, prefix + TENSORS_FILE
     config = read_config(files, prefix)
@@ -124,6 +125,8 @@ def unpack(
             )
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise ModelFormatError(f"tensor {name!r} in {tname} contains NaN or inf values")
+    if expected_shapes is not None and set(tensors) != set(expected_shapes):
+        raise ModelFormatError(f"{kind} tensors {sorted(tensors)} differ from the expected {sorted(expected_shapes)}")
     for name, shape in (expected_shapes or {}).items():
         if name not in tensors:
             raise ModelFormatError(f"{tname} lacks tensor {name!r}")
