@@ -4,8 +4,8 @@ Measures, in ONE run over the same images (read from disk, OS cache warm):
 
 (a) bare ``encoder.forward_batch`` on preloaded, preprocessed tensors (the ceiling);
 (b) naive loop: read, decode, preprocess, forward, one image after another;
-(c) ``skurec.embedding.iter_embeddings`` (decode threads overlapping the forward pass);
-(d) ``skurec.embedding_cache.EmbeddingCache.update`` (pipeline + Parquet writes), then a second update over the
+(c) ``skurec.embeddings.encode.iter_embeddings`` (decode threads overlapping the forward pass);
+(d) ``skurec.embeddings.cache.EmbeddingCache.update`` (pipeline + Parquet writes), then a second update over the
     same catalogue plus 5 % new images, whose time should be <= 0.1x the first.
 
 (a) and (c) are measured in alternating rounds and the median is reported, because the machine is shared.
@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _dataset import DEFAULT_DATASET, dataset_root  # noqa: E402
 
-from skurec.embedding import default_num_workers, iter_embeddings  # noqa: E402
+from skurec.embeddings.encode import default_num_workers, iter_embeddings  # noqa: E402
 from skurec.encoders import FrozenEncoder, load_encoder, views  # noqa: E402
 from skurec.encoders.base import VIEWS  # noqa: E402
 from skurec.images import decode_rgb, sha256_bytes  # noqa: E402
@@ -125,8 +125,8 @@ def cache_runs(
     try:
         import pandas as pd
 
-        from skurec.embedding_cache import EmbeddingCache
-        from skurec.storage import Workspace
+        from skurec.embeddings.cache import EmbeddingCache
+        from skurec.store.workspace import Workspace
     except ImportError as exc:
         print(f"(d) skipped: cache module not importable ({exc})")
         return None

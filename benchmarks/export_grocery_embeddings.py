@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _dataset import DEFAULT_DATASET, REPO, dataset_root  # noqa: E402
 
-from skurec.embedding import iter_embeddings  # noqa: E402
+from skurec.embeddings.encode import iter_embeddings  # noqa: E402
 from skurec.encoders import load_encoder  # noqa: E402
 
 DEFAULT_OUT_DIR = REPO / "bench_out" / "grocery_embeddings"

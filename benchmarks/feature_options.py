@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from export_grocery_embeddings import read_split_rows  # noqa: E402
 
-from skurec.embedding import iter_embeddings  # noqa: E402
+from skurec.embeddings.encode import iter_embeddings  # noqa: E402
 from skurec.encoders import load_encoder  # noqa: E402
 from skurec.encoders.base import VIEW_RECIPES, ZOOM_FRACTION, zoom_center  # noqa: E402
 from skurec.encoders.views import train_view, train_view_decode_side  # noqa: E402

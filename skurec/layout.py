@@ -1,6 +1,6 @@
 """The work directory, in one place: every path skurec reads or writes below ``<workdir>``, and typed readers.
 
-Nothing else in the code base names a work-directory path (``tests/test_layout.py`` greps for literals). Paths are
+Nothing else in the code base names a work-directory path (``tests/store/test_layout.py`` greps for literals). Paths are
 relative to the work directory (``Workspace`` resolves them, locally or on object storage)::
 
     <workdir>/
@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 
 class Workspace(Protocol):
-    """What the readers below need of :class:`skurec.storage.Workspace` (a protocol: layout imports nothing)."""
+    """What the readers below need of :class:`skurec.store.workspace.Workspace` (a protocol: layout imports nothing)."""
 
     def exists(self, rel: str) -> bool: ...
 

@@ -146,7 +146,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _print_summary(workdir: Path) -> None:
-    from skurec.storage import Workspace
+    from skurec.store.workspace import Workspace
 
     ws = Workspace(str(workdir))
     s = layout.audit_summary(ws)
@@ -227,7 +227,7 @@ def cmd_add_batch(args: argparse.Namespace) -> int:
 
 
 def _known_skus(settings: dict) -> list[str]:
-    from skurec.storage import Workspace
+    from skurec.store.workspace import Workspace
 
     ws = Workspace(settings["workdir"])
     if not ws.has_table("classes"):
@@ -237,8 +237,8 @@ def _known_skus(settings: dict) -> list[str]:
 
 
 def _print_deployed(workdir: Path) -> None:
-    from skurec.model_store import ModelStore
-    from skurec.storage import Workspace
+    from skurec.store.model_store import ModelStore
+    from skurec.store.workspace import Workspace
 
     store = ModelStore(Workspace(str(workdir)))
     model_id = store.deployed_id()
@@ -258,7 +258,7 @@ def _print_deployed(workdir: Path) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     from skurec.serving.recognizer import Recognizer, RecognizerError
     from skurec.serving.review_queue import ReviewQueue
-    from skurec.storage import Workspace
+    from skurec.store.workspace import Workspace
 
     ws = Workspace(str(Path(args.workdir).resolve()))
     try:
@@ -284,8 +284,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_lineage(args: argparse.Namespace) -> int:
     from skurec.deployment.card import model_card_markdown
     from skurec.deployment.training_table import table_from_parquet
-    from skurec.model_store import ModelStore, ModelStoreError
-    from skurec.storage import Workspace
+    from skurec.store.model_store import ModelStore, ModelStoreError
+    from skurec.store.workspace import Workspace
 
     ws = Workspace(str(Path(args.workdir).resolve()))
     store = ModelStore(ws)

@@ -16,7 +16,7 @@ import dagster as dg
 from skurec.deployment.candidates import build_candidate, latest_candidate, record_candidate
 from skurec.deployment.card import model_card_markdown
 from skurec.deployment.gate import decide_deployment, evaluate_gate
-from skurec.model_store import ModelStore, ModelStoreError
+from skurec.store.model_store import ModelStore, ModelStoreError
 from skurec_resources import LabellingLoopResource, StorageResource
 
 DEPLOY = "deploy"

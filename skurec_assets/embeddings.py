@@ -3,11 +3,11 @@
 ``image_embeddings`` is ONE asset computed by a small graph, so any executor spreads the work:
 
 1. ``plan_embedding_shards`` verifies the cache and splits the catalogue into ``n_shards`` hash shards of the image
-   id (:func:`skurec.embedding_cache.shard_of`); it emits one dynamic output per shard that has images without a
+   id (:func:`skurec.embeddings.cache.shard_of`); it emits one dynamic output per shard that has images without a
    cached vector, and none for the others (a batch of k new images runs only the shards those k images fall in);
 2. ``embed_shard`` (mapped over those outputs, one step per shard) embeds that shard's missing images into the
    shard's own cache parts. With the multiprocess or Celery executor the shard steps run in parallel on different
-   processes or machines; each uses its own GPU (:func:`skurec.embedding.worker_device`);
+   processes or machines; each uses its own GPU (:func:`skurec.embeddings.encode.worker_device`);
 3. ``combine_embedding_shards`` checks that the union of the parts covers every image (embedded or reported as
    failed), writes the encoder identity and the failure report, and materialises the asset with the totals.
 
@@ -29,8 +29,8 @@ from typing import Optional
 
 import dagster as dg
 
-from skurec.embedding import worker_device
-from skurec.embedding_cache import EmbeddingCache
+from skurec.embeddings.cache import EmbeddingCache
+from skurec.embeddings.encode import worker_device
 from skurec.encoders import EncoderCheckpointError, EncoderUnavailableError
 from skurec.encoders.views import train_views_doc
 from skurec.layout import CURRENT_ENCODER, EMBEDDING_FAILURES, EMBEDDINGS_VIEW, STEP_IO_DIR

@@ -4,8 +4,7 @@ import time
 
 import dagster as dg
 
-from skurec.artifacts import files_digest, read_files
-from skurec.datasets import load_training_data
+from skurec.embeddings.training_data import load_training_data
 from skurec.evaluation import (
     confusion_png,
     evaluate,
@@ -26,6 +25,7 @@ from skurec.layout import (
 from skurec.layout import superclass_map as load_superclass_map
 from skurec.models import load_classifier
 from skurec.models.similar import similar_class_set
+from skurec.store.artifacts import files_digest, read_files
 from skurec_assets.metadata import markdown_table, png_markdown
 from skurec_resources import StorageResource
 

@@ -7,13 +7,13 @@ import dagster as dg
 import pandas as pd
 
 from skurec import layout
-from skurec.audit import audit, catalogue_snapshot_hash
-from skurec.batches import BatchError, find_batch, inspect_batch
-from skurec.catalogue import import_catalogue
-from skurec.ingest import batch_record_rel, ingest_batch, ingested_batch_rows, ingested_hashes
+from skurec.catalogue.audit import audit, catalogue_snapshot_hash
+from skurec.catalogue.batches import BatchError, find_batch, inspect_batch
+from skurec.catalogue.importer import import_catalogue
+from skurec.catalogue.ingest import batch_record_rel, ingest_batch, ingested_batch_rows, ingested_hashes
+from skurec.catalogue.schemas import ClassesSchema, ImagesSchema, QuarantineSchema
 from skurec.plots import class_count_histogram_png
-from skurec.schemas import ClassesSchema, ImagesSchema, QuarantineSchema
-from skurec.storage import redact_uri
+from skurec.store.workspace import redact_uri
 from skurec_assets.metadata import markdown_table, png_markdown, table_schema, throttled_progress
 from skurec_resources import CatalogueResource, LabellingLoopResource, StorageResource
 

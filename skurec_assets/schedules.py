@@ -1,12 +1,12 @@
 """The weekly full rebuild: re-clusters superclasses and retrains both heads when the catalogue, the encoder or the
-training code changed since the last full training (:func:`skurec.training.rebuild_needed`)."""
+training code changed since the last full training (:func:`skurec.store.training_artifacts.rebuild_needed`)."""
 
 import datetime
 import os
 
 import dagster as dg
 
-from skurec.training import rebuild_needed
+from skurec.store.training_artifacts import rebuild_needed
 from skurec_assets.jobs import full_rebuild_job
 from skurec_resources import StorageResource
 

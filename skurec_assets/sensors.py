@@ -16,8 +16,8 @@ import os
 
 import dagster as dg
 
-from skurec.batches import DUPLICATE, INCOMPLETE, NEW, REJECTED, BatchError, triage_drop_location
-from skurec.ingest import ingested_hashes
+from skurec.catalogue.batches import DUPLICATE, INCOMPLETE, NEW, REJECTED, BatchError, triage_drop_location
+from skurec.catalogue.ingest import ingested_hashes
 from skurec_assets.ingest import BATCH_PARTITIONS, labelled_batch
 from skurec_resources import LabellingLoopResource, StorageResource
 

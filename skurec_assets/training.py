@@ -25,9 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from skurec import layout
-from skurec.artifacts import files_digest, read_files, write_files
-from skurec.datasets import TrainingData, load_training_data
 from skurec.deployment.training_table import image_ids_sha256, training_table
+from skurec.embeddings.training_data import TrainingData, load_training_data
 from skurec.layout import (
     COARSE_DIR,
     FLAT_LINEAR_DIR,
@@ -59,7 +58,8 @@ from skurec.models import (
 )
 from skurec.models import similar_groups as derive_similar_groups
 from skurec.models.flat import DEFAULT_CS
-from skurec.training import (
+from skurec.store.artifacts import files_digest, read_files, write_files
+from skurec.store.training_artifacts import (
     TRAINING_CODE_VERSION,
     load_lda_statistics,
     load_prototypes,

@@ -16,9 +16,9 @@ from typing import Any, Optional
 import dagster as dg
 
 from skurec import layout
-from skurec.audit import AuditConfig
+from skurec.catalogue.audit import AuditConfig
 from skurec.deployment.gate import GateConfig
-from skurec.storage import Workspace
+from skurec.store.workspace import Workspace
 
 DEFAULT_ENCODER = "dinov2_vits14"  # the production default (timm hub); `skurec demo` uses a packaged one
 DEFAULT_ATTACH_RULE = "coarse"  # how the fast path attaches a new SKU: "coarse", "nearest_class" or "centroid"

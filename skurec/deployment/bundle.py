@@ -1,5 +1,5 @@
 """Model bundles: publish a classifier with its card and training table as an immutable, SHA-256-verified
-:class:`~skurec.model_store.ModelStore` bundle, and load one back (what the Recognizer uses at inference)."""
+:class:`~skurec.store.model_store.ModelStore` bundle, and load one back (what the Recognizer uses at inference)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pandas as pd
 from skurec.deployment.card import model_card_markdown
 from skurec.deployment.training_table import TABLE_COLUMNS, table_from_parquet, table_to_parquet
 from skurec.layout import BUNDLE_LINEAGE_DIR, BUNDLE_TRAINING_TABLE
-from skurec.model_store import ModelRecord, ModelStore, new_model_id, now_iso, sha256_hex
 from skurec.models import load_classifier
-from skurec.storage import Workspace
+from skurec.store.model_store import ModelRecord, ModelStore, new_model_id, now_iso, sha256_hex
+from skurec.store.workspace import Workspace
 
 
 def model_files_only(files: Mapping[str, bytes]) -> dict[str, bytes]:

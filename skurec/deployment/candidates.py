@@ -21,15 +21,15 @@ import numpy as np
 import pandas as pd
 
 from skurec import layout
-from skurec.artifacts import files_digest, read_files
 from skurec.deployment.bundle import PublishedModel, load_published, publish_model
 from skurec.deployment.card import batches_of, build_model_card
 from skurec.deployment.gate import GateConfig, GateReport, evaluate_gate
 from skurec.deployment.training_table import TABLE_COLUMNS, LineageError, image_ids_sha256
-from skurec.model_store import ModelStore, new_model_id, now_iso
 from skurec.models import load_classifier
 from skurec.serving.calibration import calibrate_threshold
-from skurec.storage import Workspace
+from skurec.store.artifacts import files_digest, read_files
+from skurec.store.model_store import ModelStore, new_model_id, now_iso
+from skurec.store.workspace import Workspace
 
 SOURCE_FULL = "full_rebuild"
 # The hierarchy is deployed unless the tuned flat model beats it on validation by more than this (0.5 point).
@@ -139,7 +139,7 @@ def better_of_hierarchy_and_flat(ws: Workspace, hierarchical: Any, margin: float
     """The model a full rebuild publishes: the hierarchical model, unless the tuned flat linear baseline trained on
     the same embeddings beats it on the validation split by more than ``margin`` (then the flat model, which the
     card says, with both numbers; a flat model has no new-SKU fast path, so the next batch waits for a rebuild)."""
-    from skurec.datasets import load_training_data
+    from skurec.embeddings.training_data import load_training_data
 
     choice: dict[str, Any] = {"deployed": "hierarchical", "margin": margin}
     if not ws.exists(f"{layout.FLAT_LINEAR_DIR}/_files.json"):
@@ -292,7 +292,7 @@ def build_candidate(ws: Workspace, attach: str = "coarse", gate: GateConfig | No
     The gate is evaluated before publication so that its numbers are part of the (immutable) model card; the
     deployment step evaluates it again against whatever is deployed at that moment.
     """
-    from skurec.datasets import TrainingDataError, load_training_data
+    from skurec.embeddings.training_data import TrainingDataError, load_training_data
 
     gate = gate or GateConfig()
     cand, why_full = prepare_full_rebuild(ws)

@@ -15,7 +15,7 @@ import pandas as pd
 
 from skurec.deployment.training_table import image_ids_sha256, training_table_sha256
 from skurec.layout import BUNDLE_TRAINING_TABLE
-from skurec.storage import Workspace
+from skurec.store.workspace import Workspace
 
 CARD_SCHEMA = "skurec-model-card/1"
 
@@ -58,7 +58,7 @@ def code_version_info() -> dict[str, Any]:
 
 def batches_of(ws: Workspace, image_ids: Sequence[str]) -> list[dict[str, Any]]:
     """The labelling batches that contributed images to ``image_ids`` (with content hash and image count)."""
-    from skurec.ingest import ingested_batches
+    from skurec.catalogue.ingest import ingested_batches
 
     if not ws.has_table("images"):
         return []

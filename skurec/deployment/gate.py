@@ -12,8 +12,8 @@ import pandas as pd
 from skurec.deployment.bundle import PublishedModel, load_published
 from skurec.deployment.training_table import training_table_sha256
 from skurec.layout import audit_summary
-from skurec.model_store import ModelStore, now_iso
-from skurec.storage import Workspace
+from skurec.store.model_store import ModelStore, now_iso
+from skurec.store.workspace import Workspace
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def _top1(model: Any, X: np.ndarray) -> np.ndarray:
 
 
 def _check_inputs(ws: Workspace, cand: PublishedModel, data: Any, report: GateReport) -> None:
-    from skurec.schemas import ImagesSchema
+    from skurec.catalogue.schemas import ImagesSchema
 
     problems, warnings = report.input_problems, report.input_warnings
     try:
@@ -126,7 +126,7 @@ def evaluate_gate(
       images; if the deployed model used another encoder, its recorded gate accuracy is the reference);
     * dead classes: at most ``max_zero_accuracy_share`` of the validated classes have zero validation accuracy.
     """
-    from skurec.datasets import load_training_data
+    from skurec.embeddings.training_data import load_training_data
 
     store = ModelStore(ws)
     deployed_id = store.deployed_id()

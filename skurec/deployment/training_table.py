@@ -35,7 +35,7 @@ def training_table_sha256(table: pd.DataFrame) -> str:
 
 
 def training_table(data: Any) -> pd.DataFrame:
-    """The ``(image_id, sku_id, split)`` rows of a :class:`~skurec.datasets.TrainingData` (train, val, test)."""
+    """The ``(image_id, sku_id, split)`` rows of a :class:`~skurec.embeddings.training_data.TrainingData` (train, val, test)."""
     parts = [
         pd.DataFrame({"image_id": list(s.image_ids), "sku_id": [str(v) for v in s.y], "split": name})
         for name, s in (("train", data.train), ("val", data.val), ("test", data.test))

@@ -391,7 +391,7 @@ class FrozenEncoder:
         return feats
 
     def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
-        """Convenience: list of RGB PIL images -> ``(n, dim)`` float32 array (sequential; see skurec.embedding)."""
+        """Convenience: list of RGB PIL images -> ``(n, dim)`` float32 array (sequential; see skurec.embeddings.encode)."""
         out = [np.zeros((0, self.dim), dtype=np.float32)]
         for start in range(0, len(images), batch_size):
             batch = torch.stack([self.preprocess(im) for im in images[start : start + batch_size]])

@@ -7,7 +7,7 @@ Pipeline: :func:`class_prototypes` -> :func:`derive_superclasses` -> :func:`trai
 ``dict[str, bytes]`` of safetensors + JSON (``to_files``) and back (``from_files``, or :func:`load_classifier` for
 any kind).
 
-Import graph (one way, checked by ``tests/test_models_import_graph.py``): ``_common``, ``serialization`` ->
+Import graph (one way, checked by ``tests/models/test_models_import_graph.py``): ``_common``, ``serialization`` ->
 ``dense``, ``prototypes``, ``metrics``, ``similar``, ``superclasses``, ``lda`` -> ``coarse``, ``fine``, ``flat``,
 ``lda_router``, ``specialists``, ``confusion_superclasses`` -> ``hierarchical`` -> ``specialist_hierarchy`` ->
 ``registry`` (:func:`load_classifier`) -> this package.

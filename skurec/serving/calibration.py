@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from skurec.storage import Workspace
+from skurec.store.workspace import Workspace
 
 
 def calibrate_threshold(
@@ -19,7 +19,7 @@ def calibrate_threshold(
     Scores of the hierarchical model are ``p(superclass) * p(SKU | superclass)``; their scale depends on the number
     of SKUs per superclass and the fine head's temperature, so a fixed threshold does not fit every model.
     """
-    from skurec.datasets import load_training_data
+    from skurec.embeddings.training_data import load_training_data
 
     data = data if data is not None else load_training_data(ws)
     if len(data.val) == 0:

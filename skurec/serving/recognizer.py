@@ -27,8 +27,8 @@ from PIL import Image
 
 from skurec.deployment.bundle import load_published
 from skurec.images import ImageRejected, decode_rgb, sha256_bytes
-from skurec.model_store import ModelStore
-from skurec.storage import Workspace
+from skurec.store.model_store import ModelStore
+from skurec.store.workspace import Workspace
 
 ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
 

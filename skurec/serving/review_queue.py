@@ -24,7 +24,7 @@ import pandas as pd
 
 from skurec.images import sha256_bytes
 from skurec.layout import REVIEW_QUEUE_DIR as QUEUE_DIR
-from skurec.storage import Workspace
+from skurec.store.workspace import Workspace
 
 _EXT = {b"\xff\xd8\xff": ".jpg", b"\x89PNG": ".png", b"GIF8": ".gif", b"BM": ".bmp", b"RIFF": ".webp"}
 
