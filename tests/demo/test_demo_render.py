@@ -16,18 +16,10 @@ from support.files import snapshot_tree
 
 import skurec.demo.render as synth
 from skurec.catalogue.importer import import_catalogue
-from skurec.demo.render import (
-    FAMILIES,
-    SyntheticSku,
-    demo_skus,
-    image_rng,
-    make_demo_catalogue,
-    make_labelled_batch,
-    make_sku,
-    render_product,
-    render_sku_image,
-    render_sku_jpeg,
-)
+from skurec.demo.packshot import render_product
+from skurec.demo.photo import image_rng, render_sku_image, render_sku_jpeg
+from skurec.demo.render import make_demo_catalogue, make_labelled_batch
+from skurec.demo.skus import FAMILIES, SyntheticSku, demo_skus, make_sku
 
 SMALL = {"n_families": 3, "skus_per_family": 2, "images_per_sku": 3, "image_size": 96}
 
