@@ -8,6 +8,8 @@ images (view-major: all of view 0, then view 1, ...; ``image_ids`` and ``y`` rep
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -73,8 +75,59 @@ def current_encoder(ws: Workspace) -> dict:
 
 
 def load_training_data(ws: Workspace, min_classes: int = 2) -> TrainingData:
-    """Active images of the audited catalogue with their embeddings, by split."""
+    """Active images of the audited catalogue with their embeddings, by split.
+
+    Loaded once per process and catalogue state: a full rebuild asks for it in about ten steps (prototypes,
+    superclasses, coarse, fine, flat baselines, evaluation, candidate, gate, calibration), all of which see the same
+    snapshot, so the join of the image table with the embedding cache runs once. The key is the content of the image
+    and class tables, the current-encoder document and a listing stamp of the cache folders (name, size, modification time of each part),
+    so any change of the catalogue or the cache loads afresh. The
+    returned object is shared: treat it as read-only (its arrays are marked so)."""
     encoder = current_encoder(ws)
+    key = (ws.uri(), min_classes, _snapshot_key(ws, encoder))
+    hit = _LOADED.get(key)
+    if hit is not None:
+        return hit
+    data = _load(ws, encoder, min_classes)
+    for part in (data.train, data.val, data.test, data.fit):
+        part.X.flags.writeable = False
+    _LOADED.clear()  # one snapshot at a time: memory stays that of one catalogue
+    _LOADED[key] = data
+    return data
+
+
+#: the process's loaded training data, keyed by (workspace, min_classes, snapshot key); see load_training_data
+_LOADED: dict[tuple, TrainingData] = {}
+
+
+def _snapshot_key(ws: Workspace, encoder: dict) -> str:
+    """A digest of everything load_training_data reads: the image and class tables' bytes, the current encoder and
+    the cache parts of it and of its train-time views."""
+    h = hashlib.sha256(json.dumps(encoder, sort_keys=True, default=str).encode())
+    for name in ("images", "classes"):
+        h.update(hashlib.sha256(ws.read_bytes(ws.table_rel(name))).digest())
+    cache = EmbeddingCache(ws)
+    ids = [encoder["encoder_id"], *((encoder.get("train_views") or {}).get("encoder_ids") or [])]
+    for encoder_id in ids:
+        h.update(_listing_stamp(ws, cache.rel_dir(encoder_id)).encode())
+    return h.hexdigest()
+
+
+def _listing_stamp(ws: Workspace, rel_dir: str) -> str:
+    """Name, size and modification stamp of every file in a folder (one listing, also on object stores): a part
+    that is added, removed or rewritten in place changes it."""
+    if not ws.exists(rel_dir):
+        return ""
+    try:
+        entries = ws.fs.ls(ws.path(rel_dir), detail=True, refresh=True)
+    except TypeError:  # filesystems without the refresh keyword
+        entries = ws.fs.ls(ws.path(rel_dir), detail=True)
+    keep = ("name", "size", "mtime", "ETag", "LastModified", "last_modified")
+    rows = sorted(json.dumps({k: e.get(k) for k in keep}, sort_keys=True, default=str) for e in entries)
+    return "\n".join(rows)
+
+
+def _load(ws: Workspace, encoder: dict, min_classes: int) -> TrainingData:
     images = ws.read_table("images")
     images = images[images["active"]].sort_values("image_id").reset_index(drop=True)
     classes = sorted(images["sku_id"].unique().tolist())

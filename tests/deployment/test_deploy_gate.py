@@ -3,6 +3,8 @@ training never touch the deployed model. Synthetic embeddings (no encoder) keep 
 
 from __future__ import annotations
 
+import dataclasses
+
 import dagster as dg
 import pytest
 from support.deploy import (
@@ -69,7 +71,9 @@ def test_dead_classes_fail_the_gate_even_when_accuracy_holds(tmp_path):
     # A class whose validation images look like another class: no model can get it right.
     y = data.val.y
     dead = y == "c0"
-    data.val.X[dead] = _centre("c1")
+    val = dataclasses.replace(data.val, X=data.val.X.copy())  # the loaded data is shared and read-only
+    val.X[dead] = _centre("c1")
+    data = dataclasses.replace(data, val=val)
     report = evaluate_gate(ws, first, GateConfig(), data=data)  # vs itself: accuracy criterion is trivially met
     assert report.accuracy_ok and not report.zero_ok and report.zero_accuracy_classes == ["c0"]
     assert report.zero_accuracy_share == pytest.approx(1 / 6)

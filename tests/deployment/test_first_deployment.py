@@ -11,6 +11,7 @@ import json
 import dagster as dg
 from support.loop import PALETTE, initial_build, loop_resources, sku_png
 
+from skurec.embeddings import training_data
 from skurec.store.model_store import ModelStore
 from skurec.store.workspace import Workspace
 from skurec_assets.cli import main
@@ -35,13 +36,17 @@ def write_train_test_manifest(root, n_train: int = 24, n_test: int = 6):
     return root / "manifest.csv", rows
 
 
-def test_train_test_manifest_deploys_and_predicts_on_the_first_run(tmp_path, capsys):
+def test_train_test_manifest_deploys_and_predicts_on_the_first_run(tmp_path, capsys, monkeypatch):
     manifest, rows = write_train_test_manifest(tmp_path / "published")
     work = tmp_path / "work"
     defs = build_definitions(loop_resources(work, manifest, tmp_path / "drop"))
     instance = dg.DagsterInstance.ephemeral()
+    loads = []
+    real_load = training_data._load
+    monkeypatch.setattr(training_data, "_load", lambda *a, **k: loads.append(1) or real_load(*a, **k))
 
     assert initial_build(defs, instance).success
+    assert len(loads) == 1, f"the full build joined the catalogue with the embedding cache {len(loads)} times"
     ws = Workspace(str(work))
     images = ws.read_table("images")
     counts = images["split"].value_counts().to_dict()

@@ -285,7 +285,7 @@ def test_rebuild_is_needed_when_the_train_views_change(tmp_path: Path) -> None:
 def test_the_fast_path_fits_new_skus_on_their_train_views_too(tmp_path: Path) -> None:
     """A labelled batch extends the deployed model with the new images AND their cached train-time views (the
     rows a full rebuild would fit on); the training table still lists each image once."""
-    from test_recognizer import deploy_model
+    from support.deploy import deploy_model
 
     from skurec.deployment.candidates import prepare_fast_path
     from skurec.embeddings.training_data import Split, TrainingData

@@ -10,41 +10,18 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from support.deploy import deploy_model
 from support.loop import sku_png
 
 from skurec.catalogue.batches import DropBatch, inspect_batch
-from skurec.deployment.bundle import publish_model
-from skurec.deployment.card import build_model_card
 from skurec.encoders import load_encoder
 from skurec.models import DenseConfig, FineConfig, train_hierarchical
 from skurec.serving.recognizer import Recognizer, RecognizerError
 from skurec.serving.review_queue import ReviewQueue
-from skurec.store.model_store import ModelStore
 from skurec.store.workspace import Workspace
 from skurec_assets.cli import main
 
 SKUS = ["sku-red", "sku-green", "sku-blue", "sku-yellow", "sku-white"]
-
-
-def deploy_model(ws: Workspace, model, enc, ids, labels, n_superclasses: int) -> str:  # type: ignore[no-untyped-def]
-    """Publish ``model`` (trained on the train images ``ids``) with a full-rebuild card and deploy it."""
-    table = pd.DataFrame({"image_id": list(ids), "sku_id": list(labels), "split": "train", "added_by": None})
-    card = build_model_card(
-        source="full_rebuild",
-        model=model,
-        table=table,
-        catalogue_snapshot="s" * 64,
-        encoder=enc.identity(),
-        superclasses={"version": "v1", "n_superclasses": n_superclasses},
-        training_config={},
-        seeds={},
-        evaluation={},
-        batches=[],
-        sku_names={s: s.replace("sku-", "").title() for s in SKUS},
-    )
-    rec = publish_model(ws, model, card, table)
-    ModelStore(ws).deploy(rec.model_id, reason="test")
-    return rec.model_id
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,16 @@ import numpy as np
 import pandas as pd
 
 from skurec.catalogue.audit import catalogue_snapshot_hash
+from skurec.deployment.bundle import publish_model
 from skurec.deployment.candidates import build_candidate
+from skurec.deployment.card import build_model_card
 from skurec.deployment.gate import decide_deployment
 from skurec.deployment.training_table import image_ids_sha256
 from skurec.embeddings.cache import EmbeddingCache
 from skurec.embeddings.training_data import load_training_data
 from skurec.models import DenseConfig, FineConfig, l2_normalize, train_hierarchical
 from skurec.store.artifacts import write_files
+from skurec.store.model_store import ModelStore
 from skurec.store.workspace import Workspace
 
 ENCODER = {
@@ -177,3 +180,24 @@ def deploy_first(ws: Workspace) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ tests
+
+
+def deploy_model(ws: Workspace, model, enc, ids, labels, n_superclasses: int) -> str:  # type: ignore[no-untyped-def]
+    """Publish ``model`` (trained on the train images ``ids``) with a full-rebuild card and deploy it."""
+    table = pd.DataFrame({"image_id": list(ids), "sku_id": list(labels), "split": "train", "added_by": None})
+    card = build_model_card(
+        source="full_rebuild",
+        model=model,
+        table=table,
+        catalogue_snapshot="s" * 64,
+        encoder=enc.identity(),
+        superclasses={"version": "v1", "n_superclasses": n_superclasses},
+        training_config={},
+        seeds={},
+        evaluation={},
+        batches=[],
+        sku_names={s: s.replace("sku-", "").title() for s in labels},
+    )
+    rec = publish_model(ws, model, card, table)
+    ModelStore(ws).deploy(rec.model_id, reason="test")
+    return rec.model_id
