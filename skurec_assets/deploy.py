@@ -15,7 +15,7 @@ import dagster as dg
 
 from skurec.deployment.candidates import build_candidate, latest_candidate, record_candidate
 from skurec.deployment.card import model_card_markdown
-from skurec.deployment.gate import decide_deployment, evaluate_gate
+from skurec.deployment.gate import decide_deployment, judge
 from skurec.store.model_store import ModelStore, ModelStoreError
 from skurec_resources import LabellingLoopResource, StorageResource
 
@@ -122,7 +122,7 @@ def candidate_gate(storage: StorageResource, loop: LabellingLoopResource):
             yield dg.AssetCheckResult(check_name=name, passed=False, metadata={"reason": "no candidate recorded"})
         return
     config = loop.gate_config()
-    report = evaluate_gate(ws, latest["model_id"], config)
+    report, _ = judge(ws, latest["model_id"], config, recorded=(latest.get("details") or {}).get("gate_verdict"))
     common = {"candidate_model_id": report.candidate_id, "deployed_model_id": str(report.deployed_id)}
     yield dg.AssetCheckResult(
         check_name="gate_inputs_valid",
@@ -185,7 +185,8 @@ def deployed_model(context: dg.AssetExecutionContext, storage: StorageResource, 
     if latest["model_id"] == current:
         context.log.info(f"{current} is already deployed")
         return
-    decision = decide_deployment(ws, latest["model_id"], loop.gate_config())
+    recorded = (latest.get("details") or {}).get("gate_verdict")
+    decision = decide_deployment(ws, latest["model_id"], loop.gate_config(), recorded=recorded)
     card = store.card(decision.model_id) if decision.model_id else {}
     if decision.deployed:
         context.log.info(f"deployed {decision.model_id} (previous: {current})")

@@ -23,7 +23,7 @@ import pandas as pd
 from skurec import layout
 from skurec.deployment.bundle import PublishedModel, load_published, publish_model
 from skurec.deployment.card import batches_of, build_model_card
-from skurec.deployment.gate import GateConfig, GateReport, evaluate_gate
+from skurec.deployment.gate import GateConfig, GateReport, evaluate_gate, gate_key
 from skurec.deployment.training_table import TABLE_COLUMNS, LineageError, image_ids_sha256
 from skurec.models import load_classifier
 from skurec.serving.calibration import calibrate_threshold
@@ -289,8 +289,9 @@ def build_candidate(ws: Workspace, attach: str = "coarse", gate: GateConfig | No
     """Publish the next candidate and judge it: a newly trained full model if there is one, else the fast-path
     extension of the deployed model, else nothing (``model_id`` None, ``reason`` says why).
 
-    The gate is evaluated before publication so that its numbers are part of the (immutable) model card; the
-    deployment step evaluates it again against whatever is deployed at that moment.
+    The gate is evaluated before publication so that its numbers are part of the (immutable) model card; the verdict
+    is recorded with its key (``details["gate_verdict"]``, see :func:`skurec.deployment.gate.judge`), so the gate
+    check and the deployment step reuse it unless the deployed model, the catalogue or the thresholds changed since.
     """
     from skurec.embeddings.training_data import TrainingDataError, load_training_data
 
@@ -320,6 +321,7 @@ def build_candidate(ws: Workspace, attach: str = "coarse", gate: GateConfig | No
     }
     cand.card["gate_at_publication"] = report.to_dict()
     rec = publish_model(ws, cand.model, cand.card, cand.table, model_id=cand.model_id)
+    details = {**details, "gate_verdict": {"key": gate_key(ws, rec.model_id, gate), "report": report.to_dict()}}
     source = rec.card.get("source")
     return CandidateResult(source, rec.model_id, why, rec.card, report, details)
 

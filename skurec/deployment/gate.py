@@ -3,7 +3,7 @@ deployment pointer only when every criterion passes. :class:`GateConfig` holds t
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -72,6 +72,41 @@ class GateReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "passed": self.passed, "reasons": self.reasons}
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> GateReport:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in doc.items() if k in names})
+
+
+def gate_key(ws: Workspace, candidate_id: str, config: GateConfig) -> dict[str, Any]:
+    """What a gate verdict depends on: the candidate, the model deployed now, the catalogue snapshot (tables,
+    encoder, embedding cache) and the gate's thresholds. A verdict recorded under an equal key is still valid."""
+    from skurec.embeddings.training_data import snapshot_key
+
+    return {
+        "candidate_id": candidate_id,
+        "deployed_id": ModelStore(ws).deployed_id(),
+        "snapshot": snapshot_key(ws),
+        "config": asdict(config),
+    }
+
+
+def judge(
+    ws: Workspace,
+    candidate_id: str,
+    config: GateConfig = GateConfig(),
+    recorded: dict[str, Any] | None = None,
+    data: Any | None = None,
+) -> tuple[GateReport, dict[str, Any]]:
+    """The gate's verdict on ``candidate_id`` now, evaluated once per key (:func:`gate_key`): ``recorded`` (a
+    ``{"key": ..., "report": ...}`` document written when the candidate was published) is reused when its key is
+    the current one; otherwise the gate runs. Returns the report and the document to record."""
+    key = gate_key(ws, candidate_id, config)
+    if recorded and recorded.get("key") == key and recorded.get("report"):
+        return GateReport.from_dict(recorded["report"]), recorded
+    report = evaluate_gate(ws, candidate_id, config, data)
+    return report, {"key": key, "report": report.to_dict()}
 
 
 def _top1(model: Any, X: np.ndarray) -> np.ndarray:
@@ -213,12 +248,17 @@ class DeploymentDecision:
 
 
 def decide_deployment(
-    ws: Workspace, candidate_id: str, config: GateConfig = GateConfig(), data: Any | None = None
+    ws: Workspace,
+    candidate_id: str,
+    config: GateConfig = GateConfig(),
+    data: Any | None = None,
+    recorded: dict[str, Any] | None = None,
 ) -> DeploymentDecision:
-    """Promote ``candidate_id`` iff the gate passes; a refusal is recorded and leaves the pointer untouched."""
+    """Promote ``candidate_id`` iff the gate passes; a refusal is recorded and leaves the pointer untouched.
+    ``recorded``: the candidate's recorded verdict (see :func:`judge`), reused when nothing it depends on changed."""
     store = ModelStore(ws)
     before = store.deployed_id()
-    report = evaluate_gate(ws, candidate_id, config, data)
+    report, _ = judge(ws, candidate_id, config, recorded, data)
     if report.passed:
         event = store.deploy(candidate_id, reason="gate passed", extra={"gate": report.to_dict()})
         return DeploymentDecision(True, candidate_id, candidate_id, report, event)

@@ -84,7 +84,7 @@ def load_training_data(ws: Workspace, min_classes: int = 2) -> TrainingData:
     so any change of the catalogue or the cache loads afresh. The
     returned object is shared: treat it as read-only (its arrays are marked so)."""
     encoder = current_encoder(ws)
-    key = (ws.uri(), min_classes, _snapshot_key(ws, encoder))
+    key = (ws.uri(), min_classes, snapshot_key(ws, encoder))
     hit = _LOADED.get(key)
     if hit is not None:
         return hit
@@ -100,9 +100,10 @@ def load_training_data(ws: Workspace, min_classes: int = 2) -> TrainingData:
 _LOADED: dict[tuple, TrainingData] = {}
 
 
-def _snapshot_key(ws: Workspace, encoder: dict) -> str:
+def snapshot_key(ws: Workspace, encoder: dict | None = None) -> str:
     """A digest of everything load_training_data reads: the image and class tables' bytes, the current encoder and
-    the cache parts of it and of its train-time views."""
+    the cache parts of it and of its train-time views. Equal keys mean the same training, validation and test data."""
+    encoder = encoder if encoder is not None else current_encoder(ws)
     h = hashlib.sha256(json.dumps(encoder, sort_keys=True, default=str).encode())
     for name in ("images", "classes"):
         h.update(hashlib.sha256(ws.read_bytes(ws.table_rel(name))).digest())

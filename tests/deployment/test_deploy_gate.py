@@ -10,11 +10,13 @@ import pytest
 from support.deploy import (
     ENCODER,
     _centre,
+    add_images,
     deploy_first,
     make_workspace,
     write_trained_model,
 )
 
+from skurec.deployment import gate
 from skurec.deployment.candidates import build_candidate
 from skurec.deployment.gate import GateConfig, decide_deployment, evaluate_gate
 from skurec.deployment.training_table import LineageError
@@ -47,6 +49,30 @@ def test_worse_candidate_is_refused_and_the_previous_model_stays(tmp_path):
     assert store.exists(bad.model_id)
     again = build_candidate(ws)
     assert again.model_id is None and "already published" in again.reason
+
+
+def test_a_recorded_verdict_is_reused_only_while_its_key_holds(tmp_path, monkeypatch):
+    ws = make_workspace(tmp_path)
+    first = deploy_first(ws)
+    write_trained_model(ws, seed=1)
+    cand = build_candidate(ws)
+    recorded = cand.details["gate_verdict"]
+    calls = []
+    real = gate.evaluate_gate
+    monkeypatch.setattr(gate, "evaluate_gate", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    report, doc = gate.judge(ws, cand.model_id, GateConfig(), recorded)
+    assert calls == [] and doc is recorded and report.to_dict() == recorded["report"]
+    # other thresholds, another deployed model or another catalogue snapshot: judged again
+    gate.judge(ws, cand.model_id, GateConfig(tolerance=0.2), recorded)
+    assert len(calls) == 1
+    add_images(ws, {"c0": 1}, seed=99, n_val=1)
+    report2, doc2 = gate.judge(ws, cand.model_id, GateConfig(), recorded)
+    assert len(calls) == 2 and doc2["key"]["snapshot"] != recorded["key"]["snapshot"]
+    assert report2.n_val == report.n_val + 1
+    ModelStore(ws).deploy(cand.model_id, reason="test")
+    gate.judge(ws, cand.model_id, GateConfig(), doc2)
+    assert len(calls) == 3 and first != cand.model_id
 
 
 def test_gate_thresholds_are_configurable(tmp_path):

@@ -11,6 +11,7 @@ import json
 import dagster as dg
 from support.loop import PALETTE, initial_build, loop_resources, sku_png
 
+from skurec.deployment import candidates, gate
 from skurec.embeddings import training_data
 from skurec.store.model_store import ModelStore
 from skurec.store.workspace import Workspace
@@ -44,9 +45,15 @@ def test_train_test_manifest_deploys_and_predicts_on_the_first_run(tmp_path, cap
     loads = []
     real_load = training_data._load
     monkeypatch.setattr(training_data, "_load", lambda *a, **k: loads.append(1) or real_load(*a, **k))
+    gates = []
+    real_gate = gate.evaluate_gate
+    counted_gate = lambda *a, **k: gates.append(1) or real_gate(*a, **k)  # noqa: E731
+    monkeypatch.setattr(gate, "evaluate_gate", counted_gate)
+    monkeypatch.setattr(candidates, "evaluate_gate", counted_gate)
 
     assert initial_build(defs, instance).success
     assert len(loads) == 1, f"the full build joined the catalogue with the embedding cache {len(loads)} times"
+    assert len(gates) == 1, f"the gate was evaluated {len(gates)} times for one candidate on one snapshot"
     ws = Workspace(str(work))
     images = ws.read_table("images")
     counts = images["split"].value_counts().to_dict()
