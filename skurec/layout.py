@@ -13,9 +13,10 @@ relative to the work directory (``Workspace`` resolves them, locally or on objec
       batches/<batch_id>/                 ingested labelled batches (rows.parquet, images/, batch.json last)
       embeddings/<encoder>/part-*.parquet embedding cache (one set of parts per hash shard); current_encoder.json
       dagster_step_io/<run_id>/           the embedding steps' JSON hand-offs while a run is in flight
+      asset_values/<asset>.json           an asset value handed on through the graph (the candidate record)
       artifacts/                          training outputs of the full rebuild (hash-verified folders)
       reports/                            audit summary, evaluation JSON/Markdown, plots
-      candidates/<model_id>.json          candidate records; candidates/latest.json
+      candidates/<model_id>.json          candidate records (the latest is candidate_model's value in asset_values/)
       models/<model_id>/                  immutable model bundles; models/deployed.json; models/history/
       review_queue/                       low-confidence predictions waiting for a label
 """
@@ -56,6 +57,8 @@ EMBEDDINGS_DIR = "embeddings"
 CURRENT_ENCODER = f"{EMBEDDINGS_DIR}/current_encoder.json"
 #: small JSON hand-offs between the embedding graph's steps, per run (``<run_id>/<step>.json``), removed on success
 STEP_IO_DIR = "dagster_step_io"
+#: the value of an asset handed to its checks and downstream assets through the graph (``<asset key>.json``)
+ASSET_VALUES_DIR = "asset_values"
 
 # ------------------------------------------------------------------------------------------------ training artifacts
 ARTIFACTS_DIR = "artifacts"
@@ -84,7 +87,6 @@ CONFUSION_PNG = f"{REPORTS_DIR}/confusion_similar.png"
 
 # ------------------------------------------------------------------------------------------------ deployment
 CANDIDATES_DIR = "candidates"
-LATEST_CANDIDATE = f"{CANDIDATES_DIR}/latest.json"
 MODELS_DIR = "models"
 DEPLOYED_POINTER = f"{MODELS_DIR}/deployed.json"
 MODEL_HISTORY_DIR = f"{MODELS_DIR}/history"
@@ -148,7 +150,3 @@ def superclass_map(ws: Workspace) -> tuple[dict[str, int], dict]:
     """``({sku_id: superclass}, superclasses.json)`` of the last superclass derivation (raises when missing)."""
     doc = ws.read_json(SUPERCLASSES_JSON)
     return {c: int(s) for c, s in zip(doc["classes"], doc["assignment"])}, doc
-
-
-def latest_candidate(ws: Workspace) -> dict | None:
-    return _read_json_or(ws, LATEST_CANDIDATE, None)

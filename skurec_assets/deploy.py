@@ -13,11 +13,12 @@
 
 import dagster as dg
 
-from skurec.deployment.candidates import build_candidate, latest_candidate, record_candidate
+from skurec.deployment.candidates import build_candidate, record_candidate
 from skurec.deployment.card import model_card_markdown
 from skurec.deployment.gate import decide_deployment, judge
 from skurec.store.model_store import ModelStore, ModelStoreError
 from skurec_resources import LabellingLoopResource, StorageResource
+from skurec_resources.io_managers import STEP_IO_KEY, workdir_json_io_manager
 
 DEPLOY = "deploy"
 
@@ -48,6 +49,9 @@ def _lineage_metadata(card: dict) -> dict:
     deps=["fine_model", "image_embeddings", "evaluation_report"],
     code_version="candidate-v1",
     output_required=False,
+    io_manager_key=STEP_IO_KEY,
+    resource_defs={STEP_IO_KEY: workdir_json_io_manager},
+    required_resource_keys={"storage", "loop"},  # resource_defs above: resources come through the context
     automation_condition=dg.AutomationCondition.eager(),
     kinds={"pytorch", "safetensors"},
     description=(
@@ -56,7 +60,9 @@ def _lineage_metadata(card: dict) -> dict:
         "their nearest superclass, no retraining: the fast path). Not materialised when nothing changed."
     ),
 )
-def candidate_model(context: dg.AssetExecutionContext, storage: StorageResource, loop: LabellingLoopResource):
+def candidate_model(context: dg.AssetExecutionContext):
+    storage: StorageResource = context.resources.storage
+    loop: LabellingLoopResource = context.resources.loop
     ws = storage.workspace()
     result = build_candidate(ws, attach=loop.attach_rule, gate=loop.gate_config())
     inactive = result.details.get("inactive_new_skus") or []
@@ -68,13 +74,14 @@ def candidate_model(context: dg.AssetExecutionContext, storage: StorageResource,
     if result.model_id is None:
         context.log.info(f"no new candidate: {result.reason}")
         return
-    record_candidate(ws, result)
+    record = record_candidate(ws, result)
     gate = result.gate
     context.log.info(
         f"candidate {result.model_id} ({result.source}): {result.reason}; gate passed={gate.passed if gate else None}"
     )
     fast = (result.card or {}).get("fast_path") or {}
-    yield dg.MaterializeResult(
+    yield dg.Output(
+        record,
         metadata={
             **_lineage_metadata(result.card or {}),
             "reason": result.reason,
@@ -113,16 +120,12 @@ GATE_CHECKS = {
         for name, desc in GATE_CHECKS.items()
     ],
     description="The deployment gate: a candidate that fails any of these is never deployed.",
+    ins={"candidate": dg.AssetIn("candidate_model")},
 )
-def candidate_gate(storage: StorageResource, loop: LabellingLoopResource):
+def candidate_gate(candidate: dict, storage: StorageResource, loop: LabellingLoopResource):
     ws = storage.workspace()
-    latest = latest_candidate(ws)
-    if latest is None or latest.get("model_id") is None:
-        for name in GATE_CHECKS:
-            yield dg.AssetCheckResult(check_name=name, passed=False, metadata={"reason": "no candidate recorded"})
-        return
     config = loop.gate_config()
-    report, _ = judge(ws, latest["model_id"], config, recorded=(latest.get("details") or {}).get("gate_verdict"))
+    report, _ = judge(ws, candidate["model_id"], config, recorded=(candidate.get("details") or {}).get("gate_verdict"))
     common = {"candidate_model_id": report.candidate_id, "deployed_model_id": str(report.deployed_id)}
     yield dg.AssetCheckResult(
         check_name="gate_inputs_valid",
@@ -164,7 +167,6 @@ def candidate_gate(storage: StorageResource, loop: LabellingLoopResource):
 
 @dg.asset(
     group_name=DEPLOY,
-    deps=[candidate_model],
     code_version="deploy-v1",
     output_required=False,
     automation_condition=dg.AutomationCondition.eager(),
@@ -174,19 +176,17 @@ def candidate_gate(storage: StorageResource, loop: LabellingLoopResource):
         "deployed and the metadata says why. `skurec predict` and `Recognizer.from_workdir` load this model."
     ),
 )
-def deployed_model(context: dg.AssetExecutionContext, storage: StorageResource, loop: LabellingLoopResource):
+def deployed_model(
+    context: dg.AssetExecutionContext, candidate_model: dict, storage: StorageResource, loop: LabellingLoopResource
+):
     ws = storage.workspace()
     store = ModelStore(ws)
-    latest = latest_candidate(ws)
     current = store.deployed_id()
-    if latest is None or latest.get("model_id") is None:
-        context.log.info("no candidate to deploy")
-        return
-    if latest["model_id"] == current:
+    if candidate_model["model_id"] == current:
         context.log.info(f"{current} is already deployed")
         return
-    recorded = (latest.get("details") or {}).get("gate_verdict")
-    decision = decide_deployment(ws, latest["model_id"], loop.gate_config(), recorded=recorded)
+    recorded = (candidate_model.get("details") or {}).get("gate_verdict")
+    decision = decide_deployment(ws, candidate_model["model_id"], loop.gate_config(), recorded=recorded)
     card = store.card(decision.model_id) if decision.model_id else {}
     if decision.deployed:
         context.log.info(f"deployed {decision.model_id} (previous: {current})")

@@ -22,7 +22,6 @@ nothing (same plan, documents, cache and data version as without the option).
 """
 
 import os
-import re
 import socket
 import warnings
 from typing import Optional
@@ -33,15 +32,15 @@ from skurec.embeddings.cache import EmbeddingCache
 from skurec.embeddings.encode import worker_device
 from skurec.encoders import EncoderCheckpointError, EncoderUnavailableError
 from skurec.encoders.views import train_views_doc
-from skurec.layout import CURRENT_ENCODER, EMBEDDING_FAILURES, EMBEDDINGS_VIEW, STEP_IO_DIR
+from skurec.layout import CURRENT_ENCODER, EMBEDDING_FAILURES, EMBEDDINGS_VIEW
 from skurec_assets.ingest import audited_catalogue
 from skurec_assets.metadata import throttled_progress
 from skurec_resources import EncoderResource, StorageResource
+from skurec_resources.io_managers import STEP_IO_KEY, step_dir, workdir_json_io_manager
 
 EMBED = "embed"
 SHARDS_ENV = "SKUREC_EMBED_SHARDS"
 DEFAULT_SHARDS = 2  # one machine: as many shards as a small machine runs at once; a GPU pool sets more
-STEP_IO_KEY = "skurec_step_io"
 
 _RETRY = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)
 
@@ -70,40 +69,6 @@ class EmbedShardsConfig(dg.Config):
         if n < 1:
             raise dg.Failure(description=f"n_shards must be >= 1, got {n}", allow_retries=False)
         return n
-
-
-# ------------------------------------------------------------------------------------------------ step IO
-class WorkdirJsonIOManager(dg.IOManager):
-    """Outputs of the embedding graph's steps as JSON files in the work directory: small documents (a shard index,
-    per-shard counts), readable from every machine that sees the work directory (local or ``s3://``), never
-    pickled. The asset itself produces no value (its data is the cache)."""
-
-    def __init__(self, storage: StorageResource):
-        self._storage = storage
-
-    @staticmethod
-    def _rel(identifier: list[str]) -> str:
-        safe = [re.sub(r"[^A-Za-z0-9._-]", "_", str(p)) for p in identifier]
-        return "/".join([STEP_IO_DIR, *safe]) + ".json"
-
-    def handle_output(self, context: dg.OutputContext, obj) -> None:
-        if obj is None:
-            return
-        self._storage.workspace().write_json(self._rel(context.get_identifier()), obj)
-
-    def load_input(self, context: dg.InputContext):
-        upstream = context.upstream_output
-        if upstream is None:
-            raise ValueError(f"input {context.name} has no upstream output")
-        return self._storage.workspace().read_json(self._rel(upstream.get_identifier()))
-
-
-@dg.io_manager(
-    required_resource_keys={"storage"},
-    description="Step results of the embedding graph, as JSON in the work directory.",
-)
-def workdir_json_io_manager(init_context) -> WorkdirJsonIOManager:
-    return WorkdirJsonIOManager(init_context.resources.storage)
 
 
 # ------------------------------------------------------------------------------------------------ ops
@@ -363,7 +328,7 @@ def combine_embedding_shards(
     ws.mirror_parquet_view(EMBEDDINGS_VIEW, f"{cache.rel_dir(encoder_id)}/part-*.parquet")
     workers = {str(s): r["worker"] for s, r in sorted(ran.items())}
     # The steps' JSON hand-offs of this run are consumed: remove them (a failed run keeps them for re-execution).
-    ws.delete(f"{STEP_IO_DIR}/{re.sub(r'[^A-Za-z0-9._-]', '_', context.run_id)}")
+    ws.delete(step_dir(context.run_id))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.BetaWarning)  # Output(data_version=...): stable in practice since 1.3
         return _combined_output(

@@ -327,7 +327,8 @@ def build_candidate(ws: Workspace, attach: str = "coarse", gate: GateConfig | No
 
 
 def record_candidate(ws: Workspace, candidate: CandidateResult) -> dict:
-    """Write ``candidates/<model_id>.json`` and ``candidates/latest.json`` (what the deployment step looks at)."""
+    """Write ``candidates/<model_id>.json`` (the audit trail of every candidate) and return the record: the value of
+    the ``candidate_model`` asset that the gate check and the deployment step receive through the graph."""
     doc = {
         "model_id": candidate.model_id,
         "source": candidate.source,
@@ -337,9 +338,4 @@ def record_candidate(ws: Workspace, candidate: CandidateResult) -> dict:
         "details": candidate.details,
     }
     ws.write_json(layout.candidate_record(candidate.model_id), doc)
-    ws.write_json(layout.LATEST_CANDIDATE, doc)
     return doc
-
-
-def latest_candidate(ws: Workspace) -> dict | None:
-    return layout.latest_candidate(ws)
