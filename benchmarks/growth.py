@@ -121,7 +121,7 @@ def run_size(n_skus: int, n_images: int, batch_frac: float, base: Path, shards: 
     import dagster as dg
 
     from skurec_assets.definitions import build_definitions
-    from skurec_assets.inprocess import run_loop_in_process
+    from skurec_assets.loop_pass import run_loop_in_process
     from skurec_resources import CatalogueResource, EncoderResource, LabellingLoopResource, StorageResource
 
     root = base / f"s{n_skus}x{n_images}"

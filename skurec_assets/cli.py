@@ -168,7 +168,7 @@ def run_labelling_loop(settings: dict) -> bool:
     import dagster as dg
 
     from skurec_assets.definitions import build_definitions
-    from skurec_assets.inprocess import load_cursors, run_loop_in_process, save_cursors
+    from skurec_assets.loop_pass import load_cursors, run_loop_in_process, save_cursors
     from skurec_resources import default_resources
 
     defs = build_definitions(default_resources())

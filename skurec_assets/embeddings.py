@@ -72,6 +72,22 @@ class EmbedShardsConfig(dg.Config):
 
 
 # ------------------------------------------------------------------------------------------------ ops
+def _update_shard(cache, enc, rows, encoder: EncoderResource, storage: StorageResource, shard, progress, view=None):
+    """Embed the missing ``rows`` of one shard (plain rows, or train-time view ``view`` = ``(j, seed)``). The plan
+    step verified the whole cache in this run, so the shard step does not verify it again."""
+    return cache.update(
+        enc,
+        rows,
+        batch_size=encoder.batch_size,
+        num_workers=encoder.num_workers,
+        progress=progress,
+        storage_options=storage.storage_options(),
+        shard=shard,
+        verify=False,
+        train_view=view,
+    )
+
+
 def _load(encoder: EncoderResource, shard: int | None = None):
     """The encoder, on this worker's device (shard ``s`` takes ``cuda:{s % n_gpus}`` on a multi-GPU machine); a
     configuration problem fails at once with the remedy instead of being retried."""
@@ -185,16 +201,7 @@ def embed_shard(
     n_shards = int(plan["n_shards"])
     images = ws.read_table("images", columns=["image_id", "image_uri"])
     progress = throttled_progress(context, f"shard {shard}: embedded {{done}}/{{total}} new images")
-    stats = EmbeddingCache(ws).update(
-        enc,
-        images,
-        batch_size=encoder.batch_size,
-        num_workers=encoder.num_workers,
-        progress=progress,
-        storage_options=storage.storage_options(),
-        shard=(shard, n_shards),
-        verify=False,  # the plan step verified the whole cache in this run
-    )
+    stats = _update_shard(EmbeddingCache(ws), enc, images, encoder, storage, (shard, n_shards), progress)
     context.log.info(
         f"shard {shard}/{n_shards}: {stats.n_computed} embedded, {stats.n_cached} cached, {len(stats.failures)} failed"
     )
@@ -242,17 +249,7 @@ def _embed_shard_views(
     out = {"requested": 0, "cached": 0, "computed": 0, "seconds": 0.0, "failures": {}}
     for j, view_id in enumerate(views["encoder_ids"]):
         progress = throttled_progress(context, f"shard {shard}: train view {j}: embedded {{done}}/{{total}} new rows")
-        vs = cache.update(
-            enc,
-            train,
-            batch_size=encoder.batch_size,
-            num_workers=encoder.num_workers,
-            progress=progress,
-            storage_options=storage.storage_options(),
-            shard=(shard, n_shards),
-            verify=False,  # the plan step verified every view's cache in this run
-            train_view=(j, int(views["seed"])),
-        )
+        vs = _update_shard(cache, enc, train, encoder, storage, (shard, n_shards), progress, (j, int(views["seed"])))
         if vs.encoder_id != view_id:  # the recipe version of this worker differs from the plan's
             raise dg.Failure(
                 description=f"this worker names train view {j} {vs.encoder_id}, the plan {view_id}: every worker "

@@ -67,15 +67,3 @@ def throttled_progress(context, template: str, every_s: float = 5.0):
             context.log.info(template.format(done=done, total=total))
 
     return progress
-
-
-def training_progress(context, every_s: float = 5.0):
-    """A ``skurec.models`` progress callback ``(stage, step, total, metrics)`` logging to Dagster, throttled."""
-    due = _throttle(every_s)
-
-    def report(stage: str, step: int, total: int, metrics) -> None:
-        if due(step, total):
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-            context.log.info(f"{stage} {step}/{total} {shown}")
-
-    return report

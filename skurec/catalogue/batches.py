@@ -289,6 +289,79 @@ class TriageResult:
         return pd.DataFrame(rows, columns=cols).astype({"n_images": "int64"})
 
 
+def _claimed_hashes(previous: Mapping[str, BatchDecision], ingested: Mapping[str, str]) -> dict[str, str]:
+    """Content hashes already claimed: ingested batches plus batches registered by an earlier scan, not ingested yet."""
+    claimed: dict[str, str] = dict(ingested)
+    for d in previous.values():
+        if d.status in (NEW, REGISTERED) and d.content_hash and d.content_hash not in claimed:
+            claimed[d.content_hash] = d.name
+    return claimed
+
+
+def _unchanged(prev: BatchDecision, ingested_names: Mapping[str, str]) -> BatchDecision:
+    """A folder whose listing did not change keeps its decision (a registered batch that got ingested says so)."""
+    if prev.status in (NEW, REGISTERED) and ingested_names.get(prev.name) == prev.content_hash:
+        return BatchDecision(**{**prev.to_state(), "status": INGESTED, "updated_at": _now()})
+    return prev
+
+
+def _changed_after_registration(batch: DropBatch, prev: BatchDecision, fp: str) -> tuple[BatchDecision, BatchDecision]:
+    """A registered or ingested batch whose folder changed: ``(decision kept, change reported)``. The registered
+    content keeps its claim; only the change is reported (ingested batches are immutable)."""
+    report = BatchDecision(
+        batch.name,
+        batch.uri,
+        REJECTED,
+        fp,
+        prev.content_hash,
+        reason=(
+            f"batch {batch.name!r} changed after it was registered/ingested; ingested batches are immutable: "
+            "drop the corrected content as a new batch under a new name"
+        ),
+        updated_at=_now(),
+    )
+    return BatchDecision(**{**report.to_state(), "status": prev.status, "reason": report.reason}), report
+
+
+def _judge_content(
+    batch: DropBatch,
+    fp: str,
+    insp: BatchInspection,
+    ingested_names: Mapping[str, str],
+    claimed: dict[str, str],
+) -> BatchDecision:
+    """A new or changed folder, read: malformed, a reused name, a duplicate of claimed content, or new (claimed)."""
+    d = BatchDecision(
+        batch.name,
+        batch.uri,
+        REJECTED,
+        fp,
+        insp.content_hash,
+        n_images=insp.n_images,
+        skus=insp.skus,
+        updated_at=_now(),
+    )
+    if not insp.ok:
+        d.reason = insp.reason
+    elif batch.name in ingested_names and ingested_names[batch.name] != insp.content_hash:
+        d.reason = (
+            f"a different batch named {batch.name!r} was already ingested; batch names are never reused: "
+            "rename the folder"
+        )
+    elif insp.content_hash in claimed:
+        other = claimed[insp.content_hash]
+        if other == batch.name:
+            d.status = INGESTED
+        else:
+            d.status = DUPLICATE
+            d.duplicate_of = other
+            d.reason = f"same content (hash {insp.content_hash[:12]}...) as batch {other!r}: skipped"
+    else:
+        d.status = NEW
+        claimed[insp.content_hash] = batch.name
+    return d
+
+
 def triage_drop_location(
     drop_location: str,
     state: Mapping[str, Mapping[str, Any]] | None,
@@ -306,11 +379,7 @@ def triage_drop_location(
     inspect = inspect or (lambda b: inspect_batch(b, storage_options))
     previous = {name: BatchDecision.from_state(d) for name, d in (state or {}).items()}
     ingested_names = {name: h for h, name in ingested.items()}
-    # Hashes already claimed: ingested batches plus batches registered by an earlier scan and not ingested yet.
-    claimed: dict[str, str] = dict(ingested)
-    for d in previous.values():
-        if d.status in (NEW, REGISTERED) and d.content_hash and d.content_hash not in claimed:
-            claimed[d.content_hash] = d.name
+    claimed = _claimed_hashes(previous, ingested)
     decisions: list[BatchDecision] = []
     changed: list[BatchDecision] = []
     for batch in discover_batches(drop_location, storage_options):
@@ -323,62 +392,20 @@ def triage_drop_location(
                 reason="no manifest yet (upload the images, then the manifest)",
                 updated_at=_now(),
             )
-            if prev is None or prev.status != INCOMPLETE:
-                changed.append(d)
-            decisions.append(d if prev is None or prev.status != INCOMPLETE else prev)
+            seen = prev is not None and prev.status == INCOMPLETE
+            decisions.append(prev if seen else d)
+            changed.extend([] if seen else [d])
             continue
         fp = folder_fingerprint(batch.uri, storage_options)
         if prev is not None and prev.fingerprint == fp and prev.status != INCOMPLETE:
-            if prev.status in (NEW, REGISTERED) and ingested_names.get(prev.name) == prev.content_hash:
-                prev = BatchDecision(**{**prev.to_state(), "status": INGESTED, "updated_at": _now()})
-            decisions.append(prev)
+            decisions.append(_unchanged(prev, ingested_names))
             continue
         if prev is not None and prev.status in (NEW, REGISTERED, INGESTED):
-            d = BatchDecision(
-                batch.name,
-                batch.uri,
-                REJECTED,
-                fp,
-                prev.content_hash,
-                reason=(
-                    f"batch {batch.name!r} changed after it was registered/ingested; ingested batches are immutable: "
-                    "drop the corrected content as a new batch under a new name"
-                ),
-                updated_at=_now(),
-            )
-            # The registered content keeps its claim; only this change is reported.
-            decisions.append(BatchDecision(**{**d.to_state(), "status": prev.status, "reason": d.reason}))
-            changed.append(d)
+            kept, report = _changed_after_registration(batch, prev, fp)
+            decisions.append(kept)
+            changed.append(report)
             continue
-        insp = inspect(batch)
-        d = BatchDecision(
-            batch.name,
-            batch.uri,
-            REJECTED,
-            fp,
-            insp.content_hash,
-            n_images=insp.n_images,
-            skus=insp.skus,
-            updated_at=_now(),
-        )
-        if not insp.ok:
-            d.reason = insp.reason
-        elif batch.name in ingested_names and ingested_names[batch.name] != insp.content_hash:
-            d.reason = (
-                f"a different batch named {batch.name!r} was already ingested; batch names are never reused: "
-                "rename the folder"
-            )
-        elif insp.content_hash in claimed:
-            other = claimed[insp.content_hash]
-            if other == batch.name:
-                d.status = INGESTED
-            else:
-                d.status = DUPLICATE
-                d.duplicate_of = other
-                d.reason = f"same content (hash {insp.content_hash[:12]}...) as batch {other!r}: skipped"
-        else:
-            d.status = NEW
-            claimed[insp.content_hash] = batch.name
+        d = _judge_content(batch, fp, inspect(batch), ingested_names, claimed)
         decisions.append(d)
         changed.append(d)
     new_state = {d.name: {**d.to_state(), "status": REGISTERED if d.status == NEW else d.status} for d in decisions}

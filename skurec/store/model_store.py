@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from skurec.layout import DEPLOYED_POINTER, MODEL_HISTORY_DIR, MODELS_DIR
+from skurec.layout import DEPLOYED_POINTER, MODEL_HISTORY_DIR, MODELS_DIR, model_dir
 from skurec.store.workspace import Workspace
 
 CARD_JSON = "model_card.json"
@@ -64,7 +64,7 @@ class ModelStore:
     def _dir(self, model_id: str) -> str:
         if not _ID.match(model_id):
             raise ModelStoreError(f"invalid model id {model_id!r}")
-        return f"{MODELS_DIR}/{model_id}"
+        return model_dir(model_id)
 
     def exists(self, model_id: str) -> bool:
         return self.ws.exists(f"{self._dir(model_id)}/{CARD_JSON}")

@@ -35,7 +35,7 @@ def test_two_batches_flow_through_sensor_automation_fast_path_and_gate(tmp_path)
     from skurec.store.model_store import ModelStore
     from skurec.store.workspace import Workspace
     from skurec_assets.definitions import build_definitions
-    from skurec_assets.inprocess import run_loop_in_process
+    from skurec_assets.loop_pass import run_loop_in_process
     from skurec_assets.schedules import weekly_full_rebuild
 
     t0 = time.perf_counter()

@@ -210,7 +210,7 @@ def test_pipeline_and_a_labelled_batch_on_postgres(postgres, pg_home, tmp_path):
     from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
 
     from skurec_assets.definitions import build_definitions
-    from skurec_assets.inprocess import run_loop_in_process
+    from skurec_assets.loop_pass import run_loop_in_process
 
     assert (pg_home / "dagster.yaml").read_bytes() == INSTANCE_FILE.read_bytes()  # unchanged
     cat = write_catalogue(tmp_path / "cat", {s: 10 for s in BASE_SKUS})
