@@ -16,7 +16,8 @@ relative to the work directory (``Workspace`` resolves them, locally or on objec
       artifacts/                          training outputs of the full rebuild (hash-verified folders)
       reports/                            audit summary, evaluation JSON/Markdown, plots
       candidates/<model_id>.json          candidate records; candidates/latest.json
-      models/<model_id>/                  immutable model bundles; models/deployed.json; models/history/
+      models/<model_id>/                  immutable model bundles; models/deployed.json; models/history/;
+                                          models/card_digests/ (each card's SHA-256)
       review_queue/                       low-confidence predictions waiting for a label
 """
 
@@ -88,6 +89,8 @@ LATEST_CANDIDATE = f"{CANDIDATES_DIR}/latest.json"
 MODELS_DIR = "models"
 DEPLOYED_POINTER = f"{MODELS_DIR}/deployed.json"
 MODEL_HISTORY_DIR = f"{MODELS_DIR}/history"
+#: the SHA-256 of each published model card, recorded outside its bundle (``<model_id>.json``)
+MODEL_CARD_DIGESTS_DIR = f"{MODELS_DIR}/card_digests"
 #: inside a model bundle: the exact (image_id, sku_id, split, added_by) table that built the model
 BUNDLE_LINEAGE_DIR = "lineage"
 BUNDLE_TRAINING_TABLE = f"{BUNDLE_LINEAGE_DIR}/training_images.parquet"
@@ -110,6 +113,10 @@ def candidate_record(model_id: str) -> str:
 
 def model_dir(model_id: str) -> str:
     return f"{MODELS_DIR}/{model_id}"
+
+
+def card_digest_record(model_id: str) -> str:
+    return f"{MODEL_CARD_DIGESTS_DIR}/{model_id}.json"
 
 
 # ------------------------------------------------------------------------------------------------ typed readers
