@@ -5,6 +5,7 @@ relative to the work directory (``Workspace`` resolves them, locally or on objec
 
     <workdir>/
       skurec.duckdb                       DuckDB mirror of the tables (SQL for analysts)
+      .skurec.lock, .skurec.lock.json     one writer at a time (`skurec demo` / `run`); the holder's pid and host
       skurec.json                         settings of `skurec demo` / `skurec ui` (catalogue, encoder, Dagster home)
       catalogue/                          the demo's rendered catalogue (a user's catalogue lives where they keep it)
       drop/                               default drop location of labelled batches
@@ -40,6 +41,10 @@ SETTINGS_FILE = "skurec.json"
 DEMO_CATALOGUE_DIR = "catalogue"
 DROP_DIR = "drop"
 DAGSTER_HOME_DIR = "dagster_home"
+#: one writer per work directory: the lock file (held with flock, released by the OS when its holder dies) and the
+#: holder's pid / host / command, read by the second writer to say who holds it
+WRITER_LOCK = ".skurec.lock"
+WRITER_LOCK_HOLDER = ".skurec.lock.json"
 LOOP_CURSORS = "skurec_loop_cursors.json"  # inside the Dagster home: cursors of the in-process loop harness
 
 # ------------------------------------------------------------------------------------------------ tables
