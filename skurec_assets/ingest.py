@@ -9,7 +9,7 @@ import pandas as pd
 from skurec import layout
 from skurec.catalogue.audit import audit, catalogue_snapshot_hash
 from skurec.catalogue.batches import BatchError, find_batch, inspect_batch
-from skurec.catalogue.importer import import_catalogue
+from skurec.catalogue.importer import CatalogueError, import_catalogue
 from skurec.catalogue.ingest import batch_record_rel, ingest_batch, ingested_batch_rows, ingested_hashes
 from skurec.catalogue.schemas import ClassesSchema, ImagesSchema, QuarantineSchema
 from skurec.plots import class_count_histogram_png
@@ -106,7 +106,15 @@ def audited_catalogue(
     context: dg.AssetExecutionContext, storage: StorageResource, catalogue: CatalogueResource
 ) -> dg.MaterializeResult:
     ws = storage.workspace()
-    report = import_catalogue(catalogue.location, root=catalogue.root, storage_options=storage.storage_options())
+    try:
+        report = import_catalogue(
+            catalogue.location,
+            root=catalogue.root,
+            storage_options=storage.storage_options(),
+            allow=catalogue.allowed_roots(),
+        )
+    except CatalogueError as exc:  # a configuration error: retrying cannot fix it (its message is redacted)
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
     batch_rows = ingested_batch_rows(ws)
     raw = pd.concat([report.rows, batch_rows], ignore_index=True) if len(batch_rows) else report.rows
     context.log.info(

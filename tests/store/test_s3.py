@@ -99,16 +99,16 @@ def test_manifest_on_s3_with_missing_key_and_escaping_path(s3: S3Server, tmp_pat
         "images/a/not_there.png,a",  # relative, missing key
         f"s3://{bucket}/shop/images/b/also_missing.png,b",  # absolute URI, missing key
         "../private/secret.png,a",  # escapes the manifest's folder
-        f"s3://{bucket}-does-not-exist/x.png,a",  # no such bucket
+        f"s3://{bucket}-does-not-exist/x.png,a",  # another bucket: not a read root unless allowed (issue 22)
     ]
     s3.client().put_object(Bucket=bucket, Key="shop/manifest.csv", Body=("\n".join(lines) + "\n").encode())
 
     result = _s3_run(s3, tmp_path, bucket, f"s3://{bucket}/shop/manifest.csv")
     meta = materialization_metadata(result, "audited_catalogue")
     assert meta["n_input_rows"] == 10 and meta["n_accepted"] == 6
-    assert meta["quarantine_reasons"] == {"missing_file": 3, "path_outside_root": 1}
+    assert meta["quarantine_reasons"] == {"missing_file": 2, "path_outside_root": 2}
     q = _workspace(s3, bucket, tmp_path).read_table("quarantine").set_index("row_number")["reason"].to_dict()
-    assert q == {8: "missing_file", 9: "missing_file", 10: "path_outside_root", 11: "missing_file"}
+    assert q == {8: "missing_file", 9: "missing_file", 10: "path_outside_root", 11: "path_outside_root"}
     assert materialization_metadata(result, "image_embeddings")["n_computed"] == 6
 
 
