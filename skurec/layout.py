@@ -10,7 +10,9 @@ relative to the work directory (``Workspace`` resolves them, locally or on objec
       catalogue/                          the demo's rendered catalogue (a user's catalogue lives where they keep it)
       drop/                               default drop location of labelled batches
       dagster_home/                       the Dagster instance of `skurec demo` / `skurec ui`
-      tables/<name>.parquet               audited catalogue (images, classes, quarantine), batch inbox, ...
+      tables/<name>.parquet               tables written alone (batch inbox, ...)
+      tables/audit.json, tables/audit/    the audit's tables (images, quarantine, classes, audit_probes) and summary:
+                                          one snapshot folder per audit, switched by the one pointer file
       batches/<batch_id>/                 ingested labelled batches (rows.parquet, images/, batch.json last)
       embeddings/<encoder>/part-*.parquet embedding cache (one set of parts per hash shard); current_encoder.json
       dagster_step_io/<run_id>/           the embedding steps' JSON hand-offs while a run is in flight
@@ -49,6 +51,11 @@ LOOP_CURSORS = "skurec_loop_cursors.json"  # inside the Dagster home: cursors of
 
 # ------------------------------------------------------------------------------------------------ tables
 TABLES_DIR = "tables"
+#: tables that change together: written as one snapshot (``tables/<group>/<snapshot>/``) and switched by one pointer
+#: (``tables/<group>.json``), so readers see the whole old or the whole new group, never a mix
+TABLE_GROUPS = {"audit": ("images", "quarantine", "classes", "audit_probes")}
+#: the audit summary is part of the audit snapshot (``reports/audit_summary.json`` is a copy for people)
+AUDIT_SUMMARY_IN_SNAPSHOT = "audit_summary.json"
 EMBEDDINGS_VIEW = "embeddings"  # DuckDB view over the current encoder's cache parts
 
 # ------------------------------------------------------------------------------------------------ labelling batches
@@ -108,6 +115,18 @@ def table_path(name: str) -> str:
     return f"{TABLES_DIR}/{name}.parquet"
 
 
+def table_group_of(name: str) -> str | None:
+    return next((g for g, names in TABLE_GROUPS.items() if name in names), None)
+
+
+def table_group_pointer(group: str) -> str:
+    return f"{TABLES_DIR}/{group}.json"
+
+
+def table_group_dir(group: str) -> str:
+    return f"{TABLES_DIR}/{group}"
+
+
 def batch_dir(batch_id: str) -> str:
     return f"{BATCHES_DIR}/{batch_id}"
 
@@ -130,8 +149,11 @@ def _read_json_or(ws: Workspace, rel: str, default: Any) -> Any:
 
 
 def audit_summary(ws: Workspace) -> dict:
-    """The last audit's summary (counts, catalogue snapshot, ...); ``{}`` before the first audit."""
-    return _read_json_or(ws, AUDIT_SUMMARY, {})
+    """The last audit's summary (counts, catalogue snapshot, ...); ``{}`` before the first audit. Read from the
+    audit snapshot the tables pointer names (so it always describes the tables readers see)."""
+    pointer = _read_json_or(ws, table_group_pointer("audit"), {})
+    rel = (pointer.get("files") or {}).get(AUDIT_SUMMARY_IN_SNAPSHOT)
+    return _read_json_or(ws, rel, {}) if rel else _read_json_or(ws, AUDIT_SUMMARY, {})
 
 
 def catalogue_snapshot(ws: Workspace) -> str:
