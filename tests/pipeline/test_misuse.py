@@ -364,3 +364,61 @@ def test_item10_run_defaults_to_the_same_workdir_as_every_command():
     assert len(set(defaults.values())) == 1, defaults
     text = parser._subparsers._group_actions[0].choices["demo"].format_help()
     assert "tiny_random_vit" in text and "efficientnet_lite2" in text  # --encoder lists the names
+
+
+# ------------------------------------------------------------------------------------------------ 11. read roots
+def test_item11_a_manifest_cannot_read_beyond_its_folder_without_an_allow_list(tmp_path):
+    from skurec.catalogue.importer import import_catalogue
+
+    cat, outside = tmp_path / "cat", tmp_path / "outside"
+    (cat / "img").mkdir(parents=True)
+    outside.mkdir()
+    (cat / "img" / "ok.png").write_bytes(sku_png("sku-red", 1))
+    (outside / "real.png").write_bytes(sku_png("sku-blue", 2))
+    os.symlink(outside / "real.png", cat / "img" / "link.png")
+    rows = {
+        "ok": "img/ok.png",
+        "passwd": "/etc/passwd",
+        "dotdot": "../outside/real.png",
+        "absolute": str(outside / "real.png"),
+        "loopback": "http://127.0.0.1:9/x.png",
+        "link": "img/link.png",
+    }
+    manifest = cat / "manifest.csv"
+    manifest.write_text("image_uri,sku_id\n" + "".join(f"{uri},{name}\n" for name, uri in rows.items()))
+
+    got = import_catalogue(str(manifest)).rows.set_index("sku_id")["import_error"].to_dict()
+    assert got == {"ok": None, **{k: "path_outside_root" for k in rows if k != "ok"}}
+
+    allowed = import_catalogue(str(manifest), allow=[str(outside)]).rows.set_index("sku_id")["import_error"]
+    assert allowed.to_dict() == {
+        "ok": None,
+        "passwd": "path_outside_root",
+        "dotdot": None,
+        "absolute": None,
+        "loopback": "path_outside_root",
+        "link": None,
+    }
+
+
+def test_item11_symlinked_sku_folders_are_read_or_quarantined_never_skipped(tmp_path):
+    from skurec.catalogue.importer import import_catalogue
+
+    root, elsewhere = tmp_path / "cat", tmp_path / "elsewhere"
+    for d, sku in ((root / "real", "sku-red"), (root / ".store" / "inside", "sku-green"), (elsewhere, "sku-blue")):
+        d.mkdir(parents=True)
+        for i in range(2):
+            (d / f"{i}.png").write_bytes(sku_png(sku, i))
+    os.symlink(root / ".store" / "inside", root / "linked-inside")
+    os.symlink(elsewhere, root / "linked-outside")
+
+    rows = import_catalogue(str(root)).rows
+    by_sku = rows.groupby("sku_id")["import_error"].apply(list).to_dict()
+    assert by_sku["real"] == [None, None]
+    assert by_sku["linked-inside"] == [None, None]  # a symlinked folder inside the root is read
+    assert by_sku["linked-outside"] == ["path_outside_root"]  # outside: one row with the reason, not silence
+    detail = rows.loc[rows["sku_id"] == "linked-outside", "import_detail"].iloc[0]
+    assert str(elsewhere) in detail and "SKUREC_CATALOGUE_ALLOW" in detail
+    allowed = import_catalogue(str(root), allow=[str(elsewhere)]).rows
+    assert allowed.loc[allowed["sku_id"] == "linked-outside", "import_error"].isna().all()
+    assert (allowed["sku_id"] == "linked-outside").sum() == 2
