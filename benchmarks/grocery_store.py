@@ -66,6 +66,7 @@ def run_protocol(
     layers: int = 0,
     views: str | None = None,
     train_views: int = 0,
+    image_root: Path | None = None,
 ) -> dict:
     import dagster as dg
 
@@ -77,7 +78,10 @@ def run_protocol(
         shutil.copytree(shared_cache, workdir / "embeddings")  # same image ids -> no re-embedding
     resources = {
         "storage": StorageResource(workdir=str(workdir)),
-        "catalogue": CatalogueResource(location=str(manifest), min_samples=min_samples),
+        # the manifest names the dataset's images by absolute path: the dataset folder is an allowed read root
+        "catalogue": CatalogueResource(
+            location=str(manifest), allow=str(image_root) if image_root else None, min_samples=min_samples
+        ),
         "encoder": EncoderResource(name=encoder, layers=layers or None, views=views, train_views=train_views),
         "loop": LabellingLoopResource(drop_location=str(workdir / "drop")),
     }
@@ -155,7 +159,16 @@ def main(argv: list[str] | None = None) -> int:
         workdir = out_root / f"work_{name}"
         min_samples = 1 if name == "official" else 50
         results[name] = run_protocol(
-            name, manifest, workdir, args.encoder, min_samples, shared, args.layers, args.views, args.train_views
+            name,
+            manifest,
+            workdir,
+            args.encoder,
+            min_samples,
+            shared,
+            args.layers,
+            args.views,
+            args.train_views,
+            image_root=args.dataset.resolve(),
         )
         shared = workdir / "embeddings"
         print_table(name, results[name])

@@ -5,11 +5,14 @@ relative to the work directory (``Workspace`` resolves them, locally or on objec
 
     <workdir>/
       skurec.duckdb                       DuckDB mirror of the tables (SQL for analysts)
+      .skurec.lock, .skurec.lock.json     one writer at a time (`skurec demo` / `run`); the holder's pid and host
       skurec.json                         settings of `skurec demo` / `skurec ui` (catalogue, encoder, Dagster home)
       catalogue/                          the demo's rendered catalogue (a user's catalogue lives where they keep it)
       drop/                               default drop location of labelled batches
       dagster_home/                       the Dagster instance of `skurec demo` / `skurec ui`
-      tables/<name>.parquet               audited catalogue (images, classes, quarantine), batch inbox, ...
+      tables/<name>.parquet               tables written alone (batch inbox, ...)
+      tables/audit.json, tables/audit/    the audit's tables (images, quarantine, classes, audit_probes) and summary:
+                                          one snapshot folder per audit, switched by the one pointer file
       batches/<batch_id>/                 ingested labelled batches (rows.parquet, images/, batch.json last)
       embeddings/<encoder>/part-*.parquet embedding cache (one set of parts per hash shard); current_encoder.json
       dagster_step_io/<run_id>/           the embedding steps' JSON hand-offs while a run is in flight
@@ -17,7 +20,8 @@ relative to the work directory (``Workspace`` resolves them, locally or on objec
       artifacts/                          training outputs of the full rebuild (hash-verified folders)
       reports/                            audit summary, evaluation JSON/Markdown, plots
       candidates/<model_id>.json          candidate records (the latest is candidate_model's value in asset_values/)
-      models/<model_id>/                  immutable model bundles; models/deployed.json; models/history/
+      models/<model_id>/                  immutable model bundles; models/deployed.json; models/history/;
+                                          models/card_digests/ (each card's SHA-256)
       review_queue/                       low-confidence predictions waiting for a label
 """
 
@@ -40,10 +44,19 @@ SETTINGS_FILE = "skurec.json"
 DEMO_CATALOGUE_DIR = "catalogue"
 DROP_DIR = "drop"
 DAGSTER_HOME_DIR = "dagster_home"
+#: one writer per work directory: the lock file (held with flock, released by the OS when its holder dies) and the
+#: holder's pid / host / command, read by the second writer to say who holds it
+WRITER_LOCK = ".skurec.lock"
+WRITER_LOCK_HOLDER = ".skurec.lock.json"
 LOOP_CURSORS = "skurec_loop_cursors.json"  # inside the Dagster home: cursors of the in-process loop harness
 
 # ------------------------------------------------------------------------------------------------ tables
 TABLES_DIR = "tables"
+#: tables that change together: written as one snapshot (``tables/<group>/<snapshot>/``) and switched by one pointer
+#: (``tables/<group>.json``), so readers see the whole old or the whole new group, never a mix
+TABLE_GROUPS = {"audit": ("images", "quarantine", "classes", "audit_probes")}
+#: the audit summary is part of the audit snapshot (``reports/audit_summary.json`` is a copy for people)
+AUDIT_SUMMARY_IN_SNAPSHOT = "audit_summary.json"
 EMBEDDINGS_VIEW = "embeddings"  # DuckDB view over the current encoder's cache parts
 
 # ------------------------------------------------------------------------------------------------ labelling batches
@@ -90,6 +103,8 @@ CANDIDATES_DIR = "candidates"
 MODELS_DIR = "models"
 DEPLOYED_POINTER = f"{MODELS_DIR}/deployed.json"
 MODEL_HISTORY_DIR = f"{MODELS_DIR}/history"
+#: the SHA-256 of each published model card, recorded outside its bundle (``<model_id>.json``)
+MODEL_CARD_DIGESTS_DIR = f"{MODELS_DIR}/card_digests"
 #: inside a model bundle: the exact (image_id, sku_id, split, added_by) table that built the model
 BUNDLE_LINEAGE_DIR = "lineage"
 BUNDLE_TRAINING_TABLE = f"{BUNDLE_LINEAGE_DIR}/training_images.parquet"
@@ -100,6 +115,18 @@ REVIEW_QUEUE_DIR = "review_queue"
 
 def table_path(name: str) -> str:
     return f"{TABLES_DIR}/{name}.parquet"
+
+
+def table_group_of(name: str) -> str | None:
+    return next((g for g, names in TABLE_GROUPS.items() if name in names), None)
+
+
+def table_group_pointer(group: str) -> str:
+    return f"{TABLES_DIR}/{group}.json"
+
+
+def table_group_dir(group: str) -> str:
+    return f"{TABLES_DIR}/{group}"
 
 
 def batch_dir(batch_id: str) -> str:
@@ -114,14 +141,21 @@ def model_dir(model_id: str) -> str:
     return f"{MODELS_DIR}/{model_id}"
 
 
+def card_digest_record(model_id: str) -> str:
+    return f"{MODEL_CARD_DIGESTS_DIR}/{model_id}.json"
+
+
 # ------------------------------------------------------------------------------------------------ typed readers
 def _read_json_or(ws: Workspace, rel: str, default: Any) -> Any:
     return ws.read_json(rel) if ws.exists(rel) else default
 
 
 def audit_summary(ws: Workspace) -> dict:
-    """The last audit's summary (counts, catalogue snapshot, ...); ``{}`` before the first audit."""
-    return _read_json_or(ws, AUDIT_SUMMARY, {})
+    """The last audit's summary (counts, catalogue snapshot, ...); ``{}`` before the first audit. Read from the
+    audit snapshot the tables pointer names (so it always describes the tables readers see)."""
+    pointer = _read_json_or(ws, table_group_pointer("audit"), {})
+    rel = (pointer.get("files") or {}).get(AUDIT_SUMMARY_IN_SNAPSHOT)
+    return _read_json_or(ws, rel, {}) if rel else _read_json_or(ws, AUDIT_SUMMARY, {})
 
 
 def catalogue_snapshot(ws: Workspace) -> str:

@@ -10,12 +10,20 @@
 It lives in the Dagster layer because ``demo``/``run``/``ui`` drive Dagster; ``predict`` and ``lineage`` only call
 the framework-free core (``skurec.serving``, ``skurec.deployment``) and import Dagster lazily, never at start-up.
 A work directory remembers its settings in ``<workdir>/skurec.json`` so that ``ui`` and later runs use the same
-catalogue and encoder; its Dagster instance (SQLite run/event storage) lives in ``<workdir>/dagster_home``.
+catalogue and encoder; its Dagster instance (SQLite run/event storage) lives in ``<workdir>/dagster_home``. Paths
+inside the work directory are stored relative to it (a copied work directory never writes into the original), and
+a location carrying credentials (a pre-signed URL) is stored redacted.
+
+Commands that write (``demo``, ``run``, ``demo --add-batch``) hold the work directory's writer lock
+(:mod:`skurec.store.lock`) and first repair what a killed run left (:mod:`skurec_assets.recovery`); ``predict`` and
+``lineage`` only read and never wait. Every error the user can fix is printed as one line ``error: ...`` naming the
+remedy, with exit status 2 (``--verbose`` shows tracebacks and Dagster's debug events).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -25,6 +33,19 @@ from pathlib import Path
 
 from skurec import layout
 from skurec.layout import SETTINGS_FILE
+from skurec_assets.cli_support import (
+    CliError,
+    check_catalogue,
+    check_encoder,
+    evaluation_table,
+    logger_config,
+    no_space_message,
+    resolved_settings,
+    stored_settings,
+    user_error,
+    warn_small_validation,
+    with_compact_console,
+)
 
 DEMO_ENCODER = "efficientnet_lite2"
 DEMO_LAYERS = (
@@ -55,9 +76,8 @@ def _prepare_workdir(workdir: Path, settings_update: dict) -> dict:
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / SETTINGS_FILE
-    settings = json.loads(path.read_text()) if path.exists() else {}
+    settings = resolved_settings(workdir, json.loads(path.read_text()) if path.exists() else {})
     settings.update({k: v for k, v in settings_update.items() if v is not None})
-    settings["workdir"] = str(workdir)
     settings.setdefault("dagster_home", str(workdir / layout.DAGSTER_HOME_DIR))
     settings.setdefault("drop_location", str(workdir / layout.DROP_DIR))
     home = Path(settings["dagster_home"])
@@ -68,7 +88,7 @@ def _prepare_workdir(workdir: Path, settings_update: dict) -> dict:
         else:  # an installed wheel: Dagster's defaults (SQLite storage under DAGSTER_HOME)
             (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(settings, indent=2, sort_keys=True))
+    tmp.write_text(json.dumps(stored_settings(workdir, settings), indent=2, sort_keys=True))
     os.replace(tmp, path)
     os.environ.update(_settings_env(settings))
     return settings
@@ -77,34 +97,94 @@ def _prepare_workdir(workdir: Path, settings_update: dict) -> dict:
 def _load_settings(workdir: Path) -> dict:
     path = workdir.resolve() / SETTINGS_FILE
     if not path.exists():
-        raise SystemExit(
-            f"{workdir} is not a skurec work directory (no {SETTINGS_FILE}); run `skurec demo --workdir {workdir}` first"
+        raise CliError(
+            f"{workdir} is not a skurec work directory (no {SETTINGS_FILE}); build one first with "
+            f"`skurec demo --workdir {workdir}` (add --catalogue PATH for your own catalogue)"
         )
     return _prepare_workdir(workdir, {})
 
 
-def materialize_all(settings: dict, selection: str | None = None) -> bool:
+def _existing_workspace(workdir: str):
+    """The Workspace of an existing local work directory (readers never create one)."""
+    from skurec.store.workspace import Workspace, is_remote
+
+    if not is_remote(workdir) and not Path(workdir).is_dir():
+        raise CliError(
+            f"work directory {workdir} does not exist; pass --workdir (or set SKUREC_WORKDIR) to the one `skurec demo` "
+            "built"
+        )
+    return Workspace(workdir if is_remote(workdir) else str(Path(workdir).resolve()))
+
+
+def materialize_all(settings: dict, selection: str | None = None, verbose: bool = False) -> bool:
     """Run the whole asset graph (or a selection) in-process against the work directory's Dagster instance."""
     import dagster as dg
 
     from skurec_assets.definitions import build_definitions
+    from skurec_assets.recovery import process_tags
     from skurec_resources import default_resources
 
     defs = build_definitions(default_resources())
-    job = defs.resolve_job_def("full_rebuild")
+    job = with_compact_console(defs.resolve_job_def("full_rebuild"))
     instance = dg.DagsterInstance.get()
-    result = job.execute_in_process(instance=instance, raise_on_error=False)
-    for event in result.all_events:
-        if event.event_type_value == "ASSET_MATERIALIZATION":
-            log.info("materialised %s", event.asset_key.to_user_string())
+    result = job.execute_in_process(
+        instance=instance, raise_on_error=False, tags=process_tags(), run_config=logger_config(verbose)
+    )
+    done = [e.asset_key.to_user_string() for e in result.get_asset_materialization_events()]
+    print(f"materialised {len(done)} asset(s)" + (f": {', '.join(done)}" if verbose else ""), flush=True)
+    if not result.success:
+        _report_failure(result, Path(settings["workdir"]))
     return result.success
 
 
+def _report_failure(result, workdir: Path) -> None:
+    """One line per failed step (the first line of its error), and ENOSPC named as such."""
+    for event in result.all_events:
+        if event.event_type_value != "STEP_FAILURE":
+            continue
+        err = getattr(event.event_specific_data, "error", None)
+        text = (getattr(err, "message", "") or "").strip()
+        first = text.splitlines()[0] if text else "failed"
+        print(f"step {event.step_key} failed: {first}", file=sys.stderr, flush=True)
+        if "No space left" in text or "disk I/O error" in text or "database or disk is full" in text:
+            print(f"error: {no_space_message(workdir)}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _writer_recovery(settings: dict, verbose: bool = False):
+    """Under the writer lock: repair what a killed run left (history, STARTED runs, step hand-offs, temp files)."""
+    import dagster as dg
+
+    from skurec.store.workspace import Workspace
+    from skurec_assets.recovery import recover_workdir
+
+    done = recover_workdir(Workspace(settings["workdir"]), dg.DagsterInstance.get())
+    if verbose or any(done.get(k) for k in ("history_reconciled", "failed_runs", "temp_files_removed")):
+        log.info("recovered work directory state: %s", done)
+    yield
+
+
+def _locked(workdir: Path | str):
+    from skurec.store.lock import writer_lock
+
+    return writer_lock(Path(workdir).resolve(), " ".join(["skurec", *sys.argv[1:]]))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    from skurec.store.lock import writer_lock
+
     if args.add_batch:
         return cmd_add_batch(args)
     workdir = Path(args.workdir).resolve()
     catalogue = args.catalogue
+    check_catalogue(catalogue)
+    check_encoder(args.encoder, args.checkpoint, args.layers)
+    # The lock is taken before anything is written (the catalogue, skurec.json, the Dagster instance's SQLite files).
+    with writer_lock(workdir, " ".join(["skurec", *sys.argv[1:]])):
+        return _demo_locked(args, workdir, catalogue)
+
+
+def _demo_locked(args: argparse.Namespace, workdir: Path, catalogue: str | None) -> int:
     if catalogue is None:
         from skurec.demo import make_demo_catalogue
 
@@ -137,8 +217,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             },
         },
     )
-    print(f"materialising the skurec graph (encoder {settings['encoder']}) in {workdir} ...", flush=True)
-    ok = materialize_all(settings)
+    with _writer_recovery(settings, args.verbose):
+        print(f"materialising the skurec graph (encoder {settings['encoder']}) in {workdir} ...", flush=True)
+        ok = materialize_all(settings, verbose=args.verbose)
     _print_summary(workdir)
     if ok:
         print(f"\nOpen the UI on this work directory:  skurec ui --workdir {args.workdir}")
@@ -157,13 +238,13 @@ def _print_summary(workdir: Path) -> None:
         )
     ev = layout.evaluation(ws)
     if ev:
-        for variant, v in ev.get("variants", {}).items():
-            models = ", ".join(f"{m} {r['top1']:.3f}" for m, r in v.get("models", {}).items())
-            print(f"top-1 [{variant}: {v.get('n_classes')} classes, {v.get('n_images')} images]: {models}")
-    print(f"DuckDB file: {ws.duckdb_path}")
+        print("\n".join(evaluation_table(ev)))
+    warn_small_validation(ws)
+    if os.path.exists(ws.duckdb_path):
+        print(f"DuckDB file: {ws.duckdb_path}")
 
 
-def run_labelling_loop(settings: dict) -> bool:
+def run_labelling_loop(settings: dict, verbose: bool = False) -> bool:
     """One synchronous pass of the labelling loop (batch sensor + automation) on the work directory's instance."""
     import dagster as dg
 
@@ -174,7 +255,14 @@ def run_labelling_loop(settings: dict) -> bool:
     defs = build_definitions(default_resources())
     instance = dg.DagsterInstance.get()
     sensor_cursor, automation_cursor = load_cursors(settings["dagster_home"])
-    result = run_loop_in_process(defs, instance, sensor_cursor=sensor_cursor, automation_cursor=automation_cursor)
+    result = run_loop_in_process(
+        defs,
+        instance,
+        sensor_cursor=sensor_cursor,
+        automation_cursor=automation_cursor,
+        run_config=logger_config(verbose),
+        wrap_job=with_compact_console,
+    )
     save_cursors(settings["dagster_home"], result.sensor_cursor, result.automation_cursor)
     skip = getattr(result.sensor_result, "skip_reason", None)
     if skip is not None:
@@ -188,10 +276,22 @@ def run_labelling_loop(settings: dict) -> bool:
 
 def cmd_add_batch(args: argparse.Namespace) -> int:
     """Drop one labelled batch (a new SKU + fresh photos of two known SKUs) and run the loop, or leave it to the UI."""
+    workdir = Path(args.workdir)
+    with _locked(workdir):
+        settings = _load_settings(workdir)
+        if not settings.get("demo"):
+            raise CliError(
+                f"--add-batch renders a synthetic batch for a demo work directory, but {workdir} was built from the "
+                f"catalogue {settings.get('catalogue')}; drop your own labelled batch (a folder with manifest.csv and "
+                f"its images) into {settings['drop_location']} and run `skurec run --workdir {workdir}` or the UI"
+            )
+        with _writer_recovery(settings, args.verbose):
+            return _add_batch_locked(args, workdir, settings)
+
+
+def _add_batch_locked(args: argparse.Namespace, workdir: Path, settings: dict) -> int:
     from skurec.demo import make_labelled_batch
 
-    workdir = Path(args.workdir)
-    settings = _load_settings(workdir)
     drop = Path(settings["drop_location"])
     drop.mkdir(parents=True, exist_ok=True)
     existing = sorted(p.name for p in drop.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
@@ -221,7 +321,7 @@ def cmd_add_batch(args: argparse.Namespace) -> int:
             f"{args.workdir}) under Assets > labelled_batch and the candidate_model / deployed_model assets"
         )
         return 0
-    ok = run_labelling_loop(settings)
+    ok = run_labelling_loop(settings, verbose=args.verbose)
     _print_deployed(Path(settings["workdir"]))
     return 0 if ok else 1
 
@@ -258,17 +358,12 @@ def _print_deployed(workdir: Path) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     from skurec.serving.recognizer import Recognizer, RecognizerError
     from skurec.serving.review_queue import ReviewQueue
-    from skurec.store.workspace import Workspace
 
-    ws = Workspace(str(Path(args.workdir).resolve()))
-    try:
-        checkpoint = args.checkpoint or os.environ.get("SKUREC_ENCODER_CHECKPOINT") or None
-        rec = Recognizer.from_workdir(
-            ws, args.model, device=args.device, checkpoint=checkpoint, top_k=args.top_k, threshold=args.threshold
-        )
-    except (RecognizerError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    ws = _existing_workspace(args.workdir)
+    checkpoint = args.checkpoint or os.environ.get("SKUREC_ENCODER_CHECKPOINT") or None
+    rec = Recognizer.from_workdir(
+        ws, args.model, device=args.device, checkpoint=checkpoint, top_k=args.top_k, threshold=args.threshold
+    )
     queue = ReviewQueue(ws) if args.review_queue else None
     failed = 0
     for image in args.images:
@@ -283,30 +378,27 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_lineage(args: argparse.Namespace) -> int:
     from skurec.deployment.card import model_card_markdown
-    from skurec.deployment.training_table import table_from_parquet
-    from skurec.store.model_store import ModelStore, ModelStoreError
-    from skurec.store.workspace import Workspace
+    from skurec.deployment.training_table import table_from_parquet, write_csv
+    from skurec.store.model_store import ModelStore
 
-    ws = Workspace(str(Path(args.workdir).resolve()))
+    ws = _existing_workspace(args.workdir)
     store = ModelStore(ws)
     model_id = args.model_id or store.deployed_id()
     if model_id is None:
-        print(
-            f"error: no model is deployed in {ws.root_uri}; pass a model id (models: "
-            f"{[r.model_id for r in store.list()][-5:]})",
-            file=sys.stderr,
+        raise CliError(
+            f"no model is deployed in {ws.root_uri}; pass a model id (models: "
+            f"{[r.model_id for r in store.list()][-5:]}) or build one with `skurec run --workdir {args.workdir}`"
         )
-        return 2
-    try:
-        card = store.card(model_id)
-        files = store.load_files(model_id) if args.training_set else None
-    except ModelStoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    card = store.card(model_id)
     if args.training_set:
+        files = store.load_files(model_id)
+        if layout.BUNDLE_TRAINING_TABLE not in files:
+            raise CliError(f"model {model_id} has no training table in its bundle (published by an older skurec)")
         table = table_from_parquet(files[layout.BUNDLE_TRAINING_TABLE])
-        table.to_csv(args.training_set, index=False)
+        write_csv(table, args.training_set)
         print(f"wrote {len(table)} (image_id, sku_id, split, added_by) rows to {args.training_set}", file=sys.stderr)
+        if not args.json:  # the CSV was asked for, not the card: print the card only with --json
+            return 0
     deployed = store.deployed_id()
     if args.json:
         print(json.dumps({**card, "deployed": model_id == deployed}, indent=2, sort_keys=True, default=str))
@@ -319,35 +411,64 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    settings = _load_settings(Path(args.workdir))
-    return 0 if materialize_all(settings) else 1
+    with _locked(args.workdir):
+        settings = _load_settings(Path(args.workdir))
+        check_catalogue(settings.get("catalogue"))
+        with _writer_recovery(settings, args.verbose):
+            ok = materialize_all(settings, verbose=args.verbose)
+    _print_summary(Path(settings["workdir"]))
+    return 0 if ok else 1
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from skurec_assets.ui import dagster_dev_command, run_dagster_dev
+    from skurec_assets.ui import PortBusyError, check_port_free, dagster_dev_command, run_dagster_dev
 
     settings = _load_settings(Path(args.workdir))
+    try:
+        check_port_free(args.host, args.port)
+    except PortBusyError as exc:
+        raise CliError(str(exc)) from None
     cmd = dagster_dev_command(args.host, args.port)
     print(f"Dagster UI on http://{args.host}:{args.port}  (DAGSTER_HOME={settings['dagster_home']})", flush=True)
     # Supervised, not exec'd: Ctrl-C / SIGTERM stop the webserver, the daemon and the code servers within seconds.
     return run_dagster_dev(cmd, env=os.environ.copy())
 
 
+def _encoder_names() -> str:
+    try:
+        from skurec.encoders import ENCODERS
+
+        return ", ".join(sorted(ENCODERS))
+    except Exception:  # the help must print even when an optional encoder family fails to import
+        return "see the README's encoder table"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="skurec", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v", "--verbose", action="store_true", help="show Dagster's debug events and full tracebacks of errors"
+    )
     sub = p.add_subparsers(dest="command", required=True)
+    default_workdir = os.environ.get("SKUREC_WORKDIR", "demo")
+    workdir_help = "work directory (default: $SKUREC_WORKDIR, else demo)"
 
-    d = sub.add_parser("demo", help="build a demo catalogue and materialise the whole pipeline offline")
-    d.add_argument("--workdir", default="demo", help="work directory (created if missing)")
+    d = sub.add_parser(
+        "demo", parents=[common], help="build a demo catalogue and materialise the whole pipeline offline"
+    )
+    d.add_argument("--workdir", default=default_workdir, help=workdir_help + "; created if missing")
     d.add_argument(
-        "--catalogue", help="use this folder or manifest (local path or s3:// URI) instead of the synthetic one"
+        "--catalogue",
+        help="use this catalogue instead of the synthetic one: a folder ROOT/<sku_id>/<images> or a manifest "
+        "(.csv / .parquet with columns image_uri, sku_id), local path or s3:// URI",
     )
     d.add_argument(
         "--encoder",
         default=DEMO_ENCODER,
-        help="encoder name (default: %(default)s, real ImageNet weights shipped offline)",
+        metavar="NAME",
+        help=f"frozen encoder (default: %(default)s, real ImageNet weights shipped offline); one of: {_encoder_names()}",
     )
     d.add_argument("--checkpoint", help="local weights file for the encoder (e.g. DINOv2 for dinov2_vits14)")
     d.add_argument(
@@ -355,13 +476,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DEMO_LAYERS,
         help="also GeM-pool the encoder's last N intermediate stages (default %(default)s: chosen on the "
-        "Grocery Store validation list, about 1.03x the embedding cost; 0 = final embedding only)",
+        "Grocery Store validation list, about 1.03x the embedding cost; 0 = final embedding only; tiny_random_vit "
+        "needs 0)",
     )
-    d.add_argument("--min-samples", type=int, default=50, help="classes with fewer accepted images are not trained on")
-    d.add_argument("--families", type=int, default=8)
-    d.add_argument("--skus-per-family", type=int, default=4)
-    d.add_argument("--images-per-sku", type=int, default=60)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument(
+        "--min-samples",
+        type=int,
+        default=_default_min_samples(),
+        help="classes with fewer accepted images are kept but not trained on (default %(default)s)",
+    )
+    d.add_argument("--families", type=int, default=8, help="synthetic catalogue: product families (default 8)")
+    d.add_argument("--skus-per-family", type=int, default=4, help="synthetic catalogue: look-alike SKUs per family")
+    d.add_argument("--images-per-sku", type=int, default=60, help="synthetic catalogue: images per SKU (default 60)")
+    d.add_argument("--seed", type=int, default=0, help="synthetic catalogue: random seed (default 0)")
     d.add_argument(
         "--add-batch",
         action="store_true",
@@ -375,22 +502,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.set_defaults(func=cmd_demo)
 
-    r = sub.add_parser("run", help="materialise the whole graph for an existing work directory")
-    r.add_argument("--workdir", default=".")
+    r = sub.add_parser("run", parents=[common], help="materialise the whole graph for an existing work directory")
+    r.add_argument("--workdir", default=default_workdir, help=workdir_help + "; must exist (skurec demo builds one)")
     r.set_defaults(func=cmd_run)
 
-    u = sub.add_parser("ui", help="open the Dagster UI (webserver + daemon) on a work directory")
-    u.add_argument("--workdir", default="demo")
+    u = sub.add_parser("ui", parents=[common], help="open the Dagster UI (webserver + daemon) on a work directory")
+    u.add_argument("--workdir", default=default_workdir, help=workdir_help)
     u.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
-    u.add_argument("--port", type=int, default=3000)
+    u.add_argument("--port", type=int, default=3000, help="port of the web UI (default %(default)s)")
     u.set_defaults(func=cmd_ui)
 
-    default_workdir = os.environ.get("SKUREC_WORKDIR", "demo")
-    pr = sub.add_parser("predict", help="recognise images with the deployed model (one JSON line per image)")
-    pr.add_argument("images", nargs="+", metavar="IMAGE")
-    pr.add_argument("--workdir", default=default_workdir, help="work directory (default: $SKUREC_WORKDIR or demo)")
+    pr = sub.add_parser(
+        "predict", parents=[common], help="recognise images with the deployed model (one JSON line per image)"
+    )
+    pr.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
+    pr.add_argument("--workdir", default=default_workdir, help=workdir_help)
     pr.add_argument("--model", help="model id (default: the deployed model)")
-    pr.add_argument("--top-k", type=int, default=3)
+    pr.add_argument("--top-k", type=int, default=3, help="how many SKUs to list per image (default %(default)s)")
     pr.add_argument(
         "--threshold",
         type=float,
@@ -402,23 +530,50 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--checkpoint", help="encoder weights file, for checkpoint-based encoders")
     pr.set_defaults(func=cmd_predict)
 
-    li = sub.add_parser("lineage", help="print a model card: data, batches, encoder, code, config, evaluation")
+    li = sub.add_parser(
+        "lineage", parents=[common], help="print a model card: data, batches, encoder, code, config, evaluation"
+    )
     li.add_argument("model_id", nargs="?", help="model id (default: the deployed model)")
-    li.add_argument("--workdir", default=default_workdir, help="work directory (default: $SKUREC_WORKDIR or demo)")
+    li.add_argument("--workdir", default=default_workdir, help=workdir_help)
     li.add_argument("--json", action="store_true", help="print the JSON card instead of Markdown")
-    li.add_argument("--training-set", metavar="CSV", help="also write the (image_id, sku_id, split) table to CSV")
+    li.add_argument(
+        "--training-set",
+        metavar="CSV",
+        help="write the (image_id, sku_id, split, added_by) table to CSV instead of printing the card "
+        "(cells starting with = + - @ are prefixed with ' so spreadsheets do not run them; docs/security.md)",
+    )
     li.set_defaults(func=cmd_lineage)
     return p
 
 
+def _default_min_samples() -> int:
+    from skurec.catalogue.audit import AuditConfig
+
+    return AuditConfig.min_samples
+
+
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(
-        level=os.environ.get("SKUREC_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    args = build_parser().parse_args(argv)
+    verbose = bool(getattr(args, "verbose", False))
+    level = "DEBUG" if verbose else os.environ.get("SKUREC_LOG_LEVEL", "WARNING")
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("dagster.automation_condition_tester", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        message = user_error(exc)
+        if verbose or message is None and os.environ.get("SKUREC_TRACEBACK"):
+            raise
+        if message is None:  # a bug: still one line, with how to see more
+            message = f"{type(exc).__name__}: {' '.join(str(exc).split())} (run again with --verbose for the traceback)"
+            print(f"error: {message}", file=sys.stderr)
+            return 1
+        print(f"error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@
   that moment; otherwise the previous model stays deployed and the materialisation says why.
 """
 
+import warnings
+
 import dagster as dg
 
 from skurec.deployment.candidates import build_candidate, record_candidate
@@ -42,63 +44,69 @@ def _lineage_metadata(card: dict) -> dict:
     }
 
 
-@dg.asset(
-    group_name=DEPLOY,
-    # evaluation_report: the card of a full-rebuild candidate carries the evaluation of exactly that model, so the
-    # evaluation must run first (the graph says what the code reads).
-    deps=["fine_model", "image_embeddings", "evaluation_report"],
-    code_version="candidate-v1",
-    output_required=False,
-    io_manager_key=STEP_IO_KEY,
-    resource_defs={STEP_IO_KEY: workdir_json_io_manager},
-    required_resource_keys={"storage", "loop"},  # resource_defs above: resources come through the context
-    automation_condition=dg.AutomationCondition.eager(),
-    kinds={"pytorch", "safetensors"},
-    description=(
-        "The next model to deploy, published as an immutable bundle with its model card: the newly trained model of a "
-        "full rebuild, otherwise the deployed model extended with the images it has not seen (new SKUs attached to "
-        "their nearest superclass, no retraining: the fast path). Not materialised when nothing changed."
-    ),
-)
-def candidate_model(context: dg.AssetExecutionContext):
-    storage: StorageResource = context.resources.storage
-    loop: LabellingLoopResource = context.resources.loop
-    ws = storage.workspace()
-    result = build_candidate(ws, attach=loop.attach_rule, gate=loop.gate_config())
-    inactive = result.details.get("inactive_new_skus") or []
-    if inactive:
-        context.log.warning(
-            f"{len(inactive)} new SKU(s) stay inactive (fewer than min_samples accepted images): "
-            + ", ".join(f"{s['sku_id']} ({s['n_images']})" for s in inactive[:20])
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", dg.BetaWarning)  # resource_defs on an asset (its value's IO manager)
+
+    @dg.asset(
+        group_name=DEPLOY,
+        # evaluation_report: the card of a full-rebuild candidate carries the evaluation of exactly that model, so the
+        # evaluation must run first (the graph says what the code reads).
+        deps=["fine_model", "image_embeddings", "evaluation_report"],
+        code_version="candidate-v1",
+        output_required=False,
+        io_manager_key=STEP_IO_KEY,
+        resource_defs={STEP_IO_KEY: workdir_json_io_manager},
+        required_resource_keys={"storage", "loop"},  # resource_defs above: resources come through the context
+        automation_condition=dg.AutomationCondition.eager(),
+        kinds={"pytorch", "safetensors"},
+        description=(
+            "The next model to deploy, published as an immutable bundle with its model card: the newly trained model of a "
+            "full rebuild, otherwise the deployed model extended with the images it has not seen (new SKUs attached to "
+            "their nearest superclass, no retraining: the fast path). Not materialised when nothing changed."
+        ),
+    )
+    def candidate_model(context: dg.AssetExecutionContext):
+        storage: StorageResource = context.resources.storage
+        loop: LabellingLoopResource = context.resources.loop
+        ws = storage.workspace()
+        result = build_candidate(ws, attach=loop.attach_rule, gate=loop.gate_config())
+        inactive = result.details.get("inactive_new_skus") or []
+        if inactive:
+            context.log.warning(
+                f"{len(inactive)} new SKU(s) stay inactive (fewer than min_samples accepted images): "
+                + ", ".join(f"{s['sku_id']} ({s['n_images']})" for s in inactive[:20])
+            )
+        if result.model_id is None:
+            context.log.info(f"no new candidate: {result.reason}")
+            return
+        record = record_candidate(ws, result)
+        gate = result.gate
+        context.log.info(
+            f"candidate {result.model_id} ({result.source}): {result.reason}; gate passed={gate.passed if gate else None}"
         )
-    if result.model_id is None:
-        context.log.info(f"no new candidate: {result.reason}")
-        return
-    record = record_candidate(ws, result)
-    gate = result.gate
-    context.log.info(
-        f"candidate {result.model_id} ({result.source}): {result.reason}; gate passed={gate.passed if gate else None}"
-    )
-    fast = (result.card or {}).get("fast_path") or {}
-    yield dg.Output(
-        record,
-        metadata={
-            **_lineage_metadata(result.card or {}),
-            "reason": result.reason,
-            "new_skus": dg.MetadataValue.json(fast.get("new_skus", [])),
-            "superclass_of_new": dg.MetadataValue.json(fast.get("superclass_of_new", {})),
-            "n_images_added": int(fast.get("n_images_added", 0)),
-            "inactive_new_skus": dg.MetadataValue.json(inactive),
-            "gate_passed_at_publication": bool(gate.passed) if gate else False,
-            "val_top1": float(gate.candidate_top1)
-            if gate and gate.candidate_top1 is not None
-            else dg.MetadataValue.null(),
-            "deployed_val_top1": float(gate.deployed_top1)
-            if gate and gate.deployed_top1 is not None
-            else dg.MetadataValue.null(),
-        },
-        data_version=dg.DataVersion(result.model_id),
-    )
+        fast = (result.card or {}).get("fast_path") or {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", dg.BetaWarning)  # data_version on an Output
+            output = dg.Output(
+                record,
+                metadata={
+                    **_lineage_metadata(result.card or {}),
+                    "reason": result.reason,
+                    "new_skus": dg.MetadataValue.json(fast.get("new_skus", [])),
+                    "superclass_of_new": dg.MetadataValue.json(fast.get("superclass_of_new", {})),
+                    "n_images_added": int(fast.get("n_images_added", 0)),
+                    "inactive_new_skus": dg.MetadataValue.json(inactive),
+                    "gate_passed_at_publication": bool(gate.passed) if gate else False,
+                    "val_top1": float(gate.candidate_top1)
+                    if gate and gate.candidate_top1 is not None
+                    else dg.MetadataValue.null(),
+                    "deployed_val_top1": float(gate.deployed_top1)
+                    if gate and gate.deployed_top1 is not None
+                    else dg.MetadataValue.null(),
+                },
+                data_version=dg.DataVersion(result.model_id),
+            )
+        yield output
 
 
 GATE_CHECKS = {

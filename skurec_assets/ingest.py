@@ -1,6 +1,8 @@
 """Ingest: labelled batches from the drop location (one partition per batch), and the labelled catalogue plus every
 ingested batch audited into DuckDB/Parquet tables (``audited_catalogue``)."""
 
+import errno
+import json
 from collections.abc import Sequence
 
 import dagster as dg
@@ -9,7 +11,7 @@ import pandas as pd
 from skurec import layout
 from skurec.catalogue.audit import audit, catalogue_snapshot_hash
 from skurec.catalogue.batches import BatchError, find_batch, inspect_batch
-from skurec.catalogue.importer import import_catalogue
+from skurec.catalogue.importer import CatalogueError, import_catalogue
 from skurec.catalogue.ingest import batch_record_rel, ingest_batch, ingested_batch_rows, ingested_hashes
 from skurec.catalogue.schemas import ClassesSchema, ImagesSchema, QuarantineSchema
 from skurec.plots import class_count_histogram_png
@@ -106,7 +108,15 @@ def audited_catalogue(
     context: dg.AssetExecutionContext, storage: StorageResource, catalogue: CatalogueResource
 ) -> dg.MaterializeResult:
     ws = storage.workspace()
-    report = import_catalogue(catalogue.location, root=catalogue.root, storage_options=storage.storage_options())
+    try:
+        report = import_catalogue(
+            catalogue.location,
+            root=catalogue.root,
+            storage_options=storage.storage_options(),
+            allow=catalogue.allowed_roots(),
+        )
+    except CatalogueError as exc:  # a configuration error: retrying cannot fix it (its message is redacted)
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
     batch_rows = ingested_batch_rows(ws)
     raw = pd.concat([report.rows, batch_rows], ignore_index=True) if len(batch_rows) else report.rows
     context.log.info(
@@ -124,19 +134,31 @@ def audited_catalogue(
         progress=throttled_progress(context, "audited {done}/{total} images"),
         previous=previous,
     )
-    ws.write_table("images", result.images)
-    ws.write_table("quarantine", result.quarantine)
-    ws.write_table("classes", result.classes)
-    ws.write_table(AUDIT_PROBES_TABLE, result.probes)
-
     s = result.summary
+    snapshot = catalogue_snapshot_hash(result.images)
+    summary = {**s, "catalogue_snapshot": snapshot, "location": redact_uri(catalogue.location)}
+    # All of the audit's tables and its summary change together: a new snapshot, then one pointer switch.
+    try:
+        ws.write_table_group(
+            "audit",
+            {
+                "images": result.images,
+                "quarantine": result.quarantine,
+                "classes": result.classes,
+                AUDIT_PROBES_TABLE: result.probes,
+            },
+            files={
+                layout.AUDIT_SUMMARY_IN_SNAPSHOT: json.dumps(summary, indent=2, sort_keys=True, default=str).encode()
+            },
+        )
+    except OSError as exc:  # a full disk: the previous audit stays whole; retrying in 10 s would not free space
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
     counts = result.classes["n_images"].astype(int).tolist()
     hist = class_count_histogram_png(counts, catalogue.min_samples)
     ws.write_bytes(layout.CLASS_COUNTS_PNG, hist)
-    snapshot = catalogue_snapshot_hash(result.images)
-    ws.write_json(
-        layout.AUDIT_SUMMARY, {**s, "catalogue_snapshot": snapshot, "location": redact_uri(catalogue.location)}
-    )
+    ws.write_json(layout.AUDIT_SUMMARY, summary)  # the copy for people; readers use the snapshot's
     quarantine_preview = result.quarantine.head(20)[["image_uri", "sku_id", "reason", "detail"]].to_dict("records")
     return dg.MaterializeResult(
         metadata={

@@ -45,6 +45,8 @@ def run_loop_in_process(
     automation_cursor: object = None,
     max_ticks: int = 5,
     raise_on_error: bool = False,
+    run_config: dict | None = None,
+    wrap_job=None,
 ) -> LoopPass:
     """Evaluate the batch sensor, register its partitions, run its ingestion runs, then evaluate the automation
     conditions tick after tick and run what they request, until nothing more is requested. Without an
@@ -52,13 +54,20 @@ def run_loop_in_process(
 
     This is what ``dagster dev``'s daemon does continuously; ``skurec demo --add-batch`` and the tests call it to do
     it once, synchronously, against a real instance (so materialisation history and data versions are real).
+    ``run_config`` (e.g. the console logger's level) applies to every run (``wrap_job`` adapts the job first); each run is tagged with this process's
+    pid and host (:func:`skurec_assets.recovery.process_tags`) so that a later start can fail it if we are killed.
     """
+    from skurec_assets.recovery import process_tags
+
+    extra = {"run_config": run_config, "tags": process_tags()}
     job = defs.resolve_implicit_global_asset_job_def()
+    if wrap_job is not None:  # e.g. the command line's console logger
+        job = wrap_job(job)
     out = LoopPass(sensor_result=None, sensor_cursor=sensor_cursor)
     if automation_cursor is None:
         # No automation history yet: the daemon's first tick (it takes the baseline, so the batch's updates are
         # seen as new afterwards, and requests whatever is missing).
-        automation_cursor = _automation_ticks(defs, instance, job, None, max_ticks, raise_on_error, out)
+        automation_cursor = _automation_ticks(defs, instance, job, None, max_ticks, raise_on_error, out, extra)
     ctx = dg.build_sensor_context(
         instance=instance, cursor=sensor_cursor, resources=dict(defs.resources or {}), definitions=defs
     )
@@ -73,14 +82,17 @@ def run_loop_in_process(
                 instance=instance,
                 partition_key=rr.partition_key,
                 asset_selection=[labelled_batch.key],
-                tags=dict(rr.tags),
+                tags={**dict(rr.tags), **extra["tags"]},
                 raise_on_error=raise_on_error,
+                run_config=run_config,
             )
-    out.automation_cursor = _automation_ticks(defs, instance, job, automation_cursor, max_ticks, raise_on_error, out)
+    out.automation_cursor = _automation_ticks(
+        defs, instance, job, automation_cursor, max_ticks, raise_on_error, out, extra
+    )
     return out
 
 
-def _automation_ticks(defs, instance, job, cursor, max_ticks: int, raise_on_error: bool, out: LoopPass):
+def _automation_ticks(defs, instance, job, cursor, max_ticks: int, raise_on_error: bool, out: LoopPass, extra: dict):
     """Evaluate the automation conditions and run what they request, tick after tick, until nothing is requested."""
     for _ in range(max_ticks):
         evaluation = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
@@ -95,7 +107,8 @@ def _automation_ticks(defs, instance, job, cursor, max_ticks: int, raise_on_erro
             instance=instance,
             asset_selection=keys,
             raise_on_error=raise_on_error,
-            tags={"skurec/trigger": "automation"},
+            tags={"skurec/trigger": "automation", **extra["tags"]},
+            run_config=extra["run_config"],
         )
         out.automation_runs.append(([k.to_user_string() for k in keys], result))
     return cursor

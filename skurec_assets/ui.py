@@ -34,6 +34,29 @@ _PR_SET_CHILD_SUBREAPER = 36
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+class PortBusyError(RuntimeError):
+    """The UI's port is taken: ``dagster dev`` would start its daemon and wait forever without a webserver."""
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise :class:`PortBusyError` (naming the remedy) when ``host:port`` cannot be bound right now."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise PortBusyError(f"cannot resolve --host {host!r} ({exc}); pass an address such as 127.0.0.1") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            raise PortBusyError(
+                f"port {port} on {host} is already in use ({exc.strerror}); stop what uses it or pass another --port"
+            ) from None
+
+
 def dagster_dev_command(host: str, port: int, module: str = "skurec_assets.definitions") -> list[str]:
     return [sys.executable, "-m", "dagster", "dev", "-m", module, "-h", host, "-p", str(port)]
 

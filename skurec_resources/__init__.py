@@ -44,12 +44,19 @@ class CatalogueResource(dg.ConfigurableResource):
     """Where the labelled catalogue is (folder or manifest, local or fsspec URI) and the audit rules."""
 
     location: str
-    root: Optional[str] = None  # when set, every image must live under it (manifest paths cannot escape)
+    # The read root: every image must live under it. Default: the manifest's own folder (a folder layout: the
+    # folder; a manifest on object storage: its bucket), so a manifest cannot make the build read other files.
+    root: Optional[str] = None
+    # More roots images may be read from (comma-separated folders / URI prefixes): the explicit allow-list.
+    allow: Optional[str] = None
     min_samples: int = AuditConfig.min_samples
     val_fraction: float = AuditConfig.val_fraction
 
     def audit_config(self) -> AuditConfig:
         return AuditConfig(min_samples=self.min_samples, val_fraction=self.val_fraction)
+
+    def allowed_roots(self) -> list[str]:
+        return [a.strip() for a in (self.allow or "").split(",") if a.strip()]
 
 
 class EncoderResource(dg.ConfigurableResource):
@@ -140,6 +147,7 @@ def default_resources() -> dict:
         "catalogue": CatalogueResource(
             location=_env("SKUREC_CATALOGUE", os.path.join(workdir, layout.DEMO_CATALOGUE_DIR)),
             root=_env("SKUREC_CATALOGUE_ROOT"),
+            allow=_env("SKUREC_CATALOGUE_ALLOW"),
             min_samples=_env("SKUREC_MIN_SAMPLES", AuditConfig.min_samples, as_int=True),
         ),
         "encoder": EncoderResource(

@@ -10,6 +10,13 @@ Two layouts are accepted:
 Import never drops a row silently: rows that cannot be used keep their place with an ``import_error`` code that the
 audit turns into a quarantine row, so ``accepted + quarantined == input`` always holds. Import never writes to the
 input location.
+
+**Read roots.** A catalogue is only read inside its roots: by default the manifest's own folder (a folder layout:
+the folder itself; a manifest on object storage: its bucket, the declared one). ``root`` replaces that default and
+``allow`` adds roots (``SKUREC_CATALOGUE_ROOT`` / ``SKUREC_CATALOGUE_ALLOW``). A row naming anything else (``/etc/passwd``,
+``../x``, ``http://127.0.0.1/...``, another bucket) and a local symlink whose target lies outside every root (a file
+or a whole SKU folder) are quarantined as ``path_outside_root`` with the reason; a symlinked SKU folder inside the
+roots is read. Locations are redacted (pre-signed URL signatures, passwords) in every error message.
 """
 
 from __future__ import annotations
@@ -18,17 +25,20 @@ import csv
 import io
 import os
 import posixpath
+from collections.abc import Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import fsspec
 import pandas as pd
 
-from skurec.store.workspace import filesystem_for, is_remote, retry_transient
+from skurec.store.workspace import filesystem_for, is_remote, redact_uri, retry_transient
 
 REQUIRED_COLUMNS = ("image_uri", "sku_id")
 OPTIONAL_COLUMNS = ("sku_name", "group_id", "batch_id", "split")
 VALID_SPLITS = ("train", "val", "test")
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
+_BUCKET_PROTOCOLS = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
 
 RAW_COLUMNS = [
     "source",
@@ -83,40 +93,45 @@ def _join_uri(base_dir: str, protocol: str | None, rel: str) -> str:
 
 
 def _resolve(
-    raw: str, manifest_dir: str, manifest_protocol: str | None, root: str | None
+    raw: str,
+    manifest_dir: str,
+    manifest_protocol: str | None,
+    bounds: Sequence[str],
+    absolute_bounds: Sequence[str] = (),
 ) -> tuple[str | None, str | None, str | None]:
     """Resolve a manifest's image_uri. Returns (uri, error_code, detail).
 
-    Relative paths may not leave the manifest's folder (or ``root`` when set). Absolute paths and URIs are allowed
-    anywhere unless ``root`` is set, in which case they must be inside it, and so must the real path behind any
-    symlink on local disk (a symlink cannot smuggle a file from outside the declared root in).
+    Relative paths are joined to the manifest's folder; every resolved location, and on local disk the real path
+    behind any symlink, must lie inside one of ``bounds`` (the read roots; absolute URIs may also use
+    ``absolute_bounds``, the manifest's own bucket), so a manifest cannot make the build read other files or hosts.
     """
     if "://" in raw:
         uri = raw
-        if root is not None and not _inside(uri, root):
-            return None, "path_outside_root", f"{raw!r} is outside the catalogue root {root!r}"
+        bounds = [*bounds, *absolute_bounds]
     elif raw.startswith("/"):
         if manifest_protocol:
             return None, "path_outside_root", f"absolute local path {raw!r} in a remote manifest"
         uri = posixpath.normpath(raw)
-        if root is not None and not _inside(uri, root):
-            return None, "path_outside_root", f"{raw!r} is outside the catalogue root {root!r}"
     else:
         uri = _join_uri(manifest_dir, manifest_protocol, raw)
-        bound = (
-            root
-            if root is not None
-            else (f"{manifest_protocol}://{manifest_dir}" if manifest_protocol else manifest_dir)
-        )
-        if not _inside(uri, bound):
-            return None, "path_outside_root", f"{raw!r} escapes the manifest folder {bound!r}"
-    if root is not None and _symlink_escapes(uri, root):
+    shown = ", ".join(repr(redact_uri(b)) for b in bounds)
+    if not any(_inside(uri, b) for b in bounds):
+        return None, "path_outside_root", f"{redact_uri(raw)!r} is outside the catalogue's read root(s) {shown}"
+    if _symlink_escapes_all(uri, bounds):
         return (
             None,
             "path_outside_root",
-            f"{raw!r} is a symlink to {os.path.realpath(_local_path(uri))!r}, outside the catalogue root {root!r}",
+            f"{raw!r} is a symlink to {os.path.realpath(_local_path(uri))!r}, outside the read root(s) {shown}",
         )
     return uri, None, None
+
+
+def _symlink_escapes_all(uri: str, bounds: Sequence[str]) -> bool:
+    """True when a local ``uri`` resolves through symlinks to a file outside every local bound."""
+    if _local_path(uri) is None:
+        return False
+    local = [b for b in bounds if _local_path(b) is not None]
+    return bool(local) and all(_symlink_escapes(uri, b) for b in local)
 
 
 def _local_path(uri: str) -> str | None:
@@ -215,20 +230,57 @@ def _unique_names(header: list[str]) -> list[str]:
     return out
 
 
-def import_manifest(manifest_uri: str, root: str | None = None, storage_options: dict | None = None) -> ImportReport:
+def default_read_root(location: str) -> str:
+    """The read root of a catalogue when none is declared: a folder layout's folder, or a manifest's own folder."""
+    if not _is_manifest(location):
+        return location.rstrip("/")
+    if "://" in location and is_remote(location):
+        parts = urlsplit(location)
+        return f"{parts.scheme}://{parts.netloc}{posixpath.dirname(parts.path)}"
+    return posixpath.dirname(os.path.abspath(_local_path(location) or location))
+
+
+def read_roots(location: str, root: str | None = None, allow: Sequence[str] = ()) -> list[str]:
+    """Every root the catalogue at ``location`` may be read from: ``root`` (else :func:`default_read_root`) plus
+    the explicit allow-list."""
+    return [(root or default_read_root(location)).rstrip("/") or "/", *(a.rstrip("/") or "/" for a in allow if a)]
+
+
+def _declared_bucket(location: str) -> str | None:
+    """``s3://bucket`` of a manifest on object storage: absolute URIs into the manifest's own bucket are allowed."""
+    if "://" in location and fsspec.utils.get_protocol(location) in _BUCKET_PROTOCOLS:
+        return f"{fsspec.utils.get_protocol(location)}://{urlsplit(location).netloc}"
+    return None
+
+
+def _is_manifest(location: str) -> bool:
+    path = urlsplit(location).path if "://" in location else location
+    return path.lower().endswith(MANIFEST_SUFFIXES)
+
+
+def import_manifest(
+    manifest_uri: str, root: str | None = None, storage_options: dict | None = None, allow: Sequence[str] = ()
+) -> ImportReport:
     """Rows of a CSV/Parquet manifest. Missing required columns quarantine every row (the run still succeeds)."""
+    shown = redact_uri(manifest_uri)
     fs, path = filesystem_for(manifest_uri, storage_options)
-    if not retry_transient(lambda: fs.exists(path), f"exists({manifest_uri})"):
-        raise CatalogueError(f"manifest {manifest_uri!r} does not exist")
+    try:
+        exists = retry_transient(lambda: fs.exists(path), f"exists({shown})")
+    except Exception as exc:  # unreachable host, refused credentials: the message may quote the signed URL
+        raise CatalogueError(f"manifest {shown!r} cannot be reached ({type(exc).__name__})") from None
+    if not exists:
+        raise CatalogueError(f"manifest {shown!r} does not exist")
     protocol = fsspec.utils.get_protocol(manifest_uri) if is_remote(manifest_uri) else None
     manifest_dir = posixpath.dirname(path)
+    bounds = read_roots(manifest_uri, root, allow)
+    bucket = None if root else _declared_bucket(manifest_uri)
     try:
         frame = _read_manifest_frame(fs, path)
     except (OSError, ValueError, csv.Error) as exc:  # damaged Parquet, unreadable object, ...
         raise CatalogueError(
-            f"manifest {manifest_uri!r} cannot be read ({type(exc).__name__}: {exc}); it must be a UTF-8 CSV or a "
+            f"manifest {shown!r} cannot be read ({type(exc).__name__}); it must be a UTF-8 CSV or a "
             f"Parquet file with columns {list(REQUIRED_COLUMNS)}"
-        ) from exc
+        ) from None
     df = frame.df
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     unknown = tuple(c for c in df.columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS)
@@ -236,7 +288,7 @@ def import_manifest(manifest_uri: str, root: str | None = None, storage_options:
     for i, rec in enumerate(df.to_dict("records")):
         raw_uri = _clean_str(rec.get("image_uri"))
         row = {
-            "source": manifest_uri,
+            "source": shown,
             "row_number": frame.line_numbers[i],  # CSV line number (header = 1) or Parquet row index
             "image_uri_raw": _repair(raw_uri) if raw_uri is not None else None,
             "image_uri": None,
@@ -262,47 +314,57 @@ def import_manifest(manifest_uri: str, root: str | None = None, storage_options:
         elif row["split"] is not None and row["split"] not in VALID_SPLITS:
             row["import_error"], row["import_detail"] = "invalid_split", f"split {row['split']!r} not in {VALID_SPLITS}"
         else:
-            uri, err, detail = _resolve(raw_uri, manifest_dir, protocol, root)
+            uri, err, detail = _resolve(raw_uri, manifest_dir, protocol, bounds, [bucket] if bucket else [])
             row["image_uri"], row["import_error"], row["import_detail"] = uri, err, detail
         rows.append(row)
     return ImportReport(rows=rows_frame(rows), unknown_columns=unknown)
 
 
-def import_folder(root_uri: str, storage_options: dict | None = None, root: str | None = None) -> ImportReport:
+def import_folder(
+    root_uri: str, storage_options: dict | None = None, root: str | None = None, allow: Sequence[str] = ()
+) -> ImportReport:
     """Rows of a ``ROOT/<sku_id>/<files>`` layout (files may sit in sub-folders of the SKU folder).
 
     Hidden files (``.name``) are not catalogue content and are not listed; files directly in ROOT have no SKU and
-    are imported with ``import_error='no_sku_folder'`` so that they are reported, not ignored. When ``root`` (the
-    declared catalogue root) is set, a file outside it, or a local symlink resolving outside it, is imported with
-    ``import_error='path_outside_root'``.
+    are imported with ``import_error='no_sku_folder'`` so that they are reported, not ignored. Files are read only
+    inside the read roots (:func:`read_roots`: the folder itself unless ``root`` / ``allow`` say otherwise); a file
+    or a symlinked folder resolving outside them is imported with ``import_error='path_outside_root'`` (a symlinked
+    folder inside them is read like any other).
     """
-    boundary = root
+    shown = redact_uri(root_uri)
+    bounds = read_roots(root_uri, root, allow)
     fs, root = filesystem_for(root_uri, storage_options)
-    if not retry_transient(lambda: fs.exists(root) and fs.isdir(root), f"exists({root_uri})"):
-        raise CatalogueError(f"catalogue folder {root_uri!r} does not exist or is not a folder")
+    if not retry_transient(lambda: fs.exists(root) and fs.isdir(root), f"exists({shown})"):
+        raise CatalogueError(f"catalogue folder {shown!r} does not exist or is not a folder")
     protocol = fsspec.utils.get_protocol(root_uri) if is_remote(root_uri) else None
     root = root.rstrip("/")
     rows = []
-    # find() without maxdepth: one flat listing that raises on errors (a folder-by-folder walk would silently skip a
-    # SKU folder whose listing failed, and its images would vanish from the catalogue).
-    strict = {} if protocol else {"on_error": "raise"}  # local walks skip unreadable folders unless told to raise
-    try:
-        listing = retry_transient(lambda: fs.find(root, **strict), f"listing of {root_uri}")
-    except (PermissionError, NotADirectoryError) as exc:
-        raise CatalogueError(f"cannot list catalogue folder {root_uri!r}: {exc}; fix its permissions") from exc
-    for i, path in enumerate(sorted(listing)):
+    outside: dict[str, str] = {}  # path -> why (symlinked folders leading outside the roots)
+    if protocol:
+        # find() without maxdepth: one flat listing that raises on errors (a folder-by-folder walk would silently
+        # skip a SKU folder whose listing failed, and its images would vanish from the catalogue).
+        listing = retry_transient(lambda: fs.find(root), f"listing of {shown}")
+    else:
+        try:
+            listing, outside = _walk_local(root, bounds)
+        except (PermissionError, NotADirectoryError) as exc:
+            raise CatalogueError(f"cannot list catalogue folder {shown!r}: {exc}; fix its permissions") from exc
+    shown_bounds = ", ".join(repr(redact_uri(b)) for b in bounds)
+    for i, path in enumerate(sorted([*listing, *outside])):
         rel = path[len(root) + 1 :] if path.startswith(root + "/") else posixpath.basename(path)
         parts = rel.split("/")
         if any(p.startswith(".") for p in parts):
             continue
         uri = f"{protocol}://{path}" if protocol else path
-        sku = parts[0] if len(parts) > 1 else None
+        sku = parts[0] if len(parts) > 1 or path in outside else None
         error, detail = (None, None) if sku else ("no_sku_folder", "file is not inside a <sku_id>/ folder")
-        if boundary is not None and (not _inside(uri, boundary) or _symlink_escapes(uri, boundary)):
-            error, detail = "path_outside_root", f"{rel!r} resolves outside the catalogue root {boundary!r}"
+        if path in outside:
+            error, detail = "path_outside_root", outside[path]
+        elif not any(_inside(uri, b) for b in bounds) or _symlink_escapes_all(uri, bounds):
+            error, detail = "path_outside_root", f"{rel!r} resolves outside the read root(s) {shown_bounds}"
         rows.append(
             {
-                "source": root_uri,
+                "source": shown,
                 "row_number": i,
                 "image_uri_raw": rel,
                 "image_uri": uri,
@@ -318,8 +380,41 @@ def import_folder(root_uri: str, storage_options: dict | None = None, root: str 
     return ImportReport(rows=rows_frame(rows))
 
 
-def import_catalogue(location: str, root: str | None = None, storage_options: dict | None = None) -> ImportReport:
-    """Import a folder or a manifest, chosen by what ``location`` is."""
-    if location.lower().endswith(MANIFEST_SUFFIXES):
-        return import_manifest(location, root=root, storage_options=storage_options)
-    return import_folder(location, storage_options=storage_options, root=root)
+def _walk_local(root: str, bounds: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """Files below a local ``root``, following symlinked folders whose target lies inside ``bounds`` (each real
+    folder once); a symlinked folder leading outside is returned in the second value with the reason, not walked."""
+    files: list[str] = []
+    outside: dict[str, str] = {}
+    seen: set[str] = set()
+
+    def fail(exc: OSError) -> None:
+        raise exc
+
+    for folder, dirs, names in os.walk(root, followlinks=True, onerror=fail):
+        real = os.path.realpath(folder)
+        if real in seen:  # a symlink loop or two links to one folder
+            dirs[:] = []
+            continue
+        seen.add(real)
+        keep = []
+        for d in dirs:
+            full = os.path.join(folder, d)
+            if os.path.islink(full) and _symlink_escapes_all(full, bounds):
+                outside[full] = (
+                    f"symlinked folder {os.path.relpath(full, root)!r} -> {os.path.realpath(full)!r} is outside the "
+                    "read root(s); add its target to SKUREC_CATALOGUE_ALLOW to read it"
+                )
+            else:
+                keep.append(d)
+        dirs[:] = keep
+        files += [os.path.join(folder, n) for n in names]
+    return files, outside
+
+
+def import_catalogue(
+    location: str, root: str | None = None, storage_options: dict | None = None, allow: Sequence[str] = ()
+) -> ImportReport:
+    """Import a folder or a manifest, chosen by what ``location`` is, reading only inside its read roots."""
+    if _is_manifest(location):
+        return import_manifest(location, root=root, storage_options=storage_options, allow=allow)
+    return import_folder(location, storage_options=storage_options, root=root, allow=allow)

@@ -18,6 +18,9 @@ from skurec.layout import BUNDLE_TRAINING_TABLE
 from skurec.store.workspace import Workspace
 
 CARD_SCHEMA = "skurec-model-card/1"
+#: below this many validation images a validation accuracy (and the gate built on it) is too noisy to trust: one
+#: image moves it by more than 3 points. ``skurec demo`` / ``run`` warn, naming the number.
+MIN_VALIDATION_IMAGES = 30
 
 
 @functools.lru_cache(maxsize=1)

@@ -6,8 +6,10 @@ card and the publication checks; ``training_table_sha256`` fingerprints labels a
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -55,3 +57,26 @@ def table_to_parquet(table: pd.DataFrame) -> bytes:
 
 def table_from_parquet(data: bytes) -> pd.DataFrame:
     return pq.read_table(io.BytesIO(data)).to_pandas()
+
+
+# ------------------------------------------------------------------------------------------------ CSV export
+#: a cell starting with one of these is a formula to Excel / LibreOffice / Google Sheets (CSV injection)
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise_cell(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as text: a string starting with ``= + - @``, tab or carriage return gets a
+    leading ``'`` (OWASP's rule for CSV injection; the apostrophe is how spreadsheets mark "text, not a formula").
+    Other values are returned unchanged. Every CSV skurec writes goes through this (docs/security.md)."""
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
+def write_csv(table: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write ``table`` as CSV (Python's ``csv`` module, header first) with every cell neutralised."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow([neutralise_cell(str(c)) for c in table.columns])
+        for row in table.itertuples(index=False, name=None):
+            writer.writerow([neutralise_cell("" if v is None else str(v)) for v in row])

@@ -82,15 +82,13 @@ def load_training_data(ws: Workspace, min_classes: int = 2) -> TrainingData:
     snapshot, so the join of the image table with the embedding cache runs once. The key is the content of the image
     and class tables, the current-encoder document and a listing stamp of the cache folders (name, size, modification time of each part),
     so any change of the catalogue or the cache loads afresh. The
-    returned object is shared: treat it as read-only (its arrays are marked so)."""
+    returned object is shared by every caller in the process: never modify it (copy what you change)."""
     encoder = current_encoder(ws)
     key = (ws.uri(), min_classes, snapshot_key(ws, encoder))
     hit = _LOADED.get(key)
     if hit is not None:
         return hit
     data = _load(ws, encoder, min_classes)
-    for part in (data.train, data.val, data.test, data.fit):
-        part.X.flags.writeable = False
     _LOADED.clear()  # one snapshot at a time: memory stays that of one catalogue
     _LOADED[key] = data
     return data

@@ -22,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 
+from skurec.deployment.training_table import neutralise_cell
 from skurec.images import sha256_bytes
 from skurec.layout import REVIEW_QUEUE_DIR as QUEUE_DIR
 from skurec.store.workspace import Workspace
@@ -117,7 +118,8 @@ class ReviewQueue:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=["image_uri", "sku_id", "suggested_sku_id", "score", "model_id"])
         writer.writeheader()
-        writer.writerows(rows)
+        # Cells a spreadsheet would run as formulas (= + - @ ...) are prefixed with ' (docs/security.md).
+        writer.writerows({k: neutralise_cell(v) for k, v in row.items()} for row in rows)
         manifest = dest / "manifest.csv"
         tmp = dest / ".manifest.csv.tmp"
         tmp.write_text(buf.getvalue(), encoding="utf-8")

@@ -2,9 +2,16 @@
 
 A bundle lives in ``<workdir>/models/<model_id>/``: the model's files (safetensors + ``config.json``, as produced by
 a model's ``to_files()``), ``model_card.json`` and ``model_card.md``. The card records the SHA-256 of every file;
-:meth:`ModelStore.load_files` recomputes them and refuses a bundle whose bytes changed. Bundles are immutable: a
-model id is never written twice. The deployed model is a pointer file (``models/deployed.json``) replaced
-atomically, with every promotion or refusal appended to ``models/history/`` as its own file.
+:meth:`ModelStore.load_files` recomputes them and refuses a bundle whose bytes changed. The card itself is covered
+too: its SHA-256 is recorded outside the bundle when it is published (``models/card_digests/<model_id>.json``) and in
+the deployment pointer when it is deployed, and :meth:`ModelStore.card` refuses a card whose bytes differ (a changed
+threshold or class list would otherwise change answers silently). Bundles are immutable: a model id is never
+written twice. The deployed model is a pointer file (``models/deployed.json``) replaced atomically; every promotion
+is appended to ``models/history/`` as its own file *after* the pointer moved (a kill in between is reconciled by
+:meth:`ModelStore.reconcile_history`), so the history never names a deployment that did not happen.
+
+These digests detect a card or file changed by mistake or by a careless edit; they are not signatures: someone who
+can rewrite the pointer and the digest files as well can still substitute a model (docs/security.md).
 """
 
 from __future__ import annotations
@@ -12,12 +19,15 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from skurec.layout import DEPLOYED_POINTER, MODEL_HISTORY_DIR, MODELS_DIR, model_dir
+from skurec.layout import DEPLOYED_POINTER, MODEL_HISTORY_DIR, MODELS_DIR, card_digest_record, model_dir
 from skurec.store.workspace import Workspace
+
+log = logging.getLogger(__name__)
 
 CARD_JSON = "model_card.json"
 CARD_MD = "model_card.md"
@@ -83,14 +93,46 @@ class ModelStore:
             self.ws.write_bytes(f"{base}/{name}", data)
         if card_markdown is not None:
             self.ws.write_text(f"{base}/{CARD_MD}", card_markdown)
-        # The card is written last: a bundle without a card is incomplete and invisible to list()/load().
-        self.ws.write_json(f"{base}/{CARD_JSON}", card)
+        # The card is written last: a bundle without a card is incomplete and invisible to list()/load(). Its digest
+        # is recorded outside the bundle, after it.
+        data = _card_bytes(card)
+        self.ws.write_bytes(f"{base}/{CARD_JSON}", data)
+        self.ws.write_json(card_digest_record(model_id), {"model_id": model_id, "card_sha256": sha256_hex(data)})
         return ModelRecord(model_id, card)
 
-    def card(self, model_id: str) -> dict:
+    def expected_card_sha256(self, model_id: str) -> str | None:
+        """The card digest recorded for ``model_id``: the deployment pointer's when it is deployed, else the one
+        recorded at publication (``None`` for a bundle published before card digests existed)."""
+        pointer = self._pointer()
+        if pointer and pointer.get("model_id") == model_id and pointer.get("card_sha256"):
+            return pointer["card_sha256"]
+        rel = card_digest_record(model_id)
+        return self.ws.read_json(rel).get("card_sha256") if self.ws.exists(rel) else None
+
+    def card_bytes(self, model_id: str) -> bytes:
+        """The card's bytes, verified against its recorded SHA-256 (:class:`TamperedModelError` when they differ)."""
         if not self.exists(model_id):
-            raise ModelStoreError(f"no model {model_id!r} in {self.ws.root_uri}")
-        return self.ws.read_json(f"{self._dir(model_id)}/{CARD_JSON}")
+            known = [r.model_id for r in self.list()][-5:]
+            raise ModelStoreError(
+                f"no model {model_id!r} in {self.ws.root_uri}; "
+                + (f"known models (latest last): {', '.join(known)}" if known else "no model has been published there")
+            )
+        data = self.ws.read_bytes(f"{self._dir(model_id)}/{CARD_JSON}")
+        expected = self.expected_card_sha256(model_id)
+        actual = sha256_hex(data)
+        if expected is None:
+            log.warning("model %s: no card digest recorded (published by an older skurec); card not verified", model_id)
+        elif actual != expected:
+            raise TamperedModelError(
+                f"model {model_id}: {CARD_JSON} has SHA-256 {actual[:16]}… but {expected[:16]}… was recorded when it "
+                "was published; the card was modified after training. Refusing to use it (restore the original card "
+                "or deploy another model)."
+            )
+        return data
+
+    def card(self, model_id: str) -> dict:
+        """The model card, verified against the digest recorded at publication / deployment."""
+        return json.loads(self.card_bytes(model_id).decode("utf-8"))
 
     def card_markdown(self, model_id: str) -> str | None:
         rel = f"{self._dir(model_id)}/{CARD_MD}"
@@ -120,13 +162,20 @@ class ModelStore:
         return sorted(records, key=lambda r: (r.created_at, r.model_id))
 
     # ------------------------------------------------------------------ deployment pointer
+    def _pointer(self) -> dict | None:
+        return self.ws.read_json(DEPLOYED) if self.ws.exists(DEPLOYED) else None
+
     def deployed_id(self) -> str | None:
-        if not self.ws.exists(DEPLOYED):
-            return None
-        return self.ws.read_json(DEPLOYED)["model_id"]
+        pointer = self._pointer()
+        return None if pointer is None else pointer["model_id"]
 
     def deploy(self, model_id: str, reason: str, extra: dict[str, Any] | None = None) -> dict:
-        """Point the deployment at ``model_id`` (verified first) and record the event."""
+        """Point the deployment at ``model_id`` (card and files verified first), then record the event.
+
+        The pointer records the card's SHA-256 (the card records every file's). History is written after the pointer
+        moved: a kill before the move leaves neither; a kill after it is repaired by :meth:`reconcile_history`.
+        """
+        card_sha256 = sha256_hex(self.card_bytes(model_id))
         self.load_files(model_id)
         event = {
             "model_id": model_id,
@@ -134,10 +183,30 @@ class ModelStore:
             "deployed_at": now_iso(),
             "reason": reason,
             **(extra or {}),
+            "card_sha256": card_sha256,
         }
-        self.record_event("deployed", event)
         self.ws.write_json(DEPLOYED, event)
+        self.record_event("deployed", event)
         return event
+
+    def reconcile_history(self) -> bool:
+        """Append the deployment event that a process killed between moving the pointer and writing the history
+        left out (True when one was added). Idempotent."""
+        pointer = self._pointer()
+        if pointer is None:
+            return False
+        for event in self.history():
+            if (
+                event.get("event") == "deployed"
+                and event.get("model_id") == pointer.get("model_id")
+                and event.get("deployed_at") == pointer.get("deployed_at")
+            ):
+                return False
+        self.record_event("deployed", {**pointer, "reconciled": "history written after an interrupted deployment"})
+        log.warning(
+            "model history: recorded the deployment of %s that an interrupted run left out", pointer["model_id"]
+        )
+        return True
 
     def record_event(self, kind: str, event: dict) -> None:
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
@@ -147,4 +216,9 @@ class ModelStore:
         )
 
     def history(self) -> list[dict]:
+        """Every recorded event, oldest first."""
         return [self.ws.read_json(f"{MODEL_HISTORY_DIR}/{n}") for n in self.ws.listdir(MODEL_HISTORY_DIR)]
+
+
+def _card_bytes(card: dict) -> bytes:
+    return json.dumps(card, indent=2, sort_keys=True, default=str).encode("utf-8")

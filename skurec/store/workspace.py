@@ -5,17 +5,22 @@ DuckDB file (``<workdir>/skurec.duckdb``) so an analyst can query the catalogue 
 directory (``s3://bucket/prefix``) the DuckDB mirror lives in a local path given by ``duckdb_path``.
 
 All writes are atomic: a reader never sees a half-written file. Locally a file is written beside its target and
-renamed into place; object stores (S3) make a PUT visible only once it is complete.
+renamed into place; object stores (S3) make a PUT visible only once it is complete. Tables that must change together
+(``layout.TABLE_GROUPS``: the audit's images, quarantine, classes, probes and summary) are written as a new snapshot
+folder and switched by replacing one pointer file (:meth:`Workspace.write_table_group`): a failure or a kill at any
+point leaves the previous group whole. A full disk is reported as "no space left on device", naming the file.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import logging
 import os
 import posixpath
 import re
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -193,9 +198,11 @@ class Workspace:
                     f.flush()
                     os.fsync(f.fileno())
                 os.replace(tmp, target)
-            except BaseException:
+            except BaseException as exc:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
+                if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise no_space_error(target, len(data)) from exc
                 raise
             _fsync_dir(parent)
         return self.uri(rel)
@@ -310,18 +317,83 @@ class Workspace:
 
     # ---------------------------------------------------------------- tables (parquet + duckdb mirror)
     def table_rel(self, name: str) -> str:
+        """Where table ``name`` is now: inside its group's current snapshot, else ``tables/<name>.parquet``."""
         if not name.replace("_", "").isalnum():
             raise ValueError(f"table names are letters, digits and underscores: {name!r}")
+        group = layout.table_group_of(name)
+        if group is not None:
+            rel = (self._group_pointer(group).get("tables") or {}).get(name)
+            if rel:
+                return rel
         return layout.table_path(name)
+
+    def _group_pointer(self, group: str) -> dict:
+        rel = layout.table_group_pointer(group)
+        return self.read_json(rel) if self.exists(rel) else {}
 
     def has_table(self, name: str) -> bool:
         return self.exists(self.table_rel(name))
 
     def write_table(self, name: str, df: pd.DataFrame) -> str:
-        """Write a table as Parquet (atomic) and mirror it into DuckDB."""
+        """Write a table as Parquet (atomic) and mirror it into DuckDB (a grouped table: a new snapshot of its group
+        in which only this table changed)."""
+        group = layout.table_group_of(name)
+        if group is not None and self.exists(layout.table_group_pointer(group)):
+            self.write_table_group(group, {name: df})
+            return self.uri(self.table_rel(name))
         uri = self.write_parquet(self.table_rel(name), df)
         self._mirror(name, df)
         return uri
+
+    def write_table_group(
+        self, group: str, tables: dict[str, pd.DataFrame], files: dict[str, bytes] | None = None
+    ) -> str:
+        """Replace tables of ``group`` (and files kept with them) all at once: write a new snapshot folder, then
+        switch the group's pointer file. Tables of the group not given keep their current snapshot file. Until the
+        pointer moves readers see the previous group whole; a failure (a full disk) or a kill leaves it in place.
+        Returns the snapshot id. The DuckDB mirror is refreshed after the switch, in one transaction."""
+        names = layout.TABLE_GROUPS[group]
+        unknown = sorted(set(tables) - set(names))
+        if unknown:
+            raise ValueError(f"tables {unknown} are not in table group {group!r} {names}")
+        current = self._group_pointer(group)
+        snapshot = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:12]
+        base = f"{layout.table_group_dir(group)}/{snapshot}"
+        table_paths = {n: r for n, r in (current.get("tables") or {}).items() if n in names}
+        if not current:  # the first snapshot adopts tables written alone before groups existed
+            table_paths.update({n: layout.table_path(n) for n in names if self.exists(layout.table_path(n))})
+        file_paths = dict(current.get("files") or {})
+        for name, df in tables.items():
+            table_paths[name] = f"{base}/{name}.parquet"
+            self.write_parquet(table_paths[name], df)
+        for name, data in (files or {}).items():
+            if "/" in name or name.startswith("."):
+                raise ValueError(f"snapshot file names are plain names: {name!r}")
+            file_paths[name] = f"{base}/{name}"
+            self.write_bytes(file_paths[name], data)
+        pointer = {"group": group, "snapshot": snapshot, "tables": table_paths, "files": file_paths}
+        self.write_json(layout.table_group_pointer(group), pointer)  # the switch
+        self._drop_unreferenced_snapshots(group, keep=[pointer, current])
+        self._mirror_many({n: df for n, df in tables.items()})
+        return snapshot
+
+    def _drop_unreferenced_snapshots(self, group: str, keep: list[dict]) -> None:
+        """Delete snapshot folders that neither the new nor the previous pointer references (a reader that read the
+        previous pointer a moment ago still finds its files), and tables written alone that the group adopted."""
+        prefix = layout.table_group_dir(group) + "/"
+        used = {
+            rel[len(prefix) :].split("/")[0]
+            for p in keep
+            for rel in [*(p.get("tables") or {}).values(), *(p.get("files") or {}).values()]
+            if rel.startswith(prefix)
+        }
+        for name in self.listdir(layout.table_group_dir(group)):
+            if name not in used:
+                self.delete(f"{layout.table_group_dir(group)}/{name}")
+        referenced = {rel for p in keep for rel in (p.get("tables") or {}).values()}
+        for n in layout.TABLE_GROUPS[group]:
+            if layout.table_path(n) not in referenced and self.exists(layout.table_path(n)):
+                self.delete(layout.table_path(n))  # a table written alone before groups existed, now replaced
 
     def read_table(self, name: str, columns: list[str] | None = None) -> pd.DataFrame:
         if not self.has_table(name):
@@ -351,10 +423,25 @@ class Workspace:
             con.close()
 
     def _mirror(self, name: str, df: pd.DataFrame) -> None:
+        self._mirror_many({name: df})
+
+    def _mirror_many(self, tables: dict[str, pd.DataFrame]) -> None:
+        """Replace tables in the DuckDB mirror in one transaction (all or none)."""
+        if not tables:
+            return
         with self.duckdb() as con:
-            con.register("_skurec_df", df)
-            con.execute(f'CREATE OR REPLACE TABLE "{name}" AS SELECT * FROM _skurec_df')
-            con.unregister("_skurec_df")
+            con.execute("BEGIN TRANSACTION")
+            try:
+                for name, df in tables.items():
+                    con.register("_skurec_df", df)
+                    con.execute(f'CREATE OR REPLACE TABLE "{name}" AS SELECT * FROM _skurec_df')
+                    con.unregister("_skurec_df")
+                con.execute("COMMIT")
+            except BaseException as exc:
+                con.execute("ROLLBACK")
+                if "No space left" in str(exc) or "disk is full" in str(exc).lower():
+                    raise no_space_error(self.duckdb_path, 0) from exc
+                raise
 
     def mirror_parquet_view(self, name: str, glob_rel: str) -> None:
         """Expose Parquet files (e.g. the embedding cache) in DuckDB as a view; local work directories only."""
@@ -368,6 +455,16 @@ class Workspace:
                 )
             else:
                 con.execute(f'DROP VIEW IF EXISTS "{name}"')
+
+
+def no_space_error(path: str, n_bytes: int) -> OSError:
+    """``OSError(ENOSPC)`` whose message says so, names the file and how much room is left."""
+    try:
+        free = f"{shutil.disk_usage(os.path.dirname(path) or '.').free / 1e6:.1f} MB free"
+    except OSError:
+        free = "free space unknown"
+    what = f" ({n_bytes} bytes)" if n_bytes else ""
+    return OSError(errno.ENOSPC, f"no space left on device writing {path}{what}, {free}; free space and re-run", path)
 
 
 def parse_parquet(data: bytes, columns: list[str] | None = None) -> pa.Table:

@@ -141,5 +141,6 @@ def test_lineage_cli_prints_the_deployed_card_and_exports_the_training_set(tmp_p
     assert main(["lineage", "nope", "--workdir", ws.root]) == 2
     assert "no model 'nope'" in capsys.readouterr().err
     empty = tmp_path / "empty"
+    empty.mkdir()  # readers never create a missing work directory (issue 22): an existing, empty one here
     assert main(["lineage", "--workdir", str(empty)]) == 2
     assert "no model is deployed" in capsys.readouterr().err

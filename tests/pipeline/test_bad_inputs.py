@@ -254,7 +254,9 @@ def test_s3_uri_to_a_missing_key(s3: S3Server, tmp_path: Path):
         f"s3://{bucket}/img/missing.png,a\n"
         f"s3://{bucket}-nope/img/x.png,a\n"
     )
-    ws, audit_meta, embed_meta = _run(tmp_path, str(man), s3_endpoint_url=s3.endpoint_url)
+    # Objects outside the manifest's folder are read only from roots allowed explicitly (issue 22, item 11).
+    allow = f"s3://{bucket},s3://{bucket}-nope"
+    ws, audit_meta, embed_meta = _run(tmp_path, str(man), s3_endpoint_url=s3.endpoint_url, allow=allow)
     q = ws.read_table("quarantine").set_index("row_number")
     assert q["reason"].to_dict() == {3: "missing_file", 4: "missing_file"}
     assert embed_meta["n_computed"] == 1

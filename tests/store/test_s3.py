@@ -53,8 +53,10 @@ def test_folder_catalogue_cache_and_workdir_on_s3(s3: S3Server, tmp_path: Path):
 
     # Everything lives in the bucket: tables, reports, the embedding cache (compacted to one part per hash shard).
     keys = set(s3.snapshot(bucket, "work/"))
+    # The audit's tables live in one snapshot folder switched by the pointer tables/audit.json (issue 22, item 3).
+    pointer = json.loads(s3.client().get_object(Bucket=bucket, Key="work/tables/audit.json")["Body"].read())
     for table in ("images", "quarantine", "classes"):
-        assert f"work/tables/{table}.parquet" in keys
+        assert f"work/{pointer['tables'][table]}" in keys and pointer["tables"][table].startswith("tables/audit/")
     assert "work/reports/audit_summary.json" in keys
     parts = [k for k in keys if k.startswith("work/embeddings/") and k.rsplit("/", 1)[-1].startswith("part-")]
     from skurec_assets.embeddings import default_shards
@@ -99,16 +101,16 @@ def test_manifest_on_s3_with_missing_key_and_escaping_path(s3: S3Server, tmp_pat
         "images/a/not_there.png,a",  # relative, missing key
         f"s3://{bucket}/shop/images/b/also_missing.png,b",  # absolute URI, missing key
         "../private/secret.png,a",  # escapes the manifest's folder
-        f"s3://{bucket}-does-not-exist/x.png,a",  # no such bucket
+        f"s3://{bucket}-does-not-exist/x.png,a",  # another bucket: not a read root unless allowed (issue 22)
     ]
     s3.client().put_object(Bucket=bucket, Key="shop/manifest.csv", Body=("\n".join(lines) + "\n").encode())
 
     result = _s3_run(s3, tmp_path, bucket, f"s3://{bucket}/shop/manifest.csv")
     meta = materialization_metadata(result, "audited_catalogue")
     assert meta["n_input_rows"] == 10 and meta["n_accepted"] == 6
-    assert meta["quarantine_reasons"] == {"missing_file": 3, "path_outside_root": 1}
+    assert meta["quarantine_reasons"] == {"missing_file": 2, "path_outside_root": 2}
     q = _workspace(s3, bucket, tmp_path).read_table("quarantine").set_index("row_number")["reason"].to_dict()
-    assert q == {8: "missing_file", 9: "missing_file", 10: "path_outside_root", 11: "missing_file"}
+    assert q == {8: "missing_file", 9: "missing_file", 10: "path_outside_root", 11: "path_outside_root"}
     assert materialization_metadata(result, "image_embeddings")["n_computed"] == 6
 
 
@@ -189,7 +191,7 @@ def test_secret_key_is_never_written(s3: S3Server, tmp_path: Path, monkeypatch, 
     assert SENTINEL not in event_text and SENTINEL not in run_text  # ... but never the key
 
     written = s3.read_all(bucket, "work/")
-    assert any(k.endswith("tables/quarantine.parquet") for k in written)
+    assert any(k.endswith("/quarantine.parquet") for k in written)
     for key, data in written.items():
         assert SENTINEL.encode() not in data, key
     for p in list(tmp_path.rglob("*")):  # DuckDB mirror, Dagster home (SQLite event log, compute logs)

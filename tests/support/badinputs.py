@@ -214,6 +214,7 @@ def spine_resources(
     location: str,
     *,
     root: str | None = None,
+    allow: str | None = None,
     duckdb_path: str | None = None,
     s3_endpoint_url: str | None = None,
     min_samples: int = 3,
@@ -223,7 +224,7 @@ def spine_resources(
 
     return {
         "storage": StorageResource(workdir=workdir, duckdb_path=duckdb_path, s3_endpoint_url=s3_endpoint_url),
-        "catalogue": CatalogueResource(location=location, root=root, min_samples=min_samples),
+        "catalogue": CatalogueResource(location=location, root=root, allow=allow, min_samples=min_samples),
         "encoder": EncoderResource(name="tiny_random_vit", batch_size=8, device="cpu", num_workers=1),
     }
 
