@@ -36,11 +36,14 @@ log = logging.getLogger("skurec")
 
 
 def _settings_env(settings: dict) -> dict[str, str]:
+    from skurec.catalogue.audit import AuditConfig
+
     env = {
         "SKUREC_WORKDIR": settings["workdir"],
         "SKUREC_CATALOGUE": settings["catalogue"],
         "SKUREC_ENCODER": settings["encoder"],
-        "SKUREC_MIN_SAMPLES": str(settings.get("min_samples", 50)),
+        "SKUREC_MIN_SAMPLES": str(settings.get("min_samples", AuditConfig.min_samples)),
+        "SKUREC_MIN_SHOTS": str(settings.get("min_shots", AuditConfig.min_shots)),
         "DAGSTER_HOME": settings["dagster_home"],
     }
     for key, var in (("encoder_checkpoint", "SKUREC_ENCODER_CHECKPOINT"), ("drop_location", "SKUREC_DROP_LOCATION")):
@@ -127,6 +130,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "encoder_checkpoint": args.checkpoint,
             "encoder_layers": args.layers,
             "min_samples": args.min_samples,
+            "min_shots": args.min_shots,
             "demo": None
             if args.catalogue
             else {
@@ -155,6 +159,12 @@ def _print_summary(workdir: Path) -> None:
             f"catalogue: {s['n_input_rows']} rows -> {s['n_accepted']} accepted, {s['n_quarantined']} quarantined; "
             f"{s['n_active_classes']} active classes ({s['n_filtered_classes']} below min_samples)"
         )
+        tiers = s.get("tiers") or {}
+        if tiers:
+            print(
+                f"tiers: head {tiers['head']['n_classes']} SKUs (>= {s.get('min_samples')} images), tail "
+                f"{tiers['tail']['n_classes']} SKUs (>= {s.get('min_shots')}), untrained {tiers['untrained']['n_classes']}"
+            )
     ev = layout.evaluation(ws)
     if ev:
         for variant, v in ev.get("variants", {}).items():
@@ -274,6 +284,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for image in args.images:
         try:
             out = rec.predict(image, review_queue=queue).to_dict()
+            tiers = (rec.card.get("classes") or {}).get("tiers") or {}
+            if out.get("sku_id") in tiers:  # which tier of the catalogue the answer came from (head / tail)
+                out["tier"] = tiers[out["sku_id"]]
         except RecognizerError as exc:
             failed += 1
             out = {"image": image, "error": str(exc)}
@@ -334,6 +347,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from skurec.catalogue.audit import AuditConfig
+
     p = argparse.ArgumentParser(
         prog="skurec", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -357,7 +372,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="also GeM-pool the encoder's last N intermediate stages (default %(default)s: chosen on the "
         "Grocery Store validation list, about 1.03x the embedding cost; 0 = final embedding only)",
     )
-    d.add_argument("--min-samples", type=int, default=50, help="classes with fewer accepted images are not trained on")
+    d.add_argument(
+        "--min-samples",
+        type=int,
+        default=AuditConfig.min_samples,
+        help="labelled images a class needs for the head tier",
+    )
+    d.add_argument(
+        "--min-shots",
+        type=int,
+        default=AuditConfig.min_shots,
+        help="labelled images a class needs for the tail tier (few-shot SKUs, same model); fewer: not trained on",
+    )
     d.add_argument("--families", type=int, default=8)
     d.add_argument("--skus-per-family", type=int, default=4)
     d.add_argument("--images-per-sku", type=int, default=60)

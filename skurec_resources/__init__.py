@@ -45,11 +45,12 @@ class CatalogueResource(dg.ConfigurableResource):
 
     location: str
     root: Optional[str] = None  # when set, every image must live under it (manifest paths cannot escape)
-    min_samples: int = AuditConfig.min_samples
+    min_samples: int = AuditConfig.min_samples  # labelled images for the head tier
+    min_shots: int = AuditConfig.min_shots  # labelled images for the tail tier (few-shot SKUs, same model)
     val_fraction: float = AuditConfig.val_fraction
 
     def audit_config(self) -> AuditConfig:
-        return AuditConfig(min_samples=self.min_samples, val_fraction=self.val_fraction)
+        return AuditConfig(min_samples=self.min_samples, min_shots=self.min_shots, val_fraction=self.val_fraction)
 
 
 class EncoderResource(dg.ConfigurableResource):
@@ -99,6 +100,8 @@ class LabellingLoopResource(dg.ConfigurableResource):
     gate_max_zero_accuracy_share: float = GateConfig.max_zero_accuracy_share
     # Floor for the very first deployment (no model to compare with).
     gate_min_accuracy: float = GateConfig.min_accuracy
+    # The tail tier's floor: largest share of validated tail SKUs allowed at zero validation accuracy.
+    gate_tail_max_zero_accuracy_share: float = GateConfig.tail_max_zero_accuracy_share
     # How the fast path attaches a new SKU to a superclass: "coarse", "nearest_class" or "centroid".
     attach_rule: str = DEFAULT_ATTACH_RULE
 
@@ -107,6 +110,7 @@ class LabellingLoopResource(dg.ConfigurableResource):
             tolerance=self.gate_tolerance,
             max_zero_accuracy_share=self.gate_max_zero_accuracy_share,
             min_accuracy=self.gate_min_accuracy,
+            tail_max_zero_accuracy_share=self.gate_tail_max_zero_accuracy_share,
         )
 
 
@@ -141,6 +145,7 @@ def default_resources() -> dict:
             location=_env("SKUREC_CATALOGUE", os.path.join(workdir, layout.DEMO_CATALOGUE_DIR)),
             root=_env("SKUREC_CATALOGUE_ROOT"),
             min_samples=_env("SKUREC_MIN_SAMPLES", AuditConfig.min_samples, as_int=True),
+            min_shots=_env("SKUREC_MIN_SHOTS", AuditConfig.min_shots, as_int=True),
         ),
         "encoder": EncoderResource(
             name=_env("SKUREC_ENCODER", DEFAULT_ENCODER),
