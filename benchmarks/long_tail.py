@@ -23,11 +23,21 @@ head-only hierarchy top-1 on the head test images (points; the same for the flat
 admitting SKUs makes the head compete with more classes, whatever the model).
 
     python3 benchmarks/long_tail.py --npz /work/bench_cache/grocery_mobilenetv2_100.npz --out bench_out/long_tail.json
+
+``--write-manifest PATH`` writes a long-tailed skurec manifest of the Grocery Store images instead (absolute paths
+into the dataset, nothing copied): the official train list cut to the seeded Zipf counts, ``--untrained`` SKUs
+(seeded) cut to ``--untrained-images`` images (below ``min_shots``: reported, not trained), the official test list
+pinned to ``test``, no val rows (the audit carves validation from the train rows: the head gets its hash split plus
+one image if it has none, the tail its hash split only), for ``skurec demo --catalogue PATH``. With
+``--new-sku-batch DIR`` one more SKU (seeded) is left out of the manifest and DIR becomes a labelled batch of its first
+``--min-shots`` train images (symbolic links to the dataset files, not copies) for the labelling loop; its official
+test images are listed in ``DIR.test.txt`` for ``skurec predict``.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import importlib
 import json
 import sys
@@ -41,6 +51,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _dataset import DEFAULT_DATASET, dataset_root  # noqa: E402
 from calibrated_catalogue import (  # noqa: E402
     THETA_GRID,
     Calibration,
@@ -87,6 +98,65 @@ def cut_train(cat: Catalogue, counts: dict[int, int], rng: np.random.Generator) 
         cat.sibling_pairs,
         cat.name,
     )
+
+
+def write_long_tail_manifest(
+    dataset: Path,
+    out: Path,
+    lo: int,
+    hi: int,
+    n_untrained: int,
+    untrained_images: int,
+    seed: int = 0,
+    new_sku_batch: Path | None = None,
+    batch_images: int = 5,
+) -> dict[str, Any]:
+    """The long-tailed manifest of the Grocery Store images (module docstring); returns per-SKU train counts."""
+    root = dataset_root(dataset)
+    names = {}
+    with open(root / "classes.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            names[row["Class ID (int)"]] = (row["Class Name (str)"], row["Coarse Class Name (str)"])
+    lists = {}
+    for split in ("train", "test"):
+        rows = [[p.strip() for p in line.split(",")] for line in (root / f"{split}.txt").read_text().splitlines()]
+        lists[split] = [r for r in rows if len(r) == 3]
+    rng = np.random.default_rng(seed)
+    ids = sorted({r[1] for r in lists["train"]}, key=int)
+    want = dict(zip(ids, zipf_counts(len(ids), lo, hi, rng).tolist()))
+    order = [str(c) for c in rng.permutation(ids)]
+    for c in order[:n_untrained]:
+        want[c] = untrained_images
+    new = order[n_untrained] if new_sku_batch is not None else None
+    by_class: dict[str, list[str]] = {}
+    for rel, fine, _ in lists["train"]:
+        by_class.setdefault(fine, []).append(rel)
+    kept = {
+        c: sorted(rng.choice(rels, min(want[c], len(rels)), replace=False).tolist()) for c, rels in by_class.items()
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image_uri", "sku_id", "sku_name", "group_id", "split"])
+        for c in ids:
+            for rel in kept[c] if c != new else []:
+                w.writerow([str(root / rel), names[c][0], names[c][0], names[c][1], "train"])
+        for rel, fine, _ in lists["test"]:
+            if fine != new:
+                w.writerow([str(root / rel), names[fine][0], names[fine][0], names[fine][1], "test"])
+    if new is not None:
+        (new_sku_batch / "images").mkdir(parents=True, exist_ok=True)
+        rows = ["image_uri,sku_id,sku_name,group_id"]
+        for j, rel in enumerate(sorted(by_class[new])[:batch_images]):
+            link = new_sku_batch / "images" / f"{j:03d}{Path(rel).suffix}"
+            if not link.exists():
+                link.symlink_to(root / rel)
+            rows.append(f"images/{link.name},{names[new][0]},{names[new][0]},{names[new][1]}")
+        (new_sku_batch / "manifest.csv").write_text("\n".join(rows) + "\n")  # written last, like an upload
+        tests = [str(root / rel) for rel, fine, _ in lists["test"] if fine == new]
+        Path(str(new_sku_batch) + ".test.txt").write_text("\n".join(tests) + "\n")
+        print(f"new SKU {names[new][0]}: batch of {batch_images} images at {new_sku_batch}, {len(tests)} test images")
+    return {names[c][0]: len(kept[c]) for c in ids if c != new}
 
 
 def strong_flat_trainer() -> tuple[str, Callable[..., Any]]:
@@ -261,7 +331,30 @@ def main() -> None:
     ap.add_argument("--calibration-seeds", type=int, default=1)
     ap.add_argument("--only", choices=["grocery", "generated"], help="run one family of scenarios only")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--write-manifest", type=Path, help="write the long-tailed Grocery manifest here and stop")
+    ap.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
+    ap.add_argument("--untrained", type=int, default=4, help="SKUs of the manifest cut below min_shots")
+    ap.add_argument("--untrained-images", type=int, default=3)
+    ap.add_argument("--new-sku-batch", type=Path, help="with --write-manifest: a labelled batch of a held-out SKU")
     args = ap.parse_args()
+    if args.write_manifest:
+        counts = write_long_tail_manifest(
+            args.dataset,
+            args.write_manifest,
+            args.zipf_min,
+            args.zipf_max,
+            args.untrained,
+            args.untrained_images,
+            new_sku_batch=args.new_sku_batch,
+            batch_images=max(args.min_shots, 5),
+        )
+        n = np.asarray(list(counts.values()))
+        print(
+            f"wrote {args.write_manifest}: {len(counts)} SKUs, {int(n.sum())} train rows (per SKU {n.min()}-{n.max()}, "
+            f"median {np.median(n):g}; {int((n >= args.grocery_min_samples).sum())} with >= "
+            f"{args.grocery_min_samples}, {int((n < 5).sum())} below 5) + the official test list"
+        )
+        return
     t0 = time.perf_counter()
     bank = bank_from_npz(args.npz)
     real = catalogue_from_bank(bank)

@@ -160,6 +160,9 @@ def default_resources() -> dict:
             drop_location=_env("SKUREC_DROP_LOCATION", os.path.join(workdir, layout.DROP_DIR)),
             gate_tolerance=_env_float("SKUREC_GATE_TOLERANCE", GateConfig.tolerance),
             gate_max_zero_accuracy_share=_env_float("SKUREC_GATE_MAX_ZERO_SHARE", GateConfig.max_zero_accuracy_share),
+            gate_tail_max_zero_accuracy_share=_env_float(
+                "SKUREC_GATE_TAIL_MAX_ZERO_SHARE", GateConfig.tail_max_zero_accuracy_share
+            ),
             attach_rule=_env("SKUREC_ATTACH_RULE", DEFAULT_ATTACH_RULE),
         ),
     }
