@@ -157,7 +157,7 @@ def _print_summary(workdir: Path) -> None:
     if s:
         print(
             f"catalogue: {s['n_input_rows']} rows -> {s['n_accepted']} accepted, {s['n_quarantined']} quarantined; "
-            f"{s['n_active_classes']} active classes ({s['n_filtered_classes']} below min_samples)"
+            f"{s['n_active_classes']} active classes ({s['n_filtered_classes']} below the training bar)"
         )
         tiers = s.get("tiers") or {}
         if tiers:
@@ -170,6 +170,13 @@ def _print_summary(workdir: Path) -> None:
         for variant, v in ev.get("variants", {}).items():
             models = ", ".join(f"{m} {r['top1']:.3f}" for m, r in v.get("models", {}).items())
             print(f"top-1 [{variant}: {v.get('n_classes')} classes, {v.get('n_images')} images]: {models}")
+        cov = ev.get("coverage") or {}
+        for model, c in (cov.get("models") or {}).items():
+            if model == "hierarchical_soft":
+                print(
+                    f"catalogue coverage: {model} answers {c['n_answerable']} of {cov['n_skus']} catalogue SKUs "
+                    f"({c['share']:.1%}; {c['share_of_trainable']:.1%} of the {cov['n_trainable']} with >= min_shots)"
+                )
     print(f"DuckDB file: {ws.duckdb_path}")
 
 

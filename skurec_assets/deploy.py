@@ -63,7 +63,7 @@ def candidate_model(context: dg.AssetExecutionContext, storage: StorageResource,
     if inactive:
         context.log.warning(
             f"{len(inactive)} new SKU(s) stay inactive (fewer labelled images than min_shots, the tail tier's bar): "
-            + ", ".join(f"{s['sku_id']} ({s['n_images']})" for s in inactive[:20])
+            + ", ".join(f"{s['sku_id']} ({s.get('n_labelled', s['n_images'])})" for s in inactive[:20])
         )
     if result.model_id is None:
         context.log.info(f"no new candidate: {result.reason}")

@@ -294,7 +294,11 @@ def _inactive_new_skus(ws: Workspace, known: set[str]) -> list[dict[str, Any]]:
         return []
     c = ws.read_table("classes")
     c = c[(c["status"] != "active") & ~c["sku_id"].isin(known)]
-    return [{"sku_id": r.sku_id, "n_images": int(r.n_images)} for r in c.itertuples()]
+    # n_labelled: the images that count towards the tiers (not pinned to test)
+    return [
+        {"sku_id": r.sku_id, "n_images": int(r.n_images), "n_labelled": int(r.n_images) - int(r.n_test)}
+        for r in c.itertuples()
+    ]
 
 
 def build_candidate(ws: Workspace, attach: str = "coarse", gate: GateConfig | None = None) -> CandidateResult:
