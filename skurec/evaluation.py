@@ -8,7 +8,10 @@ Result shape (the caller adds ``"encoder"``)::
     {"variants": {"all":     {"n_classes": N, "n_images": N, "models": {"<model>": {"top1": x, "top3": y}}},
                   "similar": {...same...}}}
 
-``similar`` = test images whose true SKU is in a visually-similar group of >= 2 SKUs. ``coarse_only`` is the
+``similar`` = test images whose true SKU is in a visually-similar group of >= 2 SKUs. With ``tiers`` (the
+catalogue tier of each SKU, :mod:`skurec.catalogue.audit`) the variants ``head`` and ``tail`` (test images whose
+true SKU is in that tier) follow, and ``result["coverage"]`` says, per model, which share of the catalogue's SKUs
+(``catalogue``: every SKU the catalogue lists, trained or not) the model can answer at all. ``coarse_only`` is the
 coarse head's *superclass* accuracy (top-1/top-3) - a different quantity from the SKU accuracies next to it.
 
 When the models include hierarchical ones, ``result["hierarchy"]`` adds, per hierarchical model (see
@@ -32,6 +35,8 @@ from .models._common import Classifier, Predictions, check_xy
 from .models.coarse import CoarseHead
 from .models.metrics import confusion_matrix, normalize_rows, superclass_accuracy, topk_accuracy
 
+#: the catalogue tiers a report breaks accuracy down by (see :mod:`skurec.catalogue.audit`)
+TIERS = ("head", "tail")
 STANDARD_MODELS = ("hierarchical_soft", "hierarchical_hard", "flat_linear", "flat_prototype")
 COARSE_KEY = "coarse_only"
 K = 3
@@ -145,8 +150,11 @@ def evaluate(
     similar_classes: set[str],
     coarse: tuple[CoarseHead, Mapping[str, int]] | None = None,
     predictions: Mapping[str, Predictions] | None = None,
+    tiers: Mapping[str, str] | None = None,
+    catalogue: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Top-1 / top-3 accuracy of each model on the ``all`` and ``similar`` variants (shape in module doc).
+    """Top-1 / top-3 accuracy of each model on the ``all`` and ``similar`` variants (shape in module doc), plus
+    ``head`` / ``tail`` and catalogue coverage when ``tiers`` is given (:func:`catalogue_coverage`).
 
     ``coarse=(coarse_head, superclass_of_class)`` adds ``coarse_only`` (superclass accuracy). ``predictions`` may
     pass precomputed :func:`predict_all` output to avoid predicting twice. Accuracies of an empty variant are
@@ -162,6 +170,9 @@ def evaluate(
         head, sc_of_class = coarse
         coarse_top, _ = head.predict_topk(X, K)
     variants = {"all": np.ones(len(y), dtype=bool), "similar": np.isin(y, sorted(similar_classes))}
+    if tiers is not None:
+        tier_of_row = np.asarray([tiers.get(c, "head") for c in y.tolist()], dtype=object)
+        variants.update({t: tier_of_row == t for t in TIERS})
     out: dict[str, Any] = {"variants": {}}
     for variant, mask in variants.items():
         block: dict[str, Any] = {"n_classes": int(np.unique(y[mask]).size), "n_images": int(mask.sum()), "models": {}}
@@ -176,9 +187,38 @@ def evaluate(
                 f"top{k}": _nan_to_none(superclass_accuracy(coarse_top[mask], y[mask], coarse[1], k)) for k in (1, K)
             }
         out["variants"][variant] = block
+    if tiers is not None:
+        out["coverage"] = catalogue_coverage(models, catalogue if catalogue is not None else list(tiers), tiers)
     if any(is_hierarchical(mdl) for mdl in models.values()):
         accuracy = {v: b["models"] for v, b in out["variants"].items()}
         out["hierarchy"] = hierarchy_diagnostics(models, preds, X, y, variants, accuracy)
+    return out
+
+
+def catalogue_coverage(
+    models: Mapping[str, Any], catalogue: Sequence[str], tiers: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Catalogue coverage: per model, how many of the catalogue's SKUs it can answer (has as a class) and that
+    share, of the whole catalogue and of its trainable SKUs (head + tail; SKUs below ``min_shots`` are not)."""
+    skus = sorted({str(c) for c in catalogue})
+    tiers = tiers or {}
+    trainable = [c for c in skus if tiers.get(c, "head") in TIERS]
+    out: dict[str, Any] = {
+        "n_skus": len(skus),
+        "n_trainable": len(trainable),
+        "n_by_tier": {t: sum(tiers.get(c, "head") == t for c in skus) for t in (*TIERS, "untrained")},
+        "models": {},
+    }
+    for name, model in models.items():
+        known = {str(c) for c in getattr(model, "classes", [])}
+        n = sum(c in known for c in skus)
+        out["models"][name] = {
+            "n_answerable": n,
+            "share": _nan_to_none(n / len(skus) if skus else float("nan")),
+            "share_of_trainable": _nan_to_none(
+                sum(c in known for c in trainable) / len(trainable) if trainable else float("nan")
+            ),
+        }
     return out
 
 
@@ -244,6 +284,7 @@ def render_markdown_report(
         header,
         "|" + "---|" * (1 + 2 * len(variants)),
     ]
+    coverage = result.get("coverage")
     for name in names:
         cells = []
         for block in variants.values():
@@ -252,6 +293,8 @@ def render_markdown_report(
         label = f"{name} (superclass acc.)" if name == COARSE_KEY else name
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("")
+    if coverage:
+        lines += _coverage_lines(coverage)
     if per_superclass_table:
         cols = [c for c in per_superclass_table[0] if c not in ("superclass", "n_classes", "n_images")]
         first = cols[0] if cols else None
@@ -274,6 +317,22 @@ def render_markdown_report(
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(lines)
+
+
+def _coverage_lines(coverage: Mapping[str, Any]) -> list[str]:
+    by_tier = coverage.get("n_by_tier", {})
+    lines = [
+        "## Catalogue coverage",
+        "",
+        f"{coverage['n_skus']} catalogue SKUs: head {by_tier.get('head', 0)}, tail {by_tier.get('tail', 0)}, "
+        f"untrained (below min_shots) {by_tier.get('untrained', 0)}.",
+        "",
+        "| model | SKUs it can answer | share of catalogue | share of trainable (head + tail) |",
+        "|---|---|---|---|",
+    ]
+    for name, c in coverage.get("models", {}).items():
+        lines.append(f"| {name} | {c['n_answerable']} | {_fmt(c['share'])} | {_fmt(c['share_of_trainable'])} |")
+    return lines + [""]
 
 
 def hierarchy_headline(result: Mapping[str, Any]) -> str:

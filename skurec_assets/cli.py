@@ -57,11 +57,14 @@ log = logging.getLogger("skurec")
 
 
 def _settings_env(settings: dict) -> dict[str, str]:
+    from skurec.catalogue.audit import AuditConfig
+
     env = {
         "SKUREC_WORKDIR": settings["workdir"],
         "SKUREC_CATALOGUE": settings["catalogue"],
         "SKUREC_ENCODER": settings["encoder"],
-        "SKUREC_MIN_SAMPLES": str(settings.get("min_samples", 50)),
+        "SKUREC_MIN_SAMPLES": str(settings.get("min_samples", AuditConfig.min_samples)),
+        "SKUREC_MIN_SHOTS": str(settings.get("min_shots", AuditConfig.min_shots)),
         "DAGSTER_HOME": settings["dagster_home"],
     }
     for key, var in (("encoder_checkpoint", "SKUREC_ENCODER_CHECKPOINT"), ("drop_location", "SKUREC_DROP_LOCATION")):
@@ -207,6 +210,7 @@ def _demo_locked(args: argparse.Namespace, workdir: Path, catalogue: str | None)
             "encoder_checkpoint": args.checkpoint,
             "encoder_layers": args.layers,
             "min_samples": args.min_samples,
+            "min_shots": args.min_shots,
             "demo": None
             if args.catalogue
             else {
@@ -234,11 +238,24 @@ def _print_summary(workdir: Path) -> None:
     if s:
         print(
             f"catalogue: {s['n_input_rows']} rows -> {s['n_accepted']} accepted, {s['n_quarantined']} quarantined; "
-            f"{s['n_active_classes']} active classes ({s['n_filtered_classes']} below min_samples)"
+            f"{s['n_active_classes']} active classes ({s['n_filtered_classes']} below the training bar)"
         )
+        tiers = s.get("tiers") or {}
+        if tiers:
+            print(
+                f"tiers: head {tiers['head']['n_classes']} SKUs (>= {s.get('min_samples')} images), tail "
+                f"{tiers['tail']['n_classes']} SKUs (>= {s.get('min_shots')}), untrained {tiers['untrained']['n_classes']}"
+            )
     ev = layout.evaluation(ws)
     if ev:
         print("\n".join(evaluation_table(ev)))
+        cov = ev.get("coverage") or {}
+        for model, c in (cov.get("models") or {}).items():
+            if model == "hierarchical_soft":
+                print(
+                    f"catalogue coverage: {model} answers {c['n_answerable']} of {cov['n_skus']} catalogue SKUs "
+                    f"({c['share']:.1%}; {c['share_of_trainable']:.1%} of the {cov['n_trainable']} with >= min_shots)"
+                )
     warn_small_validation(ws)
     if os.path.exists(ws.duckdb_path):
         print(f"DuckDB file: {ws.duckdb_path}")
@@ -297,7 +314,9 @@ def _add_batch_locked(args: argparse.Namespace, workdir: Path, settings: dict) -
     existing = sorted(p.name for p in drop.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
     name = args.batch_name or f"batch-{len(existing) + 1:03d}"
     demo = settings.get("demo") or {}
-    min_samples = int(settings.get("min_samples", 50))
+    from skurec.catalogue.audit import AuditConfig
+
+    min_samples = int(settings.get("min_samples", AuditConfig.min_samples))
     known = _known_skus(settings)
     # The new SKU needs >= min_samples accepted images to become active (trained on); leave room for the val split.
     images_per_new = max(args.images_per_sku, min_samples + max(6, min_samples // 5))
@@ -369,6 +388,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for image in args.images:
         try:
             out = rec.predict(image, review_queue=queue).to_dict()
+            tiers = (rec.card.get("classes") or {}).get("tiers") or {}
+            if out.get("sku_id") in tiers:  # which tier of the catalogue the answer came from (head / tail)
+                out["tier"] = tiers[out["sku_id"]]
         except RecognizerError as exc:
             failed += 1
             out = {"image": image, "error": str(exc)}
@@ -444,6 +466,8 @@ def _encoder_names() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from skurec.catalogue.audit import AuditConfig
+
     p = argparse.ArgumentParser(
         prog="skurec", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -483,7 +507,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-samples",
         type=int,
         default=_default_min_samples(),
-        help="classes with fewer accepted images are kept but not trained on (default %(default)s)",
+        help="labelled images a class needs for the head tier (default %(default)s)",
+    )
+    d.add_argument(
+        "--min-shots",
+        type=int,
+        default=AuditConfig.min_shots,
+        help="labelled images a class needs for the tail tier (few-shot SKUs, same model); fewer: not trained on",
     )
     d.add_argument("--families", type=int, default=8, help="synthetic catalogue: product families (default 8)")
     d.add_argument("--skus-per-family", type=int, default=4, help="synthetic catalogue: look-alike SKUs per family")

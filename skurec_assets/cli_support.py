@@ -163,6 +163,11 @@ def user_error(exc: BaseException) -> str | None:
     return None
 
 
+def _or_nan(x) -> float:
+    """A score or NaN (a variant with no images, e.g. a catalogue without tail SKUs, has no score)."""
+    return float("nan") if x is None else float(x)
+
+
 def evaluation_table(ev: dict) -> list[str]:
     """The evaluation's top-1 per model and test variant, one row per model; ``coarse_only`` is labelled as what
     it is, superclass accuracy (as the report says), not a SKU accuracy."""
@@ -177,7 +182,7 @@ def evaluation_table(ev: dict) -> list[str]:
     for m in sorted(models, key=lambda m: m == COARSE_KEY):
         label = "superclass accuracy (coarse_only)" if m == COARSE_KEY else m
         cells = "  ".join(
-            f"{(b.get('models', {}).get(m) or {}).get('top1', float('nan')):<{len(h)}.3f}"
+            f"{_or_nan((b.get('models', {}).get(m) or {}).get('top1')):<{len(h)}.3f}"
             for (v, b), h in zip(variants.items(), head.split("  "))
         )
         lines.append(f"{label:<34}{cells}".rstrip())

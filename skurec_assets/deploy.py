@@ -73,8 +73,8 @@ with warnings.catch_warnings():
         inactive = result.details.get("inactive_new_skus") or []
         if inactive:
             context.log.warning(
-                f"{len(inactive)} new SKU(s) stay inactive (fewer than min_samples accepted images): "
-                + ", ".join(f"{s['sku_id']} ({s['n_images']})" for s in inactive[:20])
+                f"{len(inactive)} new SKU(s) stay inactive (fewer labelled images than min_shots, the tail tier's bar): "
+                + ", ".join(f"{s['sku_id']} ({s.get('n_labelled', s['n_images'])})" for s in inactive[:20])
             )
         if result.model_id is None:
             context.log.info(f"no new candidate: {result.reason}")
@@ -113,6 +113,8 @@ GATE_CHECKS = {
     "gate_inputs_valid": "schema of the images table, encoder id and input width, training table hash, class coverage",
     "gate_accuracy_not_worse": "validation top-1 not below the deployed model's by more than gate_tolerance",
     "gate_no_dead_classes": "share of classes with zero validation accuracy <= gate_max_zero_accuracy_share",
+    "gate_tail_floor": "share of validated tail-tier SKUs with zero validation accuracy <= "
+    "gate_tail_max_zero_accuracy_share (the head is judged by the checks above, on head images only)",
 }
 
 
@@ -169,6 +171,21 @@ def candidate_gate(candidate: dict, storage: StorageResource, loop: LabellingLoo
             "n_validated_classes": report.n_validated_classes,
             "zero_accuracy_classes": dg.MetadataValue.json(report.zero_accuracy_classes[:200]),
             "reason": report.zero_reason or "ok",
+            "basis": report.basis,
+        },
+    )
+    yield dg.AssetCheckResult(
+        check_name="gate_tail_floor",
+        passed=report.tail_ok,
+        metadata={
+            **common,
+            "tail_zero_accuracy_share": report.tail_zero_accuracy_share,
+            "allowed_share": config.tail_max_zero_accuracy_share,
+            "n_validated_tail_classes": report.n_validated_tail_classes,
+            "n_val_tail": report.n_val_tail,
+            "tail_val_top1": report.tail_top1 if report.tail_top1 is not None else dg.MetadataValue.null(),
+            "tail_zero_accuracy_classes": dg.MetadataValue.json(report.tail_zero_accuracy_classes[:200]),
+            "reason": report.tail_reason or "ok",
         },
     )
 

@@ -4,6 +4,7 @@ import time
 
 import dagster as dg
 
+from skurec.catalogue.audit import tiers_of_classes
 from skurec.embeddings.training_data import load_training_data
 from skurec.evaluation import (
     confusion_png,
@@ -71,8 +72,16 @@ def evaluation_report(
     t0 = time.perf_counter()
     preds = predict_all(models, split.X)
     seconds = time.perf_counter() - t0
+    classes_tbl = ws.read_table("classes")
     result = evaluate(
-        models, split.X, split.y, similar_class_set(groups), coarse=(hier.coarse, sc_map), predictions=preds
+        models,
+        split.X,
+        split.y,
+        similar_class_set(groups),
+        coarse=(hier.coarse, sc_map),
+        predictions=preds,
+        tiers=tiers_of_classes(classes_tbl),  # head / tail variants and catalogue coverage
+        catalogue=classes_tbl["sku_id"].astype(str).tolist(),
     )
     result = {
         "encoder": data.encoder_id,
@@ -100,6 +109,9 @@ def evaluation_report(
             for k, v in scores.items():
                 if v is not None:
                     flat[f"{variant}/{model}/{k}"] = round(float(v), 4)
+    for model, cov in (result.get("coverage") or {}).get("models", {}).items():
+        if cov.get("share") is not None:
+            flat[f"coverage/{model}"] = round(float(cov["share"]), 4)
     diag = (result.get("hierarchy") or {}).get("models", {}).get("hierarchical_soft", {})
     for variant, gap in (diag.get("gap") or {}).items():
         flat[f"{variant}/gap_hierarchical_minus_best_flat"] = round(float(gap["gap_top1"]), 4)

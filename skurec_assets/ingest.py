@@ -95,13 +95,14 @@ def _batch_result(status: str, record: dict, new_skus: Sequence[str] = (), note:
     # batch refreshes it (and, eagerly, what is downstream of it) through declarative automation.
     deps=[labelled_batch],
     automation_condition=dg.AutomationCondition.eager(),
-    code_version="audit-v2",
+    code_version="audit-v3",
     retry_policy=dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL),
     kinds={"duckdb", "parquet"},
     description=(
         "The labelled catalogue (folder or manifest) plus every ingested labelling batch, audited: content-hashed "
         "image ids, duplicates collapsed, label conflicts and unreadable rows quarantined with a reason, classes "
-        "below min_samples kept but inactive, a stable 90/10 train/val split. Tables: images, quarantine, classes."
+        "below min_shots kept but inactive, head (>= min_samples) and tail (>= min_shots) tiers both trained, a "
+        "stable 90/10 train/val split. Tables: images, quarantine, classes."
     ),
 )
 def audited_catalogue(
@@ -169,6 +170,14 @@ def audited_catalogue(
             "n_active_classes": s["n_active_classes"],
             "n_filtered_classes": s["n_filtered_classes"],
             "n_active_images": s["n_active_images"],
+            # two tiers, one model: head (>= min_samples labelled images) and tail (>= min_shots), both trained
+            "n_head_classes": s["tiers"]["head"]["n_classes"],
+            "n_tail_classes": s["tiers"]["tail"]["n_classes"],
+            "n_untrained_classes": s["tiers"]["untrained"]["n_classes"],
+            "tiers": dg.MetadataValue.json(
+                {**s["tiers"], "min_samples": s["min_samples"], "min_shots": s["min_shots"]}
+            ),
+            "tail_validation": dg.MetadataValue.json(s["tail_validation"]),
             "split_counts": dg.MetadataValue.json(s["split_counts"]),
             "quarantine_reasons": dg.MetadataValue.json(s["quarantine_reasons"]),
             "filtered_classes": dg.MetadataValue.json(s["filtered_classes"][:200]),

@@ -49,11 +49,12 @@ class CatalogueResource(dg.ConfigurableResource):
     root: Optional[str] = None
     # More roots images may be read from (comma-separated folders / URI prefixes): the explicit allow-list.
     allow: Optional[str] = None
-    min_samples: int = AuditConfig.min_samples
+    min_samples: int = AuditConfig.min_samples  # labelled images for the head tier
+    min_shots: int = AuditConfig.min_shots  # labelled images for the tail tier (few-shot SKUs, same model)
     val_fraction: float = AuditConfig.val_fraction
 
     def audit_config(self) -> AuditConfig:
-        return AuditConfig(min_samples=self.min_samples, val_fraction=self.val_fraction)
+        return AuditConfig(min_samples=self.min_samples, min_shots=self.min_shots, val_fraction=self.val_fraction)
 
     def allowed_roots(self) -> list[str]:
         return [a.strip() for a in (self.allow or "").split(",") if a.strip()]
@@ -106,6 +107,8 @@ class LabellingLoopResource(dg.ConfigurableResource):
     gate_max_zero_accuracy_share: float = GateConfig.max_zero_accuracy_share
     # Floor for the very first deployment (no model to compare with).
     gate_min_accuracy: float = GateConfig.min_accuracy
+    # The tail tier's floor: largest share of validated tail SKUs allowed at zero validation accuracy.
+    gate_tail_max_zero_accuracy_share: float = GateConfig.tail_max_zero_accuracy_share
     # How the fast path attaches a new SKU to a superclass: "coarse", "nearest_class" or "centroid".
     attach_rule: str = DEFAULT_ATTACH_RULE
 
@@ -114,6 +117,7 @@ class LabellingLoopResource(dg.ConfigurableResource):
             tolerance=self.gate_tolerance,
             max_zero_accuracy_share=self.gate_max_zero_accuracy_share,
             min_accuracy=self.gate_min_accuracy,
+            tail_max_zero_accuracy_share=self.gate_tail_max_zero_accuracy_share,
         )
 
 
@@ -149,6 +153,7 @@ def default_resources() -> dict:
             root=_env("SKUREC_CATALOGUE_ROOT"),
             allow=_env("SKUREC_CATALOGUE_ALLOW"),
             min_samples=_env("SKUREC_MIN_SAMPLES", AuditConfig.min_samples, as_int=True),
+            min_shots=_env("SKUREC_MIN_SHOTS", AuditConfig.min_shots, as_int=True),
         ),
         "encoder": EncoderResource(
             name=_env("SKUREC_ENCODER", DEFAULT_ENCODER),
@@ -163,6 +168,9 @@ def default_resources() -> dict:
             drop_location=_env("SKUREC_DROP_LOCATION", os.path.join(workdir, layout.DROP_DIR)),
             gate_tolerance=_env_float("SKUREC_GATE_TOLERANCE", GateConfig.tolerance),
             gate_max_zero_accuracy_share=_env_float("SKUREC_GATE_MAX_ZERO_SHARE", GateConfig.max_zero_accuracy_share),
+            gate_tail_max_zero_accuracy_share=_env_float(
+                "SKUREC_GATE_TAIL_MAX_ZERO_SHARE", GateConfig.tail_max_zero_accuracy_share
+            ),
             attach_rule=_env("SKUREC_ATTACH_RULE", DEFAULT_ATTACH_RULE),
         ),
     }

@@ -5,8 +5,12 @@ Rules (each one tested):
 * Every row is read once, identified by the SHA-256 of its bytes, and decoded (cheaply) to prove it is an image.
 * Same bytes under the same SKU: collapsed to one accepted image; the other rows are quarantined ``duplicate_image``.
 * Same bytes under two or more SKUs: every such row is quarantined ``label_conflict`` (neither label is trusted).
-* Classes with fewer than ``min_samples`` accepted images stay in the tables (``active=False``,
-  ``status='below_min_samples'``) and are reported, but are not trained on.
+* Two tiers, one model. A class's *labelled* images are its accepted images not pinned to ``test``. A class with
+  at least ``min_samples`` of them is in the **head** tier; one with at least ``min_shots`` (but fewer than
+  ``min_samples``) is in the **tail** tier. Both are ``active`` (trained on, by the same hierarchy: its
+  shared-covariance scorer handles a few-shot SKU). Classes below ``min(min_shots, min_samples)`` stay in the tables
+  (``active=False``, ``status='below_min_samples'``, ``tier='untrained'``) and are reported, but are not trained on.
+  A class left without any ``train`` image by pinned splits is not trained on either (``classes_without_train``).
 * Split: ``val`` when a hash of the image id falls below ``val_fraction``, else ``train`` — so an image keeps its
   split forever, whatever images arrive later. A row's ``split`` column constrains this: ``test`` and ``val`` pin
   the row; ``train`` means "not test", so the validation split is carved out of pinned-train rows by the same hash,
@@ -14,7 +18,10 @@ Rules (each one tested):
   validation split and its ``train`` rows stay train. ``split_pinned`` is True when the manifest fixed the row's
   split (test, val, or train next to explicit val rows). An active class with no hashed ``val`` image gives its
   lowest-hash unpinned image to ``val`` when it keeps at least one ``train`` image; active classes still without a
-  validation image are listed in the summary (``active_classes_without_val``).
+  validation image are listed in the summary (``active_classes_without_val``). A tail class gets no such extra
+  validation image (a 5-image SKU cannot give up one of its few training images): it keeps the stable hash split as
+  long as that leaves at least one ``train`` image (else its highest-hash unpinned ``val`` image goes back to
+  ``train``); how many tail classes have validation images is in the summary (``tail_validation``).
 * ``len(images) + len(quarantine) == len(input rows)``, always.
 * Incremental: with ``previous=`` (the previous :class:`AuditResult` or its ``probes`` table) a location whose file
   stamp (size, mtime and ctime on local disk; size and ETag / modification time on object stores) is unchanged is
@@ -65,9 +72,18 @@ _REMOTE_VERSION_KEYS = (
 )
 
 
+HEAD, TAIL, UNTRAINED = "head", "tail", "untrained"
+TRAINED_TIERS = (HEAD, TAIL)
+
+
 @dataclass(frozen=True)
 class AuditConfig:
+    """``min_samples``: labelled (non-test) images a class needs for the head tier; ``min_shots``: for the tail tier
+    (the few-shot SKUs the hierarchy learns from a handful of images; 5 was chosen on ``benchmarks/long_tail.py``).
+    """
+
     min_samples: int = 50
+    min_shots: int = 5
     val_fraction: float = 0.1
     split_salt: str = "skurec-split-v1"
     max_image_bytes: int = 50 * 1024 * 1024
@@ -368,20 +384,18 @@ def audit(
         )
     images = pd.DataFrame(records, columns=list(ImagesSchema.columns.keys())[:-1] + ["_h"])
 
-    counts = images.groupby("sku_id").size() if len(images) else pd.Series(dtype=int)
-    active = set(counts[counts >= config.min_samples].index)
-    images["active"] = images["sku_id"].isin(active)
-
-    # Every active class gets at least one validation image (its lowest-hash unpinned image), as long as it keeps a
-    # training image; classes left without one are reported in the summary.
-    for _, grp in images[images["active"]].groupby("sku_id"):
-        if not (grp["split"] == "val").any():
-            free = grp[~grp["split_pinned"]]
-            if len(free) and int((grp["split"] == "train").sum()) >= 2:
-                images.loc[free["_h"].idxmin(), "split"] = "val"
+    tier = class_tiers(images, config)
+    images["active"] = images["sku_id"].map(tier).isin(TRAINED_TIERS).astype(bool)
+    _settle_splits(images, tier)
+    # A class that pinned splits leave without a train image cannot be trained on: reported, not active.
+    train_skus = set(images.loc[images["split"] == "train", "sku_id"])
+    no_train = sorted(s for s, t in tier.items() if t in TRAINED_TIERS and s not in train_skus)
+    for sku in no_train:
+        tier[sku] = UNTRAINED
+    images["active"] = images["sku_id"].map(tier).isin(TRAINED_TIERS).astype(bool)
     images = images.drop(columns="_h")
 
-    classes = _class_table(images, config)
+    classes = _class_table(images, config, tier)
     quarantine_df = pd.DataFrame(quarantine, columns=list(QuarantineSchema.columns.keys()))
     images = ImagesSchema.validate(images.reset_index(drop=True))
     quarantine_df = QuarantineSchema.validate(quarantine_df)
@@ -392,10 +406,46 @@ def audit(
         images=images,
         quarantine=quarantine_df,
         classes=classes,
-        summary=_summary(n, images, quarantine_df, classes, config),
+        summary=_summary(n, images, quarantine_df, classes, config, no_train),
         probes=_probes_frame(results, stamps),
         io=io_stats,
     )
+
+
+def class_tiers(images: pd.DataFrame, config: AuditConfig) -> dict[str, str]:
+    """``sku_id -> tier`` from the labelled (non-``test``) image count: ``head`` (>= ``min_samples``), ``tail``
+    (>= ``min(min_shots, min_samples)``) or ``untrained``."""
+    if images.empty:
+        return {}
+    labelled = images.assign(_n=(images["split"] != "test").astype(int)).groupby("sku_id")["_n"].sum()
+    floor = min(config.min_shots, config.min_samples)
+    return {
+        str(sku): HEAD if n >= config.min_samples else TAIL if n >= max(1, floor) else UNTRAINED
+        for sku, n in labelled.items()
+    }
+
+
+def _settle_splits(images: pd.DataFrame, tier: Mapping[str, str]) -> None:
+    """In place: every head class gets a validation image (its lowest-hash unpinned image) when it keeps a train
+    image; every active class whose hash split left it no train image gets its highest-hash unpinned val image back."""
+    for sku, grp in images[images["active"]].groupby("sku_id"):
+        free = grp[~grp["split_pinned"]]
+        n_train = int((grp["split"] == "train").sum())
+        if n_train == 0:
+            back = free[free["split"] == "val"]
+            if len(back):
+                images.loc[back["_h"].idxmax(), "split"] = "train"
+        elif tier.get(sku) == HEAD and not (grp["split"] == "val").any() and len(free) and n_train >= 2:
+            images.loc[free["_h"].idxmin(), "split"] = "val"
+
+
+def tiers_of_classes(classes: pd.DataFrame) -> dict[str, str]:
+    """``sku_id -> tier`` from a classes table; a table written before tiers existed: active classes are head."""
+    if classes is None or classes.empty:
+        return {}
+    if "tier" in classes.columns:
+        return {str(s): str(t) for s, t in zip(classes["sku_id"], classes["tier"])}
+    return {str(s): HEAD if st == "active" else UNTRAINED for s, st in zip(classes["sku_id"], classes["status"])}
 
 
 def _first_non_null(s: pd.Series):
@@ -403,7 +453,7 @@ def _first_non_null(s: pd.Series):
     return s.iloc[0] if len(s) else None
 
 
-def _class_table(images: pd.DataFrame, config: AuditConfig) -> pd.DataFrame:
+def _class_table(images: pd.DataFrame, config: AuditConfig, tier: Mapping[str, str]) -> pd.DataFrame:
     cols = list(ClassesSchema.columns.keys())
     if images.empty:
         return pd.DataFrame(columns=cols)
@@ -418,16 +468,27 @@ def _class_table(images: pd.DataFrame, config: AuditConfig) -> pd.DataFrame:
             "n_test": g["split"].agg(lambda s: int((s == "test").sum())),
         }
     ).reset_index()
-    classes["status"] = np.where(classes["n_images"] >= config.min_samples, "active", "below_min_samples")
+    classes["tier"] = classes["sku_id"].map(tier).fillna(UNTRAINED)
+    classes["status"] = np.where(classes["tier"].isin(TRAINED_TIERS), "active", "below_min_samples")
     return classes[cols]
 
 
 def _summary(
-    n_input: int, images: pd.DataFrame, quarantine: pd.DataFrame, classes: pd.DataFrame, cfg: AuditConfig
+    n_input: int,
+    images: pd.DataFrame,
+    quarantine: pd.DataFrame,
+    classes: pd.DataFrame,
+    cfg: AuditConfig,
+    no_train: list[str] | None = None,
 ) -> dict:
     active = images[images["active"]]
     with_val = set(active.loc[active["split"] == "val", "sku_id"])
-    without_val = sorted(set(active["sku_id"]) - with_val)
+    tier = tiers_of_classes(classes)
+    head = sorted(s for s, t in tier.items() if t == HEAD)
+    tail = sorted(s for s, t in tier.items() if t == TAIL)
+    # Head classes without validation are a gap the gate warns about; tail classes are validated on what they have.
+    without_val = sorted(set(head) - with_val)
+    tail_val = active[active["sku_id"].isin(set(tail)) & (active["split"] == "val")]
     return {
         "n_input_rows": n_input,
         "n_accepted": int(len(images)),
@@ -445,7 +506,17 @@ def _summary(
         "n_active_classes_without_val": len(without_val),
         "active_classes_without_val": without_val,
         "min_samples": cfg.min_samples,
+        "min_shots": cfg.min_shots,
         "val_fraction": cfg.val_fraction,
+        "tiers": {
+            "head": {"n_classes": len(head), "n_images": int(active["sku_id"].isin(set(head)).sum())},
+            "tail": {"n_classes": len(tail), "n_images": int(active["sku_id"].isin(set(tail)).sum())},
+            "untrained": {"n_classes": int(len(classes)) - len(head) - len(tail)},
+        },
+        "tail_classes": tail,
+        # The tail is validated on what its hash split gives it: this many tail classes / images.
+        "tail_validation": {"n_classes_with_val": int(tail_val["sku_id"].nunique()), "n_val_images": len(tail_val)},
+        "classes_without_train": list(no_train or []),
     }
 
 

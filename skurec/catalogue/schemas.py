@@ -54,6 +54,8 @@ ClassesSchema = pa.DataFrameSchema(
         "n_val": pa.Column(int, pa.Check.ge(0)),
         "n_test": pa.Column(int, pa.Check.ge(0)),
         "status": pa.Column(str, pa.Check.isin(["active", "below_min_samples"])),
+        # head: >= min_samples labelled images; tail: >= min_shots (both trained, status active); untrained: fewer
+        "tier": pa.Column(str, pa.Check.isin(["head", "tail", "untrained"])),
     },
     strict=True,
     coerce=True,

@@ -60,6 +60,12 @@ def _sku_names(ws: Workspace) -> dict[str, str]:
     return {r.sku_id: r.sku_name for r in t.itertuples() if isinstance(r.sku_name, str) and r.sku_name}
 
 
+def _tiers(ws: Workspace) -> dict[str, str]:
+    from skurec.catalogue.audit import tiers_of_classes
+
+    return tiers_of_classes(ws.read_table("classes")) if ws.has_table("classes") else {}
+
+
 def published_artifact_digests(ws: Workspace) -> dict[str, str]:
     """artifact digest -> model id of every bundle published from ``artifacts/hierarchical``."""
     return {r.card["artifact_digest"]: r.model_id for r in ModelStore(ws).list() if r.card.get("artifact_digest")}
@@ -123,6 +129,7 @@ def prepare_full_rebuild(ws: Workspace, model_id: str | None = None) -> tuple[Pu
         evaluation=evaluation,
         batches=batches_of(ws, train_ids),
         sku_names=_sku_names(ws),
+        tiers=_tiers(ws),
         extra={
             "artifact_digest": digest,
             "training_code_version": manifest.get("code_version"),
@@ -245,6 +252,7 @@ def prepare_fast_path(
     table = pd.concat([base_rows, added, *held], ignore_index=True)
     train_ids = table.loc[table["split"] == "train", "image_id"].tolist()
     sc_base = dict(base.card.get("superclasses", {}))
+    tiers = _tiers(ws)
     attached = {**sc_base.get("attached", {}), **{k: int(v) for k, v in result.superclass_of_new.items()}}
     fast = {
         "new_skus": sorted(result.superclass_of_new),
@@ -254,6 +262,8 @@ def prepare_fast_path(
         "n_fit_rows_added": int(len(fit_idx)),  # the images plus their train-time views
         "attach_rule": result.attach_rule,
         "inactive_new_skus": details["inactive_new_skus"],
+        # a new SKU enters in the tail tier (>= min_shots images) and joins the head on a full rebuild (>= min_samples)
+        "tier_of_new": {k: tiers.get(k, "tail") for k in sorted(result.superclass_of_new)},
     }
     assignment = json.dumps(result.model.superclass_of_class(), sort_keys=True).encode()
     card = build_model_card(
@@ -270,6 +280,7 @@ def prepare_fast_path(
         base_model_id=base_id,
         fast_path=fast,
         sku_names=_sku_names(ws),
+        tiers=tiers,
         extra={"training_code_version": base.card.get("training_code_version")},
     )
     why = f"{len(fast['new_skus'])} new SKU(s) and {len(new_idx)} image(s) added to {base_id} without retraining"
@@ -277,12 +288,17 @@ def prepare_fast_path(
 
 
 def _inactive_new_skus(ws: Workspace, known: set[str]) -> list[dict[str, Any]]:
-    """SKUs the model does not know that are still below min_samples (reported, not trained on)."""
+    """SKUs the model does not know that are still below the training bar (fewer than ``min(min_shots,
+    min_samples)`` labelled images: reported, not trained on)."""
     if not ws.has_table("classes"):
         return []
     c = ws.read_table("classes")
     c = c[(c["status"] != "active") & ~c["sku_id"].isin(known)]
-    return [{"sku_id": r.sku_id, "n_images": int(r.n_images)} for r in c.itertuples()]
+    # n_labelled: the images that count towards the tiers (not pinned to test)
+    return [
+        {"sku_id": r.sku_id, "n_images": int(r.n_images), "n_labelled": int(r.n_images) - int(r.n_test)}
+        for r in c.itertuples()
+    ]
 
 
 def build_candidate(ws: Workspace, attach: str = "coarse", gate: GateConfig | None = None) -> CandidateResult:
@@ -318,6 +334,10 @@ def build_candidate(ws: Workspace, attach: str = "coarse", gate: GateConfig | No
         "gate/deployed_top1": report.deployed_top1,
         "gate/n_val": report.n_val,
         "gate/zero_accuracy_share": report.zero_accuracy_share,
+        "gate/basis": report.basis,
+        "gate/n_val_tail": report.n_val_tail,
+        "gate/tail_top1": report.tail_top1,
+        "gate/tail_zero_accuracy_share": report.tail_zero_accuracy_share,
     }
     cand.card["gate_at_publication"] = report.to_dict()
     rec = publish_model(ws, cand.model, cand.card, cand.table, model_id=cand.model_id)

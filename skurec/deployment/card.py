@@ -100,10 +100,15 @@ def build_model_card(
     fast_path: Mapping[str, Any] | None = None,
     sku_names: Mapping[str, str] | None = None,
     extra: Mapping[str, Any] | None = None,
+    tiers: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The JSON model card (``model_id``, ``files`` and ``created_at`` are added by the model store)."""
+    """The JSON model card (``model_id``, ``files`` and ``created_at`` are added by the model store).
+
+    ``tiers``: the catalogue tier of each SKU (``head`` / ``tail``, :func:`skurec.catalogue.audit.class_tiers`); the
+    card lists the model's classes by tier (a class the catalogue no longer lists counts as head)."""
     train = table[table["split"] == "train"]
     classes = list(model.classes)
+    tier_of = {c: str((tiers or {}).get(c, "head")) for c in classes}
     return {
         "schema": CARD_SCHEMA,
         "kind": getattr(model, "KIND", type(model).__name__),
@@ -123,6 +128,9 @@ def build_model_card(
             "n": len(classes),
             "list": classes,
             "names": {c: sku_names[c] for c in classes if sku_names and c in sku_names},
+            "tiers": tier_of,
+            "n_head": sum(t == "head" for t in tier_of.values()),
+            "n_tail": sum(t == "tail" for t in tier_of.values()),
         },
         "batches": [dict(b) for b in batches],
         "encoder": {
@@ -161,7 +169,12 @@ def model_card_markdown(card: Mapping[str, Any]) -> str:
         f"- **source**: {card.get('source')}"
         + (f" (extends `{card['base_model_id']}`)" if card.get("base_model_id") else ""),
         f"- **created**: {card.get('created_at', '')}",
-        f"- **classes**: {card.get('classes', {}).get('n')}",
+        f"- **classes**: {card.get('classes', {}).get('n')}"
+        + (
+            f" (head tier {card['classes']['n_head']}, tail tier {card['classes']['n_tail']})"
+            if "n_head" in card.get("classes", {})
+            else ""
+        ),
         f"- **catalogue snapshot**: `{card.get('catalogue_snapshot')}`",
         f"- **training set**: `{ts.get('file')}` sha256 `{ts.get('sha256')}` — {ts.get('n_train')} train / "
         f"{ts.get('n_val')} val / {ts.get('n_test')} test rows; train image ids sha256 `{ts.get('train_image_ids_sha256')}`",
