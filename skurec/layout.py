@@ -18,6 +18,7 @@ relative to the work directory (``Workspace`` resolves them, locally or on objec
       candidates/<model_id>.json          candidate records; candidates/latest.json
       models/<model_id>/                  immutable model bundles; models/deployed.json; models/history/
       review_queue/                       low-confidence predictions waiting for a label
+      edge/<model_id>/                    the deployed model's edge bundle (ONNX + manifest, skurec.edge runs it)
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ BUNDLE_TRAINING_TABLE = f"{BUNDLE_LINEAGE_DIR}/training_images.parquet"
 
 # ------------------------------------------------------------------------------------------------ serving
 REVIEW_QUEUE_DIR = "review_queue"
+EDGE_DIR = "edge"
 
 
 def table_path(name: str) -> str:
@@ -110,6 +112,10 @@ def candidate_record(model_id: str) -> str:
 
 def model_dir(model_id: str) -> str:
     return f"{MODELS_DIR}/{model_id}"
+
+
+def edge_bundle_dir(model_id: str) -> str:
+    return f"{EDGE_DIR}/{model_id}"
 
 
 # ------------------------------------------------------------------------------------------------ typed readers

@@ -255,11 +255,69 @@ def _print_deployed(workdir: Path) -> None:
     print(f"try it:  skurec predict --workdir {workdir} IMAGE.jpg     lineage:  skurec lineage --workdir {workdir}")
 
 
+def _print_queue_status(queue, n_queued: int) -> None:
+    if queue is not None:
+        print(
+            f"review queue: {n_queued} image(s) queued by this run, {len(queue)} item(s) waiting in "
+            f"{queue.ws.root_uri}/{layout.REVIEW_QUEUE_DIR}",
+            file=sys.stderr,
+        )
+
+
+def cmd_predict_bundle(args: argparse.Namespace) -> int:
+    """``skurec predict --bundle DIR``: the edge runner (onnxruntime), the same JSON lines as the Recognizer."""
+    from skurec.edge import BundleError, EdgeRunner
+    from skurec.edge.runner import EdgeInputError
+
+    try:
+        runner = EdgeRunner(args.bundle, threads=args.threads, top_k=args.top_k, threshold=args.threshold)
+    except (BundleError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    queue = None
+    if args.review_queue:
+        from skurec.serving.review_queue import ReviewQueue
+        from skurec.store.workspace import Workspace
+
+        queue = ReviewQueue(Workspace(str(Path(args.workdir).resolve())))
+    failed = queued = 0
+    for image in args.images:
+        try:
+            out = runner.predict(image, review_queue=queue)
+            queued += bool(out.get("queued_for_review"))
+        except EdgeInputError as exc:
+            failed += 1
+            out = {"image": image, "error": str(exc)}
+        print(json.dumps(out, sort_keys=True), flush=True)
+    _print_queue_status(queue, queued)
+    return 1 if failed else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``skurec export --out DIR``: the edge bundle of a model, refused unless it passes the parity check."""
+    from skurec.deployment.edge_export import EdgeExportConfig, ParityError, export_from_workdir
+    from skurec.serving.recognizer import RecognizerError
+
+    config = EdgeExportConfig(max_images=args.max_images)
+    checkpoint = args.checkpoint or os.environ.get("SKUREC_ENCODER_CHECKPOINT") or None
+    try:
+        manifest = export_from_workdir(
+            Path(args.workdir).resolve(), args.out, args.model, checkpoint=checkpoint, config=config, quantize=args.int8
+        )
+    except (ParityError, RecognizerError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"bundle": str(args.out), **{k: manifest[k] for k in ("model_id", "precision", "parity")}}, indent=2))
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from skurec.serving.recognizer import Recognizer, RecognizerError
     from skurec.serving.review_queue import ReviewQueue
     from skurec.store.workspace import Workspace
 
+    if args.bundle:
+        return cmd_predict_bundle(args)
     ws = Workspace(str(Path(args.workdir).resolve()))
     try:
         checkpoint = args.checkpoint or os.environ.get("SKUREC_ENCODER_CHECKPOINT") or None
@@ -270,14 +328,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     queue = ReviewQueue(ws) if args.review_queue else None
-    failed = 0
+    failed = queued = 0
     for image in args.images:
         try:
             out = rec.predict(image, review_queue=queue).to_dict()
+            queued += bool(out.get("queued_for_review"))
         except RecognizerError as exc:
             failed += 1
             out = {"image": image, "error": str(exc)}
         print(json.dumps(out, sort_keys=True), flush=True)
+    _print_queue_status(queue, queued)
     return 1 if failed else 0
 
 
@@ -400,7 +460,18 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--review-queue", action="store_true", help="queue unknown predictions for labelling")
     pr.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     pr.add_argument("--checkpoint", help="encoder weights file, for checkpoint-based encoders")
+    pr.add_argument("--bundle", help="answer with this edge bundle (onnxruntime; see `skurec export`) instead of torch")
+    pr.add_argument("--threads", type=int, default=1, help="with --bundle: onnxruntime threads (default 1)")
     pr.set_defaults(func=cmd_predict)
+
+    ex = sub.add_parser("export", help="write the edge bundle of a model (ONNX, parity-checked on validation images)")
+    ex.add_argument("--workdir", default=default_workdir, help="work directory (default: $SKUREC_WORKDIR or demo)")
+    ex.add_argument("--model", help="model id (default: the deployed model)")
+    ex.add_argument("--out", required=True, help="bundle directory to write (replaced)")
+    ex.add_argument("--int8", action="store_true", help="dynamic int8 quantisation (refused above 0.5 point top-1 loss)")
+    ex.add_argument("--max-images", type=int, default=None, help="check parity on at most N validation images")
+    ex.add_argument("--checkpoint", help="encoder weights file, for checkpoint-based encoders")
+    ex.set_defaults(func=cmd_export)
 
     li = sub.add_parser("lineage", help="print a model card: data, batches, encoder, code, config, evaluation")
     li.add_argument("model_id", nargs="?", help="model id (default: the deployed model)")

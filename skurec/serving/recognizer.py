@@ -15,25 +15,24 @@ No Dagster import here.
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from skurec.deployment.bundle import load_published
-from skurec.images import ImageRejected, decode_rgb, sha256_bytes
+from skurec.edge.decide import UNKNOWN, decide, fuse_track
+from skurec.edge.inputs import ImageInput, as_rgb, encode_png
+from skurec.images import sha256_bytes
+from skurec.serving.scoring import ScoreGraph, ScoringUnsupported, score_arrays
 from skurec.store.model_store import ModelStore
 from skurec.store.workspace import Workspace
 
-ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
-
 DEFAULT_THRESHOLD = 0.5
-UNKNOWN = "unknown"
 
 
 class RecognizerError(RuntimeError):
@@ -55,57 +54,20 @@ class Recognition:
     image: str | None = None
     image_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    queued_for_review: bool | None = None  # set when a review queue was given: was this image queued?
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         if not d["extra"]:
             d.pop("extra")
+        if d["queued_for_review"] is None:
+            d.pop("queued_for_review")
         return d
 
 
 def _as_rgb(image: ImageInput, min_side: int) -> tuple[Image.Image, bytes | None, str | None]:
-    """Decode any supported input into an RGB PIL image; returns (image, raw bytes if any, display name)."""
-    if isinstance(image, (str, os.PathLike)):
-        path = os.fspath(image)
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as exc:
-            raise RecognizerError(f"cannot read image {path!r}: {exc}") from exc
-        return _decode(data, min_side, path), data, path
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        data = bytes(image)
-        return _decode(data, min_side, "<bytes>"), data, None
-    if isinstance(image, Image.Image):
-        return (image if image.mode == "RGB" else image.convert("RGB")), None, None
-    if isinstance(image, np.ndarray):
-        arr = image
-        if arr.ndim == 2:
-            arr = np.stack([arr] * 3, axis=-1)
-        if arr.ndim != 3 or arr.shape[2] not in (3, 4):
-            raise RecognizerError(f"a numpy image must be (H, W), (H, W, 3) or (H, W, 4); got shape {image.shape}")
-        if arr.dtype != np.uint8:
-            if np.issubdtype(arr.dtype, np.floating) and arr.size and float(np.nanmax(arr)) <= 1.0:
-                arr = arr * 255.0
-            arr = np.clip(np.nan_to_num(arr), 0, 255).astype(np.uint8)
-        img = Image.fromarray(np.ascontiguousarray(arr))
-        return (img if img.mode == "RGB" else img.convert("RGB")), None, None
-    raise RecognizerError(
-        f"unsupported image input {type(image).__name__}; pass a path, bytes, a PIL image or a numpy array"
-    )
-
-
-def _decode(data: bytes, min_side: int, name: str) -> Image.Image:
-    try:
-        return decode_rgb(data, target_min_side=min_side)
-    except ImageRejected as exc:
-        raise RecognizerError(f"{name} is not a usable image: {exc.reason} ({exc.detail})") from exc
-
-
-def _encode_png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
+    """Decode any supported input into an RGB PIL image (the edge runner's decoder: one code path for both)."""
+    return as_rgb(image, min_side, RecognizerError)
 
 
 class Recognizer:
@@ -124,10 +86,11 @@ class Recognizer:
     ):
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
-        if threshold is None:  # the model's calibrated threshold (see skurec.serving.calibration.calibrate_threshold)
-            threshold = (card.get("recognition") or {}).get("threshold")
+        self.recognition: dict[str, Any] = dict(card.get("recognition") or {})
+        if threshold is None:  # the model's calibrated threshold (see skurec.serving.calibration)
+            threshold = self.recognition.get("threshold")
             threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
-        if not 0.0 <= threshold <= 1.0:
+        if self.recognition.get("unknown_score", "max_prob") == "max_prob" and not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")
         want = (card.get("encoder") or {}).get("encoder_id")
         if want and encoder.encoder_id != want:
@@ -146,6 +109,10 @@ class Recognizer:
         self.model_id = model_id or card.get("model_id", "")
         self.names: dict[str, str] = dict((card.get("classes") or {}).get("names") or {})
         self._min_side = int(encoder.min_decode_side)
+        try:  # every SKU's score as one torch graph (what the edge bundle exports); None: the model's predict_topk
+            self.graph: ScoreGraph | None = ScoreGraph(model, m)
+        except ScoringUnsupported:
+            self.graph = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -199,8 +166,10 @@ class Recognizer:
         x = self.encoder.preprocess(img).unsqueeze(0)
         emb = self.encoder.forward_batch(x).numpy()
         rec = self._results(emb, [name], [data])[0]
-        if review_queue is not None and rec.unknown:
-            review_queue.add(rec, data if data is not None else _encode_png(img))
+        if review_queue is not None:
+            rec.queued_for_review = bool(rec.unknown)
+            if rec.unknown:
+                review_queue.add(rec, data if data is not None else encode_png(img))
         return rec
 
     def predict_many(
@@ -216,14 +185,53 @@ class Recognizer:
             recs = self._results(emb, [n for _, _, n in decoded], [d for _, d, _ in decoded])
             if review_queue is not None:
                 for rec, (img, data, _) in zip(recs, decoded):
+                    rec.queued_for_review = bool(rec.unknown)
                     if rec.unknown:
-                        review_queue.add(rec, data if data is not None else _encode_png(img))
+                        review_queue.add(rec, data if data is not None else encode_png(img))
             out.extend(recs)
         return out
+
+    def scores(self, emb: np.ndarray) -> dict[str, np.ndarray]:
+        """The score graph's outputs (``log_scores``, ``energy``, ``distance``) for ``(n, d)`` embeddings."""
+        if self.graph is None:
+            raise RecognizerError(f"model kind {getattr(self.model, 'KIND', '?')} has no score graph")
+        return score_arrays(self.graph, np.ascontiguousarray(emb, dtype=np.float32))
+
+    def _decide(self, outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+        sc = getattr(self.model, "sc_of_index", None)
+        return decide(
+            outputs,
+            self.model.classes,
+            None if sc is None else sc.tolist(),
+            self.recognition,
+            self.top_k,
+            self.threshold,
+            self.graph.info.score_is_log,
+            self.names,
+        )
+
+    def predict_track(self, frames: Sequence[ImageInput]) -> Recognition:
+        """Several frames of one product (the cart moving past it) -> one answer from the fused evidence: the sum of
+        the frames' calibrated log-posteriors, the unknown decision made on the fused score."""
+        if not frames:
+            raise RecognizerError("a track needs at least one frame")
+        emb = self.embed(frames)
+        ans = self._decide(fuse_track(self.scores(emb), self.recognition))[0]
+        ans.pop("unknown_score")
+        return Recognition(**ans, model_id=self.model_id, threshold=self.threshold, extra={"n_frames": len(frames)})
 
     def _results(
         self, emb: np.ndarray, names: Sequence[str | None], datas: Sequence[bytes | None]
     ) -> list[Recognition]:
+        if self.graph is not None:
+            out = []
+            for i, ans in enumerate(self._decide(self.scores(emb))):
+                ans.pop("unknown_score")
+                iid = sha256_bytes(datas[i]) if datas[i] is not None else None
+                out.append(
+                    Recognition(**ans, model_id=self.model_id, threshold=self.threshold, image=names[i], image_id=iid)
+                )
+            return out
         kwargs = {} if self.m is None else {"m": self.m}
         pred = self.model.predict_topk(emb, k=self.top_k, **kwargs)
         sc = pred.superclass if pred.superclass is not None else np.full(len(emb), -1)

@@ -1,0 +1,146 @@
+"""From every SKU's score to an answer: top-k, calibrated probabilities, the unknown decision, track fusion.
+
+numpy only: the Recognizer (torch) and the edge runner (onnxruntime) both call these functions on the outputs of the
+same score graph (:mod:`skurec.serving.scoring`), so they answer alike by construction.
+
+``recognition`` (the model card's calibration, :func:`skurec.serving.calibration.calibrate_recognition`):
+``temperature`` T (absent: scores are shown raw, as before calibration existed), ``unknown_score`` (``max_prob``,
+``energy`` or ``distance``) and ``threshold`` (an image is ``unknown`` when its unknown score is below it; for
+``distance`` the score is the negated squared Mahalanobis distance, so "below" still means "less like the catalogue").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+UNKNOWN = "unknown"
+UNKNOWN_SCORES = ("max_prob", "energy", "distance")
+
+
+def log_softmax_rows(z: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax in float64; ``-inf`` entries (non-candidates) stay ``-inf``."""
+    z = np.asarray(z, dtype=np.float64)
+    top = np.max(z, axis=1, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(divide="ignore"):
+        return z - top - np.log(np.sum(np.exp(z - top), axis=1, keepdims=True))
+
+
+def calibrated_log_probs(log_scores: np.ndarray, temperature: float) -> np.ndarray:
+    """``log softmax(key / T)`` over each row's candidates: the temperature-calibrated log-posterior."""
+    return log_softmax_rows(np.asarray(log_scores, dtype=np.float64) / float(temperature))
+
+
+def unknown_score(
+    method: str, log_probs: np.ndarray, energy: np.ndarray, distance: np.ndarray, temperature: float = 1.0
+) -> np.ndarray:
+    """Higher = more like a catalogue SKU. ``max_prob``: the top calibrated probability; ``energy``:
+    ``T logsumexp(g / T)`` of the global logits (here the graph's ``logsumexp(g)``); ``distance``: ``-`` the squared
+    Mahalanobis distance to the nearest SKU mean."""
+    if method == "max_prob":
+        return np.exp(np.max(log_probs, axis=1))
+    if method == "energy":
+        return np.asarray(energy, dtype=np.float64)
+    if method == "distance":
+        return -np.asarray(distance, dtype=np.float64)
+    raise ValueError(f"unknown score {method!r}; use one of {UNKNOWN_SCORES}")
+
+
+def topk_rows(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(indices, values)`` of each row's ``k`` largest finite values, ties to the lower index (stable);
+    ``-inf`` entries are never returned (index ``-1``, value ``-inf`` pads)."""
+    order = np.argsort(-np.asarray(values, dtype=np.float64), axis=1, kind="stable")[:, :k]
+    vals = np.take_along_axis(values, order, axis=1)
+    bad = ~np.isfinite(vals)
+    return np.where(bad, -1, order), np.where(bad, -np.inf, vals)
+
+
+def decide(
+    outputs: Mapping[str, np.ndarray],
+    classes: Sequence[str],
+    superclass_of_class: Sequence[int] | None,
+    recognition: Mapping[str, Any],
+    k: int,
+    threshold: float,
+    score_is_log: bool = True,
+    names: Mapping[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """Every row's answer: ``{label, sku_id, score, unknown, superclass, top_k, unknown_score}``.
+
+    ``outputs``: the score graph's ``log_scores`` (n, C), ``energy`` (n,), ``distance`` (n,). Scores shown are the
+    calibrated probabilities when the card has a ``temperature``, else the model's own scores (``exp`` of the key).
+    """
+    names = names or {}
+    ls = np.asarray(outputs["log_scores"], dtype=np.float64)
+    T = recognition.get("temperature")
+    method = recognition.get("unknown_score") or "max_prob"
+    if T is not None and score_is_log:
+        shown = calibrated_log_probs(ls, float(T))
+        idx, vals = topk_rows(shown, k)
+        vals = np.exp(vals)
+        u = unknown_score(method, shown, outputs["energy"], outputs["distance"], float(T))
+    else:
+        idx, vals = topk_rows(ls, k)
+        vals = np.exp(vals) if score_is_log else vals
+        u = vals[:, 0] if method == "max_prob" else unknown_score(method, ls, outputs["energy"], outputs["distance"])
+    out = []
+    for i in range(len(ls)):
+        top = [
+            {
+                "sku_id": classes[j],
+                "score": round(float(s), 6),
+                **({"sku_name": names[classes[j]]} if classes[j] in names else {}),
+            }
+            for j, s in zip(idx[i].tolist(), vals[i].tolist())
+            if j >= 0
+        ]
+        best = top[0] if top else None
+        ui = float(u[i]) if best is not None else float("-inf")
+        is_unknown = best is None or (round(ui, 6) if method == "max_prob" else ui) < threshold
+        sc = -1
+        if best is not None and superclass_of_class is not None:
+            sc = int(superclass_of_class[idx[i, 0]])
+        out.append(
+            {
+                "label": UNKNOWN if is_unknown else best["sku_id"],
+                "sku_id": best["sku_id"] if best else None,
+                "score": best["score"] if best else 0.0,
+                "unknown": bool(is_unknown),
+                "superclass": sc,
+                "top_k": top,
+                "unknown_score": round(ui, 6) if np.isfinite(ui) else None,
+            }
+        )
+    return out
+
+
+def fuse_track(outputs: Mapping[str, np.ndarray], recognition: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Several frames of one product -> one row: the sum of the frames' calibrated log-posteriors (a SKU that is
+    not a candidate in some frame is dropped), mean energy and mean distance (the unknown decision then reads the
+    fused row, its ``max_prob`` the renormalised fused posterior)."""
+    T = float(recognition.get("temperature") or 1.0)
+    lp = calibrated_log_probs(outputs["log_scores"], T)
+    fused = np.sum(lp, axis=0, keepdims=True)  # -inf wherever a frame did not route to the SKU
+    if not np.isfinite(fused).any():  # no SKU is a candidate in every frame: fall back to the frames' union
+        fused = np.log(np.sum(np.exp(lp), axis=0, keepdims=True))
+    return {
+        "log_scores": log_softmax_rows(fused)
+        * T,  # decide() divides by T again: the fused posterior is the softmax of this / T
+        "energy": np.mean(outputs["energy"], keepdims=True),
+        "distance": np.mean(outputs["distance"], keepdims=True),
+    }
+
+
+__all__ = [
+    "UNKNOWN",
+    "UNKNOWN_SCORES",
+    "calibrated_log_probs",
+    "decide",
+    "fuse_track",
+    "log_softmax_rows",
+    "topk_rows",
+    "unknown_score",
+]
