@@ -307,7 +307,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     except (ParityError, RecognizerError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps({"bundle": str(args.out), **{k: manifest[k] for k in ("model_id", "precision", "parity")}}, indent=2))
+    print(
+        json.dumps({"bundle": str(args.out), **{k: manifest[k] for k in ("model_id", "precision", "parity")}}, indent=2)
+    )
     return 0
 
 
@@ -468,7 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--workdir", default=default_workdir, help="work directory (default: $SKUREC_WORKDIR or demo)")
     ex.add_argument("--model", help="model id (default: the deployed model)")
     ex.add_argument("--out", required=True, help="bundle directory to write (replaced)")
-    ex.add_argument("--int8", action="store_true", help="dynamic int8 quantisation (refused above 0.5 point top-1 loss)")
+    ex.add_argument(
+        "--int8", action="store_true", help="dynamic int8 quantisation (refused above 0.5 point top-1 loss)"
+    )
     ex.add_argument("--max-images", type=int, default=None, help="check parity on at most N validation images")
     ex.add_argument("--checkpoint", help="encoder weights file, for checkpoint-based encoders")
     ex.set_defaults(func=cmd_export)
