@@ -69,9 +69,10 @@ def test_two_batches_flow_through_sensor_automation_fast_path_and_gate(tmp_path)
     assert list(p1.batch_runs) == ["batch-1"]
     assert instance.get_dynamic_partitions("labelled_batches") == ["batch-1"]
     assert [keys for keys, _ in p1.automation_runs] == [
-        ["audited_catalogue", "candidate_model", "deployed_model", "image_embeddings"]
+        ["audited_catalogue", "candidate_model", "deployed_model", "edge_bundle", "image_embeddings"]
     ]
     run1 = p1.automation_runs[0][1]
+    assert asset_metadata(run1, "edge_bundle")["status"] == "exported"  # the cart's bundle follows the deployment
     assert asset_metadata(run1, "image_embeddings")["n_computed"] == 6
     after_1 = store.deployed_id()
     assert after_1 != first and store.card(after_1)["source"] == "fast_path"
