@@ -71,7 +71,9 @@ def run_draw(X, y, split, seed: int, share: float) -> dict:
 
     def scores(name: str, method: str) -> np.ndarray:
         o = outs[name]
-        return unknown_score(method, calibrated_log_probs(o["log_scores"], T), o["energy"], o["distance"], T)
+        pred = np.argmax(o["log_scores"], axis=1)
+        top = np.exp(calibrated_log_probs(o["log_posterior"], T)[np.arange(len(pred)), pred])
+        return unknown_score(method, top, o["energy"], o["distance"])
 
     # choose on validation: AUROC of known val photos vs the held-out SKUs' val photos
     val_auroc = {m: auroc(scores("val", m), scores("val_unseen", m)) for m in METHODS}
@@ -80,7 +82,7 @@ def run_draw(X, y, split, seed: int, share: float) -> dict:
     pred = np.argmax(ls_test, axis=1)
     correct = pred == tt
     conf_raw = np.exp(np.max(ls_test, axis=1))
-    conf_cal = np.exp(np.max(calibrated_log_probs(ls_test, T), axis=1))
+    conf_cal = scores("test", "max_prob")
     row = {
         "seed": seed,
         "held_out": sorted(held.tolist()),

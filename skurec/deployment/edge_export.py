@@ -110,14 +110,15 @@ def _export_dynamo(graph: torch.nn.Module, x: torch.Tensor, n: Any, path: str, o
 def export_classifier_onnx(graph: torch.nn.Module, dim: int, path: str, opset: int = 18) -> None:
     """TorchScript-trace export: the graph's shape-only branches (padding of superclass slots) are constants."""
     x = torch.nn.functional.normalize(torch.ones((2, dim)), dim=1)
-    axes = {"embedding": {0: "n"}, "log_scores": {0: "n"}, "energy": {0: "n"}, "distance": {0: "n"}}
+    names = ["log_scores", "log_posterior", "energy", "distance"]
+    axes = {"embedding": {0: "n"}, **{name: {0: "n"} for name in names}}
     with torch.no_grad():
         torch.onnx.export(
             graph.eval(),
             (x,),
             path,
             input_names=["embedding"],
-            output_names=["log_scores", "energy", "distance"],
+            output_names=names,
             dynamic_axes=axes,
             opset_version=opset,
             dynamo=False,

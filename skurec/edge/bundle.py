@@ -5,7 +5,7 @@ Layout of a bundle directory (every name in :data:`BUNDLE_FILES`)::
     manifest.json      format, model id, opsets, precision, the encoder identity, the parity report, and the
                        SHA-256 of every other file (written last: a directory without it is not a bundle)
     encoder.onnx       pixels (n, 3, S, S) float32 -> embedding (n, d): the encoder with its view recipe and layers
-    classifier.onnx    embedding (n, d) -> log_scores (n, C), energy (n,), distance (n,)
+    classifier.onnx    embedding (n, d) -> log_scores (n, C), log_posterior (n, C), energy (n,), distance (n,)
     preprocess.json    resize / crop / normalisation (what skurec.images.crop_normalize needs) and the decode size
     labels.json        classes (C), their names, the superclass of each (hierarchical models), score units
     thresholds.json    the model card's calibration: temperature, unknown score and its threshold

@@ -34,14 +34,12 @@ def calibrated_log_probs(log_scores: np.ndarray, temperature: float) -> np.ndarr
     return log_softmax_rows(np.asarray(log_scores, dtype=np.float64) / float(temperature))
 
 
-def unknown_score(
-    method: str, log_probs: np.ndarray, energy: np.ndarray, distance: np.ndarray, temperature: float = 1.0
-) -> np.ndarray:
-    """Higher = more like a catalogue SKU. ``max_prob``: the top calibrated probability; ``energy``:
-    ``T logsumexp(g / T)`` of the global logits (here the graph's ``logsumexp(g)``); ``distance``: ``-`` the squared
-    Mahalanobis distance to the nearest SKU mean."""
+def unknown_score(method: str, top_prob: np.ndarray, energy: np.ndarray, distance: np.ndarray) -> np.ndarray:
+    """Higher = more like a catalogue SKU. ``max_prob``: the calibrated probability of the top-1 SKU; ``energy``:
+    ``logsumexp`` of the global SKU logits; ``distance``: ``-`` the squared Mahalanobis distance to the nearest SKU
+    mean."""
     if method == "max_prob":
-        return np.exp(np.max(log_probs, axis=1))
+        return np.asarray(top_prob, dtype=np.float64)
     if method == "energy":
         return np.asarray(energy, dtype=np.float64)
     if method == "distance":
@@ -70,22 +68,21 @@ def decide(
 ) -> list[dict[str, Any]]:
     """Every row's answer: ``{label, sku_id, score, unknown, superclass, top_k, unknown_score}``.
 
-    ``outputs``: the score graph's ``log_scores`` (n, C), ``energy`` (n,), ``distance`` (n,). Scores shown are the
-    calibrated probabilities when the card has a ``temperature``, else the model's own scores (``exp`` of the key).
+    ``outputs``: the score graph's ``log_scores`` (n, C) (ranking), ``log_posterior`` (n, C), ``energy`` (n,),
+    ``distance`` (n,). Scores shown are the calibrated probabilities of the full posterior (``softmax(log_posterior /
+    T)`` at the ranked SKUs) when the card has a ``temperature``, else the model's own scores (``exp`` of the key).
     """
     names = names or {}
     ls = np.asarray(outputs["log_scores"], dtype=np.float64)
     T = recognition.get("temperature")
     method = recognition.get("unknown_score") or "max_prob"
-    if T is not None and score_is_log:
-        shown = calibrated_log_probs(ls, float(T))
-        idx, vals = topk_rows(shown, k)
+    idx, vals = topk_rows(ls, k)  # the model's ranking (routed candidates)
+    if T is not None:  # calibrated probabilities of the full posterior, read at the ranked SKUs
+        lp = calibrated_log_probs(outputs.get("log_posterior", ls), float(T))
+        vals = np.where(idx >= 0, np.exp(np.take_along_axis(lp, np.maximum(idx, 0), axis=1)), 0.0)
+    elif score_is_log:
         vals = np.exp(vals)
-        u = unknown_score(method, shown, outputs["energy"], outputs["distance"], float(T))
-    else:
-        idx, vals = topk_rows(ls, k)
-        vals = np.exp(vals) if score_is_log else vals
-        u = vals[:, 0] if method == "max_prob" else unknown_score(method, ls, outputs["energy"], outputs["distance"])
+    u = unknown_score(method, vals[:, 0], outputs["energy"], outputs["distance"])
     out = []
     for i in range(len(ls)):
         top = [
@@ -118,17 +115,18 @@ def decide(
 
 
 def fuse_track(outputs: Mapping[str, np.ndarray], recognition: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """Several frames of one product -> one row: the sum of the frames' calibrated log-posteriors (a SKU that is
-    not a candidate in some frame is dropped), mean energy and mean distance (the unknown decision then reads the
+    """Several frames of one product -> one row: the sum of the frames' calibrated log-posteriors (over every SKU:
+    the full posterior, not only the routed candidates), mean energy and mean distance (the unknown decision then reads the
     fused row, its ``max_prob`` the renormalised fused posterior)."""
     T = float(recognition.get("temperature") or 1.0)
-    lp = calibrated_log_probs(outputs["log_scores"], T)
-    fused = np.sum(lp, axis=0, keepdims=True)  # -inf wherever a frame did not route to the SKU
-    if not np.isfinite(fused).any():  # no SKU is a candidate in every frame: fall back to the frames' union
+    lp = calibrated_log_probs(outputs.get("log_posterior", outputs["log_scores"]), T)
+    fused = np.sum(lp, axis=0, keepdims=True)  # -inf only where a SKU has no probability in some frame
+    if not np.isfinite(fused).any():  # no SKU possible in every frame: fall back to the frames' union
         fused = np.log(np.sum(np.exp(lp), axis=0, keepdims=True))
+    fused = log_softmax_rows(fused) * T  # decide() divides by T again: the fused posterior is the softmax of this / T
     return {
-        "log_scores": log_softmax_rows(fused)
-        * T,  # decide() divides by T again: the fused posterior is the softmax of this / T
+        "log_scores": fused,
+        "log_posterior": fused,
         "energy": np.mean(outputs["energy"], keepdims=True),
         "distance": np.mean(outputs["distance"], keepdims=True),
     }

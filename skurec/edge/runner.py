@@ -97,9 +97,10 @@ class EdgeRunner:
         return self.encoder.run(None, {self.encoder.get_inputs()[0].name: batch})[0]
 
     def scores(self, emb: np.ndarray) -> dict[str, np.ndarray]:
-        """The classifier's outputs for ``(n, d)`` embeddings: ``log_scores``, ``energy``, ``distance``."""
+        """The classifier's outputs for ``(n, d)`` embeddings: ``log_scores``, ``log_posterior``, ``energy``,
+        ``distance``."""
         outs = self.classifier.run(None, {self.classifier.get_inputs()[0].name: np.ascontiguousarray(emb, np.float32)})
-        return dict(zip(("log_scores", "energy", "distance"), outs))
+        return dict(zip(("log_scores", "log_posterior", "energy", "distance"), outs))
 
     def _answers(self, outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
         return decide(

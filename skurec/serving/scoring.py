@@ -10,6 +10,8 @@ reductions), so an ``(n, d)`` embedding batch gives, with no numpy in between (`
   :func:`~skurec.models._common.topk_stable`), ``-inf`` for the others; ``exp`` of the key is the score
   ``predict_topk`` reports. Flat softmax models: the log-probability. Prototype models: the cosine (``score_is_log``
   False).
+* ``log_posterior`` (n, C): the full posterior over every SKU (hierarchical: the key without routing, ``log p(s(c))
+  + log p(c | s(c))`` for all superclasses, summing to 1), what temperature calibration and track fusion read.
 * ``energy`` (n,): ``logsumexp`` of the global SKU logits (the LDA scores of an LDA router, the dense logits of a
   flat model): the negative free energy, higher = more like the catalogue.
 * ``distance`` (n,): the squared Mahalanobis distance to the nearest SKU mean under the LDA's shared covariance,
@@ -103,7 +105,7 @@ class _LDADistance(torch.nn.Module):
 
 
 class ScoreGraph(torch.nn.Module):
-    """``forward(x (n, d) float32) -> (log_scores (n, C), energy (n,), distance (n,))`` (module docstring)."""
+    """``forward(x (n, d) float32) -> (log_scores (n, C), log_posterior (n, C), energy (n,), distance (n,))``."""
 
     def __init__(self, model: Any, m: int | None = None):
         super().__init__()
@@ -163,8 +165,9 @@ class ScoreGraph(torch.nn.Module):
         if not self.hier:
             logits = self.coarse(x)
             if self.proto:
-                return logits.float(), zero, zero
-            return torch.log_softmax(logits.float(), dim=1), torch.logsumexp(logits.float(), dim=1), zero
+                return logits.float(), logits.float(), zero, zero
+            lp = torch.log_softmax(logits.float(), dim=1)
+            return lp, lp, torch.logsumexp(logits.float(), dim=1), zero
         g = self.coarse(x)
         if self.lda:  # the router's superclass logits: logsumexp of member SKU scores / temperature
             coarse_logits = self.slots.logsumexp(g) / self.temperature
@@ -178,20 +181,24 @@ class ScoreGraph(torch.nn.Module):
         cond = f.double() - self.slots.logsumexp(f).index_select(1, self.sc)  # log-softmax inside each superclass
         key = coarse_logp.index_select(1, self.sc) + cond
         keep = self._routed(coarse_logp).index_select(1, self.sc)
-        key = torch.where(keep, key, torch.full_like(key, float("-inf")))
-        return key.float(), energy, distance
+        routed = torch.where(keep, key, torch.full_like(key, float("-inf")))
+        return routed.float(), key.float(), energy, distance
+
+
+OUTPUTS = ("log_scores", "log_posterior", "energy", "distance")
 
 
 def score_arrays(graph: ScoreGraph, X: np.ndarray, batch: int = 4096) -> dict[str, np.ndarray]:
-    """The graph on numpy embeddings: ``{"log_scores", "energy", "distance"}`` as numpy arrays."""
+    """The graph on numpy embeddings: ``{"log_scores", "log_posterior", "energy", "distance"}`` as numpy arrays."""
     outs: list[tuple] = []
     with torch.inference_mode():
         for a in range(0, len(X), batch):
             outs.append(tuple(t.numpy() for t in graph(torch.from_numpy(np.ascontiguousarray(X[a : a + batch])))))
     if not outs:
         C = graph.info.n_classes
-        return {"log_scores": np.zeros((0, C), np.float32), "energy": np.zeros(0), "distance": np.zeros(0)}
-    return {name: np.concatenate([o[i] for o in outs]) for i, name in enumerate(("log_scores", "energy", "distance"))}
+        empty = {"log_scores": np.zeros((0, C), np.float32), "log_posterior": np.zeros((0, C), np.float32)}
+        return {**empty, "energy": np.zeros(0, np.float32), "distance": np.zeros(0, np.float32)}
+    return {name: np.concatenate([o[i] for o in outs]) for i, name in enumerate(OUTPUTS)}
 
 
-__all__ = ["GraphInfo", "ScoreGraph", "ScoringUnsupported", "score_arrays"]
+__all__ = ["OUTPUTS", "GraphInfo", "ScoreGraph", "ScoringUnsupported", "score_arrays"]
