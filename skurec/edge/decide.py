@@ -114,15 +114,29 @@ def decide(
     return out
 
 
-def fuse_track(outputs: Mapping[str, np.ndarray], recognition: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """Several frames of one product -> one row: the sum of the frames' calibrated log-posteriors (over every SKU:
-    the full posterior, not only the routed candidates), mean energy and mean distance (the unknown decision then reads the
-    fused row, its ``max_prob`` the renormalised fused posterior)."""
+FUSION_RULES = ("sum_log", "mean_prob")
+
+
+def fuse_track(
+    outputs: Mapping[str, np.ndarray], recognition: Mapping[str, Any], rule: str | None = None
+) -> dict[str, np.ndarray]:
+    """Several frames of one product -> one row of score-graph outputs, from the frames' calibrated posteriors over
+    every SKU (not only the routed candidates). ``rule`` (default: the card's ``fusion``, else ``sum_log``):
+    ``sum_log`` = the sum of the calibrated log-posteriors (independent frames, Bayes); ``mean_prob`` = the log of
+    their mean (robust to one confidently wrong frame). Energy and distance are averaged; the unknown decision then
+    reads the fused row (its ``max_prob`` is the fused, renormalised posterior of the top SKU)."""
+    rule = rule or recognition.get("fusion") or "sum_log"
+    if rule not in FUSION_RULES:
+        raise ValueError(f"unknown fusion rule {rule!r}; use one of {FUSION_RULES}")
     T = float(recognition.get("temperature") or 1.0)
     lp = calibrated_log_probs(outputs.get("log_posterior", outputs["log_scores"]), T)
-    fused = np.sum(lp, axis=0, keepdims=True)  # -inf only where a SKU has no probability in some frame
-    if not np.isfinite(fused).any():  # no SKU possible in every frame: fall back to the frames' union
-        fused = np.log(np.sum(np.exp(lp), axis=0, keepdims=True))
+    if rule == "sum_log":
+        fused = np.sum(lp, axis=0, keepdims=True)  # -inf only where a SKU has no probability in some frame
+    if rule == "mean_prob" or not np.isfinite(fused).any():
+        top = np.max(lp, axis=0, keepdims=True)
+        top = np.where(np.isfinite(top), top, 0.0)
+        with np.errstate(divide="ignore"):
+            fused = top + np.log(np.mean(np.exp(lp - top), axis=0, keepdims=True))
     fused = log_softmax_rows(fused) * T  # decide() divides by T again: the fused posterior is the softmax of this / T
     return {
         "log_scores": fused,
@@ -134,6 +148,7 @@ def fuse_track(outputs: Mapping[str, np.ndarray], recognition: Mapping[str, Any]
 
 __all__ = [
     "UNKNOWN",
+    "FUSION_RULES",
     "UNKNOWN_SCORES",
     "calibrated_log_probs",
     "decide",

@@ -3,7 +3,8 @@
 
 * **Temperature**: ``p(c | x) = softmax(log_posterior / T)`` over every SKU (the score graph's full posterior,
   :mod:`skurec.serving.scoring`), ``T`` minimising the validation ECE (:func:`fit_temperature_on` says why not the
-  NLL). The ranking does not change (top-1
+  NLL). The track fusion rule (``sum_log`` of calibrated log-posteriors or ``mean_prob``) is chosen on validation
+  tracks of same-SKU photos (:func:`choose_fusion`). The ranking does not change (top-1
   is untouched); the expected calibration error (ECE, 15 bins of the top-1 probability) is reported before (the
   model's own top-1 score) and after.
 * **Unknown score**: one of ``max_prob`` (calibrated top-1 probability), ``energy`` (``logsumexp`` of the global SKU
@@ -77,6 +78,36 @@ def fit_temperature_on(
     return float(best)
 
 
+def val_tracks(target: np.ndarray, k: int) -> list[np.ndarray]:
+    """Deterministic validation "tracks": every row with the next ``k - 1`` rows of the same class (cyclically);
+    classes with fewer than ``k`` rows give shorter tracks."""
+    target = np.asarray(target)
+    out = []
+    for c in np.unique(target):
+        rows = np.flatnonzero(target == c)
+        n = min(k, len(rows))
+        out += [rows[(np.arange(n) + i) % len(rows)] for i in range(len(rows))]
+    return out
+
+
+def choose_fusion(outputs: dict[str, np.ndarray], target: np.ndarray, temperature: float) -> tuple[str, dict]:
+    """The track fusion rule (:data:`skurec.edge.decide.FUSION_RULES`) with the best validation top-1 over tracks of
+    2 and 3 same-SKU photos (ties: ``sum_log``); returns ``(rule, {rule: mean top-1})``."""
+    from skurec.edge.decide import FUSION_RULES, fuse_track
+
+    rec = {"temperature": temperature}
+    target = np.asarray(target)
+    scores = {}
+    for rule in FUSION_RULES:
+        hits = []
+        for k in (2, 3):
+            for g in val_tracks(target, k):
+                fused = fuse_track({n: v[g] for n, v in outputs.items()}, rec, rule)
+                hits.append(int(np.argmax(fused["log_scores"][0])) == int(target[g[0]]))
+        scores[rule] = float(np.mean(hits)) if hits else 0.0
+    return max(FUSION_RULES, key=lambda r: (scores[r], r == "sum_log")), scores
+
+
 def threshold_keeping(score: np.ndarray, correct: np.ndarray, keep: float) -> float | None:
     """The unknown-score value that ``keep`` of the correct predictions reach (None without a correct one)."""
     if not correct.any():
@@ -106,8 +137,11 @@ def calibrate_outputs(
     if t is not None and method == "max_prob":
         t = float(min(max(t, config.bounds[0]), config.bounds[1]))
     wrong = u[~correct]
+    fusion, fusion_scores = choose_fusion(outputs, target, T)
     return {
         "temperature": T,
+        "fusion": fusion,
+        "fusion_val_top1": fusion_scores,
         "unknown_score": method,
         "threshold": None if t is None else round(t, 6),
         "method": f"{method} >= threshold keeps {config.keep:.0%} of correct validation predictions",
@@ -179,6 +213,7 @@ __all__ = [
     "RecognitionConfig",
     "calibrate_outputs",
     "calibrate_threshold",
+    "choose_fusion",
     "expected_calibration_error",
     "TEMPERATURE_GRID",
     "fit_temperature_on",
