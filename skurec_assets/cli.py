@@ -471,7 +471,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--model", help="model id (default: the deployed model)")
     ex.add_argument("--out", required=True, help="bundle directory to write (replaced)")
     ex.add_argument(
-        "--int8", action="store_true", help="dynamic int8 quantisation (refused above 0.5 point top-1 loss)"
+        "--int8",
+        nargs="?",
+        const="static",
+        choices=["static", "dynamic"],
+        help="int8 encoder: static (default; activations calibrated on training images) or dynamic quantisation; "
+        "refused above 0.5 point of validation top-1 loss",
     )
     ex.add_argument("--max-images", type=int, default=None, help="check parity on at most N validation images")
     ex.add_argument("--checkpoint", help="encoder weights file, for checkpoint-based encoders")

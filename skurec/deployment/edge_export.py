@@ -9,8 +9,8 @@ Recognizer on every validation image.
 
 Parity (blocking, :func:`check_parity`): on the validation images the runner's top-1 equals the Recognizer's on every
 image and the largest top-k score difference is <= ``max_score_diff`` (fp32); the score graph itself is first
-checked against the model's ``predict_topk``. An int8 bundle (dynamic quantisation of the encoder's weights) is
-judged on validation top-1 instead: refused when it loses more than ``max_int8_top1_drop``. A refused export leaves
+checked against the model's ``predict_topk``. An int8 bundle (the encoder quantised: ``static`` QDQ calibrated on
+training images, or ``dynamic``) is judged on validation top-1 instead: refused when it loses more than ``max_int8_top1_drop``. A refused export leaves
 nothing at the destination.
 """
 
@@ -47,13 +47,15 @@ from skurec.edge.decide import topk_rows
 class EdgeExportConfig:
     """``opset``: ONNX opset of both graphs; ``max_score_diff``: fp32 parity tolerance on scores;
     ``max_int8_top1_drop``: validation top-1 an int8 bundle may lose (0.005 = half a point); ``max_images``: cap
-    on the validation images checked (None: every one)."""
+    on the validation images checked (None: every one); ``int8_calibration_images``: training images that calibrate
+    static int8 activation ranges."""
 
     opset: int = 18
     max_score_diff: float = 1e-4
     max_int8_top1_drop: float = 0.005
     max_images: int | None = None
     batch_size: int = 16
+    int8_calibration_images: int = 64
 
 
 class ParityError(RuntimeError):
@@ -125,13 +127,68 @@ def export_classifier_onnx(graph: torch.nn.Module, dim: int, path: str, opset: i
         )
 
 
-def quantize_int8(path: str) -> None:
-    """Dynamic int8 quantisation of the weights of ``path`` in place (onnxruntime.quantization.quantize_dynamic)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+INT8_MODES = ("static", "dynamic")
 
+
+def quantize_int8(path: str, mode: str = "static", pixels: Sequence[np.ndarray] | None = None) -> None:
+    """int8 quantisation of the encoder ONNX ``path`` in place (``onnxruntime.quantization``).
+
+    ``dynamic``: int8 weights, activations quantised at run time (``quantize_dynamic``; on convolutional encoders
+    onnxruntime runs it as ConvInteger, which is slower than fp32 on CPU). ``static``: QDQ int8 weights (per channel)
+    and activations whose ranges are calibrated on ``pixels`` (preprocessed training images, never the validation
+    images that judge the bundle): QLinearConv kernels.
+    """
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    if mode not in INT8_MODES:
+        raise ValueError(f"int8 mode must be one of {INT8_MODES}, got {mode!r}")
     tmp = path + ".int8"
-    quantize_dynamic(path, tmp, weight_type=QuantType.QInt8)
+    if mode == "dynamic":
+        quantize_dynamic(path, tmp, weight_type=QuantType.QInt8)
+    else:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        if not pixels:
+            raise ValueError("static int8 quantisation needs calibration images (training images)")
+
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self.it = iter(pixels)
+
+            def get_next(self) -> dict | None:
+                x = next(self.it, None)
+                return None if x is None else {"pixels": np.ascontiguousarray(x[None], dtype=np.float32)}
+
+        pre = path + ".pre"
+        quant_pre_process(path, pre, skip_symbolic_shape=True)
+        quantize_static(
+            pre,
+            tmp,
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+        )
+        os.remove(pre)
     os.replace(tmp, path)
+
+
+def training_images(ws: Any, n: int) -> list[bytes]:
+    """Bytes of ``n`` active training images (id order, evenly spread): the static int8 calibration set."""
+    from skurec.store.workspace import read_uri_bytes
+
+    images = ws.read_table("images")
+    train = images[(images["split"] == "train") & images["active"]].sort_values("image_id")
+    step = max(1, len(train) // max(1, n))
+    opts = getattr(ws, "storage_options", None)
+    return [read_uri_bytes(u, storage_options=opts) for u in train["image_uri"].iloc[::step].head(n)]
 
 
 def validation_images(ws: Any, max_images: int | None = None) -> list[tuple[str, bytes, str]]:
@@ -230,15 +287,31 @@ def write_manifest(root: Path, doc: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
-def build_bundle_files(recognizer: Any, root: Path, config: EdgeExportConfig, quantize: bool = False) -> dict:
-    """Write every bundle file except the parity report into ``root``; returns the manifest (without parity)."""
+def build_bundle_files(
+    recognizer: Any,
+    root: Path,
+    config: EdgeExportConfig,
+    quantize: str | None = None,
+    calibration_images: Sequence[bytes] = (),
+) -> dict:
+    """Write every bundle file except the parity report into ``root``; returns the manifest (without parity).
+    ``quantize``: None (fp32), ``"static"`` (calibrated on ``calibration_images``) or ``"dynamic"`` int8."""
     enc, model, card = recognizer.encoder, recognizer.model, recognizer.card
     if recognizer.graph is None:
         raise ParityError(f"model kind {getattr(model, 'KIND', '?')} cannot be exported (no score graph)")
     export_encoder_onnx(enc, str(root / ENCODER_ONNX), config.opset)
     export_classifier_onnx(recognizer.graph, int(model.dim), str(root / CLASSIFIER_ONNX), config.opset)
     if quantize:
-        quantize_int8(str(root / ENCODER_ONNX))
+        from skurec.edge.inputs import as_rgb
+        from skurec.images import crop_normalize
+
+        pixels = [
+            crop_normalize(
+                as_rgb(b, enc.min_decode_side)[0], enc.resize_size, enc.input_size, enc.interpolation, enc.mean, enc.std
+            )
+            for b in calibration_images
+        ]
+        quantize_int8(str(root / ENCODER_ONNX), quantize, pixels)
     sc = getattr(model, "sc_of_index", None)
     _write_json(
         root,
@@ -273,7 +346,7 @@ def build_bundle_files(recognizer: Any, root: Path, config: EdgeExportConfig, qu
         "n_classes": len(model.classes),
         "routing_width": recognizer.graph.info.m,
         "opset": {ENCODER_ONNX: config.opset, CLASSIFIER_ONNX: config.opset},
-        "precision": "int8" if quantize else "fp32",
+        "precision": f"int8-{quantize}" if quantize else "fp32",
         "encoder": {k: (card.get("encoder") or {}).get(k) for k in ("name", "encoder_id", "options", "dim")},
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "export_config": asdict(config),
@@ -285,7 +358,8 @@ def export_edge_bundle(
     out_dir: str | os.PathLike,
     images: Sequence[tuple[str, bytes, str]],
     config: EdgeExportConfig | None = None,
-    quantize: bool = False,
+    quantize: str | None = None,
+    calibration_images: Sequence[bytes] = (),
 ) -> dict[str, Any]:
     """Write the bundle of the Recognizer's model into ``out_dir`` (replaced) after its parity check passed on
     ``images`` (``(image_id, bytes, sku_id)``, normally :func:`validation_images`). Returns the manifest."""
@@ -298,10 +372,10 @@ def export_edge_bundle(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".edge-", dir=out.parent))
     try:
-        doc = build_bundle_files(recognizer, tmp, config, quantize)
+        doc = build_bundle_files(recognizer, tmp, config, quantize, calibration_images)
         write_manifest(tmp, {**doc, "parity": None})
         runner = EdgeRunner(tmp, threads=1, top_k=recognizer.top_k)
-        parity = check_parity(runner, recognizer, images, config, quantized=quantize)
+        parity = check_parity(runner, recognizer, images, config, quantized=bool(quantize))
         manifest = write_manifest(tmp, {**doc, "parity": parity})
         if out.exists():
             shutil.rmtree(out)
@@ -319,7 +393,7 @@ def export_from_workdir(
     *,
     checkpoint: str | None = None,
     config: EdgeExportConfig | None = None,
-    quantize: bool = False,
+    quantize: str | None = None,
 ) -> dict[str, Any]:
     """:func:`export_edge_bundle` of a work directory's model (default: the deployed one) on its validation images."""
     from skurec.serving.recognizer import Recognizer
@@ -328,7 +402,8 @@ def export_from_workdir(
     config = config or EdgeExportConfig()
     ws = workdir if isinstance(workdir, Workspace) else Workspace(os.fspath(workdir))
     rec = Recognizer.from_workdir(ws, model_id, device="cpu", checkpoint=checkpoint)
-    return export_edge_bundle(rec, out_dir, validation_images(ws, config.max_images), config, quantize)
+    calib = training_images(ws, config.int8_calibration_images) if quantize == "static" else []
+    return export_edge_bundle(rec, out_dir, validation_images(ws, config.max_images), config, quantize, calib)
 
 
 __all__ = [
@@ -340,7 +415,9 @@ __all__ = [
     "export_edge_bundle",
     "export_encoder_onnx",
     "export_from_workdir",
+    "INT8_MODES",
     "quantize_int8",
+    "training_images",
     "validation_images",
     "write_manifest",
 ]

@@ -226,3 +226,28 @@ def test_cli_export_and_predict_with_the_bundle(exported, tmp_path, capsys):
     (out / "labels.json").write_text("{}")
     assert main(["predict", "--bundle", str(out), paths[0]]) == 2
     assert "labels.json is corrupted or was altered" in capsys.readouterr().err
+
+
+def test_int8_bundles_are_judged_on_validation_top1(exported, tmp_path):
+    """A static int8 bundle (activations calibrated on training photos) runs and reports its top-1 delta; an int8
+    bundle that loses more than half a point of validation top-1 is refused."""
+    import shutil
+
+    ws, _, bundle, _ = exported
+    try:
+        manifest = export_from_workdir(ws, tmp_path / "int8", quantize="static")
+    except ParityError as exc:  # refused: the message names the loss
+        assert "int8 bundle loses" in str(exc) and not (tmp_path / "int8").exists()
+    else:
+        assert manifest["precision"] == "int8-static" and manifest["parity"]["val_top1_delta"] >= -0.005
+        assert len(EdgeRunner(tmp_path / "int8").predict(sku_png("sku-red", 5))["top_k"]) == 3
+    # a quantised bundle whose answers are wrong (labels of another order) is refused on accuracy
+    bad = tmp_path / "bad_int8"
+    shutil.copytree(bundle, bad)
+    labels = json.loads((bad / "labels.json").read_text())
+    labels["classes"] = labels["classes"][1:] + labels["classes"][:1]
+    (bad / "labels.json").write_text(json.dumps(labels))
+    write_manifest(bad, {k: v for k, v in json.loads((bad / "manifest.json").read_text()).items() if k != "files"})
+    images = [(f"{s}-{i}", sku_png(s, 10_000 * j + i), s) for j, s in enumerate(SKUS) for i in range(3)]
+    with pytest.raises(ParityError, match="int8 bundle loses"):
+        check_parity(EdgeRunner(bad), Recognizer.from_workdir(ws, device="cpu"), images, quantized=True)
