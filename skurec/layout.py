@@ -82,6 +82,7 @@ SUPERCLASSES_PNG = f"{REPORTS_DIR}/superclasses.png"
 EVALUATION_JSON = f"{REPORTS_DIR}/evaluation.json"
 EVALUATION_MD = f"{REPORTS_DIR}/evaluation.md"
 CONFUSION_PNG = f"{REPORTS_DIR}/confusion_similar.png"
+ERROR_GALLERY_PNG = f"{REPORTS_DIR}/error_gallery.png"
 
 # ------------------------------------------------------------------------------------------------ deployment
 CANDIDATES_DIR = "candidates"
@@ -92,6 +93,9 @@ MODEL_HISTORY_DIR = f"{MODELS_DIR}/history"
 #: inside a model bundle: the exact (image_id, sku_id, split, added_by) table that built the model
 BUNDLE_LINEAGE_DIR = "lineage"
 BUNDLE_TRAINING_TABLE = f"{BUNDLE_LINEAGE_DIR}/training_images.parquet"
+BUNDLE_EXEMPLARS_DIR = "exemplars"  # nearest-training-image explanations (skurec.serving.explain)
+BUNDLE_EXEMPLARS_VECTORS = f"{BUNDLE_EXEMPLARS_DIR}/vectors.safetensors"
+BUNDLE_EXEMPLARS_INDEX = f"{BUNDLE_EXEMPLARS_DIR}/index.json"
 
 # ------------------------------------------------------------------------------------------------ serving
 REVIEW_QUEUE_DIR = "review_queue"

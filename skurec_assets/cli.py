@@ -269,6 +269,9 @@ def cmd_predict_bundle(args: argparse.Namespace) -> int:
     from skurec.edge import BundleError, EdgeRunner
     from skurec.edge.runner import EdgeInputError
 
+    if args.explain:
+        print("error: --explain needs the model's exemplars: use it without --bundle", file=sys.stderr)
+        return 2
     try:
         runner = EdgeRunner(args.bundle, threads=args.threads, top_k=args.top_k, threshold=args.threshold)
     except (BundleError, ValueError) as exc:
@@ -333,7 +336,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     failed = queued = 0
     for image in args.images:
         try:
-            out = rec.predict(image, review_queue=queue).to_dict()
+            out = rec.predict(image, review_queue=queue, explain=args.explain).to_dict()
             queued += bool(out.get("queued_for_review"))
         except RecognizerError as exc:
             failed += 1
@@ -464,6 +467,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--checkpoint", help="encoder weights file, for checkpoint-based encoders")
     pr.add_argument("--bundle", help="answer with this edge bundle (onnxruntime; see `skurec export`) instead of torch")
     pr.add_argument("--threads", type=int, default=1, help="with --bundle: onnxruntime threads (default 1)")
+    pr.add_argument(
+        "--explain",
+        type=int,
+        nargs="?",
+        const=3,
+        default=0,
+        metavar="N",
+        help="also print, for each top-k SKU, its N (default 3) nearest training images (ids, URIs, similarity)",
+    )
     pr.set_defaults(func=cmd_predict)
 
     ex = sub.add_parser("export", help="write the edge bundle of a model (ONNX, parity-checked on validation images)")

@@ -83,6 +83,7 @@ class Recognizer:
         threshold: float | None = None,
         m: int | None = None,
         model_id: str | None = None,
+        exemplars: Any | None = None,
     ):
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
@@ -108,6 +109,7 @@ class Recognizer:
         self.m = m
         self.model_id = model_id or card.get("model_id", "")
         self.names: dict[str, str] = dict((card.get("classes") or {}).get("names") or {})
+        self.exemplars = exemplars  # skurec.serving.explain.Exemplars (nearest training images per SKU) or None
         self._min_side = int(encoder.min_decode_side)
         try:  # every SKU's score as one torch graph (what the edge bundle exports); None: the model's predict_topk
             self.graph: ScoreGraph | None = ScoreGraph(model, m)
@@ -150,7 +152,16 @@ class Recognizer:
         published = load_published(ws, model_id, device=device or "cpu")
         if encoder is None:
             encoder = load_encoder_for_card(published.card, device=device, checkpoint=checkpoint)
-        return cls(published.model, published.card, encoder, top_k=top_k, threshold=threshold, m=m, model_id=model_id)
+        return cls(
+            published.model,
+            published.card,
+            encoder,
+            top_k=top_k,
+            threshold=threshold,
+            m=m,
+            model_id=model_id,
+            exemplars=published.exemplars,
+        )
 
     # ------------------------------------------------------------------ inference
     def embed(self, images: Sequence[ImageInput]) -> np.ndarray:
@@ -160,12 +171,26 @@ class Recognizer:
             return np.zeros((0, self.encoder.dim), dtype=np.float32)
         return self.encoder.forward_batch(torch.stack(tensors)).numpy()
 
-    def predict(self, image: ImageInput, review_queue: Any | None = None) -> Recognition:
-        """Recognise one image. With ``review_queue``, an ``unknown`` result is also queued for labelling."""
+    def explain(self, emb: np.ndarray, rec: Recognition, n: int = 3) -> dict[str, list[dict[str, Any]]]:
+        """For each of ``rec``'s top-k SKUs, its ``n`` training exemplars nearest to the embedding ``emb`` (d,):
+        ``{sku_id: [{image_id, sku_id, image_uri, similarity}, ...]}``."""
+        if self.exemplars is None:
+            raise RecognizerError(
+                f"model {self.model_id} has no exemplars (published without cached training embeddings); "
+                "explanations need a model published by the pipeline"
+            )
+        return self.exemplars.nearest(emb, [t["sku_id"] for t in rec.top_k], n)
+
+    def predict(self, image: ImageInput, review_queue: Any | None = None, explain: bool | int = False) -> Recognition:
+        """Recognise one image. With ``review_queue``, an ``unknown`` result is also queued for labelling; with
+        ``explain`` (True or the number of exemplars per SKU), ``extra["explanations"]`` holds the nearest training
+        images of each top-k SKU (:meth:`explain`)."""
         img, data, name = _as_rgb(image, self._min_side)
         x = self.encoder.preprocess(img).unsqueeze(0)
         emb = self.encoder.forward_batch(x).numpy()
         rec = self._results(emb, [name], [data])[0]
+        if explain:
+            rec.extra["explanations"] = self.explain(emb[0], rec, 3 if explain is True else int(explain))
         if review_queue is not None:
             rec.queued_for_review = bool(rec.unknown)
             if rec.unknown:
