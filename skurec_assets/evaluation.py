@@ -39,18 +39,6 @@ class EvaluationConfig(dg.Config):
     route_m: int | None = None
 
 
-@dg.asset(
-    group_name=EVALUATE,
-    deps=["fine_model", "flat_baselines", "similar_groups"],
-    code_version="eval-v1",
-    kinds={"pytorch"},
-    description=(
-        "Exact top-1 / top-3 of the hierarchical model (soft and hard routing), the coarse stage alone and the flat "
-        "baselines, on every evaluation image and on the visually similar subset. Scores the pinned test split "
-        "when the catalogue has one, else the validation split. Writes reports/evaluation.{json,md} and a "
-        "confusion plot of the worst similar groups."
-    ),
-)
 def _error_gallery(ws, data, split, y_pred, groups) -> bytes:
     """Query photo beside the nearest training photos of the predicted and of the true SKU, for the errors in the
     worst look-alike groups (skurec.serving.explain.error_gallery_png)."""
@@ -77,6 +65,18 @@ def _error_gallery(ws, data, split, y_pred, groups) -> bytes:
     return error_gallery_png(rows, loader(split.image_ids), loader(data.train.image_ids))
 
 
+@dg.asset(
+    group_name=EVALUATE,
+    deps=["fine_model", "flat_baselines", "similar_groups"],
+    code_version="eval-v1",
+    kinds={"pytorch"},
+    description=(
+        "Exact top-1 / top-3 of the hierarchical model (soft and hard routing), the coarse stage alone and the flat "
+        "baselines, on every evaluation image and on the visually similar subset. Scores the pinned test split "
+        "when the catalogue has one, else the validation split. Writes reports/evaluation.{json,md} and a "
+        "confusion plot of the worst similar groups."
+    ),
+)
 def evaluation_report(
     context: dg.AssetExecutionContext, config: EvaluationConfig, storage: StorageResource
 ) -> dg.MaterializeResult:

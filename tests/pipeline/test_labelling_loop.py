@@ -31,6 +31,7 @@ from support.s3server import s3  # noqa: F401  (fixture)
 
 
 def test_two_batches_flow_through_sensor_automation_fast_path_and_gate(tmp_path):
+    from skurec.layout import ERROR_GALLERY_PNG
     from skurec.serving.recognizer import Recognizer
     from skurec.store.model_store import ModelStore
     from skurec.store.workspace import Workspace
@@ -50,6 +51,7 @@ def test_two_batches_flow_through_sensor_automation_fast_path_and_gate(tmp_path)
     assert initial_build(defs, instance).success
     first = store.deployed_id()
     assert first is not None and store.card(first)["source"] == "full_rebuild"
+    assert ws.read_bytes(ERROR_GALLERY_PNG).startswith(b"\x89PNG")  # errors beside their nearest exemplars
     # The graph says candidate_model reads the evaluation: its card always carries the evaluation of that very model.
     evaluation = store.card(first)["evaluation"]
     assert any(k.startswith("eval/") and k.endswith("/hierarchical_soft/top1") for k in evaluation), evaluation
