@@ -15,6 +15,7 @@ No Dagster import here.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,11 +29,12 @@ from skurec.deployment.bundle import load_published
 from skurec.edge.decide import UNKNOWN, decide, fuse_track
 from skurec.edge.inputs import ImageInput, as_rgb, encode_png
 from skurec.images import sha256_bytes
-from skurec.serving.scoring import ScoreGraph, ScoringUnsupported, score_arrays
+from skurec.serving.scoring import ScoreGraph, ScoringUnsupported, graph_disagreement, score_arrays
 from skurec.store.model_store import ModelStore
 from skurec.store.workspace import Workspace
 
 DEFAULT_THRESHOLD = 0.5
+logger = logging.getLogger("skurec.serving")
 
 
 class RecognizerError(RuntimeError):
@@ -115,6 +117,16 @@ class Recognizer:
             self.graph: ScoreGraph | None = ScoreGraph(model, m)
         except ScoringUnsupported:
             self.graph = None
+        if self.graph is not None:
+            why = graph_disagreement(self.graph, model)
+            if why is not None:  # a model whose scoring changed without skurec.serving.scoring: answer as before
+                logger.warning(
+                    "score graph of %s disagrees with its predict_topk (%s): answering with predict_topk, without "
+                    "calibration, explanations of the full posterior or edge export",
+                    self.model_id,
+                    why,
+                )
+                self.graph = None
 
     # ------------------------------------------------------------------ construction
     @classmethod

@@ -201,4 +201,29 @@ def score_arrays(graph: ScoreGraph, X: np.ndarray, batch: int = 4096) -> dict[st
     return {name: np.concatenate([o[i] for o in outs]) for i, name in enumerate(OUTPUTS)}
 
 
-__all__ = ["OUTPUTS", "GraphInfo", "ScoreGraph", "ScoringUnsupported", "score_arrays"]
+def graph_disagreement(graph: ScoreGraph, model: Any, X: np.ndarray | None = None, k: int = 3) -> str | None:
+    """None when the graph ranks ``X`` (default: 16 seeded random unit vectors; the identity holds for any input) like
+    the model's own ``predict_topk`` (same top-k labels, scores within 1e-4), else what differs. The Recognizer runs it
+    once when it loads a model, so a scoring change in :mod:`skurec.models` that the graph does not follow is noticed
+    instead of answered from a stale graph."""
+    if X is None:
+        X = np.random.default_rng(0).normal(size=(16, graph.info.dim)).astype(np.float32)
+        X /= np.linalg.norm(X, axis=1, keepdims=True)
+    k = min(k, graph.info.n_classes)
+    kwargs = {} if graph.m is None or not graph.hier else {"m": graph.m}
+    pred = model.predict_topk(X, k=k, **kwargs)
+    ls = score_arrays(graph, X)["log_scores"].astype(np.float64)
+    order = np.argsort(-ls, axis=1, kind="stable")[:, :k]
+    vals = np.take_along_axis(ls, order, axis=1)
+    ok = np.isfinite(vals)
+    labels = np.where(ok, np.asarray(model.classes, dtype=object)[order], "")
+    scores = np.where(ok, np.exp(vals) if graph.info.score_is_log else vals, 0.0)
+    if not (labels[:, 0] == pred.labels[:, 0]).all():
+        return f"top-1 differs on {int((labels[:, 0] != pred.labels[:, 0]).sum())} of {len(X)} probe rows"
+    diff = float(np.max(np.abs(scores[:, 0] - pred.scores[:, 0])))
+    if diff > 1e-4:
+        return f"top-1 scores differ by up to {diff:.2e}"
+    return None
+
+
+__all__ = ["OUTPUTS", "GraphInfo", "graph_disagreement", "ScoreGraph", "ScoringUnsupported", "score_arrays"]

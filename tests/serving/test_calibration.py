@@ -16,7 +16,7 @@ from skurec.serving.calibration import (
     fit_temperature_on,
     val_tracks,
 )
-from skurec.serving.scoring import ScoreGraph, score_arrays
+from skurec.serving.scoring import ScoreGraph, graph_disagreement, score_arrays
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +103,23 @@ def test_fusion_rules():
     # deterministic validation tracks: each row with the next rows of its class
     tracks = val_tracks(np.asarray([0, 1, 0, 0, 1]), 3)
     assert [t.tolist() for t in tracks] == [[0, 2, 3], [2, 3, 0], [3, 0, 2], [1, 4], [4, 1]]
+
+
+def test_a_score_graph_that_no_longer_matches_the_model_is_detected(hierarchy):
+    """If the model's scoring changes (e.g. a new global scorer) and the graph does not follow, the Recognizer's
+    load-time probe says so (it then answers with predict_topk) and the exporter has no graph to export."""
+    import copy
+
+    model = hierarchy[0]
+    assert graph_disagreement(ScoreGraph(model), model) is None
+    assert graph_disagreement(ScoreGraph(model, 1), model.with_m(1)) is None
+
+    class Rescored(type(model)):
+        def predict_topk(self, X, k=3, m=None):
+            pred = super().predict_topk(X, k, m)
+            pred.scores = pred.scores**2
+            return pred
+
+    changed = copy.copy(model)
+    changed.__class__ = Rescored
+    assert "scores differ" in graph_disagreement(ScoreGraph(changed), changed)
