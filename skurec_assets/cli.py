@@ -336,7 +336,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     failed = queued = 0
     for image in args.images:
         try:
-            out = rec.predict(image, review_queue=queue, explain=args.explain).to_dict()
+            out = rec.predict(image, review_queue=queue, explain=args.exemplars if args.explain else False).to_dict()
             queued += bool(out.get("queued_for_review"))
         except RecognizerError as exc:
             failed += 1
@@ -469,13 +469,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--threads", type=int, default=1, help="with --bundle: onnxruntime threads (default 1)")
     pr.add_argument(
         "--explain",
-        type=int,
-        nargs="?",
-        const=3,
-        default=0,
-        metavar="N",
-        help="also print, for each top-k SKU, its N (default 3) nearest training images (ids, URIs, similarity)",
+        action="store_true",
+        help="also print, for each top-k SKU, its nearest training images (ids, URIs, similarity)",
     )
+    pr.add_argument("--exemplars", type=int, default=3, help="with --explain: training images per SKU (default 3)")
     pr.set_defaults(func=cmd_predict)
 
     ex = sub.add_parser("export", help="write the edge bundle of a model (ONNX, parity-checked on validation images)")

@@ -26,6 +26,7 @@ from skurec.deployment.edge_export import (
     write_manifest,
 )
 from skurec.edge import BundleError, EdgeRunner, load_bundle
+from skurec.embeddings.cache import EmbeddingCache
 from skurec.encoders import load_encoder
 from skurec.models import DenseConfig, FineConfig, FlatPrototype, train_hierarchical
 from skurec.serving.recognizer import Recognizer
@@ -53,6 +54,7 @@ def _workdir(root: Path, flat: bool = False, options: dict | None = None) -> tup
     table = pd.DataFrame(rows)
     ws.write_table("images", table)
     X = enc.embed_images(images)
+    EmbeddingCache(ws)._write_part(enc.encoder_id, table["image_id"].tolist(), X)  # exemplars come from the cache
     y = table["sku_id"].to_numpy()
     tr = (table["split"] == "train").to_numpy()
     if flat:
@@ -222,6 +224,26 @@ def test_cli_export_and_predict_with_the_bundle(exported, tmp_path, capsys):
     torch_lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [e["sku_id"] for e in edge] == [t["sku_id"] for t in torch_lines] == ["sku-yellow", "sku-white"]
     assert [set(e) for e in edge] == [set(t) for t in torch_lines]
+    # --explain: the nearest training images of each top-k SKU (exemplars stored with the model)
+    assert main(["predict", paths[0], "--workdir", ws.root, "--device", "cpu", "--explain", "--exemplars", "2"]) == 0
+    line = json.loads(capsys.readouterr().out.strip())
+    expl = line["extra"]["explanations"]
+    assert sorted(expl) == sorted(t["sku_id"] for t in line["top_k"])
+    train_ids = {f"{s}-{i}" for s in SKUS for i in range(3, 10)}
+    for sku, near in expl.items():
+        assert len(near) == 2 and all(n["sku_id"] == sku and n["image_id"] in train_ids for n in near)
+        assert near[0]["similarity"] >= near[1]["similarity"] and near[0]["image_uri"].endswith(".png")
+    assert main(["predict", "--bundle", str(out), paths[0], "--explain"]) == 2
+    capsys.readouterr()
+    # the output says whether each image went to the review queue (both paths), and stderr counts the queue
+    queue_dir = tmp_path / "queue_ws"
+    for extra in (["--bundle", str(out)], ["--device", "cpu"]):
+        argv = ["predict", *extra, *paths, "--workdir", str(queue_dir) if extra[0] == "--bundle" else ws.root]
+        assert main([*argv, "--threshold", "1", "--review-queue"]) == 0
+        captured = capsys.readouterr()
+        lines = [json.loads(line) for line in captured.out.strip().splitlines()]
+        assert all(line["unknown"] and line["queued_for_review"] for line in lines)
+        assert "review queue: 2 image(s) queued by this run" in captured.err
     # a broken bundle: clear error, exit code 2
     (out / "labels.json").write_text("{}")
     assert main(["predict", "--bundle", str(out), paths[0]]) == 2
