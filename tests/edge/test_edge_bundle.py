@@ -176,8 +176,10 @@ def test_a_mismatched_bundle_fails_the_parity_check(exported, tmp_path):
     # a bundle whose embedding width does not fit the classifier is refused when opened
     enc_other = tmp_path / "wide"
     shutil.copytree(bundle, enc_other)
-    flat_ws, _ = _workdir(tmp_path / "flat", flat=True, options={"layers": 1})
-    export_from_workdir(flat_ws, tmp_path / "flat_bundle")
+    flat_ws, _ = _workdir(tmp_path / "flat", flat=True, options={"views": "tight", "layers": 1})
+    flat = export_from_workdir(flat_ws, tmp_path / "flat_bundle")  # the zoomed view and a GeM layer, as ONNX
+    assert flat["parity"]["top1_agreement"] == 1.0 and flat["encoder"]["options"]["views"] == "tight"
+    assert json.loads((tmp_path / "flat_bundle" / "preprocess.json").read_text())["layers"] == 1
     shutil.copy(tmp_path / "flat_bundle" / "encoder.onnx", enc_other / "encoder.onnx")
     write_manifest(
         enc_other, {k: v for k, v in json.loads((enc_other / "manifest.json").read_text()).items() if k != "files"}
