@@ -460,7 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--threshold",
         type=float,
         default=None,
-        help="top-1 score below which the answer is 'unknown' (default: the model's calibrated threshold, else 0.5)",
+        help="value of the model's unknown score (card recognition.unknown_score: the calibrated top-1 probability, or "
+        "the LDA energy) below which the answer is 'unknown' (default: the model's calibrated threshold, else 0.5)",
     )
     pr.add_argument("--review-queue", action="store_true", help="queue unknown predictions for labelling")
     pr.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
