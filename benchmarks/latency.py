@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         enc = rec.encoder
         model_desc = f"deployed model {rec.model_id} ({len(rec.model.classes)} classes)"
     else:
-        enc = load_encoder(args.encoder, device=args.device, views=args.views, layers=args.layers)
+        opts = {k: v for k, v in (("views", args.views), ("layers", args.layers)) if v is not None}
+        enc = load_encoder(args.encoder, device=args.device, **opts)  # unset options: the encoder's defaults
         t0 = time.perf_counter()
         model, card = synthetic_model(enc.dim, args.classes)
         card["encoder"] = {"encoder_id": enc.encoder_id}

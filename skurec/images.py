@@ -141,3 +141,45 @@ def inspect_image(data: bytes) -> ImageInfo:
     info = ImageInfo(width=img.size[0], height=img.size[1], mode=img.mode, format=str(img.format))
     decode_rgb(data, target_min_side=32)
     return info
+
+
+_RESAMPLE = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+def crop_normalize(
+    img: Image.Image,
+    resize_size: int,
+    input_size: int,
+    interpolation: str,
+    mean: tuple[float, float, float] | list[float],
+    std: tuple[float, float, float] | list[float],
+):
+    """An encoder's preprocessing, numpy + PIL only (the Recognizer's encoders and the edge runner share it): resize
+    the shorter side to ``resize_size``, centre crop ``input_size``, scale to [0, 1] and normalise -> ``(3, S, S)``
+    float32 array. Computed as ``x * (1 / (255 std)) + (-mean / std)`` in float32."""
+    import numpy as np
+
+    w, h = img.size
+    short = int(resize_size)
+    if w <= h:
+        new_w, new_h = short, max(short, int(short * h / w))
+    else:
+        new_w, new_h = max(short, int(short * w / h)), short
+    if (new_w, new_h) != (w, h):
+        img = img.resize((new_w, new_h), _RESAMPLE[interpolation])
+    s = int(input_size)
+    left = int(round((new_w - s) / 2.0))
+    top = int(round((new_h - s) / 2.0))
+    img = img.crop((left, top, left + s, top + s))
+    std64 = np.asarray(std, dtype=np.float64)
+    scale = (1.0 / (255.0 * std64)).astype(np.float32)
+    shift = (-np.asarray(mean, dtype=np.float64) / std64).astype(np.float32)
+    out = np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)).astype(np.float32)
+    out *= scale[:, None, None]  # (x / 255 - mean) / std  ==  x * scale + shift, in place (~6x faster)
+    out += shift[:, None, None]
+    return out

@@ -23,6 +23,7 @@ relative to the work directory (``Workspace`` resolves them, locally or on objec
       models/<model_id>/                  immutable model bundles; models/deployed.json; models/history/;
                                           models/card_digests/ (each card's SHA-256)
       review_queue/                       low-confidence predictions waiting for a label
+      edge/<model_id>/                    the deployed model's edge bundle (ONNX + manifest, skurec.edge runs it)
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ SUPERCLASSES_PNG = f"{REPORTS_DIR}/superclasses.png"
 EVALUATION_JSON = f"{REPORTS_DIR}/evaluation.json"
 EVALUATION_MD = f"{REPORTS_DIR}/evaluation.md"
 CONFUSION_PNG = f"{REPORTS_DIR}/confusion_similar.png"
+ERROR_GALLERY_PNG = f"{REPORTS_DIR}/error_gallery.png"
 
 # ------------------------------------------------------------------------------------------------ deployment
 CANDIDATES_DIR = "candidates"
@@ -108,9 +110,13 @@ MODEL_CARD_DIGESTS_DIR = f"{MODELS_DIR}/card_digests"
 #: inside a model bundle: the exact (image_id, sku_id, split, added_by) table that built the model
 BUNDLE_LINEAGE_DIR = "lineage"
 BUNDLE_TRAINING_TABLE = f"{BUNDLE_LINEAGE_DIR}/training_images.parquet"
+BUNDLE_EXEMPLARS_DIR = "exemplars"  # nearest-training-image explanations (skurec.deployment.explain)
+BUNDLE_EXEMPLARS_VECTORS = f"{BUNDLE_EXEMPLARS_DIR}/vectors.safetensors"
+BUNDLE_EXEMPLARS_INDEX = f"{BUNDLE_EXEMPLARS_DIR}/index.json"
 
 # ------------------------------------------------------------------------------------------------ serving
 REVIEW_QUEUE_DIR = "review_queue"
+EDGE_DIR = "edge"
 
 
 def table_path(name: str) -> str:
@@ -143,6 +149,10 @@ def model_dir(model_id: str) -> str:
 
 def card_digest_record(model_id: str) -> str:
     return f"{MODEL_CARD_DIGESTS_DIR}/{model_id}.json"
+
+
+def edge_bundle_dir(model_id: str) -> str:
+    return f"{EDGE_DIR}/{model_id}"
 
 
 # ------------------------------------------------------------------------------------------------ typed readers

@@ -374,27 +374,98 @@ def _print_deployed(workdir: Path) -> None:
     print(f"try it:  skurec predict --workdir {workdir} IMAGE.jpg     lineage:  skurec lineage --workdir {workdir}")
 
 
+def _print_queue_status(queue, n_queued: int) -> None:
+    if queue is not None:
+        print(
+            f"review queue: {n_queued} image(s) queued by this run, {len(queue)} item(s) waiting in "
+            f"{queue.ws.root_uri}/{layout.REVIEW_QUEUE_DIR}",
+            file=sys.stderr,
+        )
+
+
+def cmd_predict_bundle(args: argparse.Namespace) -> int:
+    """``skurec predict --bundle DIR``: the edge runner (onnxruntime), the same JSON lines as the Recognizer."""
+    from skurec.edge import BundleError, EdgeRunner
+    from skurec.edge.runner import EdgeInputError
+
+    if args.explain:
+        print("error: --explain needs the model's exemplars: use it without --bundle", file=sys.stderr)
+        return 2
+    try:
+        runner = EdgeRunner(args.bundle, threads=args.threads, top_k=args.top_k, threshold=args.threshold)
+    except (BundleError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    queue = None
+    if args.review_queue:
+        from skurec.serving.review_queue import ReviewQueue
+        from skurec.store.workspace import Workspace
+
+        queue = ReviewQueue(Workspace(str(Path(args.workdir).resolve())))
+    failed = queued = 0
+    for image in args.images:
+        try:
+            out = runner.predict(image, review_queue=queue)
+            queued += bool(out.get("queued_for_review"))
+            _add_tier(out, runner.tiers)
+        except EdgeInputError as exc:
+            failed += 1
+            out = {"image": image, "error": str(exc)}
+        print(json.dumps(out, sort_keys=True), flush=True)
+    _print_queue_status(queue, queued)
+    return 1 if failed else 0
+
+
+def _add_tier(out: dict, tiers: dict) -> None:
+    """Which tier of the catalogue the answer came from (head / tail), on both predict paths."""
+    if out.get("sku_id") in tiers:
+        out["tier"] = tiers[out["sku_id"]]
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``skurec export --out DIR``: the edge bundle of a model, refused unless it passes the parity check."""
+    from skurec.serving.edge_export import EdgeExportConfig, ParityError, export_from_workdir
+    from skurec.serving.recognizer import RecognizerError
+
+    _existing_workspace(args.workdir)  # a reader: never creates the work directory
+    config = EdgeExportConfig(max_images=args.max_images)
+    checkpoint = args.checkpoint or os.environ.get("SKUREC_ENCODER_CHECKPOINT") or None
+    try:
+        manifest = export_from_workdir(
+            Path(args.workdir).resolve(), args.out, args.model, checkpoint=checkpoint, config=config, quantize=args.int8
+        )
+    except (ParityError, RecognizerError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        json.dumps({"bundle": str(args.out), **{k: manifest[k] for k in ("model_id", "precision", "parity")}}, indent=2)
+    )
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from skurec.serving.recognizer import Recognizer, RecognizerError
     from skurec.serving.review_queue import ReviewQueue
 
+    if args.bundle:
+        return cmd_predict_bundle(args)
     ws = _existing_workspace(args.workdir)
     checkpoint = args.checkpoint or os.environ.get("SKUREC_ENCODER_CHECKPOINT") or None
     rec = Recognizer.from_workdir(
         ws, args.model, device=args.device, checkpoint=checkpoint, top_k=args.top_k, threshold=args.threshold
     )
     queue = ReviewQueue(ws) if args.review_queue else None
-    failed = 0
+    failed = queued = 0
     for image in args.images:
         try:
-            out = rec.predict(image, review_queue=queue).to_dict()
-            tiers = (rec.card.get("classes") or {}).get("tiers") or {}
-            if out.get("sku_id") in tiers:  # which tier of the catalogue the answer came from (head / tail)
-                out["tier"] = tiers[out["sku_id"]]
+            out = rec.predict(image, review_queue=queue, explain=args.exemplars if args.explain else False).to_dict()
+            queued += bool(out.get("queued_for_review"))
+            _add_tier(out, (rec.card.get("classes") or {}).get("tiers") or {})
         except RecognizerError as exc:
             failed += 1
             out = {"image": image, "error": str(exc)}
         print(json.dumps(out, sort_keys=True), flush=True)
+    _print_queue_status(queue, queued)
     return 1 if failed else 0
 
 
@@ -553,12 +624,41 @@ def build_parser() -> argparse.ArgumentParser:
         "--threshold",
         type=float,
         default=None,
-        help="top-1 score below which the answer is 'unknown' (default: the model's calibrated threshold, else 0.5)",
+        help="value of the model's unknown score (card recognition.unknown_score: the calibrated top-1 probability, or "
+        "the LDA energy) below which the answer is 'unknown' (default: the model's calibrated threshold, else 0.5)",
     )
     pr.add_argument("--review-queue", action="store_true", help="queue unknown predictions for labelling")
     pr.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     pr.add_argument("--checkpoint", help="encoder weights file, for checkpoint-based encoders")
+    pr.add_argument("--bundle", help="answer with this edge bundle (onnxruntime; see `skurec export`) instead of torch")
+    pr.add_argument("--threads", type=int, default=1, help="with --bundle: onnxruntime threads (default 1)")
+    pr.add_argument(
+        "--explain",
+        action="store_true",
+        help="also print, for each top-k SKU, its nearest training images (ids, URIs, similarity)",
+    )
+    pr.add_argument("--exemplars", type=int, default=3, help="with --explain: training images per SKU (default 3)")
     pr.set_defaults(func=cmd_predict)
+
+    ex = sub.add_parser(
+        "export",
+        parents=[common],
+        help="write the edge bundle of a model (ONNX, parity-checked on validation images)",
+    )
+    ex.add_argument("--workdir", default=default_workdir, help=workdir_help)
+    ex.add_argument("--model", help="model id (default: the deployed model)")
+    ex.add_argument("--out", required=True, help="bundle directory to write (replaced)")
+    ex.add_argument(
+        "--int8",
+        nargs="?",
+        const="static",
+        choices=["static", "dynamic"],
+        help="int8 encoder: static (default; activations calibrated on training images) or dynamic quantisation; "
+        "refused above 0.5 point of validation top-1 loss",
+    )
+    ex.add_argument("--max-images", type=int, default=None, help="check parity on at most N validation images")
+    ex.add_argument("--checkpoint", help="encoder weights file, for checkpoint-based encoders")
+    ex.set_defaults(func=cmd_export)
 
     li = sub.add_parser(
         "lineage", parents=[common], help="print a model card: data, batches, encoder, code, config, evaluation"

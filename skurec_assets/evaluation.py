@@ -16,6 +16,7 @@ from skurec.evaluation import (
 )
 from skurec.layout import (
     CONFUSION_PNG,
+    ERROR_GALLERY_PNG,
     EVALUATION_JSON,
     EVALUATION_MD,
     FLAT_LINEAR_DIR,
@@ -37,6 +38,32 @@ class EvaluationConfig(dg.Config):
     # Routing width of the soft hierarchical model; None: the model's own (the width that is deployed). m=1 is always
     # reported too, as hierarchical_hard.
     route_m: int | None = None
+
+
+def _error_gallery(ws, data, split, y_pred, groups) -> bytes:
+    """Query photo beside the nearest training photos of the predicted and of the true SKU, for the errors in the
+    worst look-alike groups (skurec.deployment.explain.error_gallery_png)."""
+    from skurec.deployment.explain import error_gallery_png, gallery_rows
+    from skurec.evaluation import worst_similar_groups
+    from skurec.store.workspace import read_uri_bytes
+
+    worst = worst_similar_groups(split.y, y_pred, groups)
+    rows = gallery_rows(
+        split.X, split.y, y_pred, data.train.X, data.train.y, sorted({s for _, m, _ in worst for s in m})
+    )
+    images = ws.read_table("images", columns=["image_id", "image_uri"])
+    uris = dict(zip(images["image_id"].astype(str), images["image_uri"].astype(str)))
+
+    def loader(ids):
+        def load(i):
+            try:
+                return read_uri_bytes(uris[ids[i]], storage_options=ws.storage_options)
+            except Exception:  # an unreadable image becomes a grey tile, never a failed report
+                return None
+
+        return load
+
+    return error_gallery_png(rows, loader(split.image_ids), loader(data.train.image_ids))
 
 
 @dg.asset(
@@ -102,6 +129,8 @@ def evaluation_report(
     ws.write_json(EVALUATION_JSON, result)
     ws.write_text(EVALUATION_MD, markdown)
     ws.write_bytes(CONFUSION_PNG, png)
+    gallery = _error_gallery(ws, data, split, preds["hierarchical_soft"].labels[:, 0], groups)
+    ws.write_bytes(ERROR_GALLERY_PNG, gallery)
 
     flat = {}
     for variant, block in result["variants"].items():
@@ -142,6 +171,7 @@ def evaluation_report(
                 markdown.replace("![confusion among the worst similar groups](confusion_similar.png)", "")
             ),
             "confusion_similar": dg.MetadataValue.md(png_markdown(png, "confusion among the worst similar groups")),
+            "error_gallery": dg.MetadataValue.md(png_markdown(gallery, "errors in the worst look-alike groups")),
             "hierarchy_wrong_where_flat_right": dg.MetadataValue.md(
                 markdown_table(lost_rows, ["sku", "images wrong (flat right)"]) if lost_rows else "(none)"
             ),

@@ -11,15 +11,16 @@ import pandas as pd
 
 from skurec.deployment.card import model_card_markdown
 from skurec.deployment.training_table import TABLE_COLUMNS, table_from_parquet, table_to_parquet
-from skurec.layout import BUNDLE_LINEAGE_DIR, BUNDLE_TRAINING_TABLE
+from skurec.layout import BUNDLE_EXEMPLARS_DIR, BUNDLE_LINEAGE_DIR, BUNDLE_TRAINING_TABLE
 from skurec.models import load_classifier
 from skurec.store.model_store import ModelRecord, ModelStore, new_model_id, now_iso, sha256_hex
 from skurec.store.workspace import Workspace
 
 
 def model_files_only(files: Mapping[str, bytes]) -> dict[str, bytes]:
-    """A bundle's files without the lineage side files (what ``load_classifier`` needs)."""
-    return {k: v for k, v in files.items() if not k.startswith(BUNDLE_LINEAGE_DIR + "/")}
+    """A bundle's files without the lineage and exemplar side files (what ``load_classifier`` needs)."""
+    side = (BUNDLE_LINEAGE_DIR + "/", BUNDLE_EXEMPLARS_DIR + "/")
+    return {k: v for k, v in files.items() if not k.startswith(side)}
 
 
 def publish_model(
@@ -31,8 +32,11 @@ def publish_model(
     """
     model_id = model_id or new_model_id(prefix)
     table = table.assign(added_by=table["added_by"].fillna(model_id) if "added_by" in table else model_id)
+    from skurec.deployment.explain import exemplar_files
+
     files = dict(model.to_files())
     files[BUNDLE_TRAINING_TABLE] = table_to_parquet(table)
+    files.update(exemplar_files(ws, card, table))  # nearest training images per SKU, when the embeddings are cached
     store = ModelStore(ws)
     # The markdown needs the file hashes the store adds; render it from the final card.
     final = {**card, "model_id": model_id, "files": {n: sha256_hex(b) for n, b in sorted(files.items())}}
@@ -46,6 +50,7 @@ class PublishedModel:
     model: Any
     card: dict
     table: pd.DataFrame
+    exemplars: Any = None  # skurec.deployment.explain.Exemplars, when the bundle has them
 
 
 def load_published(ws: Workspace, model_id: str, device: str | None = "cpu") -> PublishedModel:
@@ -59,4 +64,6 @@ def load_published(ws: Workspace, model_id: str, device: str | None = "cpu") -> 
         if BUNDLE_TRAINING_TABLE in files
         else pd.DataFrame(columns=TABLE_COLUMNS)
     )
-    return PublishedModel(model_id, model, card, table)
+    from skurec.deployment.explain import Exemplars
+
+    return PublishedModel(model_id, model, card, table, Exemplars.from_files(files))

@@ -22,11 +22,11 @@ import pandas as pd
 
 from skurec import layout
 from skurec.deployment.bundle import PublishedModel, load_published, publish_model
+from skurec.deployment.calibration import calibrate_threshold
 from skurec.deployment.card import batches_of, build_model_card
 from skurec.deployment.gate import GateConfig, GateReport, evaluate_gate, gate_key
 from skurec.deployment.training_table import TABLE_COLUMNS, LineageError, image_ids_sha256
 from skurec.models import load_classifier
-from skurec.serving.calibration import calibrate_threshold
 from skurec.store.artifacts import files_digest, read_files
 from skurec.store.model_store import ModelStore, new_model_id, now_iso
 from skurec.store.workspace import Workspace

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from skurec.images import crop_normalize
+
 # Test-time view recipes: each view is a deterministic transform of the preprocessed crop; the embedding is the mean
 # of the per-view (L2-normalised) embeddings, re-normalised. "zoom" = the central ZOOM_FRACTION of the crop resized
 # back to input_size (a closer look at label text / colour accents); "tight" = that zoomed view alone (one forward).
@@ -106,14 +108,6 @@ def resize_size_for(input_size: int, crop_pct: float) -> int:
     return int(math.floor(input_size / crop_pct))
 
 
-_PIL_INTERPOLATION = {
-    "bicubic": Image.Resampling.BICUBIC,
-    "bilinear": Image.Resampling.BILINEAR,
-    "nearest": Image.Resampling.NEAREST,
-    "lanczos": Image.Resampling.LANCZOS,
-}
-
-
 class FrozenEncoder:
     """A frozen image encoder: PIL image -> L2-normalised float32 embedding.
 
@@ -186,9 +180,6 @@ class FrozenEncoder:
         self.encoder_id = self._make_encoder_id()
         # Per-backbone affine conversion from this encoder's normalisation to the backbone's own one.
         self._renorm = [self._renorm_for(b) for b in self.backbones]
-        std = np.asarray(self.std, dtype=np.float64)
-        self._scale = (1.0 / (255.0 * std)).astype(np.float32)
-        self._shift = (-np.asarray(self.mean, dtype=np.float64) / std).astype(np.float32)
 
     # ------------------------------------------------------------------ identity
     def options(self) -> dict[str, Any]:
@@ -265,22 +256,7 @@ class FrozenEncoder:
             raise ValueError(
                 f"preprocess expects an RGB image, got mode {img.mode!r}; decode with skurec.images.decode_rgb"
             )
-        w, h = img.size
-        short = self.resize_size
-        if w <= h:
-            new_w, new_h = short, max(short, int(short * h / w))
-        else:
-            new_w, new_h = max(short, int(short * w / h)), short
-        if (new_w, new_h) != (w, h):
-            img = img.resize((new_w, new_h), _PIL_INTERPOLATION[self.interpolation])
-        s = self.input_size
-        left = int(round((new_w - s) / 2.0))
-        top = int(round((new_h - s) / 2.0))
-        img = img.crop((left, top, left + s, top + s))
-        chw = np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))  # uint8 (3, H, W)
-        out = chw.astype(np.float32)
-        out *= self._scale[:, None, None]  # (x / 255 - mean) / std  ==  x * scale + shift, in place (~6x faster)
-        out += self._shift[:, None, None]
+        out = crop_normalize(img, self.resize_size, self.input_size, self.interpolation, self.mean, self.std)
         return torch.from_numpy(out)
 
     # ------------------------------------------------------------------ inference

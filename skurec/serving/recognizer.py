@@ -8,32 +8,33 @@ the encoder's own latency (``benchmarks/latency.py`` measures it).
 
 Predictions whose top-1 score (the hierarchical model's ``p(superclass) * p(SKU | superclass)``) is below
 ``threshold`` (default: the model's threshold calibrated on its validation split, see
-:func:`skurec.serving.calibration.calibrate_threshold`) are flagged ``unknown`` instead of guessed;
+:func:`skurec.deployment.calibration.calibrate_threshold`) are flagged ``unknown`` instead of guessed;
 :class:`skurec.serving.review_queue.ReviewQueue` collects them so a person can label them and drop them back in as a batch.
 No Dagster import here.
 """
 
 from __future__ import annotations
 
-import io
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from skurec.deployment.bundle import load_published
-from skurec.images import ImageRejected, decode_rgb, sha256_bytes
+from skurec.deployment.scoring import ScoreGraph, ScoringUnsupported, graph_disagreement, score_arrays
+from skurec.edge.decide import UNKNOWN, decide, fuse_track
+from skurec.edge.inputs import ImageInput, as_rgb, encode_png
+from skurec.images import sha256_bytes
 from skurec.store.model_store import ModelStore
 from skurec.store.workspace import Workspace
 
-ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
-
 DEFAULT_THRESHOLD = 0.5
-UNKNOWN = "unknown"
+logger = logging.getLogger("skurec.serving")
 
 
 class RecognizerError(RuntimeError):
@@ -55,57 +56,20 @@ class Recognition:
     image: str | None = None
     image_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    queued_for_review: bool | None = None  # set when a review queue was given: was this image queued?
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         if not d["extra"]:
             d.pop("extra")
+        if d["queued_for_review"] is None:
+            d.pop("queued_for_review")
         return d
 
 
 def _as_rgb(image: ImageInput, min_side: int) -> tuple[Image.Image, bytes | None, str | None]:
-    """Decode any supported input into an RGB PIL image; returns (image, raw bytes if any, display name)."""
-    if isinstance(image, (str, os.PathLike)):
-        path = os.fspath(image)
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as exc:
-            raise RecognizerError(f"cannot read image {path!r}: {exc}") from exc
-        return _decode(data, min_side, path), data, path
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        data = bytes(image)
-        return _decode(data, min_side, "<bytes>"), data, None
-    if isinstance(image, Image.Image):
-        return (image if image.mode == "RGB" else image.convert("RGB")), None, None
-    if isinstance(image, np.ndarray):
-        arr = image
-        if arr.ndim == 2:
-            arr = np.stack([arr] * 3, axis=-1)
-        if arr.ndim != 3 or arr.shape[2] not in (3, 4):
-            raise RecognizerError(f"a numpy image must be (H, W), (H, W, 3) or (H, W, 4); got shape {image.shape}")
-        if arr.dtype != np.uint8:
-            if np.issubdtype(arr.dtype, np.floating) and arr.size and float(np.nanmax(arr)) <= 1.0:
-                arr = arr * 255.0
-            arr = np.clip(np.nan_to_num(arr), 0, 255).astype(np.uint8)
-        img = Image.fromarray(np.ascontiguousarray(arr))
-        return (img if img.mode == "RGB" else img.convert("RGB")), None, None
-    raise RecognizerError(
-        f"unsupported image input {type(image).__name__}; pass a path, bytes, a PIL image or a numpy array"
-    )
-
-
-def _decode(data: bytes, min_side: int, name: str) -> Image.Image:
-    try:
-        return decode_rgb(data, target_min_side=min_side)
-    except ImageRejected as exc:
-        raise RecognizerError(f"{name} is not a usable image: {exc.reason} ({exc.detail})") from exc
-
-
-def _encode_png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
+    """Decode any supported input into an RGB PIL image (the edge runner's decoder: one code path for both)."""
+    return as_rgb(image, min_side, RecognizerError)
 
 
 class Recognizer:
@@ -121,13 +85,15 @@ class Recognizer:
         threshold: float | None = None,
         m: int | None = None,
         model_id: str | None = None,
+        exemplars: Any | None = None,
     ):
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
-        if threshold is None:  # the model's calibrated threshold (see skurec.serving.calibration.calibrate_threshold)
-            threshold = (card.get("recognition") or {}).get("threshold")
+        self.recognition: dict[str, Any] = dict(card.get("recognition") or {})
+        if threshold is None:  # the model's calibrated threshold (see skurec.deployment.calibration)
+            threshold = self.recognition.get("threshold")
             threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
-        if not 0.0 <= threshold <= 1.0:
+        if self.recognition.get("unknown_score", "max_prob") == "max_prob" and not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")
         want = (card.get("encoder") or {}).get("encoder_id")
         if want and encoder.encoder_id != want:
@@ -145,7 +111,22 @@ class Recognizer:
         self.m = m
         self.model_id = model_id or card.get("model_id", "")
         self.names: dict[str, str] = dict((card.get("classes") or {}).get("names") or {})
+        self.exemplars = exemplars  # skurec.deployment.explain.Exemplars (nearest training images per SKU) or None
         self._min_side = int(encoder.min_decode_side)
+        try:  # every SKU's score as one torch graph (what the edge bundle exports); None: the model's predict_topk
+            self.graph: ScoreGraph | None = ScoreGraph(model, m)
+        except ScoringUnsupported:
+            self.graph = None
+        if self.graph is not None:
+            why = graph_disagreement(self.graph, model)
+            if why is not None:  # a model whose scoring changed without skurec.deployment.scoring: answer as before
+                logger.warning(
+                    "score graph of %s disagrees with its predict_topk (%s): answering with predict_topk, without "
+                    "calibration, explanations of the full posterior or edge export",
+                    self.model_id,
+                    why,
+                )
+                self.graph = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -183,7 +164,16 @@ class Recognizer:
         published = load_published(ws, model_id, device=device or "cpu")
         if encoder is None:
             encoder = load_encoder_for_card(published.card, device=device, checkpoint=checkpoint)
-        return cls(published.model, published.card, encoder, top_k=top_k, threshold=threshold, m=m, model_id=model_id)
+        return cls(
+            published.model,
+            published.card,
+            encoder,
+            top_k=top_k,
+            threshold=threshold,
+            m=m,
+            model_id=model_id,
+            exemplars=published.exemplars,
+        )
 
     # ------------------------------------------------------------------ inference
     def embed(self, images: Sequence[ImageInput]) -> np.ndarray:
@@ -193,14 +183,30 @@ class Recognizer:
             return np.zeros((0, self.encoder.dim), dtype=np.float32)
         return self.encoder.forward_batch(torch.stack(tensors)).numpy()
 
-    def predict(self, image: ImageInput, review_queue: Any | None = None) -> Recognition:
-        """Recognise one image. With ``review_queue``, an ``unknown`` result is also queued for labelling."""
+    def explain(self, emb: np.ndarray, rec: Recognition, n: int = 3) -> dict[str, list[dict[str, Any]]]:
+        """For each of ``rec``'s top-k SKUs, its ``n`` training exemplars nearest to the embedding ``emb`` (d,):
+        ``{sku_id: [{image_id, sku_id, image_uri, similarity}, ...]}``."""
+        if self.exemplars is None:
+            raise RecognizerError(
+                f"model {self.model_id} has no exemplars (published without cached training embeddings); "
+                "explanations need a model published by the pipeline"
+            )
+        return self.exemplars.nearest(emb, [t["sku_id"] for t in rec.top_k], n)
+
+    def predict(self, image: ImageInput, review_queue: Any | None = None, explain: bool | int = False) -> Recognition:
+        """Recognise one image. With ``review_queue``, an ``unknown`` result is also queued for labelling; with
+        ``explain`` (True or the number of exemplars per SKU), ``extra["explanations"]`` holds the nearest training
+        images of each top-k SKU (:meth:`explain`)."""
         img, data, name = _as_rgb(image, self._min_side)
         x = self.encoder.preprocess(img).unsqueeze(0)
         emb = self.encoder.forward_batch(x).numpy()
         rec = self._results(emb, [name], [data])[0]
-        if review_queue is not None and rec.unknown:
-            review_queue.add(rec, data if data is not None else _encode_png(img))
+        if explain:
+            rec.extra["explanations"] = self.explain(emb[0], rec, 3 if explain is True else int(explain))
+        if review_queue is not None:
+            rec.queued_for_review = bool(rec.unknown)
+            if rec.unknown:
+                review_queue.add(rec, data if data is not None else encode_png(img))
         return rec
 
     def predict_many(
@@ -216,14 +222,53 @@ class Recognizer:
             recs = self._results(emb, [n for _, _, n in decoded], [d for _, d, _ in decoded])
             if review_queue is not None:
                 for rec, (img, data, _) in zip(recs, decoded):
+                    rec.queued_for_review = bool(rec.unknown)
                     if rec.unknown:
-                        review_queue.add(rec, data if data is not None else _encode_png(img))
+                        review_queue.add(rec, data if data is not None else encode_png(img))
             out.extend(recs)
         return out
+
+    def scores(self, emb: np.ndarray) -> dict[str, np.ndarray]:
+        """The score graph's outputs (``log_scores``, ``energy``, ``distance``) for ``(n, d)`` embeddings."""
+        if self.graph is None:
+            raise RecognizerError(f"model kind {getattr(self.model, 'KIND', '?')} has no score graph")
+        return score_arrays(self.graph, np.ascontiguousarray(emb, dtype=np.float32))
+
+    def _decide(self, outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+        sc = getattr(self.model, "sc_of_index", None)
+        return decide(
+            outputs,
+            self.model.classes,
+            None if sc is None else sc.tolist(),
+            self.recognition,
+            self.top_k,
+            self.threshold,
+            self.graph.info.score_is_log,
+            self.names,
+        )
+
+    def predict_track(self, frames: Sequence[ImageInput]) -> Recognition:
+        """Several frames of one product (the cart moving past it) -> one answer from the fused evidence: the sum of
+        the frames' calibrated log-posteriors, the unknown decision made on the fused score."""
+        if not frames:
+            raise RecognizerError("a track needs at least one frame")
+        emb = self.embed(frames)
+        ans = self._decide(fuse_track(self.scores(emb), self.recognition))[0]
+        ans.pop("unknown_score")
+        return Recognition(**ans, model_id=self.model_id, threshold=self.threshold, extra={"n_frames": len(frames)})
 
     def _results(
         self, emb: np.ndarray, names: Sequence[str | None], datas: Sequence[bytes | None]
     ) -> list[Recognition]:
+        if self.graph is not None:
+            out = []
+            for i, ans in enumerate(self._decide(self.scores(emb))):
+                ans.pop("unknown_score")
+                iid = sha256_bytes(datas[i]) if datas[i] is not None else None
+                out.append(
+                    Recognition(**ans, model_id=self.model_id, threshold=self.threshold, image=names[i], image_id=iid)
+                )
+            return out
         kwargs = {} if self.m is None else {"m": self.m}
         pred = self.model.predict_topk(emb, k=self.top_k, **kwargs)
         sc = pred.superclass if pred.superclass is not None else np.full(len(emb), -1)

@@ -99,6 +99,28 @@ def test_the_core_package_has_no_import_cycle() -> None:
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
+#: stage packages and the packages each may not import: the cart's ``serving`` sits on top of ``deployment``, the
+#: models below both, the stand-alone edge runner imports none of them
+FORBIDDEN = {
+    "skurec.deployment": ("skurec.serving",),
+    "skurec.models": ("skurec.deployment", "skurec.serving", "skurec.embeddings", "skurec.catalogue", "skurec.edge"),
+    "skurec.edge": ("skurec.models", "skurec.deployment", "skurec.serving", "skurec.embeddings", "skurec.encoders"),
+}
+
+
+def test_no_arrow_runs_up_between_stage_packages() -> None:
+    graph = package_graph()
+    bad = [
+        f"{m} imports {t}"
+        for m, targets in graph.items()
+        for pkg, banned in FORBIDDEN.items()
+        if m == pkg or m.startswith(pkg + ".")
+        for t in targets
+        if any(t == b or t.startswith(b + ".") for b in banned)
+    ]
+    assert not bad, bad
+
+
 def test_models_leaves_and_top() -> None:
     graph = package_graph()
     for leaf in ("skurec.models._common", "skurec.models.serialization"):

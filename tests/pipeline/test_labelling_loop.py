@@ -31,6 +31,7 @@ from support.s3server import s3  # noqa: F401  (fixture)
 
 
 def test_two_batches_flow_through_sensor_automation_fast_path_and_gate(tmp_path):
+    from skurec.layout import ERROR_GALLERY_PNG
     from skurec.serving.recognizer import Recognizer
     from skurec.store.model_store import ModelStore
     from skurec.store.workspace import Workspace
@@ -50,6 +51,7 @@ def test_two_batches_flow_through_sensor_automation_fast_path_and_gate(tmp_path)
     assert initial_build(defs, instance).success
     first = store.deployed_id()
     assert first is not None and store.card(first)["source"] == "full_rebuild"
+    assert ws.read_bytes(ERROR_GALLERY_PNG).startswith(b"\x89PNG")  # errors beside their nearest exemplars
     # The graph says candidate_model reads the evaluation: its card always carries the evaluation of that very model.
     evaluation = store.card(first)["evaluation"]
     assert any(k.startswith("eval/") and k.endswith("/hierarchical_soft/top1") for k in evaluation), evaluation
@@ -69,9 +71,10 @@ def test_two_batches_flow_through_sensor_automation_fast_path_and_gate(tmp_path)
     assert list(p1.batch_runs) == ["batch-1"]
     assert instance.get_dynamic_partitions("labelled_batches") == ["batch-1"]
     assert [keys for keys, _ in p1.automation_runs] == [
-        ["audited_catalogue", "candidate_model", "deployed_model", "image_embeddings"]
+        ["audited_catalogue", "candidate_model", "deployed_model", "edge_bundle", "image_embeddings"]
     ]
     run1 = p1.automation_runs[0][1]
+    assert asset_metadata(run1, "edge_bundle")["status"] == "exported"  # the cart's bundle follows the deployment
     assert asset_metadata(run1, "image_embeddings")["n_computed"] == 6
     after_1 = store.deployed_id()
     assert after_1 != first and store.card(after_1)["source"] == "fast_path"

@@ -232,7 +232,7 @@ def test_pipeline_and_a_labelled_batch_on_postgres(postgres, pg_home, tmp_path):
         loop = run_loop_in_process(defs, instance, automation_cursor=prime.cursor)
         assert loop.success and list(loop.batch_runs) == ["batch-1"]
         assert [keys for keys, _ in loop.automation_runs] == [
-            ["audited_catalogue", "candidate_model", "deployed_model", "image_embeddings"]
+            ["audited_catalogue", "candidate_model", "deployed_model", "edge_bundle", "image_embeddings"]
         ]
         batch_run = loop.batch_runs["batch-1"].run_id
         auto_run = loop.automation_runs[0][1].run_id
