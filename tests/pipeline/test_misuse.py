@@ -422,3 +422,46 @@ def test_item11_symlinked_sku_folders_are_read_or_quarantined_never_skipped(tmp_
     allowed = import_catalogue(str(root), allow=[str(elsewhere)]).rows
     assert allowed.loc[allowed["sku_id"] == "linked-outside", "import_error"].isna().all()
     assert (allowed["sku_id"] == "linked-outside").sum() == 2
+
+
+def test_item10_an_images_split_never_changes_when_a_batch_arrives(tmp_path):
+    """The audit's "class without val" override used to move: a new image hashing to val sent the override image
+    back to train. Images already audited keep their split."""
+    import hashlib
+
+    from skurec.catalogue.audit import AuditConfig, audit, split_hash
+    from skurec.catalogue.importer import import_catalogue
+
+    cfg = AuditConfig(min_samples=2)
+    pool = {}
+    for seed in range(400):
+        data = sku_png("sku-red", seed)
+        pool[seed] = split_hash(hashlib.sha256(data).hexdigest(), cfg.split_salt)
+    train_like = [s for s, h in pool.items() if h >= cfg.val_fraction][:4]
+    val_like = [s for s, h in pool.items() if h < cfg.val_fraction][:1]
+    cat = tmp_path / "cat"
+    (cat / "a").mkdir(parents=True)
+    for s in train_like:
+        (cat / "a" / f"{s}.png").write_bytes(sku_png("sku-red", s))
+    import dagster as dg
+
+    from skurec_assets.ingest import audited_catalogue
+    from skurec_resources import CatalogueResource, StorageResource
+
+    def audited():
+        resources = {
+            "storage": StorageResource(workdir=str(tmp_path / "work")),
+            "catalogue": CatalogueResource(location=str(cat), min_samples=cfg.min_samples),
+        }
+        assert dg.materialize([audited_catalogue], resources=resources).success
+        return Workspace(str(tmp_path / "work")).read_table("images").set_index("image_id")["split"]
+
+    first = audited()
+    assert (first == "val").sum() == 1  # the override gave the class its validation image
+    for s in val_like:  # a batch brings an image that hashes to val
+        (cat / "a" / f"{s}.png").write_bytes(sku_png("sku-red", s))
+    again = audited()
+    assert len(again) == len(first) + 1
+    assert again.loc[first.index].to_dict() == first.to_dict()
+    stateless = audit(import_catalogue(str(cat)).rows, cfg).images.set_index("image_id")["split"]
+    assert stateless.loc[first.index].to_dict() != first.to_dict()  # what the audit did before: the override moved
