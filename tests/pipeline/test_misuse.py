@@ -174,6 +174,32 @@ def test_item2_two_concurrent_demos_on_one_fresh_workdir(built, tmp_path):
     assert len(history) == 1 and history[0]["previous_model_id"] is None
 
 
+def test_item2_a_running_ui_holds_the_lock(copy):
+    """The UI's daemon writes the work directory too: `skurec run` beside a running `skurec ui` is refused."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "skurec_assets.cli", "ui", "--workdir", str(copy), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=_env(),
+        cwd=REPO,
+        start_new_session=True,
+    )
+    try:
+        assert "Dagster UI on" in ui.stdout.readline()  # printed once the lock is held
+        assert_one_line_error(skurec("run", "--workdir", str(copy), timeout=120), f"pid {ui.pid}", "skurec ui")
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        try:
+            ui.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(ui.pid, signal.SIGKILL)
+            ui.wait(timeout=30)
+
+
 # ------------------------------------------------------------------------------------------------ 4. kill leftovers
 DEAD_RUN_SCRIPT = textwrap.dedent(
     """
