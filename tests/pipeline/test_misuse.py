@@ -335,7 +335,7 @@ def test_item8_model_and_bundle_errors_are_one_line(built, copy):
     weights.write_bytes(bytes(data))
     assert_one_line_error(skurec("predict", img, "--workdir", str(copy)), "modified after training")
     weights.unlink()
-    assert_one_line_error(skurec("predict", img, "--workdir", str(copy)), weights.name)
+    assert_one_line_error(skurec("predict", img, "--workdir", str(copy)), weights.name, "missing", "Restore")
 
 
 def test_item8_add_batch_on_a_non_demo_catalogue(copy):
