@@ -568,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        message = user_error(exc)
+        message = user_error(exc, getattr(args, "workdir", None))
         if verbose or message is None and os.environ.get("SKUREC_TRACEBACK"):
             raise
         if message is None:  # a bug: still one line, with how to see more
