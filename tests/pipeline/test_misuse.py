@@ -200,6 +200,48 @@ def test_item2_a_running_ui_holds_the_lock(copy):
             ui.wait(timeout=30)
 
 
+# ------------------------------------------------------------------------------------------------ 3. full disk
+def test_item3_rerun_on_a_full_tmpfs_says_no_space_and_keeps_the_audit_whole(built, tmp_path):
+    """The issue's case: a good build, then a re-run with a bigger catalogue on a small tmpfs holding the work
+    directory (and its Dagster home). Needs root to mount a tmpfs; skipped elsewhere (tests/store/test_full_disk.py
+    injects ENOSPC instead)."""
+    import dagster as dg
+    from support.loop import write_catalogue
+
+    from skurec import layout
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root to mount a tmpfs")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        work = mount / "work"
+        shutil.copytree(built["work"], work, symlinks=True)
+        bigger = write_catalogue(tmp_path / "bigger", {c: 60 for c in SKUS})
+        settings = json.loads((work / "skurec.json").read_text())
+        (work / "skurec.json").write_text(json.dumps({**settings, "catalogue": str(bigger)}))
+        free = shutil.disk_usage(mount).free
+        (mount / "filler").write_bytes(b"\0" * (free - 160 * 1024))
+        full = skurec("run", "--workdir", str(work), timeout=600)
+        line = assert_one_line_error(full, "no space left on the device", str(work))
+        assert "disk I/O error" not in line or "no space left" in line
+        ws = Workspace(str(work))
+        summary = layout.audit_summary(ws)
+        assert len(ws.read_table("images")) == summary["n_accepted"]  # whole: old or new, never half
+        assert len(ws.read_table("classes")) == summary["n_classes"]
+        (mount / "filler").unlink()
+        again = skurec("run", "--workdir", str(work), timeout=600)
+        assert again.returncode == 0, again.stderr[-3000:]
+        instance = dg.DagsterInstance.from_config(str(work / "dagster_home"))
+        statuses = {r.status for r in instance.get_runs()}
+        assert dg.DagsterRunStatus.STARTED not in statuses  # the run the full disk interrupted was marked failed
+        assert len(Workspace(str(work)).read_table("images")) == 60 * len(SKUS)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
 # ------------------------------------------------------------------------------------------------ 4. kill leftovers
 DEAD_RUN_SCRIPT = textwrap.dedent(
     """
