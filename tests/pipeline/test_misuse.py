@@ -292,12 +292,17 @@ def test_item4_a_killed_runs_leftovers_are_repaired_on_the_next_start(copy):
     instance = dg.DagsterInstance.from_config(str(home))
     assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.STARTED  # what a kill leaves
     assert (copy / "dagster_step_io" / run_id).exists() and (copy / "models" / ".tmp-0123-deployed.json").exists()
+    stale = time.time() - 120  # the dead run's temp file is older than a write in progress can be
+    os.utime(copy / "models" / ".tmp-0123-deployed.json", (stale, stale))
+    (copy / "review_queue").mkdir(exist_ok=True)
+    (copy / "review_queue" / ".tmp-fresh-item.json").write_text("{")  # a reader's write in progress: kept
 
     done = recover_workdir(Workspace(str(copy)), instance)
     assert done["failed_runs"] == [run_id]
     assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
     assert not (copy / "dagster_step_io" / run_id).exists()
     assert not (copy / "models" / ".tmp-0123-deployed.json").exists()
+    assert (copy / "review_queue" / ".tmp-fresh-item.json").exists()
     assert recover_workdir(Workspace(str(copy)), instance)["failed_runs"] == []
 
 
