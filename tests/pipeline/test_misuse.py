@@ -371,6 +371,25 @@ def test_item7_settings_of_an_older_skurec_are_rebased_on_copy(built, copy):
     assert Path(out.stdout.strip()) == copy / "dagster_home", out.stderr
 
 
+def test_item7_a_moved_workdir_reads_its_own_copy_of_ingested_batch_images(tmp_path):
+    """Batch rows record where their images were copied at ingestion; a moved work directory must read its own copy
+    (the original may be gone), not the original's."""
+    from support.loop import write_batch
+
+    from skurec.catalogue.batches import find_batch, inspect_batch
+    from skurec.catalogue.ingest import ingest_batch, ingested_batch_rows
+
+    drop = tmp_path / "drop"
+    write_batch(drop, "b1", {"sku-red": 3}, seed0=5)
+    original = Workspace(str(tmp_path / "original"))
+    ingest_batch(original, inspect_batch(find_batch(str(drop), "b1")))
+    moved = tmp_path / "moved"
+    shutil.move(str(tmp_path / "original"), moved)
+    rows = ingested_batch_rows(Workspace(str(moved)))
+    assert len(rows) == 3
+    assert all(u.startswith(str(moved) + "/") and Path(u).is_file() for u in rows["image_uri"])
+
+
 # ------------------------------------------------------------------------------------------------ 8. one-line errors
 def test_item8_model_and_bundle_errors_are_one_line(built, copy):
     img = str(built["image"])
