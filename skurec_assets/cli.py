@@ -76,7 +76,11 @@ def _prepare_workdir(workdir: Path, settings_update: dict) -> dict:
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / SETTINGS_FILE
-    settings = resolved_settings(workdir, json.loads(path.read_text()) if path.exists() else {})
+    try:
+        stored = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError as exc:
+        raise CliError(f"{path} is not valid JSON ({exc}); fix it, or delete it and run `skurec demo` again") from None
+    settings = resolved_settings(workdir, stored)
     settings.update({k: v for k, v in settings_update.items() if v is not None})
     settings.setdefault("dagster_home", str(workdir / layout.DAGSTER_HOME_DIR))
     settings.setdefault("drop_location", str(workdir / layout.DROP_DIR))

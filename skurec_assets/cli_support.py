@@ -79,6 +79,11 @@ def logger_config(verbose: bool) -> dict:
 
 def check_catalogue(location: str | None) -> None:
     """Fail before any run starts when a local catalogue location does not exist."""
+    if location and "=REDACTED" in location:
+        raise CliError(
+            f"the catalogue location {location} carried credentials and was stored redacted; pass it again with "
+            "`skurec demo --catalogue URL` (a signed URL expires anyway)"
+        )
     if not location or "://" in location:
         return
     if not Path(location).exists():

@@ -337,6 +337,7 @@ def test_item6_signed_url_never_reaches_a_file_or_the_console(tmp_path):
     for text in (proc.stdout, proc.stderr):
         assert "SIGSECRET123" not in text and "CREDSECRET456" not in text
     assert "REDACTED" in (work / "skurec.json").read_text()
+    assert_one_line_error(skurec("run", "--workdir", str(work)), "stored redacted", "--catalogue")
     for path in work.rglob("*"):
         if path.is_file():
             data = path.read_bytes()
