@@ -79,7 +79,11 @@ def _prepare_workdir(workdir: Path, settings_update: dict) -> dict:
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / SETTINGS_FILE
-    settings = resolved_settings(workdir, json.loads(path.read_text()) if path.exists() else {})
+    try:
+        stored = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError as exc:
+        raise CliError(f"{path} is not valid JSON ({exc}); fix it, or delete it and run `skurec demo` again") from None
+    settings = resolved_settings(workdir, stored)
     settings.update({k: v for k, v in settings_update.items() if v is not None})
     settings.setdefault("dagster_home", str(workdir / layout.DAGSTER_HOME_DIR))
     settings.setdefault("drop_location", str(workdir / layout.DROP_DIR))
@@ -149,12 +153,11 @@ def _report_failure(result, workdir: Path) -> None:
         text = (getattr(err, "message", "") or "").strip()
         first = text.splitlines()[0] if text else "failed"
         print(f"step {event.step_key} failed: {first}", file=sys.stderr, flush=True)
-        if "No space left" in text or "disk I/O error" in text or "database or disk is full" in text:
+        if any(k in text.lower() for k in ("no space left", "disk i/o error", "database or disk is full")):
             print(f"error: {no_space_message(workdir)}", file=sys.stderr, flush=True)
 
 
-@contextlib.contextmanager
-def _writer_recovery(settings: dict, verbose: bool = False):
+def _recover(settings: dict, verbose: bool = False) -> None:
     """Under the writer lock: repair what a killed run left (history, STARTED runs, step hand-offs, temp files)."""
     import dagster as dg
 
@@ -163,8 +166,7 @@ def _writer_recovery(settings: dict, verbose: bool = False):
 
     done = recover_workdir(Workspace(settings["workdir"]), dg.DagsterInstance.get())
     if verbose or any(done.get(k) for k in ("history_reconciled", "failed_runs", "temp_files_removed")):
-        log.info("recovered work directory state: %s", done)
-    yield
+        log.warning("repaired what an interrupted run left: %s", done)
 
 
 def _locked(workdir: Path | str):
@@ -174,8 +176,6 @@ def _locked(workdir: Path | str):
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from skurec.store.lock import writer_lock
-
     if args.add_batch:
         return cmd_add_batch(args)
     workdir = Path(args.workdir).resolve()
@@ -183,7 +183,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     check_catalogue(catalogue)
     check_encoder(args.encoder, args.checkpoint, args.layers)
     # The lock is taken before anything is written (the catalogue, skurec.json, the Dagster instance's SQLite files).
-    with writer_lock(workdir, " ".join(["skurec", *sys.argv[1:]])):
+    with _locked(workdir):
         return _demo_locked(args, workdir, catalogue)
 
 
@@ -221,9 +221,9 @@ def _demo_locked(args: argparse.Namespace, workdir: Path, catalogue: str | None)
             },
         },
     )
-    with _writer_recovery(settings, args.verbose):
-        print(f"materialising the skurec graph (encoder {settings['encoder']}) in {workdir} ...", flush=True)
-        ok = materialize_all(settings, verbose=args.verbose)
+    _recover(settings, args.verbose)
+    print(f"materialising the skurec graph (encoder {settings['encoder']}) in {workdir} ...", flush=True)
+    ok = materialize_all(settings, verbose=args.verbose)
     _print_summary(workdir)
     if ok:
         print(f"\nOpen the UI on this work directory:  skurec ui --workdir {args.workdir}")
@@ -294,7 +294,9 @@ def run_labelling_loop(settings: dict, verbose: bool = False) -> bool:
 def cmd_add_batch(args: argparse.Namespace) -> int:
     """Drop one labelled batch (a new SKU + fresh photos of two known SKUs) and run the loop, or leave it to the UI."""
     workdir = Path(args.workdir)
-    with _locked(workdir):
+    # --no-run only drops files into the drop location (manifest last) for the sensor of a running UI, which holds
+    # the writer lock; running the loop here writes the work directory, so it needs the lock.
+    with contextlib.nullcontext() if args.no_run else _locked(workdir):
         settings = _load_settings(workdir)
         if not settings.get("demo"):
             raise CliError(
@@ -302,8 +304,9 @@ def cmd_add_batch(args: argparse.Namespace) -> int:
                 f"catalogue {settings.get('catalogue')}; drop your own labelled batch (a folder with manifest.csv and "
                 f"its images) into {settings['drop_location']} and run `skurec run --workdir {workdir}` or the UI"
             )
-        with _writer_recovery(settings, args.verbose):
-            return _add_batch_locked(args, workdir, settings)
+        if not args.no_run:
+            _recover(settings, args.verbose)
+        return _add_batch_locked(args, workdir, settings)
 
 
 def _add_batch_locked(args: argparse.Namespace, workdir: Path, settings: dict) -> int:
@@ -507,8 +510,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     with _locked(args.workdir):
         settings = _load_settings(Path(args.workdir))
         check_catalogue(settings.get("catalogue"))
-        with _writer_recovery(settings, args.verbose):
-            ok = materialize_all(settings, verbose=args.verbose)
+        _recover(settings, args.verbose)
+        ok = materialize_all(settings, verbose=args.verbose)
     _print_summary(Path(settings["workdir"]))
     return 0 if ok else 1
 
@@ -516,15 +519,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_ui(args: argparse.Namespace) -> int:
     from skurec_assets.ui import PortBusyError, check_port_free, dagster_dev_command, run_dagster_dev
 
-    settings = _load_settings(Path(args.workdir))
-    try:
-        check_port_free(args.host, args.port)
-    except PortBusyError as exc:
-        raise CliError(str(exc)) from None
-    cmd = dagster_dev_command(args.host, args.port)
-    print(f"Dagster UI on http://{args.host}:{args.port}  (DAGSTER_HOME={settings['dagster_home']})", flush=True)
-    # Supervised, not exec'd: Ctrl-C / SIGTERM stop the webserver, the daemon and the code servers within seconds.
-    return run_dagster_dev(cmd, env=os.environ.copy())
+    # The UI's daemon writes the work directory (sensors, automation, launched runs): it holds the writer lock while
+    # it is up, so `skurec run` / `demo` refuse instead of colliding (`demo --add-batch --no-run` feeds its sensor).
+    with _locked(args.workdir):
+        settings = _load_settings(Path(args.workdir))
+        try:
+            check_port_free(args.host, args.port)
+        except PortBusyError as exc:
+            raise CliError(str(exc)) from None
+        _recover(settings, args.verbose)
+        cmd = dagster_dev_command(args.host, args.port)
+        print(f"Dagster UI on http://{args.host}:{args.port}  (DAGSTER_HOME={settings['dagster_home']})", flush=True)
+        # Supervised, not exec'd: Ctrl-C / SIGTERM stop the webserver, the daemon and the code servers within seconds.
+        return run_dagster_dev(cmd, env=os.environ.copy())
 
 
 def _encoder_names() -> str:
@@ -695,7 +702,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        message = user_error(exc)
+        message = user_error(exc, getattr(args, "workdir", None))
         if verbose or message is None and os.environ.get("SKUREC_TRACEBACK"):
             raise
         if message is None:  # a bug: still one line, with how to see more

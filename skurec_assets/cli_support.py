@@ -16,7 +16,6 @@ import errno
 import logging
 import os
 import shutil
-import sqlite3
 import sys
 from pathlib import Path
 
@@ -80,6 +79,11 @@ def logger_config(verbose: bool) -> dict:
 
 def check_catalogue(location: str | None) -> None:
     """Fail before any run starts when a local catalogue location does not exist."""
+    if location and "=REDACTED" in location:
+        raise CliError(
+            f"the catalogue location {location} carried credentials and was stored redacted; pass it again with "
+            "`skurec demo --catalogue URL` (a signed URL expires anyway)"
+        )
     if not location or "://" in location:
         return
     if not Path(location).exists():
@@ -113,6 +117,7 @@ def check_encoder(name: str, checkpoint: str | None, layers: int | None) -> None
 
 
 def no_space_message(path: Path | str) -> str:
+    path = _existing_parent(Path(path))
     try:
         free = shutil.disk_usage(path).free / 1e6
         room = f"{free:.1f} MB free"
@@ -124,8 +129,33 @@ def no_space_message(path: Path | str) -> str:
     )
 
 
-def user_error(exc: BaseException) -> str | None:
-    """The one-line message of an error the user can act on; ``None`` for a bug (shown with its traceback)."""
+def _existing_parent(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+#: how a full disk reads when it surfaces through SQLite (Dagster's storage) or DuckDB instead of as ENOSPC
+_DISK_FULL_TEXTS = ("no space left", "disk i/o error", "database or disk is full", "disk is full")
+
+
+def _disk_full(exc: BaseException | None) -> BaseException | None:
+    """The error in ``exc``'s chain that says the disk is full (ENOSPC, or SQLite's "disk I/O error" /
+    "database or disk is full", wrapped by SQLAlchemy or not); ``None`` otherwise."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return exc
+        if any(t in str(exc).lower() for t in _DISK_FULL_TEXTS):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def user_error(exc: BaseException, workdir: str | None = None) -> str | None:
+    """The one-line message of an error the user can act on; ``None`` for a bug (shown with its traceback).
+    ``workdir``: where a full disk is looked for when the error does not name a file."""
     from skurec.catalogue.batches import BatchError
     from skurec.catalogue.importer import CatalogueError
     from skurec.deployment.training_table import LineageError
@@ -136,11 +166,13 @@ def user_error(exc: BaseException) -> str | None:
     from skurec.store.lock import WorkdirBusyError
     from skurec.store.model_store import ModelStoreError
 
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return no_space_message(getattr(exc, "filename", None) or os.getcwd())
-    if isinstance(exc, sqlite3.OperationalError) and ("disk I/O" in str(exc) or "disk is full" in str(exc)):
-        return f"Dagster's SQLite storage could not write ({exc}); if the disk is full: " + no_space_message(
-            os.environ.get("DAGSTER_HOME") or os.getcwd()
+    full = _disk_full(exc)
+    if isinstance(full, OSError):
+        return no_space_message(getattr(full, "filename", None) or workdir or os.getcwd())
+    if full is not None:  # SQLite (Dagster's run and event storage) reports a full disk as "disk I/O error"
+        home = os.environ.get("DAGSTER_HOME") or workdir or os.getcwd()
+        return f"Dagster's storage could not write (SQLite: {str(full).splitlines()[0][:120]}): " + no_space_message(
+            home
         )
     known = (
         CliError,

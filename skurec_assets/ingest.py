@@ -134,6 +134,10 @@ def audited_catalogue(
         storage_options=storage.storage_options(),
         progress=throttled_progress(context, "audited {done}/{total} images"),
         previous=previous,
+        # images already audited keep their split (README: "an image keeps its split when new images arrive")
+        keep_splits=ws.read_table("images", columns=["image_id", "split", "split_pinned"])
+        if ws.has_table("images")
+        else None,
     )
     s = result.summary
     snapshot = catalogue_snapshot_hash(result.images)

@@ -24,6 +24,9 @@ RUN_PID_TAG = "skurec/pid"
 RUN_HOST_TAG = "skurec/host"
 #: with a live run in the instance, only temp files older than this are removed (a write in progress is younger)
 LIVE_TEMP_AGE_S = 600.0
+#: with no live run, temp files older than this are removed: readers that write (``predict --review-queue``) never
+#: take the lock, and one of their writes in progress is never that old
+IDLE_TEMP_AGE_S = 60.0
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +74,7 @@ def recover_workdir(ws: Workspace, instance: Any | None) -> dict[str, Any]:
             ws.delete(f"{STEP_IO_DIR}/{name}")
             removed.append(name)
     out["step_io_removed"] = removed
-    out["temp_files_removed"] = remove_temp_files(ws, older_than_s=LIVE_TEMP_AGE_S if live else 0.0)
+    out["temp_files_removed"] = remove_temp_files(ws, older_than_s=LIVE_TEMP_AGE_S if live else IDLE_TEMP_AGE_S)
     return out
 
 

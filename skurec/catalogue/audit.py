@@ -271,6 +271,7 @@ def audit(
     storage_options: dict | None = None,
     progress: Callable[[int, int], None] | None = None,
     previous: AuditResult | pd.DataFrame | Mapping[str, pd.DataFrame] | None = None,
+    keep_splits: pd.DataFrame | None = None,
 ) -> AuditResult:
     """Audit raw import rows (``skurec.catalogue.importer.RAW_COLUMNS``).
 
@@ -278,6 +279,10 @@ def audit(
     ``"probes"`` (other keys, such as the previous ``images``/``quarantine`` tables, are not needed). Locations whose
     file stamp is unchanged since are not read again; the result is identical to a full audit. Persist
     ``result.probes`` to pass it next time.
+
+    ``keep_splits``: the previous audit's ``images`` table; an image that was already audited keeps the split it had
+    (unless the manifest pins it now), so the "every active class has a validation image" override never moves an
+    image when a batch arrives.
     """
     raw = normalise_rows(raw)
     n = len(raw)
@@ -387,6 +392,11 @@ def audit(
     tier = class_tiers(images, config)
     images["active"] = images["sku_id"].map(tier).isin(TRAINED_TIERS).astype(bool)
     _settle_splits(images, tier)
+    # The previous audit's hashed (unpinned) splits stay: an image never changes split when a batch arrives.
+    if keep_splits is not None and len(keep_splits) and len(images):
+        before = keep_splits.loc[~keep_splits["split_pinned"].astype(bool)].set_index("image_id")["split"]
+        again = ~images["split_pinned"] & images["image_id"].isin(before.index)
+        images.loc[again, "split"] = images.loc[again, "image_id"].map(before).to_numpy()
     # A class that pinned splits leave without a train image cannot be trained on: reported, not active.
     train_skus = set(images.loc[images["split"] == "train", "sku_id"])
     no_train = sorted(s for s, t in tier.items() if t in TRAINED_TIERS and s not in train_skus)

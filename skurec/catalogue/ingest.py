@@ -47,10 +47,23 @@ def ingested_batch_ids(ws: Workspace) -> list[str]:
 
 
 def ingested_batch_rows(ws: Workspace) -> pd.DataFrame:
-    frames = [ws.read_parquet(batch_rows_rel(b)).to_pandas() for b in ingested_batch_ids(ws)]
+    frames = [_rebased(ws, b, ws.read_parquet(batch_rows_rel(b)).to_pandas()) for b in ingested_batch_ids(ws)]
     if not frames:
         return normalise_rows(pd.DataFrame(columns=RAW_COLUMNS))
     return normalise_rows(pd.concat(frames, ignore_index=True)[RAW_COLUMNS])
+
+
+def _rebased(ws: Workspace, batch_id: str, rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows whose images were copied into this work directory point at *this* work directory's copy, also when the
+    work directory was copied or moved since (the rows record the location at ingestion time)."""
+    marker = f"/{BATCHES_DIR}/{batch_id}/{BATCH_IMAGES}/"
+
+    def here(uri):
+        if isinstance(uri, str) and marker in uri:
+            return ws.uri(f"{BATCHES_DIR}/{batch_id}/{BATCH_IMAGES}/{uri.rsplit(marker, 1)[1]}")
+        return uri
+
+    return rows.assign(image_uri=rows["image_uri"].map(here))
 
 
 def ingested_batches(ws: Workspace) -> list[dict]:

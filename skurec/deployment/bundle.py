@@ -37,6 +37,11 @@ def publish_model(
     files = dict(model.to_files())
     files[BUNDLE_TRAINING_TABLE] = table_to_parquet(table)
     files.update(exemplar_files(ws, card, table))  # nearest training images per SKU, when the embeddings are cached
+    if isinstance(card.get("training_set"), dict):  # the training table file's own SHA-256, named as such
+        card = {
+            **card,
+            "training_set": {**card["training_set"], "file_sha256": sha256_hex(files[BUNDLE_TRAINING_TABLE])},
+        }
     store = ModelStore(ws)
     # The markdown needs the file hashes the store adds; render it from the final card.
     final = {**card, "model_id": model_id, "files": {n: sha256_hex(b) for n, b in sorted(files.items())}}

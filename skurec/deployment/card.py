@@ -117,7 +117,9 @@ def build_model_card(
         "catalogue_snapshot": catalogue_snapshot,
         "training_set": {
             "file": BUNDLE_TRAINING_TABLE,
-            "sha256": training_table_sha256(table),
+            # an order-free fingerprint of the (image_id, sku_id, split) rows, not the file's SHA-256 (that one is
+            # ``file_sha256``, added at publication, and ``files[file]``)
+            "table_fingerprint": training_table_sha256(table),
             "train_image_ids_sha256": image_ids_sha256(train["image_id"].tolist()),
             "n_rows": int(len(table)),
             "n_train": int(len(train)),
@@ -176,7 +178,8 @@ def model_card_markdown(card: Mapping[str, Any]) -> str:
             else ""
         ),
         f"- **catalogue snapshot**: `{card.get('catalogue_snapshot')}`",
-        f"- **training set**: `{ts.get('file')}` sha256 `{ts.get('sha256')}` — {ts.get('n_train')} train / "
+        f"- **training set**: `{ts.get('file')}` (file sha256 `{ts.get('file_sha256')}`, rows fingerprint "
+        f"`{ts.get('table_fingerprint') or ts.get('sha256')}`) — {ts.get('n_train')} train / "
         f"{ts.get('n_val')} val / {ts.get('n_test')} test rows; train image ids sha256 `{ts.get('train_image_ids_sha256')}`",
         f"- **encoder**: `{enc.get('encoder_id')}` (weights sha256 `{enc.get('weights_sha256')}`, pretrained={enc.get('pretrained')})",
         f"- **superclasses**: version `{sc.get('version')}`, {sc.get('n_superclasses')} superclasses"

@@ -194,7 +194,7 @@ def _check_inputs(ws: Workspace, cand: PublishedModel, data: Any, report: GateRe
     needed = {"image_id", "sku_id", "split"}
     if not needed <= set(cand.table.columns):
         problems.append(f"training table lacks columns {sorted(needed - set(cand.table.columns))}")
-    elif training_table_sha256(cand.table) != cand.card.get("training_set", {}).get("sha256"):
+    elif training_table_sha256(cand.table) != _table_fingerprint(cand.card):
         problems.append("training table does not match the SHA-256 recorded in the model card")
     uncovered = sorted(set(data.classes) - set(cand.model.classes))
     if uncovered:
@@ -346,3 +346,9 @@ def decide_deployment(
     }
     store.record_event("refused", event)
     return DeploymentDecision(False, before, candidate_id, report, event)
+
+
+def _table_fingerprint(card: dict) -> str | None:
+    """The card's fingerprint of its training rows (``sha256`` in cards written before it was renamed)."""
+    ts = card.get("training_set") or {}
+    return ts.get("table_fingerprint") or ts.get("sha256")

@@ -3,7 +3,7 @@ readers.
 
 Two builds on one work directory interleave their tables, models and Dagster storage (one deployed the other's model;
 two first runs raced to create the SQLite schema). Every command that writes (``skurec demo``, ``skurec run``,
-``skurec demo --add-batch``) holds :func:`writer_lock` for its whole run. The lock is ``filelock.FileLock``
+``skurec demo --add-batch``, and ``skurec ui`` while its daemon is up) holds :func:`writer_lock` for its whole run. The lock is ``filelock.FileLock``
 (``flock`` on POSIX): the operating system drops it when the holding process exits or is killed, so a crash never
 leaves a stale lock. The holder's pid, host, command and start time are written beside it, so the second writer is
 told who holds it. Readers (``skurec predict``, ``skurec lineage``, the Recognizer) never take it: every file they
@@ -57,7 +57,8 @@ def writer_lock(workdir: str | os.PathLike, command: str, timeout_s: float = 0.0
         )
         raise WorkdirBusyError(
             f"work directory {root} is in use by {who}; wait for it to finish or use another --workdir "
-            "(skurec predict / lineage can read it meanwhile)"
+            "(skurec predict / lineage can read it meanwhile; with `skurec ui` up, add batches with --add-batch "
+            "--no-run and let its sensor ingest them)"
         ) from None
     holder = {
         "pid": os.getpid(),

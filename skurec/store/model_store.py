@@ -115,7 +115,11 @@ class ModelStore:
             known = [r.model_id for r in self.list()][-5:]
             raise ModelStoreError(
                 f"no model {model_id!r} in {self.ws.root_uri}; "
-                + (f"known models (latest last): {', '.join(known)}" if known else "no model has been published there")
+                + (
+                    f"known models (latest last): {', '.join(known)}; pass one of them, or no model id for the deployed one"
+                    if known
+                    else "no model has been published there; build one with `skurec run`"
+                )
             )
         data = self.ws.read_bytes(f"{self._dir(model_id)}/{CARD_JSON}")
         expected = self.expected_card_sha256(model_id)
@@ -144,7 +148,13 @@ class ModelStore:
         base = self._dir(model_id)
         files = {}
         for name, expected in card["files"].items():
-            data = self.ws.read_bytes(f"{base}/{name}")
+            try:
+                data = self.ws.read_bytes(f"{base}/{name}")
+            except FileNotFoundError:
+                raise TamperedModelError(
+                    f"model {model_id}: file {name} listed in its model card is missing; the bundle is incomplete. "
+                    "Restore the bundle from a backup or deploy another model."
+                ) from None
             actual = sha256_hex(data)
             if actual != expected:
                 raise TamperedModelError(

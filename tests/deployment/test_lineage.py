@@ -8,6 +8,7 @@ import json
 import pandas as pd
 from support.deploy import ENCODER, add_images, deploy_first, make_workspace
 
+from skurec import layout
 from skurec.catalogue.ingest import batch_record_rel, batch_rows_rel
 from skurec.deployment.candidates import build_candidate
 from skurec.deployment.card import code_version_info
@@ -72,7 +73,9 @@ def test_full_rebuild_card_names_exact_data_encoder_code_and_training_table(tmp_
         .equals(training_set[key].sort_values(key).reset_index(drop=True))
     )
     assert set(table["added_by"]) == {model_id}
-    assert card["training_set"]["sha256"] == training_table_sha256(table)
+    assert card["training_set"]["table_fingerprint"] == training_table_sha256(table)
+    # issue 22: the file's SHA-256 is named as such and is the bundle file's
+    assert card["training_set"]["file_sha256"] == card["files"][layout.BUNDLE_TRAINING_TABLE]
     assert card["training_set"]["train_image_ids_sha256"] == manifest["train_image_ids_sha256"]
     assert card["files"][LINEAGE_TABLE] and card["artifact_digest"] == manifest["hierarchical_digest"]
 
@@ -136,7 +139,7 @@ def test_lineage_cli_prints_the_deployed_card_and_exports_the_training_set(tmp_p
     assert card["model_id"] == model_id and card["deployed"] is True
     exported = pd.read_csv(csv_path)
     assert len(exported) == card["training_set"]["n_rows"]
-    assert training_table_sha256(exported) == card["training_set"]["sha256"]
+    assert training_table_sha256(exported) == card["training_set"]["table_fingerprint"]
 
     assert main(["lineage", "nope", "--workdir", ws.root]) == 2
     assert "no model 'nope'" in capsys.readouterr().err

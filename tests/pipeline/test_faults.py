@@ -269,3 +269,72 @@ def test_crash_between_compaction_write_and_delete_loses_nothing(tmp_path: Path)
     cache.compact(enc.encoder_id)
     assert len(cache.parts(enc.encoder_id)) == 1
     assert sorted(cache.load(enc.encoder_id)[0]) == sorted(images["image_id"])
+
+
+# ------------------------------------------------------------------------------------------------ issue 22, item 4
+# A deployment SIGKILLed at its two kill points: just before the pointer moves, and just after it moved but before
+# the history is written. The child pauses at the chosen point (a real sleep inside the real write path) and is
+# killed there; everything else is the real ModelStore.
+DEPLOY_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    from skurec.store.model_store import ModelStore
+    from skurec.store.workspace import Workspace
+
+    workdir, point = sys.argv[1], sys.argv[2]
+    ws = Workspace(workdir)
+    store = ModelStore(ws)
+    real_write, real_record = ws.write_bytes, store.record_event
+
+    def write_bytes(rel, data):
+        if rel == "models/deployed.json" and point == "before_pointer":
+            print("AT", point, flush=True)
+            time.sleep(120)
+        return real_write(rel, data)
+
+    def record_event(kind, event):
+        if point == "before_history":
+            print("AT", point, flush=True)
+            time.sleep(120)
+        return real_record(kind, event)
+
+    ws.write_bytes, store.record_event = write_bytes, record_event
+    store.deploy("m2", "better")
+    print("DONE", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("point", ["before_pointer", "before_history"])
+def test_sigkilled_deployment_never_falsifies_history(tmp_path: Path, point: str):
+    from skurec.store.model_store import ModelStore
+
+    ws = Workspace(str(tmp_path / "work"))
+    store = ModelStore(ws)
+    store.save("m1", {"a.json": b"1"}, {})
+    store.save("m2", {"a.json": b"2"}, {})
+    store.deploy("m1", "first")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DEPLOY_SCRIPT, str(tmp_path / "work"), point],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=_child_env(),
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout.readline().split() == ["AT", point]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    deployed = store.deployed_id()
+    history = [h["model_id"] for h in store.history() if h["event"] == "deployed"]
+    # The history names exactly the deployments that happened, before and after the next start's reconciliation.
+    assert deployed == ("m1" if point == "before_pointer" else "m2")
+    assert history == ["m1"]
+    store.reconcile_history()
+    history = [h["model_id"] for h in store.history() if h["event"] == "deployed"]
+    assert history == (["m1"] if point == "before_pointer" else ["m1", "m2"])
+    assert history[-1] == deployed

@@ -174,6 +174,74 @@ def test_item2_two_concurrent_demos_on_one_fresh_workdir(built, tmp_path):
     assert len(history) == 1 and history[0]["previous_model_id"] is None
 
 
+def test_item2_a_running_ui_holds_the_lock(copy):
+    """The UI's daemon writes the work directory too: `skurec run` beside a running `skurec ui` is refused."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "skurec_assets.cli", "ui", "--workdir", str(copy), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=_env(),
+        cwd=REPO,
+        start_new_session=True,
+    )
+    try:
+        assert "Dagster UI on" in ui.stdout.readline()  # printed once the lock is held
+        assert_one_line_error(skurec("run", "--workdir", str(copy), timeout=120), f"pid {ui.pid}", "skurec ui")
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        try:
+            ui.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(ui.pid, signal.SIGKILL)
+            ui.wait(timeout=30)
+
+
+# ------------------------------------------------------------------------------------------------ 3. full disk
+def test_item3_rerun_on_a_full_tmpfs_says_no_space_and_keeps_the_audit_whole(built, tmp_path):
+    """The issue's case: a good build, then a re-run with a bigger catalogue on a small tmpfs holding the work
+    directory (and its Dagster home). Needs root to mount a tmpfs; skipped elsewhere (tests/store/test_full_disk.py
+    injects ENOSPC instead)."""
+    import dagster as dg
+    from support.loop import write_catalogue
+
+    from skurec import layout
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root to mount a tmpfs")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        work = mount / "work"
+        shutil.copytree(built["work"], work, symlinks=True)
+        bigger = write_catalogue(tmp_path / "bigger", {c: 60 for c in SKUS})
+        settings = json.loads((work / "skurec.json").read_text())
+        (work / "skurec.json").write_text(json.dumps({**settings, "catalogue": str(bigger)}))
+        free = shutil.disk_usage(mount).free
+        (mount / "filler").write_bytes(b"\0" * (free - 160 * 1024))
+        full = skurec("run", "--workdir", str(work), timeout=600)
+        line = assert_one_line_error(full, "no space left on the device", str(work))
+        assert "disk I/O error" not in line or "no space left" in line
+        ws = Workspace(str(work))
+        summary = layout.audit_summary(ws)
+        assert len(ws.read_table("images")) == summary["n_accepted"]  # whole: old or new, never half
+        assert len(ws.read_table("classes")) == summary["n_classes"]
+        (mount / "filler").unlink()
+        again = skurec("run", "--workdir", str(work), timeout=600)
+        assert again.returncode == 0, again.stderr[-3000:]
+        instance = dg.DagsterInstance.from_config(str(work / "dagster_home"))
+        statuses = {r.status for r in instance.get_runs()}
+        assert dg.DagsterRunStatus.STARTED not in statuses  # the run the full disk interrupted was marked failed
+        assert len(Workspace(str(work)).read_table("images")) == 60 * len(SKUS)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
 # ------------------------------------------------------------------------------------------------ 4. kill leftovers
 DEAD_RUN_SCRIPT = textwrap.dedent(
     """
@@ -224,12 +292,17 @@ def test_item4_a_killed_runs_leftovers_are_repaired_on_the_next_start(copy):
     instance = dg.DagsterInstance.from_config(str(home))
     assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.STARTED  # what a kill leaves
     assert (copy / "dagster_step_io" / run_id).exists() and (copy / "models" / ".tmp-0123-deployed.json").exists()
+    stale = time.time() - 120  # the dead run's temp file is older than a write in progress can be
+    os.utime(copy / "models" / ".tmp-0123-deployed.json", (stale, stale))
+    (copy / "review_queue").mkdir(exist_ok=True)
+    (copy / "review_queue" / ".tmp-fresh-item.json").write_text("{")  # a reader's write in progress: kept
 
     done = recover_workdir(Workspace(str(copy)), instance)
     assert done["failed_runs"] == [run_id]
     assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
     assert not (copy / "dagster_step_io" / run_id).exists()
     assert not (copy / "models" / ".tmp-0123-deployed.json").exists()
+    assert (copy / "review_queue" / ".tmp-fresh-item.json").exists()
     assert recover_workdir(Workspace(str(copy)), instance)["failed_runs"] == []
 
 
@@ -264,6 +337,7 @@ def test_item6_signed_url_never_reaches_a_file_or_the_console(tmp_path):
     for text in (proc.stdout, proc.stderr):
         assert "SIGSECRET123" not in text and "CREDSECRET456" not in text
     assert "REDACTED" in (work / "skurec.json").read_text()
+    assert_one_line_error(skurec("run", "--workdir", str(work)), "stored redacted", "--catalogue")
     for path in work.rglob("*"):
         if path.is_file():
             data = path.read_bytes()
@@ -298,6 +372,25 @@ def test_item7_settings_of_an_older_skurec_are_rebased_on_copy(built, copy):
     assert Path(out.stdout.strip()) == copy / "dagster_home", out.stderr
 
 
+def test_item7_a_moved_workdir_reads_its_own_copy_of_ingested_batch_images(tmp_path):
+    """Batch rows record where their images were copied at ingestion; a moved work directory must read its own copy
+    (the original may be gone), not the original's."""
+    from support.loop import write_batch
+
+    from skurec.catalogue.batches import find_batch, inspect_batch
+    from skurec.catalogue.ingest import ingest_batch, ingested_batch_rows
+
+    drop = tmp_path / "drop"
+    write_batch(drop, "b1", {"sku-red": 3}, seed0=5)
+    original = Workspace(str(tmp_path / "original"))
+    ingest_batch(original, inspect_batch(find_batch(str(drop), "b1")))
+    moved = tmp_path / "moved"
+    shutil.move(str(tmp_path / "original"), moved)
+    rows = ingested_batch_rows(Workspace(str(moved)))
+    assert len(rows) == 3
+    assert all(u.startswith(str(moved) + "/") and Path(u).is_file() for u in rows["image_uri"])
+
+
 # ------------------------------------------------------------------------------------------------ 8. one-line errors
 def test_item8_model_and_bundle_errors_are_one_line(built, copy):
     img = str(built["image"])
@@ -309,7 +402,7 @@ def test_item8_model_and_bundle_errors_are_one_line(built, copy):
     weights.write_bytes(bytes(data))
     assert_one_line_error(skurec("predict", img, "--workdir", str(copy)), "modified after training")
     weights.unlink()
-    assert_one_line_error(skurec("predict", img, "--workdir", str(copy)), weights.name)
+    assert_one_line_error(skurec("predict", img, "--workdir", str(copy)), weights.name, "missing", "Restore")
 
 
 def test_item8_add_batch_on_a_non_demo_catalogue(copy):
@@ -422,3 +515,46 @@ def test_item11_symlinked_sku_folders_are_read_or_quarantined_never_skipped(tmp_
     allowed = import_catalogue(str(root), allow=[str(elsewhere)]).rows
     assert allowed.loc[allowed["sku_id"] == "linked-outside", "import_error"].isna().all()
     assert (allowed["sku_id"] == "linked-outside").sum() == 2
+
+
+def test_item10_an_images_split_never_changes_when_a_batch_arrives(tmp_path):
+    """The audit's "class without val" override used to move: a new image hashing to val sent the override image
+    back to train. Images already audited keep their split."""
+    import hashlib
+
+    from skurec.catalogue.audit import AuditConfig, audit, split_hash
+    from skurec.catalogue.importer import import_catalogue
+
+    cfg = AuditConfig(min_samples=2)
+    pool = {}
+    for seed in range(400):
+        data = sku_png("sku-red", seed)
+        pool[seed] = split_hash(hashlib.sha256(data).hexdigest(), cfg.split_salt)
+    train_like = [s for s, h in pool.items() if h >= cfg.val_fraction][:4]
+    val_like = [s for s, h in pool.items() if h < cfg.val_fraction][:1]
+    cat = tmp_path / "cat"
+    (cat / "a").mkdir(parents=True)
+    for s in train_like:
+        (cat / "a" / f"{s}.png").write_bytes(sku_png("sku-red", s))
+    import dagster as dg
+
+    from skurec_assets.ingest import audited_catalogue
+    from skurec_resources import CatalogueResource, StorageResource
+
+    def audited():
+        resources = {
+            "storage": StorageResource(workdir=str(tmp_path / "work")),
+            "catalogue": CatalogueResource(location=str(cat), min_samples=cfg.min_samples),
+        }
+        assert dg.materialize([audited_catalogue], resources=resources).success
+        return Workspace(str(tmp_path / "work")).read_table("images").set_index("image_id")["split"]
+
+    first = audited()
+    assert (first == "val").sum() == 1  # the override gave the class its validation image
+    for s in val_like:  # a batch brings an image that hashes to val
+        (cat / "a" / f"{s}.png").write_bytes(sku_png("sku-red", s))
+    again = audited()
+    assert len(again) == len(first) + 1
+    assert again.loc[first.index].to_dict() == first.to_dict()
+    stateless = audit(import_catalogue(str(cat)).rows, cfg).images.set_index("image_id")["split"]
+    assert stateless.loc[first.index].to_dict() != first.to_dict()  # what the audit did before: the override moved
