@@ -5,6 +5,8 @@ Runs the real Dagster graph on the tiny random ViT (coloured, patterned SKUs: se
 
 from __future__ import annotations
 
+import json
+
 import dagster as dg
 from support.loop import BASE_SKUS, FAST_RUN_CONFIG, NEW_SKU, initial_build, sku_png, write_batch, write_catalogue
 
@@ -22,11 +24,12 @@ def _resources(work, cat, drop) -> dict:
     }
 
 
-def test_a_new_sku_with_min_shots_images_is_recognised_by_the_fast_path_then_joins_the_head(tmp_path):
+def test_a_new_sku_with_min_shots_images_is_recognised_by_the_fast_path_then_joins_the_head(tmp_path, capsys):
     from skurec.layout import audit_summary
     from skurec.serving.recognizer import Recognizer
     from skurec.store.model_store import ModelStore
     from skurec.store.workspace import Workspace
+    from skurec_assets.cli import main as cli_main
     from skurec_assets.definitions import build_definitions
     from skurec_assets.loop_pass import run_loop_in_process
 
@@ -67,6 +70,14 @@ def test_a_new_sku_with_min_shots_images_is_recognised_by_the_fast_path_then_joi
     for sku, seed in [(NEW_SKU, 99_999), (NEW_SKU, 99_998), ("sku-red", 99_997)]:
         assert rec.predict(sku_png(sku, seed)).sku_id == sku
     assert rec.card["classes"]["tiers"][rec.predict(sku_png(NEW_SKU, 99_997)).sku_id] == "tail"
+    # `skurec predict` says which tier each answer came from
+    photos = {sku: tmp_path / f"{sku}.png" for sku in (NEW_SKU, "sku-red")}
+    for i, (sku, path) in enumerate(photos.items()):
+        path.write_bytes(sku_png(sku, 98_000 + i))
+    capsys.readouterr()
+    assert cli_main(["predict", "--workdir", str(work), *map(str, photos.values())]) == 0
+    answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(a["sku_id"], a["tier"]) for a in answers] == [(NEW_SKU, "tail"), ("sku-red", "head")]
 
     # ---- more images of it arrive; the next full rebuild trains it in the head tier
     write_batch(drop, "batch-2", {NEW_SKU: MIN_SAMPLES - MIN_SHOTS + 1}, seed0=61_000)
