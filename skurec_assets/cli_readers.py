@@ -1,0 +1,156 @@
+"""The reading commands of ``skurec``: ``predict`` (Recognizer or edge bundle), ``export`` (the edge bundle) and
+``lineage``. They never take the work directory's writer lock and never create a work directory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from skurec import layout
+from skurec_assets.cli_support import (
+    CliError,
+)
+
+
+def existing_workspace(workdir: str):
+    """The Workspace of an existing local work directory (readers never create one)."""
+    from skurec.store.workspace import Workspace, is_remote
+
+    if not is_remote(workdir) and not Path(workdir).is_dir():
+        raise CliError(
+            f"work directory {workdir} does not exist; pass --workdir (or set SKUREC_WORKDIR) to the one `skurec demo` "
+            "built"
+        )
+    return Workspace(workdir if is_remote(workdir) else str(Path(workdir).resolve()))
+
+
+def _print_queue_status(queue, n_queued: int) -> None:
+    if queue is not None:
+        print(
+            f"review queue: {n_queued} image(s) queued by this run, {len(queue)} item(s) waiting in "
+            f"{queue.ws.root_uri}/{layout.REVIEW_QUEUE_DIR}",
+            file=sys.stderr,
+        )
+
+
+def cmd_predict_bundle(args: argparse.Namespace) -> int:
+    """``skurec predict --bundle DIR``: the edge runner (onnxruntime), the same JSON lines as the Recognizer."""
+    from skurec.edge import BundleError, EdgeRunner
+    from skurec.edge.runner import EdgeInputError
+
+    if args.explain:
+        print("error: --explain needs the model's exemplars: use it without --bundle", file=sys.stderr)
+        return 2
+    try:
+        runner = EdgeRunner(args.bundle, threads=args.threads, top_k=args.top_k, threshold=args.threshold)
+    except (BundleError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    queue = None
+    if args.review_queue:
+        from skurec.serving.review_queue import ReviewQueue
+        from skurec.store.workspace import Workspace
+
+        queue = ReviewQueue(Workspace(str(Path(args.workdir).resolve())))
+    failed = queued = 0
+    for image in args.images:
+        try:
+            out = runner.predict(image, review_queue=queue)
+            queued += bool(out.get("queued_for_review"))
+            _add_tier(out, runner.tiers)
+        except EdgeInputError as exc:
+            failed += 1
+            out = {"image": image, "error": str(exc)}
+        print(json.dumps(out, sort_keys=True), flush=True)
+    _print_queue_status(queue, queued)
+    return 1 if failed else 0
+
+
+def _add_tier(out: dict, tiers: dict) -> None:
+    """Which tier of the catalogue the answer came from (head / tail), on both predict paths."""
+    if out.get("sku_id") in tiers:
+        out["tier"] = tiers[out["sku_id"]]
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``skurec export --out DIR``: the edge bundle of a model, refused unless it passes the parity check."""
+    from skurec.serving.edge_export import EdgeExportConfig, ParityError, export_from_workdir
+    from skurec.serving.recognizer import RecognizerError
+
+    existing_workspace(args.workdir)  # a reader: never creates the work directory
+    config = EdgeExportConfig(max_images=args.max_images)
+    checkpoint = args.checkpoint or os.environ.get("SKUREC_ENCODER_CHECKPOINT") or None
+    try:
+        manifest = export_from_workdir(
+            Path(args.workdir).resolve(), args.out, args.model, checkpoint=checkpoint, config=config, quantize=args.int8
+        )
+    except (ParityError, RecognizerError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        json.dumps({"bundle": str(args.out), **{k: manifest[k] for k in ("model_id", "precision", "parity")}}, indent=2)
+    )
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from skurec.serving.recognizer import Recognizer, RecognizerError
+    from skurec.serving.review_queue import ReviewQueue
+
+    if args.bundle:
+        return cmd_predict_bundle(args)
+    ws = existing_workspace(args.workdir)
+    checkpoint = args.checkpoint or os.environ.get("SKUREC_ENCODER_CHECKPOINT") or None
+    rec = Recognizer.from_workdir(
+        ws, args.model, device=args.device, checkpoint=checkpoint, top_k=args.top_k, threshold=args.threshold
+    )
+    queue = ReviewQueue(ws) if args.review_queue else None
+    failed = queued = 0
+    for image in args.images:
+        try:
+            out = rec.predict(image, review_queue=queue, explain=args.exemplars if args.explain else False).to_dict()
+            queued += bool(out.get("queued_for_review"))
+            _add_tier(out, (rec.card.get("classes") or {}).get("tiers") or {})
+        except RecognizerError as exc:
+            failed += 1
+            out = {"image": image, "error": str(exc)}
+        print(json.dumps(out, sort_keys=True), flush=True)
+    _print_queue_status(queue, queued)
+    return 1 if failed else 0
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    from skurec.deployment.card import model_card_markdown
+    from skurec.deployment.training_table import table_from_parquet, write_csv
+    from skurec.store.model_store import ModelStore
+
+    ws = existing_workspace(args.workdir)
+    store = ModelStore(ws)
+    model_id = args.model_id or store.deployed_id()
+    if model_id is None:
+        raise CliError(
+            f"no model is deployed in {ws.root_uri}; pass a model id (models: "
+            f"{[r.model_id for r in store.list()][-5:]}) or build one with `skurec run --workdir {args.workdir}`"
+        )
+    card = store.card(model_id)
+    if args.training_set:
+        files = store.load_files(model_id)
+        if layout.BUNDLE_TRAINING_TABLE not in files:
+            raise CliError(f"model {model_id} has no training table in its bundle (published by an older skurec)")
+        table = table_from_parquet(files[layout.BUNDLE_TRAINING_TABLE])
+        write_csv(table, args.training_set)
+        print(f"wrote {len(table)} (image_id, sku_id, split, added_by) rows to {args.training_set}", file=sys.stderr)
+        if not args.json:  # the CSV was asked for, not the card: print the card only with --json
+            return 0
+    deployed = store.deployed_id()
+    if args.json:
+        print(json.dumps({**card, "deployed": model_id == deployed}, indent=2, sort_keys=True, default=str))
+    else:
+        print(
+            model_card_markdown(card)
+            + f"\n_deployed: {'yes' if model_id == deployed else 'no (deployed: ' + str(deployed) + ')'}_"
+        )
+    return 0
