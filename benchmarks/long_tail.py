@@ -30,7 +30,7 @@ into the dataset, nothing copied): the official train list cut to the seeded Zip
 pinned to ``test``, no val rows (the audit carves validation from the train rows: the head gets its hash split plus
 one image if it has none, the tail its hash split only), for ``skurec demo --catalogue PATH``. With
 ``--new-sku-batch DIR`` one more SKU (seeded) is left out of the manifest and DIR becomes a labelled batch of its first
-``--min-shots`` train images (symbolic links to the dataset files, not copies) for the labelling loop; its official
+``--min-shots`` train images (hard links to the dataset files, not copies) for the labelling loop; its official
 test images are listed in ``DIR.test.txt`` for ``skurec predict``.
 """
 
@@ -40,6 +40,7 @@ import argparse
 import csv
 import importlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -150,7 +151,9 @@ def write_long_tail_manifest(
         for j, rel in enumerate(sorted(by_class[new])[:batch_images]):
             link = new_sku_batch / "images" / f"{j:03d}{Path(rel).suffix}"
             if not link.exists():
-                link.symlink_to(root / rel)
+                # a hard link: the same file, not a copy (a symbolic link out of the batch folder is refused by the
+                # batch audit as path_outside_root)
+                os.link(root / rel, link)
             rows.append(f"images/{link.name},{names[new][0]},{names[new][0]},{names[new][1]}")
         (new_sku_batch / "manifest.csv").write_text("\n".join(rows) + "\n")  # written last, like an upload
         tests = [str(root / rel) for rel, fine, _ in lists["test"] if fine == new]
