@@ -287,6 +287,39 @@ def audit(
     raw = normalise_rows(raw)
     n = len(raw)
     cells = raw.to_dict("records")  # plain dicts: per-cell DataFrame access costs ~35 us, too much per row
+    probes, results, stamps, io_stats = _probe_rows(cells, config, storage_options, previous, progress)
+    kept, quarantine = _triage_rows(cells, probes)
+    images = _image_rows(cells, probes, kept, config)
+    images, tier, no_train = _tiers_and_splits(images, config, keep_splits)
+
+    classes = _class_table(images, config, tier)
+    quarantine_df = pd.DataFrame(quarantine, columns=list(QuarantineSchema.columns.keys()))
+    images = ImagesSchema.validate(images.reset_index(drop=True))
+    quarantine_df = QuarantineSchema.validate(quarantine_df)
+    classes = ClassesSchema.validate(classes)
+    if len(images) + len(quarantine_df) != n:
+        raise AssertionError(f"audit lost rows: {len(images)} + {len(quarantine_df)} != {n}")
+    return AuditResult(
+        images=images,
+        quarantine=quarantine_df,
+        classes=classes,
+        summary=_summary(n, images, quarantine_df, classes, config, no_train),
+        probes=_probes_frame(results, stamps),
+        io=io_stats,
+    )
+
+
+def _probe_rows(
+    cells: list[dict],
+    config: AuditConfig,
+    storage_options: dict | None,
+    previous: Any,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[list[dict], dict[str, dict], dict[str, str | None], dict[str, int]]:
+    """Probe every location once (in threads), reusing the previous audit's probe where the file stamp is unchanged.
+    Returns the probe of each row (``{}`` for rows with an import error), the probe of each location, the stamps and
+    the I/O counts."""
+    n = len(cells)
     probes: list[dict] = [{} for _ in range(n)]
     todo = [i for i in range(n) if cells[i]["import_error"] is None]
     uris = list(dict.fromkeys(cells[i]["image_uri"] for i in todo))  # each location probed once
@@ -313,7 +346,12 @@ def audit(
     io_stats = {"n_locations": len(uris), "n_read": len(to_read), "n_reused": n_reused}
     if previous is not None:
         log.info("audit: %d locations, %d read, %d reused from the previous audit", len(uris), len(to_read), n_reused)
+    return probes, results, stamps, io_stats
 
+
+def _triage_rows(cells: list[dict], probes: list[dict]) -> tuple[list[int], list[dict]]:
+    """The rows kept (one per image) and the quarantine rows: import errors, unreadable images, the same bytes under
+    two SKUs or two pinned splits, and duplicates of a kept image within a SKU."""
     quarantine: list[dict] = []
 
     def reject(i: int, reason: str, detail: str | None, image_id: str | None = None) -> None:
@@ -331,7 +369,7 @@ def audit(
         )
 
     candidates: list[int] = []
-    for i in range(n):
+    for i in range(len(cells)):
         err = cells[i]["import_error"]
         if err is not None:
             reject(i, err, cells[i]["import_detail"])
@@ -360,10 +398,15 @@ def audit(
         kept.append(first)
         for i in rows[1:]:
             reject(i, "duplicate_image", f"same bytes as {cells[first]['image_uri']} (kept)", image_id)
+    return kept, quarantine
 
-    # A manifest that lists val rows defines its validation split; otherwise pinned-train rows are "not test" and the
-    # validation split is carved out of them by the image-id hash, as for unpinned rows.
-    sources_with_val = {cells[i]["source"] for i in range(n) if cells[i]["split"] == "val"}
+
+def _image_rows(cells: list[dict], probes: list[dict], kept: list[int], config: AuditConfig) -> pd.DataFrame:
+    """The accepted images with their first split (pinned, or the image-id hash) and the hash itself (``_h``).
+
+    A manifest that lists val rows defines its validation split; otherwise pinned-train rows are "not test" and the
+    validation split is carved out of them by the image-id hash, as for unpinned rows."""
+    sources_with_val = {c["source"] for c in cells if c["split"] == "val"}
     records = []
     for i in sorted(kept):
         r, p = cells[i], probes[i]
@@ -387,8 +430,14 @@ def audit(
                 "_h": h,
             }
         )
-    images = pd.DataFrame(records, columns=list(ImagesSchema.columns.keys())[:-1] + ["_h"])
+    return pd.DataFrame(records, columns=list(ImagesSchema.columns.keys())[:-1] + ["_h"])
 
+
+def _tiers_and_splits(
+    images: pd.DataFrame, config: AuditConfig, keep_splits: pd.DataFrame | None
+) -> tuple[pd.DataFrame, dict[str, str], list[str]]:
+    """Each class's tier, the settled splits and the ``active`` flag; returns the images (without ``_h``), the tiers
+    and the classes that pinned splits leave without a train image (reported, not trained)."""
     tier = class_tiers(images, config)
     images["active"] = images["sku_id"].map(tier).isin(TRAINED_TIERS).astype(bool)
     _settle_splits(images, tier)
@@ -403,23 +452,7 @@ def audit(
     for sku in no_train:
         tier[sku] = UNTRAINED
     images["active"] = images["sku_id"].map(tier).isin(TRAINED_TIERS).astype(bool)
-    images = images.drop(columns="_h")
-
-    classes = _class_table(images, config, tier)
-    quarantine_df = pd.DataFrame(quarantine, columns=list(QuarantineSchema.columns.keys()))
-    images = ImagesSchema.validate(images.reset_index(drop=True))
-    quarantine_df = QuarantineSchema.validate(quarantine_df)
-    classes = ClassesSchema.validate(classes)
-    if len(images) + len(quarantine_df) != n:
-        raise AssertionError(f"audit lost rows: {len(images)} + {len(quarantine_df)} != {n}")
-    return AuditResult(
-        images=images,
-        quarantine=quarantine_df,
-        classes=classes,
-        summary=_summary(n, images, quarantine_df, classes, config, no_train),
-        probes=_probes_frame(results, stamps),
-        io=io_stats,
-    )
+    return images.drop(columns="_h"), tier, no_train
 
 
 def class_tiers(images: pd.DataFrame, config: AuditConfig) -> dict[str, str]:
