@@ -264,7 +264,13 @@ def evaluate_gate(
     report.n_val_head = int((~is_tail).sum())
     y, hits = y_all[scope], hits_all[scope]
     report.candidate_top1 = float(hits.mean())
-    # Dead classes: validated classes with no correct validation prediction.
+    _judge_dead_classes(report, hits, y, config, has_head)
+    _judge_accuracy(ws, report, data.encoder_id, val.X[scope], y, config)
+    return report
+
+
+def _judge_dead_classes(report: GateReport, hits: np.ndarray, y: np.ndarray, config: GateConfig, head: bool) -> None:
+    """Dead classes: validated classes (of the judged tier) with no correct validation prediction."""
     dead, n_validated = _dead(hits, y)
     report.zero_accuracy_classes = dead
     report.n_validated_classes = n_validated
@@ -272,15 +278,22 @@ def evaluate_gate(
     report.zero_ok = report.zero_accuracy_share <= config.max_zero_accuracy_share + 1e-12
     report.zero_reason = (
         (
-            f"{len(dead)}/{n_validated} validated {'head ' if has_head else ''}classes "
+            f"{len(dead)}/{n_validated} validated {'head ' if head else ''}classes "
             f"({report.zero_accuracy_share:.1%}) have zero validation accuracy (allowed: "
             f"{config.max_zero_accuracy_share:.1%}), e.g. {dead[:10]}"
         )
         if dead
         else ""
     )
-    # Accuracy against the deployed model.
-    if deployed_id is None or deployed_id == candidate_id:
+
+
+def _judge_accuracy(
+    ws: Workspace, report: GateReport, encoder_id: str, X: np.ndarray, y: np.ndarray, config: GateConfig
+) -> None:
+    """Accuracy against the deployed model on the same validation rows (its recorded number when it used another
+    encoder); the minimum accuracy when nothing else is deployed."""
+    deployed_id = report.deployed_id
+    if deployed_id is None or deployed_id == report.candidate_id:
         report.deployed_top1_basis = "none deployed" if deployed_id is None else "candidate is the deployed model"
         report.accuracy_ok = report.candidate_top1 >= config.min_accuracy
         report.accuracy_reason = (
@@ -288,10 +301,10 @@ def evaluate_gate(
             if report.accuracy_ok
             else f"validation top-1 {report.candidate_top1:.4f} is below the minimum {config.min_accuracy:.4f}"
         )
-        return report
+        return
     dep = load_published(ws, deployed_id)
-    if dep.card.get("encoder", {}).get("encoder_id") == data.encoder_id:
-        report.deployed_top1 = float((_top1(dep.model, val.X[scope]) == y).mean())
+    if dep.card.get("encoder", {}).get("encoder_id") == encoder_id:
+        report.deployed_top1 = float((_top1(dep.model, X) == y).mean())
         report.deployed_top1_basis = "scored on the current validation split"
     else:
         recorded = (dep.card.get("evaluation") or {}).get("gate/candidate_top1")
@@ -300,7 +313,7 @@ def evaluate_gate(
     if report.deployed_top1 is None:
         report.accuracy_ok = report.candidate_top1 >= config.min_accuracy
         report.accuracy_reason = "" if report.accuracy_ok else "below the minimum accuracy"
-        return report
+        return
     floor = report.deployed_top1 - config.tolerance
     report.accuracy_ok = report.candidate_top1 + 1e-12 >= floor and report.candidate_top1 >= config.min_accuracy
     report.accuracy_reason = (
@@ -311,7 +324,6 @@ def evaluate_gate(
             f"{deployed_id} ({report.deployed_top1:.4f}, {report.deployed_top1_basis})"
         )
     )
-    return report
 
 
 @dataclass
