@@ -44,6 +44,7 @@ from ._common import (
     topk_stable,
 )
 from .lda import LDAStatistics, lda_rows, lda_statistics, linear_scores
+from .lda_router import group_logsumexp
 from .prototypes import class_sums
 from .serialization import ModelFormatError, pack, read_config, require, unpack
 
@@ -100,8 +101,10 @@ class SpecialistHead:
         config: SpecialistConfig,
         metrics: Mapping[str, Any] | None = None,
         device: str | torch.device | None = None,
+        lda_scale: float = 1.0,
     ):
         self.classes = [str(c) for c in classes]
+        self.lda_scale = float(lda_scale)  # new / refreshed SKUs: global row += lda_scale * (their LDA row change)
         C = len(self.classes)
         f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
         self.sc_of_index = np.asarray(sc_of_index, dtype=np.int64)
@@ -227,7 +230,16 @@ class SpecialistHead:
             [index[c] for c in refreshed] + list(range(len(self.classes), len(classes))), dtype=np.int64
         )
         precision = self.whitener.astype(np.float64).T @ self.whitener.astype(np.float64)
-        Wg_t, bg_t = lda_rows(means[touched], self.mu0.astype(np.float64), precision)
+        mu0 = self.mu0.astype(np.float64)
+        Wg_t, bg_t = lda_rows(means[touched], mu0, precision)
+        # the global scorer may be a combination (LDA x lda_scale + softmax): only its LDA part follows the new mean
+        Wg_t, bg_t = Wg_t * np.float32(self.lda_scale), bg_t * np.float32(self.lda_scale)
+        old = touched[touched < len(self.classes)]
+        if len(old):
+            Wo, bo = lda_rows(self.raw_means[old].astype(np.float64), mu0, precision)
+            k = len(old)
+            Wg_t[:k] += self.Wg[old] - np.float32(self.lda_scale) * Wo
+            bg_t[:k] += self.bg[old] - np.float32(self.lda_scale) * bo
         Ws_t, bs_t = self.specialist_rows(means[touched], sc[touched])
         n_new = len(new)
         grow = lambda a: np.concatenate([a, np.zeros((n_new,) + a.shape[1:], a.dtype)])  # noqa: E731
@@ -252,6 +264,7 @@ class SpecialistHead:
             self.config,
             {**self.metrics, "n_added_classes": self.metrics.get("n_added_classes", 0) + n_new},
             self.device,
+            self.lda_scale,
         )
         return head, new, refreshed
 
@@ -264,6 +277,7 @@ class SpecialistHead:
             "rank": int(self.local_U.shape[1]),
             "beta": self.beta,
             "scale": self.scale,
+            "lda_scale": self.lda_scale,
             "hyper_params": asdict(self.config),
             "metrics": jsonable(self.metrics),
         }
@@ -329,6 +343,7 @@ class SpecialistHead:
                 hp,
                 config.get("metrics"),
                 device,
+                float(config.get("lda_scale", 1.0)),
             )
         except EmbeddingInputError as exc:
             raise ModelFormatError(f"{where}: {exc}") from exc
@@ -546,6 +561,39 @@ def search_beta(
     return out
 
 
+#: Scales of the fine scores tried by :func:`calibrate_scale` (a temperature of ``p(c | s)``).
+SCALE_GRID: tuple[float, ...] = tuple(float(v) for v in np.geomspace(0.02, 2.0, 21))
+
+
+def calibrate_scale(
+    G: torch.Tensor,
+    F: torch.Tensor,
+    route: torch.Tensor,
+    sc: np.ndarray,
+    n_superclasses: int,
+    targets: np.ndarray,
+    beta: float,
+    grid: Sequence[float] = SCALE_GRID,
+) -> float:
+    """The ``scale`` of ``grid`` minimising the validation NLL of the soft hierarchy ``log p(s(c)) + log
+    softmax_{c' in s(c)} scale (G + beta F)_c`` at the true SKU (1.0 kept on ties): the within-superclass
+    posterior is calibrated, so the ranks after the first can be mixed with the global scorer's probabilities."""
+    t = torch.as_tensor(np.asarray(targets), dtype=torch.long)
+    groups = torch.from_numpy(np.asarray(sc, dtype=np.int64))
+    slots = GroupSlots.of(np.asarray(sc), n_superclasses)
+    L = (G.double() + beta * F.double()) if beta else G.double()
+    true_sc = groups[t]
+    base = route.gather(1, true_sc[:, None])[:, 0]
+    best, best_nll = 1.0, float("inf")
+    for s_ in sorted(set(float(v) for v in grid) | {1.0}):
+        Ls = s_ * L
+        lse = group_logsumexp(Ls, groups, n_superclasses, slots).gather(1, true_sc[:, None])[:, 0]
+        nll = float(-(base + Ls.gather(1, t[:, None])[:, 0] - lse).mean())
+        if nll < best_nll - 1e-12 or (abs(nll - best_nll) <= 1e-12 and s_ == 1.0):
+            best, best_nll = s_, nll
+    return best
+
+
 def train_specialists(
     X: np.ndarray,
     y: np.ndarray,
@@ -556,13 +604,16 @@ def train_specialists(
     config: SpecialistConfig | None = None,
     stats: LDAStatistics | None = None,
     device: str | torch.device | None = None,
+    global_rows: tuple[np.ndarray, np.ndarray, float] | None = None,
 ) -> SpecialistHead:
     """Fit the specialists of every superclass (closed form) and choose ``beta`` / ``scale`` on validation.
 
     ``router`` is the trained :class:`~skurec.models.lda_router.LDARouter` (its shrinkage is reused, and the
     validation search scores the full soft hierarchy ``log p(s) + log p(c | s)`` over all superclasses,
     :func:`search_beta`). Without validation data ``beta = 0.5``. ``stats``: precomputed
-    :func:`~skurec.models.lda.lda_statistics`.
+    :func:`~skurec.models.lda.lda_statistics`. ``global_rows``: ``(W, b, lda_scale)`` of the hierarchy's global
+    scorer when it is not the LDA (:func:`~skurec.models.global_scorer.choose_global_scorer`); the specialists stay
+    LDA-derived.
     """
     t0 = time.perf_counter()
     config = config or SpecialistConfig()
@@ -588,6 +639,9 @@ def train_specialists(
     lam = config.shrinkage if config.shrinkage is not None else float(router.shrinkage)
     H = stats.whitener(lam)
     Wg, bg = stats.rows(lam)
+    lda_scale = 1.0
+    if global_rows is not None:
+        Wg, bg, lda_scale = global_rows
     Mz = (stats.means - stats.mu0) @ H.T
     local_U, local_gamma = local_factors(X, codes, sc, S, Mz, H, stats.mu0, config.rank, config.mix)
     sizes = np.bincount(sc, minlength=S)
@@ -609,6 +663,7 @@ def train_specialists(
         1.0,
         config,
         device=device,
+        lda_scale=lda_scale,
     )
     Ws, bs = head.specialist_rows(stats.means, sc)
     head.Ws, head.bs = Ws, bs
@@ -631,6 +686,11 @@ def train_specialists(
                 if best is None or key > best:
                     best = key
                     beta, scale = b_, s_
+        # calibrate p(c | s) for the ranks after the first (beta = 0 keeps scale 1: then the hierarchy over all
+        # superclasses is exactly its global scorer, which is calibrated already)
+        if beta > 0 and len(config.scales) == 1 and config.scales[0] == 1.0:
+            scale = calibrate_scale(G, F, route, sc, S, cv, beta)
+            metrics["scale_selected_on"] = "val NLL of log p(s) + log p(c | s)"
         metrics["val_within_top1_global"] = found[("global", 0)][0]
         metrics["val_within_top1_specialist"] = found[("specialist", 0)][0]
         assert best is not None
