@@ -360,6 +360,10 @@ def main() -> None:
             row = run_one(cat, args)
             row["times"]["generate_s"] = round(gen_s, 2)
             rows.append(row)
+            print_results([row])  # each size's tables as soon as it is done (the full tables again at the end)
+            if args.out:
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.with_suffix(".partial.json").write_text(json.dumps({"rows": rows}, indent=1, default=float))
             m = row["variants"]["all"]["models"]
             print(
                 "  " + " ".join(f"{k} {m[k]['top1']:.3f}" for k in MODELS if k in m) + f"; times {row['times']}",

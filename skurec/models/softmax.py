@@ -58,12 +58,12 @@ class SoftmaxConfig:
     decay to 0 over ``max_epochs``); ``bf16``: bfloat16 matrix products (None: when the CPU has native bf16 units).
     """
 
-    weight_decays: tuple[float, ...] = (1e-4, 1e-3, 1e-2)
+    weight_decays: tuple[float, ...] = (1e-4, 1e-3)
     max_epochs: int = 30
-    min_steps: int = 3000
+    min_steps: int = 1000
     patience: int = 4
-    batch_size: int = 512
-    lr: float = 2e-3
+    batch_size: int = 1024
+    lr: float = 4e-3
     seed: int = 0
     bf16: bool | None = None
 
