@@ -322,7 +322,7 @@ def hierarchy_headline(result: Mapping[str, Any]) -> str:
     specialists add over its own global scorer, on which split; a WARNING when a hierarchical model is more than
     :data:`GAP_TOLERANCE` below the best flat model."""
     diag = (result.get("hierarchy") or {}).get("models", {})
-    gaps = {n: e["gap"]["all"] for n, e in diag.items() if "all" in e.get("gap", {})}
+    gaps = {n: e["gap"]["all"] for n, e in diag.items() if "all" in e.get("gap", {}) and n != GLOBAL_KEY}
     if not gaps:
         return "**No hierarchical-vs-flat comparison in this report.**"
     behind = {n: g for n, g in gaps.items() if g["gap_top1"] < -GAP_TOLERANCE}
