@@ -9,7 +9,7 @@ any kind).
 
 Import graph (one way, checked by ``tests/models/test_models_import_graph.py``): ``_common``, ``serialization`` ->
 ``dense``, ``prototypes``, ``metrics``, ``similar``, ``superclasses``, ``lda`` -> ``coarse``, ``fine``, ``flat``,
-``lda_router``, ``specialists``, ``confusion_superclasses`` -> ``softmax`` -> ``global_scorer`` -> ``hierarchical`` -> ``specialist_hierarchy`` ->
+``lda_router`` -> ``specialist_search``, ``specialists``, ``confusion_superclasses`` -> ``softmax`` -> ``global_scorer`` -> ``hierarchical`` -> ``specialist_hierarchy`` ->
 ``registry`` (:func:`load_classifier`) -> this package.
 
 The recommended hierarchy is :func:`train_specialist_hierarchy`: a global shrinkage-LDA scorer whose implied
