@@ -143,6 +143,16 @@ def run_one(cat: Catalogue, args: argparse.Namespace) -> dict[str, Any]:
     protos = class_prototypes(X_tr, y_tr)
     groups = similar_groups(protos.vectors, protos.classes, given_groups=fam)
     similar = similar_class_set(groups)
+    if args.probe_only:  # the reference row alone (a separate process on a loaded machine)
+        t = time.perf_counter()
+        probe = AdamProbe(X_tr, y_tr)
+        times["probe_s"] = time.perf_counter() - t
+        res = evaluate({"probe": probe}, X_te, y_te, similar)
+        m = res["variants"]["all"]["models"]["probe"]
+        print(
+            f"| {cat.name} | {len(protos.classes)} | probe | {_f(m['top1'])} | {_f(m['top3'])} | {times['probe_s']:.1f} |"
+        )
+        return {"name": cat.name, "n_classes": len(protos.classes), "times": times, "probe_only": True, **res}
     t = time.perf_counter()
     flat = fit_flat_softmax(X_tr, y_tr, X_va, y_va)
     times["flat_softmax_s"] = time.perf_counter() - t
@@ -312,6 +322,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     ap.add_argument("--coarse-hidden", type=int, default=-1, help="coarse head width (-1 = the pipeline's rule)")
     ap.add_argument("--no-probe", dest="probe", action="store_false", help="skip the Adam probe reference row")
+    ap.add_argument("--probe-only", action="store_true", help="train and score the Adam probe reference row only")
     ap.add_argument(
         "--old-family", action="store_true", help="also train the earlier coarse/fine family (hierarchical_soft/hard)"
     )
@@ -332,6 +343,8 @@ def main() -> None:
             flush=True,
         )
         rows.append(run_one(cat, args))
+        if args.probe_only:
+            rows = []
     else:
         banks = [bank_from_npz(p) for p in args.real_npz]
         for bank in banks:
