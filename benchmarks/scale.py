@@ -38,6 +38,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -303,7 +304,8 @@ def main() -> None:
         "--train-per-class",
         type=int,
         default=None,
-        help="train images per generated SKU (default: the source class's real count)",
+        help="train images per generated SKU (default: the source class's real count); with --catalogue-npz: keep at "
+        "most this many train images per SKU (low-shot)",
     )
     ap.add_argument("--calibration-seeds", type=int, default=3)
     ap.add_argument(
@@ -337,6 +339,21 @@ def main() -> None:
     calibrations = []
     if args.catalogue_npz:
         cat = Catalogue.load_npz(args.catalogue_npz)
+        if args.train_per_class:  # low-shot: the first K train rows of every SKU in a seeded order
+            order = np.random.default_rng(args.seed).permutation(len(cat.y_train))
+            rank = np.zeros(len(order), np.int64)
+            seen: dict[int, int] = {}
+            for i in order.tolist():
+                rank[i] = seen.get(int(cat.y_train[i]), 0)
+                seen[int(cat.y_train[i])] = rank[i] + 1
+            keep = rank < args.train_per_class
+            cat = replace(
+                cat,
+                X_train=cat.X_train[keep],
+                y_train=cat.y_train[keep],
+                yc_train=cat.yc_train[keep],
+                name=f"{cat.name}-{args.train_per_class}shot",
+            )
         print(
             f"catalogue {args.catalogue_npz.name}: {cat.n_classes} SKUs, {len(cat.y_train)} / {len(cat.y_val)} / "
             f"{len(cat.y_test)} train / val / test images",
