@@ -4,7 +4,7 @@
   superclasses, LDA router, local-whitening specialists; every choice on validation);
 * ``previous``: UMAP + agglomerative superclasses on prototypes, dense coarse head, episodic fine head, soft routing
   m=3 (the pipeline before 2026-12-01);
-* ``flat_linear``: :func:`skurec.models.fit_flat_logreg` (C chosen on validation).
+* ``flat_linear``: :func:`skurec.models.fit_flat_softmax` (the strong flat softmax, L2 and stopping chosen on validation).
 
 Input: one or more ``.npz`` from ``benchmarks/export_grocery_embeddings.py`` (``X``, ``fine``, ``split``); several are
 concatenated (each part re-normalised). Prints validation and test top-1 and training seconds of each, in one run::
@@ -30,7 +30,7 @@ from skurec.models import (  # noqa: E402
     HierarchicalClassifier,
     class_prototypes,
     derive_superclasses,
-    fit_flat_logreg,
+    fit_flat_softmax,
     l2_normalize,
     train_coarse,
     train_fine,
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, fit in (
         ("specialist", lambda: train_specialist_hierarchy(X[tr], y[tr], X[va], y[va]).model),
         ("previous", lambda: previous_hierarchy(X[tr], y[tr], X[va], y[va])),
-        ("flat_linear", lambda: fit_flat_logreg(X[tr], y[tr], X[va], y[va])),
+        ("flat_linear", lambda: fit_flat_softmax(X[tr], y[tr], X[va], y[va])),
     ):
         t0 = time.perf_counter()
         model = fit()

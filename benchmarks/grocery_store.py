@@ -99,7 +99,29 @@ def run_protocol(
         if event.event_type_value == "STEP_SUCCESS":
             timings[event.step_key] = event.event_specific_data.duration_ms / 1000.0
     report = json.loads((workdir / "reports" / "evaluation.json").read_text())
-    return {"report": report, "seconds": seconds, "timings": timings}
+    headline = (workdir / "reports" / "evaluation.md").read_text().splitlines()[0]
+    return {"report": report, "seconds": seconds, "timings": timings, "headline": headline, "probe": probe_row(workdir)}
+
+
+def probe_row(workdir: Path) -> dict:
+    """The issue-18 reference probe (scale.py's :class:`AdamProbe`: plain Adam softmax, standardised inputs, 30
+    epochs, no tuning) on the pipeline's own fit rows, scored on the report's split."""
+    from scale import AdamProbe
+
+    from skurec.embeddings.training_data import load_training_data
+    from skurec_resources import StorageResource
+
+    data = load_training_data(StorageResource(workdir=str(workdir)).workspace())
+    t0 = time.perf_counter()
+    probe = AdamProbe(data.fit.X, data.fit.y)
+    seconds = time.perf_counter() - t0
+    split = data.eval_split
+    labels = probe.predict_topk(split.X, 3).labels
+    return {
+        "top1": float((labels[:, 0] == split.y).mean()),
+        "top3": float((labels == split.y[:, None]).any(1).mean()),
+        "seconds": round(seconds, 1),
+    }
 
 
 def print_table(name: str, out: dict) -> None:
@@ -118,10 +140,20 @@ def print_table(name: str, out: dict) -> None:
             s = variants[v]["models"].get(m, {})
             cells += "".join(f"{(s.get(k) if s.get(k) is not None else float('nan')):>14.4f}" for k in ("top1", "top3"))
         print(f"{m:<20}{cells}")
+    if out.get("probe"):
+        pr = out["probe"]
+        print(f"{'probe (reference)':<20}{pr['top1']:>14.4f}{pr['top3']:>14.4f}   (all images; {pr['seconds']}s)")
+        soft = variants["all"]["models"]["hierarchical_soft"]
+        print(
+            f"hierarchical_soft - probe: top-1 {soft['top1'] - pr['top1']:+.4f}, top-3 {soft['top3'] - pr['top3']:+.4f}"
+        )
     for variant, gap in (
         (rep.get("hierarchy") or {}).get("models", {}).get("hierarchical_soft", {}).get("gap") or {}
     ).items():
-        print(f"gap hierarchical - best flat ({gap['best_flat']}) on {variant}: {gap['gap_top1']:+.4f}")
+        g3 = f", top-3 {gap['gap_top3']:+.4f} vs {gap['best_flat_top3_model']}" if "gap_top3" in gap else ""
+        print(f"gap hierarchical - best flat ({gap['best_flat']}) on {variant}: top-1 {gap['gap_top1']:+.4f}{g3}")
+    if out.get("headline"):
+        print(f"report first line: {out['headline']}")
     t = out["timings"]
     keys = ["image_embeddings", "superclasses", "coarse_model", "fine_model", "flat_baselines"]
     print("step seconds: " + ", ".join(f"{k}={t[k]:.1f}" for k in keys if k in t) + f"; total {out['seconds']:.1f}s")

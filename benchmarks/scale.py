@@ -10,17 +10,19 @@ the other sizes.
 
 Models, trained with the same public functions as the pipeline: the specialist hierarchy
 (:func:`~skurec.models.train_specialist_hierarchy`: ``specialist_soft`` at its validation-chosen routing width,
-``specialist_hard`` m=1), the coarse/fine hierarchical classifier
-(:func:`~skurec.models.derive_superclasses` -> :func:`~skurec.models.train_coarse` +
-:func:`~skurec.models.train_fine` -> :class:`~skurec.models.HierarchicalClassifier`, soft routing m=3 and hard
-m=1) and the flat baselines: :func:`~skurec.models.fit_flat_logreg` (the tuned logistic regression, ``C`` chosen
-on validation), :class:`~skurec.models.FlatPrototype` and cosine k-NN (:class:`~skurec.models.FlatKNN`).
+``specialist_hard`` m=1; its global scorer chosen on validation among the shrinkage LDA, the flat softmax and their
+calibrated combination, handed the flat softmax below so it is fitted once), ``global_scorer`` (that global scorer
+alone: beta 0, all superclasses) and the flat baselines: :func:`~skurec.models.fit_flat_softmax` (``flat_softmax``:
+THE flat model, L2 strength and stopping chosen on validation over all SKUs), ``probe`` (the issue's reference: a
+plain Adam softmax, standardised inputs, 30 epochs, no tuning, on the same train rows), :class:`~skurec.models.
+FlatPrototype` and cosine k-NN (:class:`~skurec.models.FlatKNN`). ``--old-family`` adds the earlier coarse/fine
+hierarchy (prototype superclasses, dense router, prototype fine head) as ``hierarchical_soft`` / ``_hard``.
 
 ``--catalogue-npz FILE`` runs every model on any embedding catalogue instead (arrays ``X_train, y_train, yc_train,
 X_val, y_val, yc_val, X_test, y_test, yc_test``; integer labels; ``yc`` = family id, used as the group id).
 
-Prints the results table (test top-1 / top-3, similar-subset top-1, train seconds per model, gap hierarchical - best
-flat) and writes everything as JSON with ``--out``. Heavy: run it once, not in tests.
+Prints the results table (test top-1 / top-3, similar-subset top-1, train seconds per model) and the gaps of the
+deployed hierarchy to the best flat model in top-1 and top-3 and of the specialists over the global scorer and writes everything as JSON with ``--out``. Heavy: run it once, not in tests.
 
 Examples::
 
@@ -36,6 +38,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -65,28 +68,67 @@ from skurec.models import (  # noqa: E402
     HierarchicalClassifier,
     class_prototypes,
     derive_superclasses,
-    fit_flat_logreg,
+    fit_flat_softmax,
+    global_scorer_hierarchy,
     similar_class_set,
     similar_groups,
     train_coarse,
     train_fine,
     train_specialist_hierarchy,
 )
+from skurec.models._common import encode_labels  # noqa: E402
 
 HIER = ("specialist_soft", "specialist_hard", "hierarchical_soft", "hierarchical_hard")
-FLAT = ("flat_linear", "flat_prototype", "flat_knn")
+FLAT = ("flat_softmax", "probe", "global_scorer", "flat_prototype", "flat_knn")
 MODELS = (*HIER, *FLAT, "coarse_only")
+#: The flat models "best flat" is taken over (the hierarchy's own global scorer is reported, not counted: it is part
+#: of the hierarchy and chosen with it).
+BEST_FLAT = ("flat_softmax", "probe", "flat_prototype", "flat_knn")
 
 
 def n_superclasses_for(n_classes: int, max_superclasses: int = 100, per_superclass: float = 8.0) -> int:
-    """Same rule as the pipeline's default: about 8 SKUs per superclass, at most 100."""
+    """The earlier family's rule: about 8 SKUs per superclass, at most 100."""
     return int(min(max_superclasses, n_classes, max(2, round(n_classes / per_superclass))))
 
 
 def coarse_hidden_for(n_classes: int, requested: int) -> int:
-    """The pipeline's default coarse head: linear below 500 SKUs, a 512-wide MLP from 500 up (``requested`` >= 0
+    """The earlier family's coarse head: linear below 500 SKUs, a 512-wide MLP from 500 up (``requested`` >= 0
     overrides)."""
     return requested if requested >= 0 else (512 if n_classes >= 500 else 0)
+
+
+class AdamProbe:
+    """The reference linear probe of issue #18: standardised inputs, one linear layer, plain Adam (lr 1e-3, batch
+    256), 30 epochs, no regularisation, no validation, no tuning (float32). Trained on the same rows as every model."""
+
+    def __init__(
+        self, X: np.ndarray, y: np.ndarray, epochs: int = 30, lr: float = 1e-3, batch: int = 256, seed: int = 0
+    ):
+        self.classes = sorted(np.unique(y).tolist())
+        c = torch.from_numpy(encode_labels(y, self.classes))
+        Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+        self.mu, self.sd = Xt.mean(0), Xt.std(0).clamp(min=1e-6)
+        Z = (Xt - self.mu) / self.sd
+        g = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)
+        self.lin = torch.nn.Linear(X.shape[1], len(self.classes))
+        opt = torch.optim.Adam(self.lin.parameters(), lr=lr)
+        for _ in range(epochs):
+            perm = torch.randperm(len(Z), generator=g)
+            for i in range(0, len(Z), batch):
+                j = perm[i : i + batch]
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(self.lin(Z[j]), c[j]).backward()
+                opt.step()
+
+    def predict_topk(self, X: np.ndarray, k: int = 3):
+        from skurec.models._common import Predictions
+
+        with torch.no_grad():
+            p = torch.softmax(self.lin((torch.from_numpy(np.ascontiguousarray(X, np.float32)) - self.mu) / self.sd), 1)
+        vals, idx = torch.topk(p, min(k, len(self.classes)), dim=1)
+        labels = np.asarray(self.classes)[idx.numpy()]
+        return Predictions(labels=labels, scores=vals.numpy(), superclass=np.full(len(X), -1, dtype=np.int64))
 
 
 def run_one(cat: Catalogue, args: argparse.Namespace) -> dict[str, Any]:
@@ -95,68 +137,75 @@ def run_one(cat: Catalogue, args: argparse.Namespace) -> dict[str, Any]:
     X_va, y_va = cat.labelled("val")
     X_te, y_te = cat.labelled("test")
     has_val = len(y_va) > 0
+    if not has_val:
+        raise SystemExit("scale.py needs a validation split (every choice is made on it)")
     fam = {f"{Catalogue.sku(np.asarray([c]))[0]}": f"fam{f}" for c, f in cat.family_of_class().items()}
     times: dict[str, float] = {}
-    t = time.perf_counter()
     protos = class_prototypes(X_tr, y_tr)
-    sc = derive_superclasses(
-        protos.vectors, protos.classes, n_superclasses=n_superclasses_for(len(protos.classes)), seed=args.seed
-    )
-    sc_map = sc.superclass_of_class()
-    times["superclasses_s"] = time.perf_counter() - t
     groups = similar_groups(protos.vectors, protos.classes, given_groups=fam)
     similar = similar_class_set(groups)
-    hidden = coarse_hidden_for(len(protos.classes), args.coarse_hidden)
+    if args.probe_only:  # the reference row alone (a separate process on a loaded machine)
+        t = time.perf_counter()
+        probe = AdamProbe(X_tr, y_tr)
+        times["probe_s"] = time.perf_counter() - t
+        res = evaluate({"probe": probe}, X_te, y_te, similar)
+        m = res["variants"]["all"]["models"]["probe"]
+        print(
+            f"| {cat.name} | {len(protos.classes)} | probe | {_f(m['top1'])} | {_f(m['top3'])} | {times['probe_s']:.1f} |"
+        )
+        return {"name": cat.name, "n_classes": len(protos.classes), "times": times, "probe_only": True, **res}
     t = time.perf_counter()
-    coarse = train_coarse(
-        X_tr,
-        y_tr,
-        sc_map,
-        X_va if has_val else None,
-        y_va if has_val else None,
-        config=DenseConfig(hidden=hidden, max_epochs=8 if hidden else 20, seed=args.seed),
-        n_superclasses=sc.n_superclasses,
-    )
-    times["coarse_s"] = time.perf_counter() - t
+    flat = fit_flat_softmax(X_tr, y_tr, X_va, y_va)
+    times["flat_softmax_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    fine = train_fine(
-        X_tr, y_tr, sc_map, X_va if has_val else None, y_va if has_val else None, config=FineConfig(seed=args.seed)
-    )
-    times["fine_s"] = time.perf_counter() - t
-    hier = HierarchicalClassifier(coarse, fine, sc_map, m=3)
-    times["hierarchical_s"] = times["superclasses_s"] + times["coarse_s"] + times["fine_s"]
+    spec = train_specialist_hierarchy(X_tr, y_tr, X_va, y_va, flat=flat)
+    times["specialist_s"] = time.perf_counter() - t + times["flat_softmax_s"]  # the hierarchy includes its softmax
+    models: dict[str, Any] = {
+        "specialist_soft": spec.model,
+        "specialist_hard": spec.model.with_m(1),
+        "flat_softmax": flat,
+        "global_scorer": global_scorer_hierarchy(spec.model),
+    }
+    if args.probe:
+        t = time.perf_counter()
+        models["probe"] = AdamProbe(X_tr, y_tr)
+        times["probe_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    flat = fit_flat_logreg(X_tr, y_tr, X_va if has_val else None, y_va if has_val else None)
-    times["flat_linear_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    proto = FlatPrototype.fit(X_tr, y_tr)
+    models["flat_prototype"] = FlatPrototype.fit(X_tr, y_tr)
     times["flat_prototype_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    knn = FlatKNN(X_tr, y_tr)
+    models["flat_knn"] = FlatKNN(X_tr, y_tr)
     times["flat_knn_s"] = time.perf_counter() - t
-    models = {
-        "hierarchical_soft": hier,
-        "hierarchical_hard": hier.with_m(1),
-        "flat_linear": flat,
-        "flat_prototype": proto,
-        "flat_knn": knn,
-    }
-    specialist_report = None
-    if args.specialist and has_val:
+    coarse = (spec.model.coarse, spec.model.superclass_of_class())
+    if args.old_family:  # the earlier coarse/fine family (prototype superclasses, dense router, prototype fine head)
         t = time.perf_counter()
-        spec = train_specialist_hierarchy(X_tr, y_tr, X_va, y_va)
-        times["specialist_s"] = time.perf_counter() - t
-        models = {"specialist_soft": spec.model, "specialist_hard": spec.model.with_m(1), **models}
-        specialist_report = spec.report
+        sc = derive_superclasses(
+            protos.vectors, protos.classes, n_superclasses=n_superclasses_for(len(protos.classes)), seed=args.seed
+        )
+        sc_map = sc.superclass_of_class()
+        hidden = coarse_hidden_for(len(protos.classes), args.coarse_hidden)
+        head = train_coarse(
+            X_tr,
+            y_tr,
+            sc_map,
+            X_va,
+            y_va,
+            DenseConfig(hidden=hidden, max_epochs=8 if hidden else 20, seed=args.seed),
+            n_superclasses=sc.n_superclasses,
+        )
+        fine = train_fine(X_tr, y_tr, sc_map, X_va, y_va, config=FineConfig(seed=args.seed))
+        hier = HierarchicalClassifier(head, fine, sc_map, m=3)
+        times["hierarchical_s"] = time.perf_counter() - t
+        models.update({"hierarchical_soft": hier, "hierarchical_hard": hier.with_m(1)})
     t = time.perf_counter()
     preds = predict_all(models, X_te)
     times["predict_all_s"] = time.perf_counter() - t
-    result = evaluate(models, X_te, y_te, similar, coarse=(coarse, sc_map), predictions=preds)
-    sizes = sc.sizes()
+    result = evaluate(models, X_te, y_te, similar, coarse=coarse, predictions=preds)
     m = result["variants"]["all"]["models"]
-    best_flat = max(FLAT, key=lambda k: m[k]["top1"])
-    best_hier = max((k for k in HIER if k in m), key=lambda k: m[k]["top1"])
+    best_flat = max((k for k in BEST_FLAT if k in m), key=lambda k: m[k]["top1"])
+    best_flat3 = max((k for k in BEST_FLAT if k in m), key=lambda k: m[k]["top3"])
     per_class = np.bincount(cat.y_train)
+    sizes = np.bincount(spec.model.sc_of_index)
     return {
         "name": cat.name,
         "n_classes": len(protos.classes),
@@ -164,22 +213,19 @@ def run_one(cat: Catalogue, args: argparse.Namespace) -> dict[str, Any]:
         "n_val": int(len(y_va)),
         "n_test": int(len(y_te)),
         "train_per_class_median": float(np.median(per_class[per_class > 0])),
-        "n_superclasses": sc.n_superclasses,
-        "superclass_method": sc.method,
-        "coarse_hidden": hidden,
+        "n_superclasses": int(spec.model.n_superclasses),
         "superclass_sizes": [int(sizes.min()), float(np.median(sizes)), int(sizes.max())],
         "n_similar_classes": len(similar),
         "n_sibling_pairs": int(len(cat.sibling_pairs)),
         "times": {k: round(v, 2) for k, v in times.items()},
-        "coarse_metrics": coarse.metrics,
-        "fine_metrics": fine.metrics,
-        "flat_linear_metrics": flat.metrics,
-        "specialist_report": specialist_report,
+        "flat_softmax_metrics": {k: v for k, v in flat.metrics.items() if k != "path"},
+        "specialist_report": spec.report,
         "best_flat": best_flat,
-        "best_hierarchical": best_hier,
-        "gap_best_hierarchical_minus_best_flat": round(m[best_hier]["top1"] - m[best_flat]["top1"], 4),
-        "gap_soft_minus_best_flat": round(m["hierarchical_soft"]["top1"] - m[best_flat]["top1"], 4),
-        "gap_hard_minus_best_flat": round(m["hierarchical_hard"]["top1"] - m[best_flat]["top1"], 4),
+        "best_flat_top3": best_flat3,
+        "gap_top1": round(m["specialist_soft"]["top1"] - m[best_flat]["top1"], 4),
+        "gap_top3": round(m["specialist_soft"]["top3"] - m[best_flat3]["top3"], 4),
+        "specialists_over_global_top1": round(m["specialist_soft"]["top1"] - m["global_scorer"]["top1"], 4),
+        "specialists_over_global_top3": round(m["specialist_soft"]["top3"] - m["global_scorer"]["top3"], 4),
         **result,
     }
 
@@ -191,41 +237,50 @@ def _f(x: Any) -> str:
 def print_results(rows: list[dict[str, Any]]) -> None:
     print(
         "\n### results (test split; similar = SKUs in families of >= 2 / look-alike groups; coarse_only = "
-        "superclass accuracy)"
+        "superclass accuracy of the hierarchy's router)"
     )
     print("| catalogue | SKUs | train imgs | model | top-1 | top-3 | similar top-1 | train s |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         a, s, t = r["variants"]["all"]["models"], r["variants"]["similar"]["models"], r["times"]
         secs = {
-            "hierarchical_soft": t["hierarchical_s"],
-            "hierarchical_hard": t["hierarchical_s"],
-            "specialist_soft": t.get("specialist_s", 0.0),
-            "specialist_hard": t.get("specialist_s", 0.0),
-            "flat_linear": t["flat_linear_s"],
+            "specialist_soft": t["specialist_s"],
+            "specialist_hard": t["specialist_s"],
+            "global_scorer": t["specialist_s"],
+            "hierarchical_soft": t.get("hierarchical_s"),
+            "hierarchical_hard": t.get("hierarchical_s"),
+            "flat_softmax": t["flat_softmax_s"],
+            "probe": t.get("probe_s"),
             "flat_prototype": t["flat_prototype_s"],
             "flat_knn": t["flat_knn_s"],
-            "coarse_only": t["superclasses_s"] + t["coarse_s"],
+            "coarse_only": t["specialist_s"],
         }
         for name in MODELS:
             if name in a:
+                sec = "-" if secs.get(name) is None else f"{secs[name]:.1f}"
                 print(
                     f"| {r['name']} | {r['n_classes']} | {r['n_train']} | {name} | {_f(a[name]['top1'])} | "
-                    f"{_f(a[name]['top3'])} | {_f(s[name]['top1'])} | {secs[name]:.1f} |"
+                    f"{_f(a[name]['top3'])} | {_f(s[name]['top1'])} | {sec} |"
                 )
-    print("\n### gap hierarchical - best flat (test top-1) and training time")
     print(
-        "| catalogue | SKUs | best flat | best hierarchical | gap | hierarchical_soft - best flat | "
-        "coarse+fine s | specialist s | flat linear s |"
+        "\n### deployed hierarchy (specialist_soft) - best flat (test; best flat over "
+        + ", ".join(BEST_FLAT)
+        + ", top-1 and top-3 each its own best) and what the specialists add over the hierarchy's global scorer"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| catalogue | SKUs | global scorer | best flat top-1 | gap top-1 | best flat top-3 | gap top-3 | "
+        "specialists over global top-1 / top-3 | hierarchy s (incl. softmax) | flat softmax s | probe s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         t = r["times"]
-        spec = f"{t['specialist_s']:.1f}" if "specialist_s" in t else "-"
+        gs = r["specialist_report"].get("global_scorer", {})
+        probe_s = f"{t['probe_s']:.1f}" if "probe_s" in t else "-"
         print(
-            f"| {r['name']} | {r['n_classes']} | {r['best_flat']} | {r['best_hierarchical']} | "
-            f"{r['gap_best_hierarchical_minus_best_flat']:+.3f} | {r['gap_soft_minus_best_flat']:+.3f} | "
-            f"{t['hierarchical_s']:.1f} | {spec} | {t['flat_linear_s']:.1f} |"
+            f"| {r['name']} | {r['n_classes']} | {gs.get('name', 'lda')} (w {gs.get('weight', 0):g}) | "
+            f"{r['best_flat']} | {r['gap_top1']:+.3f} | {r['best_flat_top3']} | {r['gap_top3']:+.3f} | "
+            f"{r['specialists_over_global_top1']:+.3f} / {r['specialists_over_global_top3']:+.3f} | "
+            f"{t['specialist_s']:.1f} | {t['flat_softmax_s']:.1f} | {probe_s} |"
         )
 
 
@@ -249,7 +304,8 @@ def main() -> None:
         "--train-per-class",
         type=int,
         default=None,
-        help="train images per generated SKU (default: the source class's real count)",
+        help="train images per generated SKU (default: the source class's real count); with --catalogue-npz: keep at "
+        "most this many train images per SKU (low-shot)",
     )
     ap.add_argument("--calibration-seeds", type=int, default=3)
     ap.add_argument(
@@ -267,11 +323,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     ap.add_argument("--coarse-hidden", type=int, default=-1, help="coarse head width (-1 = the pipeline's rule)")
+    ap.add_argument("--no-probe", dest="probe", action="store_false", help="skip the Adam probe reference row")
+    ap.add_argument("--probe-only", action="store_true", help="train and score the Adam probe reference row only")
     ap.add_argument(
-        "--no-specialist",
-        dest="specialist",
-        action="store_false",
-        help="skip the specialist hierarchy (train_specialist_hierarchy)",
+        "--old-family", action="store_true", help="also train the earlier coarse/fine family (hierarchical_soft/hard)"
     )
     ap.add_argument("--save-catalogues", type=Path, help="also write each generated catalogue as .npz here")
     ap.add_argument("--out", type=Path, help="write all results as JSON here")
@@ -284,12 +339,29 @@ def main() -> None:
     calibrations = []
     if args.catalogue_npz:
         cat = Catalogue.load_npz(args.catalogue_npz)
+        if args.train_per_class:  # low-shot: the first K train rows of every SKU in a seeded order
+            order = np.random.default_rng(args.seed).permutation(len(cat.y_train))
+            rank = np.zeros(len(order), np.int64)
+            seen: dict[int, int] = {}
+            for i in order.tolist():
+                rank[i] = seen.get(int(cat.y_train[i]), 0)
+                seen[int(cat.y_train[i])] = rank[i] + 1
+            keep = rank < args.train_per_class
+            cat = replace(
+                cat,
+                X_train=cat.X_train[keep],
+                y_train=cat.y_train[keep],
+                yc_train=cat.yc_train[keep],
+                name=f"{cat.name}-{args.train_per_class}shot",
+            )
         print(
             f"catalogue {args.catalogue_npz.name}: {cat.n_classes} SKUs, {len(cat.y_train)} / {len(cat.y_val)} / "
             f"{len(cat.y_test)} train / val / test images",
             flush=True,
         )
         rows.append(run_one(cat, args))
+        if args.probe_only:
+            rows = []
     else:
         banks = [bank_from_npz(p) for p in args.real_npz]
         for bank in banks:
@@ -318,6 +390,10 @@ def main() -> None:
             row = run_one(cat, args)
             row["times"]["generate_s"] = round(gen_s, 2)
             rows.append(row)
+            print_results([row])  # each size's tables as soon as it is done (the full tables again at the end)
+            if args.out:
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.with_suffix(".partial.json").write_text(json.dumps({"rows": rows}, indent=1, default=float))
             m = row["variants"]["all"]["models"]
             print(
                 "  " + " ".join(f"{k} {m[k]['top1']:.3f}" for k in MODELS if k in m) + f"; times {row['times']}",

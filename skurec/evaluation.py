@@ -33,7 +33,10 @@ import numpy as np
 
 from .models._common import Classifier, Predictions, check_xy
 from .models.coarse import CoarseHead
+from .models.lda_router import LDARouter
 from .models.metrics import confusion_matrix, normalize_rows, superclass_accuracy, topk_accuracy
+from .models.specialist_hierarchy import global_scorer_hierarchy
+from .models.specialists import SpecialistHead
 
 #: the catalogue tiers a report breaks accuracy down by (see :mod:`skurec.catalogue.audit`)
 TIERS = ("head", "tail")
@@ -109,6 +112,7 @@ def hierarchy_diagnostics(
         for variant in variants:
             block = accuracy[variant]
             flat_top1 = {f: block[f]["top1"] for f in flat if block.get(f, {}).get("top1") is not None}
+            flat_top3 = {f: block[f]["top3"] for f in flat if block.get(f, {}).get("top3") is not None}
             mine = block.get(name, {}).get("top1")
             if flat_top1 and mine is not None:
                 best_flat = max(flat_top1, key=lambda f: (flat_top1[f], f))
@@ -117,6 +121,16 @@ def hierarchy_diagnostics(
                     "best_flat_top1": flat_top1[best_flat],
                     "gap_top1": float(mine - flat_top1[best_flat]),
                 }
+                mine3 = block.get(name, {}).get("top3")
+                if flat_top3 and mine3 is not None:  # top-3 against the flat model best at top-3
+                    best3 = max(flat_top3, key=lambda f: (flat_top3[f], f))
+                    entry["gap"][variant].update(
+                        {
+                            "best_flat_top3_model": best3,
+                            "best_flat_top3": flat_top3[best3],
+                            "gap_top3": mine3 - flat_top3[best3],
+                        }
+                    )
         all_gap = entry["gap"].get("all")
         if all_gap is not None:
             ref = all_gap["best_flat"]
@@ -335,24 +349,54 @@ def _coverage_lines(coverage: Mapping[str, Any]) -> list[str]:
     return lines + [""]
 
 
+#: The deployed hierarchy's name in reports, and the hierarchy's own global scorer (beta 0, all superclasses).
+DEPLOYED_KEY = "hierarchical_soft"
+GLOBAL_KEY = "global_scorer"
+
+
+def _gain_details(result: Mapping[str, Any], name: str, g: Mapping[str, Any]) -> str:
+    """Top-3 gain, what the specialists add over the global scorer, and which split the numbers are from."""
+    parts = []
+    if "gap_top3" in g:
+        parts.append(f"top-3 {100 * g['gap_top3']:+.1f} vs {g['best_flat_top3_model']} ({g['best_flat_top3']:.3f})")
+    models = (result.get("variants") or {}).get("all", {}).get("models", {})
+    mine, glob = models.get(name) or {}, models.get(GLOBAL_KEY) or {}
+    if name != GLOBAL_KEY and mine.get("top1") is not None and glob.get("top1") is not None:
+        parts.append(
+            f"the specialists add {100 * (mine['top1'] - glob['top1']):+.1f} top-1 / "
+            f"{100 * ((mine.get('top3') or 0) - (glob.get('top3') or 0)):+.1f} top-3 over the hierarchy's global scorer"
+        )
+    split = result.get("split")
+    if split == "test":
+        parts.append("test split")
+    elif split:
+        parts.append(
+            f"scored on the {split} split the choices were made on (the catalogue has no test split): optimistic"
+        )
+    return ("; " + "; ".join(parts)) if parts else ""
+
+
 def hierarchy_headline(result: Mapping[str, Any]) -> str:
-    """One plain sentence: is any hierarchical model more than :data:`GAP_TOLERANCE` below the best flat model?"""
+    """One plain sentence: the gain (top-1 and top-3) of the deployed hierarchy over the best flat model, what its
+    specialists add over its own global scorer, on which split; a WARNING when a hierarchical model is more than
+    :data:`GAP_TOLERANCE` below the best flat model."""
     diag = (result.get("hierarchy") or {}).get("models", {})
-    gaps = {n: e["gap"]["all"] for n, e in diag.items() if "all" in e.get("gap", {})}
+    gaps = {n: e["gap"]["all"] for n, e in diag.items() if "all" in e.get("gap", {}) and n != GLOBAL_KEY}
     if not gaps:
         return "**No hierarchical-vs-flat comparison in this report.**"
     behind = {n: g for n, g in gaps.items() if g["gap_top1"] < -GAP_TOLERANCE}
     if behind:
         parts = [f"{n} {100 * g['gap_top1']:+.1f} points vs {g['best_flat']}" for n, g in sorted(behind.items())]
+        name = DEPLOYED_KEY if DEPLOYED_KEY in gaps else min(behind)
         return (
             f"**WARNING: the hierarchical model is more than {100 * GAP_TOLERANCE:.1f} point below the best flat "
-            f"model on all images ({'; '.join(parts)}).**"
+            f"model on all images ({'; '.join(parts)}){_gain_details(result, name, gaps[name])}.**"
         )
-    best = max(gaps, key=lambda n: gaps[n]["gap_top1"])
+    best = DEPLOYED_KEY if DEPLOYED_KEY in gaps else max(gaps, key=lambda n: gaps[n]["gap_top1"])
     g = gaps[best]
     return (
         f"**Hierarchical is not behind flat: {best} {100 * g['gap_top1']:+.1f} points top-1 vs the best flat "
-        f"model ({g['best_flat']}, {g['best_flat_top1']:.3f}).**"
+        f"model ({g['best_flat']}, {g['best_flat_top1']:.3f}){_gain_details(result, best, g)}.**"
     )
 
 
@@ -461,15 +505,20 @@ def standard_models(
     **extra: Any,
 ) -> dict[str, Any]:
     """The report's model dict: ``hierarchical_soft`` (routing width ``route_m``; ``None`` = the model's own
-    ``m``, chosen when it was trained), ``hierarchical_hard`` (m=1), ``flat_linear``, ``flat_prototype`` plus any
-    ``extra`` named models. ``soft_m`` is the former name of ``route_m``."""
+    ``m``, chosen when it was trained), ``hierarchical_hard`` (m=1), ``global_scorer`` (the hierarchy's own global
+    SKU scorer: beta 0, every superclass; only for hierarchies built on one), ``flat_linear`` (the flat softmax),
+    ``flat_prototype`` plus any ``extra`` named models. ``soft_m`` is the former name of ``route_m``."""
     if soft_m is not None and route_m is not None and soft_m != route_m:
         raise ValueError(f"route_m={route_m} and soft_m={soft_m} disagree; give route_m only")
     width = route_m if route_m is not None else soft_m
     soft = hierarchical.with_m(width) if width is not None else hierarchical
+    glob = {}
+    if isinstance(hierarchical.coarse, LDARouter) and isinstance(hierarchical.fine, SpecialistHead):
+        glob = {GLOBAL_KEY: global_scorer_hierarchy(hierarchical)}
     return {
         "hierarchical_soft": soft,
         "hierarchical_hard": hierarchical.with_m(1),
+        **glob,
         "flat_linear": flat_linear,
         "flat_prototype": flat_prototype,
         **extra,

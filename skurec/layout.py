@@ -85,6 +85,7 @@ SIMILAR_JSON = f"{ARTIFACTS_DIR}/similar_groups.json"
 COARSE_DIR = f"{ARTIFACTS_DIR}/coarse"
 HIERARCHICAL_DIR = f"{ARTIFACTS_DIR}/hierarchical"
 FLAT_LINEAR_DIR = f"{ARTIFACTS_DIR}/flat_linear"
+GLOBAL_SCORER_DIR = f"{ARTIFACTS_DIR}/global_scorer"  # the hierarchy's global SKU scorer (rows, chosen on val)
 FLAT_PROTOTYPE_DIR = f"{ARTIFACTS_DIR}/flat_prototype"
 TRAINING_MANIFEST = f"{ARTIFACTS_DIR}/training_manifest.json"
 TRAINING_SET = f"{ARTIFACTS_DIR}/training_set.parquet"

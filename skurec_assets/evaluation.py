@@ -145,6 +145,8 @@ def evaluation_report(
     for variant, gap in (diag.get("gap") or {}).items():
         flat[f"{variant}/gap_hierarchical_minus_best_flat"] = round(float(gap["gap_top1"]), 4)
         flat[f"{variant}/best_flat"] = gap["best_flat"]
+        if "gap_top3" in gap:
+            flat[f"{variant}/gap_top3_hierarchical_minus_best_flat"] = round(float(gap["gap_top3"]), 4)
     for j, r in (diag.get("router_recall") or {}).items():
         if r is not None:
             flat[f"router_recall_at_{j}"] = round(float(r), 4)

@@ -31,6 +31,7 @@ from skurec.layout import (
     COARSE_DIR,
     FLAT_LINEAR_DIR,
     FLAT_PROTOTYPE_DIR,
+    GLOBAL_SCORER_DIR,
     HIERARCHICAL_DIR,
     PROTOTYPES_DIR,
     SIMILAR_JSON,
@@ -41,14 +42,17 @@ from skurec.layout import (
 from skurec.layout import superclass_map as load_superclass_map
 from skurec.models import (
     FlatPrototype,
+    FlatSoftmax,
     HierarchicalClassifier,
+    SoftmaxConfig,
     SpecialistConfig,
     SpecialistHierarchyConfig,
     choose_route_m,
     class_prototypes,
     confusion_superclasses,
-    fit_flat_logreg,
+    fit_flat_softmax,
     fit_lda_statistics,
+    global_scorer_hierarchy,
     load_classifier,
     superclass_group_ami,
     superclass_scatter_png,
@@ -57,7 +61,6 @@ from skurec.models import (
     train_specialists,
 )
 from skurec.models import similar_groups as derive_similar_groups
-from skurec.models.flat import DEFAULT_CS
 from skurec.store.artifacts import files_digest, read_files, write_files
 from skurec.store.training_artifacts import (
     TRAINING_CODE_VERSION,
@@ -112,9 +115,9 @@ class FineTrainConfig(dg.Config):
 
 
 class FlatTrainConfig(dg.Config):
-    # L2 regularisation grid of the flat logistic regression (scikit-learn's C), chosen on validation.
-    Cs: list[float] = list(DEFAULT_CS)
-    max_iter: int = _default(fit_flat_logreg, "max_iter")
+    # L2 strengths of the flat softmax trained side by side (validation over all SKUs picks one, with the epoch).
+    weight_decays: list[float] = list(SoftmaxConfig.weight_decays)
+    max_epochs: int = SoftmaxConfig.max_epochs
 
 
 # ---------------------------------------------------------------------------------------------------------- helpers
@@ -122,6 +125,24 @@ def _training_set_table(data: TrainingData) -> bytes:
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pandas(training_table(data), preserve_index=False), buf)
     return buf.getvalue()
+
+
+def _flat_softmax(ws, classes: list[str]) -> FlatSoftmax | None:
+    """The ``flat_baselines`` softmax when it exists and covers exactly these classes (the hierarchy reuses it)."""
+    if not ws.exists(f"{FLAT_LINEAR_DIR}/_files.json"):
+        return None
+    flat = load_classifier(read_files(ws, FLAT_LINEAR_DIR))
+    return flat if isinstance(flat, FlatSoftmax) and list(flat.classes) == list(classes) else None
+
+
+def _global_rows(ws, classes: list[str]):
+    """``(W, b, lda_scale)`` of the global scorer the ``superclasses`` selection chose (None: the LDA itself)."""
+    if not ws.exists(f"{GLOBAL_SCORER_DIR}/_files.json"):
+        return None
+    g = load_classifier(read_files(ws, GLOBAL_SCORER_DIR))
+    if list(g.classes) != list(classes):
+        raise ValueError("the stored global scorer was fitted on another class list; rematerialise superclasses")
+    return g.W, g.b, float(g.metrics["lda_scale"])
 
 
 # ---------------------------------------------------------------------------------------------------------- assets
@@ -161,15 +182,16 @@ def class_prototypes_asset(context: dg.AssetExecutionContext, storage: StorageRe
 @dg.asset(
     name="superclasses",
     group_name=TRAIN,
-    deps=[image_embeddings],
+    deps=[image_embeddings, "flat_baselines"],
     code_version=CODE_VERSION,
     kinds={"pytorch"},
     description=(
         "Superclasses derived from the data: SKUs grouped by the pairwise confusions of a shrinkage-LDA over every "
         "SKU (Mahalanobis distance of the SKU means, closest pairs first, a size cap), so look-alikes share a "
         "superclass. The cap and the LDA shrinkage are chosen on the validation split by fitting the whole hierarchy "
-        "for each cap. Writes the LDA statistics of the fit rows (computed once; coarse_model and fine_model reuse "
-        "them, verified by digest)."
+        "for each cap, on a global SKU scorer chosen on validation among the shrinkage LDA, the flat softmax "
+        "(flat_baselines, reused) and their calibrated combination. Writes the LDA statistics of the fit rows "
+        "(computed once; coarse_model and fine_model reuse them, verified by digest) and the global scorer's rows."
     ),
 )
 def superclasses_asset(
@@ -191,6 +213,7 @@ def superclasses_asset(
             data.val.y,
             SpecialistHierarchyConfig(max_sizes=tuple(config.max_sizes)),
             stats=stats,
+            flat=_flat_softmax(ws, classes),
         )
         sc = chosen.superclasses
         selection = {k: v for k, v in chosen.report.items() if k != "val_top1_by_m"}
@@ -206,6 +229,13 @@ def superclasses_asset(
         )
         selection = {"max_size": config.default_max_size, "shrinkage": config.default_shrinkage, "chosen_on": None}
     stats_digest = write_lda_statistics(ws, stats, classes, fit.X, fit.y)
+    if len(data.val):
+        router = chosen.model.coarse
+        gs = selection.get("global_scorer") or {}
+        scorer = FlatSoftmax(classes, router.W, router.b, 1.0, metrics={"lda_scale": router.lda_scale, **gs})
+        write_files(ws, GLOBAL_SCORER_DIR, scorer.to_files())
+    elif ws.exists(f"{GLOBAL_SCORER_DIR}/_files.json"):
+        ws.delete(GLOBAL_SCORER_DIR)  # no validation: the LDA is the global scorer
     seconds = time.perf_counter() - t0
     doc = sc.to_json_dict()
     version = hashlib.sha256(json.dumps([doc["classes"], doc["assignment"]]).encode()).hexdigest()
@@ -323,6 +353,7 @@ def coarse_model(
         shrinkage=shrinkage,
         n_superclasses=int(sc_doc["n_superclasses"]),
         stats=stats,
+        global_rows=_global_rows(ws, data.classes) if has_val and config.shrinkage is None else None,
     )
     seconds = time.perf_counter() - t0
     digest = write_files(ws, COARSE_DIR, router.to_files())
@@ -373,6 +404,7 @@ def fine_model(
         y_val=data.val.y if has_val else None,
         config=spec_cfg,
         stats=stats,
+        global_rows=(router.W, router.b, router.lda_scale),  # the router aggregates the chosen global scorer
     )
     model = HierarchicalClassifier(router, fine, sc_map, m=router.n_superclasses)
     by_m: dict = {}
@@ -383,6 +415,12 @@ def fine_model(
     else:
         route_m = min(3, router.n_superclasses)
     model = model.with_m(route_m)
+    g_top1 = (sc_doc.get("selection") or {}).get("val_global_top1")
+    if has_val and config.route_m is None and g_top1 is not None and by_m.get(route_m, 1.0) < float(g_top1):
+        # validation says no routing beats the hierarchy's own global scorer: deploy exactly that scorer
+        model = global_scorer_hierarchy(model)
+        route_m = model.m
+        by_m = {**by_m, route_m: float(g_top1)}
     seconds = time.perf_counter() - t0
     files = model.to_files()
     digest = write_files(ws, HIERARCHICAL_DIR, files)
@@ -440,8 +478,9 @@ def fine_model(
     code_version=CODE_VERSION,
     kinds={"pytorch", "safetensors"},
     description=(
-        "Flat baselines on the same embeddings and split: L2-regularised multinomial logistic regression over all "
-        "SKUs (the standard frozen-feature baseline) and nearest class prototype."
+        "Flat baselines on the same embeddings and split: the strong flat softmax over all SKUs (minibatch Adam, L2 "
+        "strength and stopping epoch chosen on validation over every SKU, temperature-calibrated) and nearest class "
+        "prototype."
     ),
 )
 def flat_baselines(
@@ -452,22 +491,21 @@ def flat_baselines(
     t0 = time.perf_counter()
     has_val = len(data.val) > 0
     context.log.info(
-        f"fitting the flat logistic regression over {len(data.classes)} SKUs"
-        + (f" (C from {config.Cs} on validation)" if has_val else " (no validation: default C)")
+        f"fitting the flat softmax over {len(data.classes)} SKUs"
+        + (f" (L2 from {config.weight_decays} on validation)" if has_val else " (no validation: first L2 strength)")
     )
-    linear = fit_flat_logreg(
+    linear = fit_flat_softmax(
         data.fit.X,
         data.fit.y,
         X_val=data.val.X if has_val else None,
         y_val=data.val.y if has_val else None,
-        Cs=tuple(config.Cs),
-        max_iter=config.max_iter,
+        config=SoftmaxConfig(weight_decays=tuple(config.weight_decays), max_epochs=config.max_epochs),
     )
     proto = FlatPrototype.fit(data.fit.X, data.fit.y)
     seconds = time.perf_counter() - t0
     d1 = write_files(ws, FLAT_LINEAR_DIR, linear.to_files())
     d2 = write_files(ws, FLAT_PROTOTYPE_DIR, proto.to_files())
-    chosen = {k: v for k, v in linear.metrics.items() if isinstance(v, (int, float))}
+    chosen = {k: v for k, v in linear.metrics.items() if isinstance(v, (int, float, bool))}
     return dg.MaterializeResult(
         metadata={
             "train_seconds": round(seconds, 2),

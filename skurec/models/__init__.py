@@ -2,14 +2,14 @@
 
 Pipeline: :func:`class_prototypes` -> :func:`derive_superclasses` -> :func:`train_coarse` (superclass router) +
 :func:`train_fine` (scorer of SKUs inside a superclass) -> :class:`HierarchicalClassifier` (or
-:func:`train_hierarchical` for both heads), compared against the flat baselines :func:`fit_flat_logreg` /
-:func:`train_flat_linear` / :class:`FlatPrototype` / :class:`FlatKNN`. Every model serialises to
+:func:`train_hierarchical` for both heads), compared against the flat baselines :func:`fit_flat_softmax` (THE flat model: the strong softmax, also a candidate
+global scorer of the hierarchy) / :class:`FlatPrototype` / :class:`FlatKNN`. Every model serialises to
 ``dict[str, bytes]`` of safetensors + JSON (``to_files``) and back (``from_files``, or :func:`load_classifier` for
 any kind).
 
 Import graph (one way, checked by ``tests/models/test_models_import_graph.py``): ``_common``, ``serialization`` ->
 ``dense``, ``prototypes``, ``metrics``, ``similar``, ``superclasses``, ``lda`` -> ``coarse``, ``fine``, ``flat``,
-``lda_router``, ``specialists``, ``confusion_superclasses`` -> ``hierarchical`` -> ``specialist_hierarchy`` ->
+``lda_router`` -> ``specialist_search``, ``specialists``, ``confusion_superclasses`` -> ``softmax`` -> ``global_scorer`` -> ``hierarchical`` -> ``specialist_hierarchy`` ->
 ``registry`` (:func:`load_classifier`) -> this package.
 
 The recommended hierarchy is :func:`train_specialist_hierarchy`: a global shrinkage-LDA scorer whose implied
@@ -33,6 +33,7 @@ from .confusion_superclasses import confusion_superclasses
 from .dense import DenseConfig
 from .fine import FineConfig, FineHead, train_fine
 from .flat import FlatKNN, FlatLinear, FlatPrototype, fit_flat_logreg, train_flat_linear
+from .global_scorer import GlobalScorer, choose_global_scorer
 from .hierarchical import AddClassesResult, HierarchicalClassifier, train_hierarchical
 from .lda import (
     LDAStatistics,
@@ -54,10 +55,12 @@ from .prototypes import Prototypes, class_prototypes
 from .registry import load_classifier
 from .serialization import ModelFormatError
 from .similar import group_members, nearest_neighbour_cosines, similar_class_set, similar_groups
+from .softmax import FlatSoftmax, SoftmaxConfig, fit_flat_softmax
 from .specialist_hierarchy import (
     SpecialistHierarchy,
     SpecialistHierarchyConfig,
     choose_route_m,
+    global_scorer_hierarchy,
     train_specialist_hierarchy,
 )
 from .specialists import SpecialistConfig, SpecialistHead, train_specialists
@@ -74,6 +77,9 @@ __all__ = [
     "FlatKNN",
     "FlatLinear",
     "FlatPrototype",
+    "FlatSoftmax",
+    "GlobalScorer",
+    "SoftmaxConfig",
     "HierarchicalClassifier",
     "LDARouter",
     "LDAStatistics",
@@ -89,11 +95,13 @@ __all__ = [
     "check_embeddings",
     "check_xy",
     "class_prototypes",
+    "choose_global_scorer",
     "choose_route_m",
     "confusion_superclasses",
     "confusion_matrix",
     "derive_superclasses",
     "fit_lda_statistics",
+    "global_scorer_hierarchy",
     "group_members",
     "l2_normalize",
     "lda_statistics",
@@ -115,6 +123,7 @@ __all__ = [
     "train_fine",
     "train_flat_linear",
     "fit_flat_logreg",
+    "fit_flat_softmax",
     "train_hierarchical",
     "train_lda_router",
     "train_specialist_hierarchy",

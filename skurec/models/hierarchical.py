@@ -3,7 +3,10 @@
 Scoring: for an image x, the coarse head gives ``p(s | x)`` over superclasses and the fine head gives, inside every
 superclass, ``p(c | s, x)`` = softmax over that superclass's SKUs only. With routing width ``m`` the candidates are
 the SKUs of the top-``m`` superclasses, each scored ``p(s(c) | x) * p(c | s(c), x)`` and ranked together; other
-SKUs are never predicted. ``m = 1`` is exactly the hard two-stage split (argmax superclass, then the fine softmax
+SKUs get no hierarchical score. The first rank is always the hierarchy's decision; when the router is an
+:class:`LDARouter` (its global SKU scorer is calibrated), the ranks after the first mix the routed candidates with the
+SKUs outside the routed superclasses, scored by that global ``p(c | x)`` (:func:`mix_global_ranks`), so top-k covers
+every SKU. ``m = 1`` is exactly the hard two-stage split (argmax superclass, then the fine softmax
 inside it): the ranking key is computed in float64 log-space, where adding the constant ``log p(s*)`` cannot
 reorder candidates. Rows with fewer than k candidates are padded with label ``""`` and score 0.
 """
@@ -148,8 +151,13 @@ class HierarchicalClassifier:
             coarse_p = coarse_logp.exp()
             fine_logits = self.fine.class_logits(X[sl])
             found = routed_topk_widths(coarse_logp, coarse_p, fine_logits, self._slots(), list(parts), kk)
+            glogp = None
+            if isinstance(self.coarse, LDARouter) and kk > 1 and any(min(m, S) < S for m in parts):
+                glogp = torch.log_softmax(self.coarse.class_logits(X[sl]).double(), dim=1)
             for m in parts:
                 vals, idx, valid = found[min(m, S)]
+                if glogp is not None and min(m, S) < S:
+                    vals, idx, valid = mix_global_ranks(vals, idx, valid, glogp, coarse_p, sc, min(m, S))
                 parts[m].append((idx, vals, valid))
             coarse_all.append(coarse_p.float().numpy())
         coarse_proba = np.concatenate(coarse_all)
@@ -359,6 +367,33 @@ def routed_topk_widths(
                 vals[r], top[r] = _first_k(kr, ir, ir != slots.pad, k, slots.pad)
         out[m] = (vals, top, top != slots.pad)
     return out
+
+
+def mix_global_ranks(
+    vals: torch.Tensor,
+    idx: torch.Tensor,
+    valid: torch.Tensor,
+    global_logp: torch.Tensor,
+    coarse_p: torch.Tensor,
+    sc: torch.Tensor,
+    m: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Ranks after the first over ALL SKUs: rank 1 stays the hierarchy's decision; ranks 2..k are the best of the
+    routed candidates (key ``log p(s) + log p(c | s)``) and of the SKUs outside the top-``m`` superclasses, scored
+    by the global scorer's calibrated ``log p(c)`` (``global_logp`` (n, C) float64; both are log-probabilities of
+    one SKU, so they mix; ties go to the routed candidate). ``vals`` / ``idx`` / ``valid`` (n, k) as
+    :func:`routed_topk_widths` returns them, ``sc`` (C,) the superclass of each SKU."""
+    n, k = vals.shape
+    _, top = topk_stable(coarse_p, m)
+    routed = torch.zeros(coarse_p.shape, dtype=torch.bool).scatter_(1, top, True)[:, sc]
+    gv, gi = topk_stable(global_logp.masked_fill(routed, float("-inf")), k - 1)
+    cand_v = torch.cat([vals[:, 1:].masked_fill(~valid[:, 1:], float("-inf")), gv], dim=1)
+    cand_i = torch.cat([idx[:, 1:], gi], dim=1)
+    order = torch.sort(cand_v, dim=1, descending=True, stable=True).indices[:, : k - 1]
+    new_v = torch.cat([vals[:, :1], cand_v.gather(1, order)], dim=1)
+    new_i = torch.cat([idx[:, :1], cand_i.gather(1, order)], dim=1)
+    new_ok = torch.cat([valid[:, :1], torch.isfinite(cand_v.gather(1, order))], dim=1)
+    return new_v, torch.where(new_ok, new_i, idx.new_zeros(())), new_ok
 
 
 def routed_topk(

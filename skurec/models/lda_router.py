@@ -67,8 +67,10 @@ def group_logsumexp(
 class LDARouter:
     """Global shrinkage-LDA SKU scorer + superclass aggregation + temperature (see the module docstring).
 
-    ``W`` (C, d), ``b`` (C,): SKU scores ``g = W x + b``; ``sc_of_index`` (C,) superclass of each SKU;
-    ``precision`` (d, d) and ``mu0`` (d,) give new SKUs their row; ``temperature`` > 0.
+    ``W`` (C, d), ``b`` (C,): SKU scores ``g = W x + b`` (the hierarchy's global scorer: the LDA, the flat softmax or
+    their calibrated combination, :mod:`.global_scorer`); ``sc_of_index`` (C,) superclass of each SKU; ``precision``
+    (d, d) and ``mu0`` (d,) give new SKUs their row, an LDA row times ``lda_scale`` (the LDA's weight in ``g``, in
+    ``g``'s units); ``temperature`` > 0.
     """
 
     KIND = "lda_router"
@@ -86,8 +88,10 @@ class LDARouter:
         shrinkage: float = 0.5,
         metrics: Mapping[str, Any] | None = None,
         device: str | torch.device | None = None,
+        lda_scale: float = 1.0,
     ):
         self.classes = [str(c) for c in classes]
+        self.lda_scale = float(lda_scale)
         self.W = np.ascontiguousarray(W, dtype=np.float32)
         self.b = np.asarray(b, dtype=np.float32)
         self.sc_of_index = np.asarray(sc_of_index, dtype=np.int64)
@@ -168,6 +172,7 @@ class LDARouter:
         rows = np.isin(y, new)
         sums, counts = class_sums(X[rows], encode_labels(y[rows], new), len(new))
         W_new, b_new = lda_rows(sums / counts[:, None], self.mu0.astype(np.float64), self.precision.astype(np.float64))
+        W_new, b_new = W_new * np.float32(self.lda_scale), b_new * np.float32(self.lda_scale)
         sc_new = np.asarray([int(superclass_of_new[c]) for c in new], dtype=np.int64)
         return LDARouter(
             self.classes + new,
@@ -181,6 +186,7 @@ class LDARouter:
             self.shrinkage,
             {**self.metrics, "n_added_classes": self.metrics.get("n_added_classes", 0) + len(new)},
             self.device,
+            self.lda_scale,
         )
 
     # ------------------------------------------------------------------ serialisation
@@ -191,6 +197,7 @@ class LDARouter:
             "n_superclasses": self.n_superclasses,
             "temperature": self.temperature,
             "shrinkage": self.shrinkage,
+            "lda_scale": self.lda_scale,
             "metrics": jsonable(self.metrics),
         }
         return pack(
@@ -231,6 +238,7 @@ class LDARouter:
                 float(config.get("shrinkage", 0.5)),
                 config.get("metrics"),
                 device,
+                float(config.get("lda_scale", 1.0)),
             )
         except EmbeddingInputError as exc:
             raise ModelFormatError(f"{where}: {exc}") from exc
@@ -291,12 +299,15 @@ def train_lda_router(
     n_superclasses: int | None = None,
     stats: LDAStatistics | None = None,
     device: str | torch.device | None = None,
+    global_rows: tuple[np.ndarray, np.ndarray, float] | None = None,
 ) -> LDARouter:
     """Fit the router in closed form: LDA statistics, shrinkage and temperature.
 
     ``shrinkage=None`` picks it from :data:`SHRINKAGE_GRID` by validation SKU top-1 (0.5 without validation
     data); the temperature minimises the validation NLL of the true superclass (1.0 without validation data).
     ``stats`` may pass precomputed :func:`~skurec.models.lda.lda_statistics` of ``(X, sorted classes of y)``.
+    ``global_rows``: ``(W, b, lda_scale)`` of another global SKU scorer (:func:`~skurec.models.global_scorer.
+    choose_global_scorer`) to aggregate instead of the LDA at ``shrinkage`` (which then only gives new SKUs rows).
     """
     X, y = check_xy(X, y)
     classes = sorted(np.unique(y).tolist())
@@ -325,7 +336,12 @@ def train_lda_router(
     else:
         lam, best_top1 = grid[0], None
     W, b = stats.rows(lam)
-    router = LDARouter(classes, W, b, sc, S, stats.precision(lam), stats.mu0, 1.0, lam, device=device)
+    lda_scale = 1.0
+    if global_rows is not None:
+        W, b, lda_scale = global_rows
+    router = LDARouter(
+        classes, W, b, sc, S, stats.precision(lam), stats.mu0, 1.0, lam, device=device, lda_scale=lda_scale
+    )
     if has_val:
         L = router.logits(X_val)  # at temperature 1
         T = fit_temperature(L, sc[cv])

@@ -17,6 +17,7 @@ from .flat import FlatKNN, FlatLinear, FlatPrototype
 from .hierarchical import HierarchicalClassifier
 from .lda_router import LDARouter
 from .serialization import ModelFormatError, read_config
+from .softmax import FlatSoftmax
 from .specialists import SpecialistHead
 
 MODEL_CLASSES: tuple[type, ...] = (
@@ -25,6 +26,7 @@ MODEL_CLASSES: tuple[type, ...] = (
     LDARouter,
     FineHead,
     SpecialistHead,
+    FlatSoftmax,
     FlatLinear,
     FlatPrototype,
     FlatKNN,

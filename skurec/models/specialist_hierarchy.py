@@ -1,4 +1,9 @@
-"""Train the specialist hierarchy end to end: global LDA -> confusion superclasses -> LDA router -> specialists.
+"""Train the specialist hierarchy end to end: global scorer -> confusion superclasses -> router -> specialists.
+
+The global SKU scorer every stage builds on is chosen on validation among the shrinkage LDA, the strong flat softmax
+(:mod:`.softmax`) and their calibrated combination (:mod:`.global_scorer`); with ``beta = 0`` over all superclasses
+(router temperature 1) the hierarchy is exactly that scorer, and when validation says no hierarchy beats it, that
+exact configuration is what is returned (``report["fallback"]``).
 
 One pass of sufficient statistics (:func:`~skurec.models.lda.lda_statistics`) feeds every stage, so the whole
 hierarchy is closed form (eigendecompositions and matmuls, no SGD). Every choice is made on the validation split:
@@ -9,6 +14,7 @@ width ``m`` (the smallest whose validation top-1 is within ``m_tolerance`` of th
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,22 +24,28 @@ import torch
 
 from ._common import EmbeddingInputError, check_xy, encode_labels, one_thread
 from .confusion_superclasses import confusion_superclasses_by_cap
+from .global_scorer import WEIGHT_GRID, choose_global_scorer
 from .hierarchical import HierarchicalClassifier
 from .lda import LDAStatistics, lda_statistics
 from .lda_router import SHRINKAGE_GRID, choose_shrinkage, train_lda_router
+from .softmax import FlatSoftmax, SoftmaxConfig, fit_flat_softmax
 from .specialists import SpecialistConfig, train_specialists
 from .superclasses import Superclasses
 
 
 @dataclass(frozen=True)
 class SpecialistHierarchyConfig:
-    """``max_sizes``: superclass size caps tried (validation picks one); ``m_grid``: routing widths tried."""
+    """``max_sizes``: superclass size caps tried (validation picks one); ``m_grid``: routing widths tried;
+    ``global_weights``: softmax weights of the global scorer tried (``(0.0,)``: the LDA alone, no softmax trained);
+    ``softmax``: the flat softmax's config when the trainer has to fit it."""
 
     max_sizes: tuple[int, ...] = (4, 8)
     specialists: SpecialistConfig = field(default_factory=SpecialistConfig)
     m_grid: tuple[int, ...] = (1, 2, 3, 5, 10)
     m_tolerance: float = 0.001
     shrinkage: float | None = None
+    global_weights: tuple[float, ...] = WEIGHT_GRID
+    softmax: SoftmaxConfig = field(default_factory=SoftmaxConfig)
 
 
 @dataclass
@@ -85,6 +97,15 @@ def choose_route_m(
     return pick_route_m(top1, top3, tolerance), top1
 
 
+def global_scorer_hierarchy(model: HierarchicalClassifier) -> HierarchicalClassifier:
+    """The same stages configured to score exactly like their global scorer: specialist weight ``beta = 0``, router
+    temperature 1 (``p(s) = sum of its SKUs' p(c)``) and every superclass routed, so ``p(s) p(c | s) = p(c)``."""
+    router, head = copy.copy(model.coarse), copy.copy(model.fine)
+    router.temperature = 1.0
+    head.beta, head.scale, head._rows = 0.0, 1.0, None
+    return HierarchicalClassifier(router, head, model.superclass_of_class(), m=model.n_superclasses)
+
+
 def train_specialist_hierarchy(
     X: np.ndarray,
     y: np.ndarray,
@@ -93,11 +114,13 @@ def train_specialist_hierarchy(
     config: SpecialistHierarchyConfig | None = None,
     device: str | torch.device | None = None,
     stats: LDAStatistics | None = None,
+    flat: FlatSoftmax | None = None,
 ) -> SpecialistHierarchy:
     """Fit and select the whole hierarchy on ``(X, y)`` with validation ``(X_val, y_val)`` (module docstring).
 
-    ``stats``: precomputed :func:`~skurec.models.lda.lda_statistics` of ``(X, sorted classes of y)``. The report's
-    ``stage_seconds`` says where the time went."""
+    ``stats``: precomputed :func:`~skurec.models.lda.lda_statistics` of ``(X, sorted classes of y)``; ``flat``: the
+    already trained :func:`~skurec.models.softmax.fit_flat_softmax` of the same rows (else it is fitted here when
+    ``config.global_weights`` has a weight > 0). The report's ``stage_seconds`` says where the time went."""
     t0 = time.perf_counter()
     clock = t0
     seconds: dict[str, float] = {}
@@ -126,16 +149,48 @@ def train_specialist_hierarchy(
     lam, flat_top1, _ = choose_shrinkage(stats, X_val, encode_labels(y_val, classes, "y_val"), grid)
     report: dict[str, Any] = {"shrinkage": lam, "val_flat_lda_top1": flat_top1, "candidates": []}
     lap("shrinkage")
+    codes_val = encode_labels(y_val, classes, "y_val")
+    if any(w > 0 for w in config.global_weights):
+        if flat is None:
+            flat = fit_flat_softmax(X, y, X_val, y_val, config.softmax, device=device)
+        elif list(flat.classes) != classes:
+            raise EmbeddingInputError("the flat softmax was trained on another class list")
+        lap("softmax")
+    else:
+        flat = None
+    scorer = choose_global_scorer(stats, lam, flat, X_val, codes_val, config.global_weights)
+    report["global_scorer"] = scorer.report
+    lap("global_scorer")
     by_cap = confusion_superclasses_by_cap(stats, classes, config.max_sizes, lam)
     lap("superclasses")
     best: tuple[float, int, Any] | None = None
     for cap, sc in by_cap.items():
         sc_map = sc.superclass_of_class()
         router = train_lda_router(
-            X, y, sc_map, X_val, y_val, shrinkage=lam, n_superclasses=sc.n_superclasses, stats=stats, device=device
+            X,
+            y,
+            sc_map,
+            X_val,
+            y_val,
+            shrinkage=lam,
+            n_superclasses=sc.n_superclasses,
+            stats=stats,
+            device=device,
+            global_rows=scorer.rows(),
         )
         lap("routers")
-        spec = train_specialists(X, y, sc_map, router, X_val, y_val, config.specialists, stats=stats, device=device)
+        spec = train_specialists(
+            X,
+            y,
+            sc_map,
+            router,
+            X_val,
+            y_val,
+            config.specialists,
+            stats=stats,
+            device=device,
+            global_rows=scorer.rows(),
+        )
         lap("specialists")
         model = HierarchicalClassifier(router, spec, sc_map, m=sc.n_superclasses)
         widths = route_width_scores(model, X_val, y_val, config.m_grid)  # the cap's score and its route-m search
@@ -156,6 +211,12 @@ def train_specialist_hierarchy(
     assert best is not None
     model, sc, (by_m, top3) = best[2]
     m_best = pick_route_m(by_m, top3, config.m_tolerance)
+    g_top1 = float(scorer.report.get("val_top1", flat_top1))
+    report["val_global_top1"] = g_top1
+    if by_m[m_best] < g_top1:  # no hierarchy beats its own global scorer on validation: deploy exactly that scorer
+        model = global_scorer_hierarchy(model)
+        by_m, m_best = {**by_m, model.m: g_top1}, model.m
+        report["fallback"] = "global scorer (beta 0, all superclasses, router temperature 1)"
     report.update(
         {
             "max_size": best[1],
@@ -177,6 +238,7 @@ __all__ = [
     "SpecialistHierarchy",
     "SpecialistHierarchyConfig",
     "choose_route_m",
+    "global_scorer_hierarchy",
     "pick_route_m",
     "route_width_scores",
     "train_specialist_hierarchy",

@@ -31,7 +31,6 @@ import torch
 
 from ._common import (
     EmbeddingInputError,
-    GroupSlots,
     Predictions,
     check_embeddings,
     check_xy,
@@ -46,6 +45,7 @@ from ._common import (
 from .lda import LDAStatistics, lda_rows, lda_statistics, linear_scores
 from .prototypes import class_sums
 from .serialization import ModelFormatError, pack, read_config, require, unpack
+from .specialist_search import BLOCK_ELEMENTS, calibrate_scale, search_beta
 
 
 @dataclass(frozen=True)
@@ -100,8 +100,10 @@ class SpecialistHead:
         config: SpecialistConfig,
         metrics: Mapping[str, Any] | None = None,
         device: str | torch.device | None = None,
+        lda_scale: float = 1.0,
     ):
         self.classes = [str(c) for c in classes]
+        self.lda_scale = float(lda_scale)  # new / refreshed SKUs: global row += lda_scale * (their LDA row change)
         C = len(self.classes)
         f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
         self.sc_of_index = np.asarray(sc_of_index, dtype=np.int64)
@@ -227,7 +229,16 @@ class SpecialistHead:
             [index[c] for c in refreshed] + list(range(len(self.classes), len(classes))), dtype=np.int64
         )
         precision = self.whitener.astype(np.float64).T @ self.whitener.astype(np.float64)
-        Wg_t, bg_t = lda_rows(means[touched], self.mu0.astype(np.float64), precision)
+        mu0 = self.mu0.astype(np.float64)
+        Wg_t, bg_t = lda_rows(means[touched], mu0, precision)
+        # the global scorer may be a combination (LDA x lda_scale + softmax): only its LDA part follows the new mean
+        Wg_t, bg_t = Wg_t * np.float32(self.lda_scale), bg_t * np.float32(self.lda_scale)
+        old = touched[touched < len(self.classes)]
+        if len(old):
+            Wo, bo = lda_rows(self.raw_means[old].astype(np.float64), mu0, precision)
+            k = len(old)
+            Wg_t[:k] += self.Wg[old] - np.float32(self.lda_scale) * Wo
+            bg_t[:k] += self.bg[old] - np.float32(self.lda_scale) * bo
         Ws_t, bs_t = self.specialist_rows(means[touched], sc[touched])
         n_new = len(new)
         grow = lambda a: np.concatenate([a, np.zeros((n_new,) + a.shape[1:], a.dtype)])  # noqa: E731
@@ -252,6 +263,7 @@ class SpecialistHead:
             self.config,
             {**self.metrics, "n_added_classes": self.metrics.get("n_added_classes", 0) + n_new},
             self.device,
+            self.lda_scale,
         )
         return head, new, refreshed
 
@@ -264,6 +276,7 @@ class SpecialistHead:
             "rank": int(self.local_U.shape[1]),
             "beta": self.beta,
             "scale": self.scale,
+            "lda_scale": self.lda_scale,
             "hyper_params": asdict(self.config),
             "metrics": jsonable(self.metrics),
         }
@@ -329,13 +342,12 @@ class SpecialistHead:
                 hp,
                 config.get("metrics"),
                 device,
+                float(config.get("lda_scale", 1.0)),
             )
         except EmbeddingInputError as exc:
             raise ModelFormatError(f"{where}: {exc}") from exc
 
 
-#: Elements per padded block (superclass batches, validation row chunks): bounds the memory of the vectorised steps.
-BLOCK_ELEMENTS = 1 << 22
 #: Subspace iterations and oversampling of the randomised top-``rank`` decomposition of each superclass's residuals.
 LOWRANK_NITER = 3
 LOWRANK_OVERSAMPLE = 8
@@ -475,77 +487,6 @@ def local_factors(
     return local_U, local_gamma
 
 
-def search_beta(
-    G: torch.Tensor,
-    F: torch.Tensor,
-    route: torch.Tensor,
-    sc: np.ndarray,
-    n_superclasses: int,
-    targets: np.ndarray,
-    betas: Sequence[float],
-    scales: Sequence[float],
-) -> dict[tuple[float, float], tuple[float, float]]:
-    """Validation top-1 of the soft hierarchy over all superclasses and top-1 inside the true superclass, for every
-    specialist weight ``beta`` and scale: ``{(beta, scale): (top1, within_top1)}``, plus ``("global"|"specialist",
-    0)`` for each expert alone inside the true superclass.
-
-    ``G`` / ``F`` (n, C) the two experts' validation scores, ``route`` (n, S) float64 router log-probabilities. The
-    hierarchy's prediction is ``argmax_c route[s(c)] + log softmax_{c in s(c)} scale (G + beta F)_c`` (ties: the
-    lower SKU id). Only the superclasses that can hold it are scored: the best key inside ``s`` lies in
-    ``[route[s] - log |s|, route[s]]``, so a superclass whose ``route`` is below ``max_s (route[s] - log |s|)`` never
-    wins; on a calibrated router that is a handful per row, so the search costs ``n x M x K`` per grid point.
-    """
-    slots = GroupSlots.of(sc, n_superclasses)
-    n = route.shape[0]
-    cv = torch.as_tensor(targets, dtype=torch.long)
-    true_sc = torch.from_numpy(sc)[cv]
-    size = slots.size.double()
-    floor = (route - torch.log(size.clamp(min=1))[None, :]).masked_fill(size[None, :] == 0, float("-inf"))
-    floor = floor.max(dim=1).values
-    n_cand = (route >= floor[:, None]).sum(dim=1)
-    _, order = torch.sort(route, dim=1, descending=True, stable=True)
-    grid = [(float(b), float(s)) for b in betas for s in scales]
-    bv = torch.tensor([b for b, _ in grid], dtype=torch.float64)[:, None, None, None]
-    sv = torch.tensor([s for _, s in grid], dtype=torch.float64)[:, None, None, None]
-    hits = torch.zeros((len(grid), 2), dtype=torch.long)
-    alone = {"global": 0, "specialist": 0}
-    # blocks of rows needing about as many superclasses (1, 2, 3-4, 5-8, ...), each padded to its largest need;
-    # every (beta, scale) of the grid is one slice of a block, so a block is a few whole-tensor operations
-    rows_sorted = torch.argsort(n_cand, stable=True)
-    bucket = np.ceil(np.log2(n_cand[rows_sorted].numpy().clip(min=1))).astype(np.int64)
-    edges = np.flatnonzero(np.diff(bucket)) + 1
-    blocks = []
-    for seg_start, seg_end in zip(np.r_[0, edges], np.r_[edges, n]):
-        per_row = int(n_cand[rows_sorted[seg_end - 1]]) * slots.width * len(grid)
-        step = max(1, BLOCK_ELEMENTS // max(1, per_row))
-        blocks += [(a, min(seg_end, a + step)) for a in range(int(seg_start), int(seg_end), step)]
-    for start, end in blocks:
-        r = rows_sorted[start:end]
-        M = int(n_cand[r].max())
-        groups = order[r, :M]
-        cls = slots.index[groups].reshape(len(r), -1)
-        # pads: -inf in G, 0 in F, so scale (G + beta F) stays -inf there for every beta (beta = 0 included)
-        Gc, Fc = slots.gather(G, groups, rows=r).double(), slots.gather(F, groups, rows=r, fill=0.0).double()
-        Gt = slots.gather(G, true_sc[r, None], rows=r)[:, 0].double()
-        Ft = slots.gather(F, true_sc[r, None], rows=r, fill=0.0)[:, 0].double()
-        true_cls = slots.index[true_sc[r]]
-        truth = cv[r]
-        for name, E in (("global", Gt), ("specialist", Ft.masked_fill(torch.isinf(Gt), float("-inf")))):
-            alone[name] += int((true_cls.gather(1, E.argmax(1, keepdim=True))[:, 0] == truth).sum())
-        rc = route[r].gather(1, groups)[None, :, :, None]
-        key = (rc + torch.log_softmax(sv * (Gc[None] + bv * Fc[None]), dim=3)).reshape(len(grid), len(r), -1)
-        key = key.masked_fill((cls == slots.pad)[None], float("-inf"))
-        best = key.max(dim=2, keepdim=True).values
-        pred = torch.where(key == best, cls[None], torch.full_like(cls, slots.pad)[None]).min(dim=2).values
-        within = torch.log_softmax(sv[..., 0] * (Gt[None] + bv[..., 0] * Ft[None]), dim=2).argmax(2)
-        within_cls = true_cls[None].expand(len(grid), -1, -1).gather(2, within[:, :, None])[:, :, 0]
-        hits[:, 0] += (pred == truth[None]).sum(1)
-        hits[:, 1] += (within_cls == truth[None]).sum(1)
-    out: dict = {key: (int(h[0]) / max(1, n), int(h[1]) / max(1, n)) for key, h in zip(grid, hits)}
-    out.update({(name, 0): (v / max(1, n), v / max(1, n)) for name, v in alone.items()})
-    return out
-
-
 def train_specialists(
     X: np.ndarray,
     y: np.ndarray,
@@ -556,13 +497,16 @@ def train_specialists(
     config: SpecialistConfig | None = None,
     stats: LDAStatistics | None = None,
     device: str | torch.device | None = None,
+    global_rows: tuple[np.ndarray, np.ndarray, float] | None = None,
 ) -> SpecialistHead:
     """Fit the specialists of every superclass (closed form) and choose ``beta`` / ``scale`` on validation.
 
     ``router`` is the trained :class:`~skurec.models.lda_router.LDARouter` (its shrinkage is reused, and the
     validation search scores the full soft hierarchy ``log p(s) + log p(c | s)`` over all superclasses,
     :func:`search_beta`). Without validation data ``beta = 0.5``. ``stats``: precomputed
-    :func:`~skurec.models.lda.lda_statistics`.
+    :func:`~skurec.models.lda.lda_statistics`. ``global_rows``: ``(W, b, lda_scale)`` of the hierarchy's global
+    scorer when it is not the LDA (:func:`~skurec.models.global_scorer.choose_global_scorer`); the specialists stay
+    LDA-derived.
     """
     t0 = time.perf_counter()
     config = config or SpecialistConfig()
@@ -588,6 +532,9 @@ def train_specialists(
     lam = config.shrinkage if config.shrinkage is not None else float(router.shrinkage)
     H = stats.whitener(lam)
     Wg, bg = stats.rows(lam)
+    lda_scale = 1.0
+    if global_rows is not None:
+        Wg, bg, lda_scale = global_rows
     Mz = (stats.means - stats.mu0) @ H.T
     local_U, local_gamma = local_factors(X, codes, sc, S, Mz, H, stats.mu0, config.rank, config.mix)
     sizes = np.bincount(sc, minlength=S)
@@ -609,6 +556,7 @@ def train_specialists(
         1.0,
         config,
         device=device,
+        lda_scale=lda_scale,
     )
     Ws, bs = head.specialist_rows(stats.means, sc)
     head.Ws, head.bs = Ws, bs
@@ -631,6 +579,11 @@ def train_specialists(
                 if best is None or key > best:
                     best = key
                     beta, scale = b_, s_
+        # calibrate p(c | s) for the ranks after the first (beta = 0 keeps scale 1: then the hierarchy over all
+        # superclasses is exactly its global scorer, which is calibrated already)
+        if beta > 0 and len(config.scales) == 1 and config.scales[0] == 1.0:
+            scale = calibrate_scale(G, F, route, sc, S, cv, beta)
+            metrics["scale_selected_on"] = "val NLL of log p(s) + log p(c | s)"
         metrics["val_within_top1_global"] = found[("global", 0)][0]
         metrics["val_within_top1_specialist"] = found[("specialist", 0)][0]
         assert best is not None
@@ -641,4 +594,4 @@ def train_specialists(
     return head
 
 
-__all__ = ["SpecialistConfig", "SpecialistHead", "local_factors", "search_beta", "train_specialists"]
+__all__ = ["SpecialistConfig", "SpecialistHead", "calibrate_scale", "local_factors", "search_beta", "train_specialists"]

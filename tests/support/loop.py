@@ -27,7 +27,7 @@ FAST_RUN_CONFIG = {
     "ops": {
         # Superclasses of at most 2 SKUs (the default caps would put the 4 SKUs in one superclass).
         "superclasses": {"config": {"max_sizes": [2]}},
-        "flat_baselines": {"config": {"max_iter": 50}},
+        "flat_baselines": {"config": {"max_epochs": 10}},
     }
 }
 
