@@ -7,6 +7,7 @@ import dagster as dg
 from skurec.catalogue.audit import tiers_of_classes
 from skurec.embeddings.training_data import load_training_data
 from skurec.evaluation import (
+    GAP_TOLERANCE,
     confusion_png,
     evaluate,
     per_superclass_table,
@@ -159,7 +160,7 @@ def evaluation_report(
         % (data.eval_split_name, {m: s["top1"] for m, s in result["variants"]["all"]["models"].items()})
     )
     gap_all = (diag.get("gap") or {}).get("all")
-    if gap_all is not None and gap_all["gap_top1"] < -0.005:
+    if gap_all is not None and gap_all["gap_top1"] < -GAP_TOLERANCE:
         context.log.warning(
             f"the hierarchy is {-gap_all['gap_top1']:.1%} below the best flat model ({gap_all['best_flat']})"
         )

@@ -61,6 +61,7 @@ from skurec.models import (
     train_specialists,
 )
 from skurec.models import similar_groups as derive_similar_groups
+from skurec.models.hierarchical import DEFAULT_ROUTE_M
 from skurec.store.artifacts import files_digest, read_files, write_files
 from skurec.store.training_artifacts import (
     TRAINING_CODE_VERSION,
@@ -413,7 +414,7 @@ def fine_model(
     elif has_val:
         route_m, by_m = choose_route_m(model, data.val.X, data.val.y, tuple(config.m_grid), config.m_tolerance)
     else:
-        route_m = min(3, router.n_superclasses)
+        route_m = min(DEFAULT_ROUTE_M, router.n_superclasses)
     model = model.with_m(route_m)
     g_top1 = (sc_doc.get("selection") or {}).get("val_global_top1")
     if has_val and config.route_m is None and g_top1 is not None and by_m.get(route_m, 1.0) < float(g_top1):

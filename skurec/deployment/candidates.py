@@ -26,6 +26,7 @@ from skurec.deployment.calibration import calibrate_threshold
 from skurec.deployment.card import batches_of, build_model_card
 from skurec.deployment.gate import GateConfig, GateReport, evaluate_gate, gate_key
 from skurec.deployment.training_table import TABLE_COLUMNS, LineageError, image_ids_sha256
+from skurec.evaluation import GAP_TOLERANCE
 from skurec.models import load_classifier
 from skurec.store.artifacts import files_digest, read_files
 from skurec.store.model_store import ModelStore, new_model_id, now_iso
@@ -33,7 +34,6 @@ from skurec.store.workspace import Workspace
 
 SOURCE_FULL = "full_rebuild"
 # The hierarchy is deployed unless the tuned flat model beats it on validation by more than this (0.5 point).
-FLAT_MARGIN = 0.005
 SOURCE_FAST = "fast_path"
 
 
@@ -142,7 +142,7 @@ def prepare_full_rebuild(ws: Workspace, model_id: str | None = None) -> tuple[Pu
     return PublishedModel(model_id, model, card, table), why
 
 
-def better_of_hierarchy_and_flat(ws: Workspace, hierarchical: Any, margin: float = FLAT_MARGIN) -> tuple[Any, dict]:
+def better_of_hierarchy_and_flat(ws: Workspace, hierarchical: Any, margin: float = GAP_TOLERANCE) -> tuple[Any, dict]:
     """The model a full rebuild publishes: the hierarchical model, unless the tuned flat linear baseline trained on
     the same embeddings beats it on the validation split by more than ``margin`` (then the flat model, which the
     card says, with both numbers; a flat model has no new-SKU fast path, so the next batch waits for a rebuild)."""

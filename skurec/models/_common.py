@@ -217,6 +217,10 @@ def labels_from_indices(idx: np.ndarray, valid: np.ndarray, classes: Sequence[st
     return out.astype(str) if out.size else np.empty(idx.shape, dtype="<U1")
 
 
+#: rows scored per batch at inference by every model (bounds memory; results do not depend on it)
+INFER_ROWS = 8192
+
+
 def batched_rows(n: int, batch: int) -> Iterator[slice]:
     """Slices covering ``range(n)`` in chunks of ``batch`` rows (bounded memory for big inference sets)."""
     for start in range(0, n, batch):

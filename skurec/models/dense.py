@@ -23,10 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._common import ProgressFn, batched_rows, report, seeded
+from ._common import INFER_ROWS, ProgressFn, batched_rows, report, seeded
 from .serialization import ModelFormatError, read_config, require, unpack
-
-INFER_BATCH = 8192
 
 
 @dataclass(frozen=True)
@@ -97,7 +95,7 @@ def _centroid_init(module: DenseNet, X: torch.Tensor, codes: torch.Tensor, n_out
     sums = torch.zeros(n_out, X.shape[1], dtype=X.dtype, device=X.device)
     norm_sum = 0.0
     with torch.no_grad():
-        for sl in batched_rows(X.shape[0], INFER_BATCH):
+        for sl in batched_rows(X.shape[0], INFER_ROWS):
             z = module.standardize(X[sl])
             norm_sum += float(z.norm(dim=1).sum())
             sums.index_add_(0, codes[sl], F.normalize(z, dim=1))
@@ -111,7 +109,7 @@ def _evaluate(module: DenseNet, X: torch.Tensor, codes: torch.Tensor, smoothing:
     module.eval()
     loss_sum, top1, top3 = 0.0, 0, 0
     with torch.no_grad():
-        for sl in batched_rows(X.shape[0], INFER_BATCH):
+        for sl in batched_rows(X.shape[0], INFER_ROWS):
             logits = module(X[sl])
             t = codes[sl]
             loss_sum += float(F.cross_entropy(logits, t, label_smoothing=smoothing, reduction="sum"))
@@ -217,7 +215,7 @@ def dense_predict_logits(module: DenseNet, X: np.ndarray, device: torch.device) 
     out = []
     module.eval()
     with torch.no_grad():
-        for sl in batched_rows(X.shape[0], INFER_BATCH):
+        for sl in batched_rows(X.shape[0], INFER_ROWS):
             out.append(module(torch.from_numpy(X[sl]).to(device)).float().cpu())
     return torch.cat(out, 0)
 

@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ._common import (
+    INFER_ROWS,
     EmbeddingInputError,
     Predictions,
     ProgressFn,
@@ -50,7 +51,6 @@ from ._common import (
 from .prototypes import class_sums
 from .serialization import pack, read_config, require, unpack
 
-INFER_BATCH = 8192
 MAX_LOG_SCALE = math.log(100.0)
 
 
@@ -263,8 +263,7 @@ class FineHead:
         X = check_embeddings(X, dim=self.dim)
         with torch.no_grad():
             out = [
-                self.net.embed(torch.from_numpy(X[sl]).to(self.device)).cpu()
-                for sl in batched_rows(len(X), INFER_BATCH)
+                self.net.embed(torch.from_numpy(X[sl]).to(self.device)).cpu() for sl in batched_rows(len(X), INFER_ROWS)
             ]
         return torch.cat(out, 0).numpy()
 
@@ -274,7 +273,7 @@ class FineHead:
         out = []
         with torch.no_grad():
             s = self.net.scale()
-            for sl in batched_rows(len(X), INFER_BATCH):
+            for sl in batched_rows(len(X), INFER_ROWS):
                 z = self.net.embed(torch.from_numpy(X[sl]).to(self.device))
                 out.append((s * z @ self._protos.T).float().cpu())
         return torch.cat(out, 0)
@@ -384,7 +383,7 @@ def _project_means(net: FineNet, Ft: torch.Tensor, codes_t: torch.Tensor, C: int
     k = net.proj[-1].out_features
     sums = torch.zeros(C, k, dtype=torch.float64, device=Ft.device)
     with torch.no_grad():
-        for sl in batched_rows(Ft.shape[0], INFER_BATCH):
+        for sl in batched_rows(Ft.shape[0], INFER_ROWS):
             sums.index_add_(0, codes_t[sl], net.embed(Ft[sl]).double())
     counts = torch.bincount(codes_t, minlength=C)
     means = sums / counts.clamp(min=1)[:, None]
@@ -400,7 +399,7 @@ def _within_superclass_accuracy(
     protos = F.normalize(torch.from_numpy(means).to(Ft.device), dim=1)
     correct = 0
     with torch.no_grad():
-        for sl in batched_rows(Fv.shape[0], INFER_BATCH):
+        for sl in batched_rows(Fv.shape[0], INFER_ROWS):
             sims = net.embed(Fv[sl]) @ protos.T
             same = sc_of_code[None, :] == sc_of_code[cv[sl]][:, None]
             pred = sims.masked_fill(~same, float("-inf")).argmax(dim=1)
@@ -411,7 +410,7 @@ def _within_superclass_accuracy(
 def _features(lin: nn.Linear, X: np.ndarray, device: torch.device) -> torch.Tensor:
     """``lin(X)`` for all rows, batched, without autograd (the fixed first factor in subspace mode)."""
     with torch.no_grad():
-        return torch.cat([lin(torch.from_numpy(X[sl]).to(device)) for sl in batched_rows(len(X), INFER_BATCH)], 0)
+        return torch.cat([lin(torch.from_numpy(X[sl]).to(device)) for sl in batched_rows(len(X), INFER_ROWS)], 0)
 
 
 def _fold(base: nn.Linear, adapter: FineNet, dim: int) -> FineNet:

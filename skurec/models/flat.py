@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ._common import (
+    INFER_ROWS,
     EmbeddingInputError,
     Predictions,
     ProgressFn,
@@ -32,8 +33,6 @@ from ._common import (
 from .dense import DenseConfig, DenseNet, dense_predict_logits, load_dense
 from .prototypes import class_prototypes
 from .serialization import ModelFormatError, pack, read_config, require, unpack
-
-INFER_BATCH = 4096
 
 
 def _topk_predictions(scores: torch.Tensor, k: int, classes: list[str]) -> Predictions:
@@ -145,7 +144,7 @@ class FlatPrototype:
         """Cosine similarity (n, C) to every prototype (CPU tensor)."""
         X = check_embeddings(X, dim=self.dim)
         P = torch.from_numpy(self.vectors).to(self.device)
-        out = [(torch.from_numpy(X[sl]).to(self.device) @ P.T).cpu() for sl in batched_rows(len(X), INFER_BATCH)]
+        out = [(torch.from_numpy(X[sl]).to(self.device) @ P.T).cpu() for sl in batched_rows(len(X), INFER_ROWS)]
         return torch.cat(out, 0)
 
     def predict_topk(self, X: np.ndarray, k: int = 3) -> Predictions:
@@ -290,7 +289,7 @@ def _lbfgs_logreg(
 def _val_metrics(Z: torch.Tensor, codes: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
     loss, top1 = 0.0, 0
     with torch.no_grad():
-        for sl in batched_rows(Z.shape[0], INFER_BATCH):
+        for sl in batched_rows(Z.shape[0], INFER_ROWS):
             logits = torch.addmm(b, Z[sl], W.T)
             loss += float(torch.nn.functional.cross_entropy(logits, codes[sl], reduction="sum"))
             top1 += int((logits.argmax(dim=1) == codes[sl]).sum())

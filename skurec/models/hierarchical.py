@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ._common import (
+    INFER_ROWS,
     EmbeddingInputError,
     GroupSlots,
     Predictions,
@@ -45,7 +46,8 @@ from .specialists import SpecialistHead
 COARSE_KINDS = {cls.KIND: cls for cls in (CoarseHead, LDARouter)}
 FINE_KINDS = {cls.KIND: cls for cls in (FineHead, SpecialistHead)}
 
-ROW_BATCH = 4096
+#: routing width (superclasses whose SKUs are scored) when validation did not choose one
+DEFAULT_ROUTE_M = 3
 ATTACH_RULES = ("coarse", "nearest_class", "centroid")
 
 
@@ -75,7 +77,7 @@ class HierarchicalClassifier:
         coarse: CoarseHead | LDARouter,
         fine: FineHead | SpecialistHead,
         superclass_of_class: Mapping[str, int],
-        m: int = 3,
+        m: int = DEFAULT_ROUTE_M,
     ):
         if coarse.dim != fine.dim:
             raise EmbeddingInputError(f"coarse head expects d={coarse.dim} but fine head d={fine.dim}")
@@ -146,7 +148,7 @@ class HierarchicalClassifier:
         sc = torch.from_numpy(self.sc_of_index)
         parts: dict[int, list[tuple]] = {m: [] for m in widths}
         coarse_all = []
-        for sl in batched_rows(len(X), ROW_BATCH):
+        for sl in batched_rows(len(X), INFER_ROWS):
             coarse_logp = torch.log_softmax(self.coarse.logits(X[sl]).double(), dim=1)
             coarse_p = coarse_logp.exp()
             fine_logits = self.fine.class_logits(X[sl])
@@ -417,7 +419,7 @@ def train_hierarchical(
     y_val: np.ndarray | None = None,
     coarse_config: DenseConfig | None = None,
     fine_config: FineConfig | None = None,
-    m: int = 3,
+    m: int = DEFAULT_ROUTE_M,
     n_superclasses: int | None = None,
     device: str | torch.device | None = None,
     progress: ProgressFn | None = None,
