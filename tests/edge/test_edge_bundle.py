@@ -13,10 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from support.deploy import deploy_model
 from support.loop import sku_png
 
-from skurec.deployment.bundle import publish_model
-from skurec.deployment.card import build_model_card
 from skurec.edge import BundleError, EdgeRunner, load_bundle
 from skurec.embeddings.cache import EmbeddingCache
 from skurec.encoders import load_encoder
@@ -30,7 +29,6 @@ from skurec.serving.edge_export import (
     write_manifest,
 )
 from skurec.serving.recognizer import Recognizer
-from skurec.store.model_store import ModelStore
 from skurec.store.workspace import Workspace
 from skurec_assets.cli import main
 
@@ -73,23 +71,7 @@ def _workdir(root: Path, flat: bool = False, options: dict | None = None) -> tup
         )
         n_sc = 2
     train = table[tr]
-    tab = pd.DataFrame({"image_id": train["image_id"], "sku_id": train["sku_id"], "split": "train", "added_by": None})
-    card = build_model_card(
-        source="full_rebuild",
-        model=model,
-        table=tab,
-        catalogue_snapshot="s" * 64,
-        encoder=enc.identity(),
-        superclasses={"version": "v1", "n_superclasses": n_sc},
-        training_config={},
-        seeds={},
-        evaluation={},
-        batches=[],
-        sku_names={s: s.replace("sku-", "").title() for s in SKUS},
-    )
-    rec = publish_model(ws, model, card, tab)
-    ModelStore(ws).deploy(rec.model_id, reason="test")
-    return ws, rec.model_id
+    return ws, deploy_model(ws, model, enc, train["image_id"], train["sku_id"], n_sc)
 
 
 @pytest.fixture(scope="module")
