@@ -28,8 +28,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
+from _dataset import DEFAULT_DATASET  # noqa: E402
+from export_grocery_embeddings import DEFAULT_OUT_DIR  # noqa: E402
 
 from skurec.deployment.calibration import calibrate_outputs  # noqa: E402
 from skurec.edge import EdgeRunner  # noqa: E402
@@ -38,7 +41,7 @@ from skurec.models.specialist_hierarchy import train_specialist_hierarchy  # noq
 from skurec.serving.edge_export import EdgeExportConfig, build_bundle_files, check_parity, write_manifest  # noqa: E402
 from skurec.serving.recognizer import Recognizer  # noqa: E402
 
-DATASET = "/work/shared/datasets/grocery_store/dataset"
+DATASET = DEFAULT_DATASET / "dataset"  # the Grocery Store checkout beside this repository
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -57,7 +60,7 @@ def bundle(rec: Recognizer, out: Path, int8: str | None, calib: list[bytes] = ()
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--encoder", default="efficientnet_lite2")
-    p.add_argument("--features", default=None, help="default: /work/bench_cache/grocery_<encoder>.npz")
+    p.add_argument("--features", default=None, help="default: bench_out/grocery_embeddings/grocery_<encoder>.npz (export_grocery_embeddings.py)")
     p.add_argument("--n", type=int, default=60, help="test photos for the latency loop")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
@@ -66,7 +69,7 @@ def main() -> int:
     p.add_argument("--out", default="bench_out/edge_latency.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    feats = args.features or f"/work/bench_cache/grocery_{args.encoder}.npz"
+    feats = args.features or str(DEFAULT_OUT_DIR / f"grocery_{args.encoder}.npz")
     d = np.load(feats, allow_pickle=True)
     X, y, split, paths = d["X"].astype(np.float32), d["fine"].astype(str), d["split"].astype(str), d["path"].astype(str)
     tr, va, te = split == "train", split == "val", split == "test"

@@ -22,7 +22,7 @@ only. ``tail gap`` = hierarchy - strong flat top-1 on tail test images (points);
 head-only hierarchy top-1 on the head test images (points; the same for the flat logistic regression, for context:
 admitting SKUs makes the head compete with more classes, whatever the model).
 
-    python3 benchmarks/long_tail.py --npz /work/bench_cache/grocery_mobilenetv2_100.npz --out bench_out/long_tail.json
+    python3 benchmarks/long_tail.py --npz bench_out/grocery_embeddings/grocery_mobilenetv2_100.npz --out bench_out/long_tail.json
 
 ``--write-manifest PATH`` writes a long-tailed skurec manifest of the Grocery Store images instead (absolute paths
 into the dataset, nothing copied): the official train list cut to the seeded Zipf counts, ``--untrained`` SKUs
@@ -64,6 +64,7 @@ from calibrated_catalogue import (  # noqa: E402
     format_calibration_table,
     generate,
 )
+from export_grocery_embeddings import DEFAULT_OUT_DIR  # noqa: E402
 
 from skurec.models import FlatKNN, FlatPrototype, fit_flat_logreg, train_specialist_hierarchy  # noqa: E402
 
@@ -320,7 +321,7 @@ def format_table(r: dict[str, Any]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--npz", type=Path, default=Path("/work/bench_cache/grocery_mobilenetv2_100.npz"))
+    ap.add_argument("--npz", type=Path, default=DEFAULT_OUT_DIR / "grocery_mobilenetv2_100.npz")
     ap.add_argument("--ks", type=int, nargs="*", default=[5, 10, 20], help="fixed train images per SKU")
     ap.add_argument("--mixed-ks", type=int, nargs="*", default=[1, 3, 5, 10], help="tail K of the mixed scenario")
     ap.add_argument("--zipf-min", type=int, default=5)

@@ -8,7 +8,7 @@ held-out SKUs' validation photos); then the test list reports, for each score an
 unseen test photos), share of unseen photos accepted at the threshold, known-SKU top-1 and ECE before/after. "today"
 is the pipeline's previous rule: the raw top-1 score with its 95 % quantile threshold.
 
-    python benchmarks/open_set.py --features /work/bench_cache/grocery_mobilenetv2_100.npz --out bench_out/open_set.json
+    python benchmarks/open_set.py --features bench_out/grocery_embeddings/grocery_mobilenetv2_100.npz --out bench_out/open_set.json
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from export_grocery_embeddings import DEFAULT_OUT_DIR  # noqa: E402
 
 from skurec.deployment.calibration import calibrate_outputs, expected_calibration_error, threshold_keeping  # noqa: E402
 from skurec.deployment.scoring import ScoreGraph, score_arrays  # noqa: E402
@@ -121,7 +124,7 @@ def run_draw(X, y, split, seed: int, share: float) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--features", default="/work/bench_cache/grocery_mobilenetv2_100.npz")
+    p.add_argument("--features", default=str(DEFAULT_OUT_DIR / "grocery_mobilenetv2_100.npz"))
     p.add_argument("--share", type=float, default=0.10, help="share of SKUs held out of training")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", default="bench_out/open_set.json")

@@ -11,7 +11,7 @@ and ``EdgeRunner.predict_track`` use. Two proxies of "the same product seen over
    jitter: :func:`skurec.encoders.views.train_view`) of ONE test photo, embedded with the encoder (a pessimistic
    proxy: the frames share the photo's viewpoint).
 
-    python benchmarks/track_fusion.py --features /work/bench_cache/grocery_mobilenetv2_100.npz --views 400
+    python benchmarks/track_fusion.py --features bench_out/grocery_embeddings/grocery_mobilenetv2_100.npz --views 400
 """
 
 from __future__ import annotations
@@ -25,6 +25,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _dataset import DEFAULT_DATASET  # noqa: E402
+from export_grocery_embeddings import DEFAULT_OUT_DIR  # noqa: E402
 
 from skurec.deployment.calibration import calibrate_outputs  # noqa: E402
 from skurec.deployment.scoring import ScoreGraph, score_arrays  # noqa: E402
@@ -32,7 +36,7 @@ from skurec.edge.decide import decide, fuse_track  # noqa: E402
 from skurec.models._common import encode_labels  # noqa: E402
 from skurec.models.specialist_hierarchy import train_specialist_hierarchy  # noqa: E402
 
-DATASET = "/work/shared/datasets/grocery_store/dataset"
+DATASET = DEFAULT_DATASET / "dataset"  # the Grocery Store checkout beside this repository
 KS = (1, 2, 3)
 
 
@@ -60,7 +64,7 @@ def photo_tracks(yt: np.ndarray, k: int, rng: np.random.Generator) -> list[np.nd
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--features", default="/work/bench_cache/grocery_mobilenetv2_100.npz")
+    p.add_argument("--features", default=str(DEFAULT_OUT_DIR / "grocery_mobilenetv2_100.npz"))
     p.add_argument("--encoder", default=None, help="encoder of the features (for --views); default: from the file name")
     p.add_argument("--views", type=int, default=0, help="test photos for the train-view proxy (0: skip)")
     p.add_argument("--seed", type=int, default=0)
