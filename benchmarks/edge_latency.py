@@ -60,7 +60,11 @@ def bundle(rec: Recognizer, out: Path, int8: str | None, calib: list[bytes] = ()
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--encoder", default="efficientnet_lite2")
-    p.add_argument("--features", default=None, help="default: bench_out/grocery_embeddings/grocery_<encoder>.npz (export_grocery_embeddings.py)")
+    p.add_argument(
+        "--features",
+        default=None,
+        help="default: bench_out/grocery_embeddings/grocery_<encoder>.npz (export_grocery_embeddings.py)",
+    )
     p.add_argument("--n", type=int, default=60, help="test photos for the latency loop")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
