@@ -233,7 +233,7 @@ def check_parity(
     graph_diff = float(np.max(np.abs(np.where(idx >= 0, g_scores, 0.0) - pred.scores[:, :k])))
     # 2. the runner against the Recognizer, image by image
     theirs = runner.predict_many(datas, batch_size=config.batch_size)
-    ours = [r.to_dict() for r in recognizer.predict_many(datas, batch_size=config.batch_size)]
+    ours = [r.to_dict() for r in recognizer.answer_embeddings(ref_emb)]  # the embeddings of step 1, not again
     same_top1 = np.asarray([a["sku_id"] == b["sku_id"] for a, b in zip(theirs, ours)])
     same_unknown = np.asarray([a["unknown"] == b["unknown"] for a, b in zip(theirs, ours)])
     diffs = []

@@ -257,6 +257,11 @@ class Recognizer:
         ans.pop("unknown_score")
         return Recognition(**ans, model_id=self.model_id, threshold=self.threshold, extra={"n_frames": len(frames)})
 
+    def answer_embeddings(self, emb: np.ndarray) -> list[Recognition]:
+        """The answers for embeddings already computed with this Recognizer's encoder (``embed``): what
+        ``predict_many`` returns for the images, without decoding or embedding them again."""
+        return self._results(emb, [None] * len(emb), [None] * len(emb))
+
     def _results(
         self, emb: np.ndarray, names: Sequence[str | None], datas: Sequence[bytes | None]
     ) -> list[Recognition]:
