@@ -142,12 +142,16 @@ def _top1(model: Any, X: np.ndarray) -> np.ndarray:
     return model.predict_topk(X, k=1).labels[:, 0].astype(str)
 
 
-def _dead(hits: np.ndarray, y: np.ndarray) -> tuple[list[str], int]:
-    """Validated classes with no correct validation prediction, and how many classes were validated."""
-    if not len(y):
-        return [], 0
-    per_class = pd.Series(hits).groupby(y).mean()
-    return sorted(per_class[per_class == 0].index.tolist()), int(len(per_class))
+def _dead(hits: np.ndarray, y: np.ndarray, allowed: float) -> tuple[list[str], int, float, bool]:
+    """Validated classes with no correct validation prediction, how many classes were validated, their share and
+    whether it is within ``allowed``."""
+    dead: list[str] = []
+    n = 0
+    if len(y):
+        per_class = pd.Series(hits).groupby(y).mean()
+        dead, n = sorted(per_class[per_class == 0].index.tolist()), int(len(per_class))
+    share = float(len(dead) / max(1, n))
+    return dead, n, share, share <= allowed + 1e-12
 
 
 def _tail_mask(ws: Workspace, y: np.ndarray) -> np.ndarray:
@@ -163,11 +167,9 @@ def _judge_tail(report: GateReport, hits: np.ndarray, y: np.ndarray, config: Gat
     if not len(y):
         return
     report.tail_top1 = float(hits.mean())
-    dead, n = _dead(hits, y)
-    report.tail_zero_accuracy_classes = dead
-    report.n_validated_tail_classes = n
-    report.tail_zero_accuracy_share = float(len(dead) / max(1, n))
-    report.tail_ok = report.tail_zero_accuracy_share <= config.tail_max_zero_accuracy_share + 1e-12
+    dead, n, share, ok = _dead(hits, y, config.tail_max_zero_accuracy_share)
+    report.tail_zero_accuracy_classes, report.n_validated_tail_classes = dead, n
+    report.tail_zero_accuracy_share, report.tail_ok = share, ok
     report.tail_reason = (
         ""
         if report.tail_ok
@@ -271,11 +273,9 @@ def evaluate_gate(
 
 def _judge_dead_classes(report: GateReport, hits: np.ndarray, y: np.ndarray, config: GateConfig, head: bool) -> None:
     """Dead classes: validated classes (of the judged tier) with no correct validation prediction."""
-    dead, n_validated = _dead(hits, y)
-    report.zero_accuracy_classes = dead
-    report.n_validated_classes = n_validated
-    report.zero_accuracy_share = float(len(dead) / max(1, n_validated))
-    report.zero_ok = report.zero_accuracy_share <= config.max_zero_accuracy_share + 1e-12
+    dead, n_validated, share, ok = _dead(hits, y, config.max_zero_accuracy_share)
+    report.zero_accuracy_classes, report.n_validated_classes = dead, n_validated
+    report.zero_accuracy_share, report.zero_ok = share, ok
     report.zero_reason = (
         (
             f"{len(dead)}/{n_validated} validated {'head ' if head else ''}classes "
