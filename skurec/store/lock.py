@@ -18,6 +18,7 @@ import datetime as dt
 import json
 import os
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,7 +50,7 @@ def writer_lock(workdir: str | os.PathLike, command: str, timeout_s: float = 0.0
     try:
         lock.acquire()
     except Timeout:
-        h = lock_holder(root)
+        h = _wait_for_holder(root)
         who = (
             f"pid {h.get('pid')} on host {h.get('host')} (`{h.get('command')}`, since {h.get('since')})"
             if h
@@ -79,6 +80,17 @@ def writer_lock(workdir: str | os.PathLike, command: str, timeout_s: float = 0.0
         except OSError:
             pass
         lock.release()
+
+
+def _wait_for_holder(root: Path, wait_s: float = 5.0) -> dict:
+    """The holder record, waiting up to ``wait_s`` for it: the holder writes it just after taking the lock, so a
+    second writer arriving in that instant would otherwise see the lock held and no name on it."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        h = lock_holder(root)
+        if h or time.monotonic() >= deadline:
+            return h
+        time.sleep(0.05)
 
 
 def pid_alive(pid: int) -> bool:
