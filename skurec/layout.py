@@ -87,6 +87,8 @@ HIERARCHICAL_DIR = f"{ARTIFACTS_DIR}/hierarchical"
 FLAT_LINEAR_DIR = f"{ARTIFACTS_DIR}/flat_linear"
 GLOBAL_SCORER_DIR = f"{ARTIFACTS_DIR}/global_scorer"  # the hierarchy's global SKU scorer (rows, chosen on val)
 FLAT_PROTOTYPE_DIR = f"{ARTIFACTS_DIR}/flat_prototype"
+CASE_STUDY_DIR = f"{ARTIFACTS_DIR}/case_study"  # the published recipe's hierarchy (the report's `case_study` row)
+HIERARCHY_FIT_DIR = f"{ARTIFACTS_DIR}/hierarchy_fit"  # superclasses' one fit: router + specialists handed on
 TRAINING_MANIFEST = f"{ARTIFACTS_DIR}/training_manifest.json"
 TRAINING_SET = f"{ARTIFACTS_DIR}/training_set.parquet"
 
