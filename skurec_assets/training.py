@@ -33,6 +33,7 @@ from skurec.layout import (
     FLAT_PROTOTYPE_DIR,
     GLOBAL_SCORER_DIR,
     HIERARCHICAL_DIR,
+    HIERARCHY_FIT_DIR,
     PROTOTYPES_DIR,
     SIMILAR_JSON,
     SUPERCLASSES_JSON,
@@ -62,6 +63,7 @@ from skurec.models import (
 )
 from skurec.models import similar_groups as derive_similar_groups
 from skurec.models.hierarchical import DEFAULT_ROUTE_M
+from skurec.models.serialization import nest, sub
 from skurec.store.artifacts import files_digest, read_files, write_files
 from skurec.store.training_artifacts import (
     TRAINING_CODE_VERSION,
@@ -144,6 +146,55 @@ def _global_rows(ws, classes: list[str]):
     if list(g.classes) != list(classes):
         raise ValueError("the stored global scorer was fitted on another class list; rematerialise superclasses")
     return g.W, g.b, float(g.metrics["lda_scale"])
+
+
+FIT_JSON = "fit.json"
+
+
+def _write_fit(ws, chosen, superclass_version: str, stats_digest: str) -> str:
+    """Hand the superclasses' one hierarchy fit on: the deployable model (``deployed/``), its router as validated on
+    its own (``router/``, before any global-scorer fallback) and what they were fitted on (``fit.json``)."""
+    report = chosen.report
+    files = {
+        **nest("deployed/", chosen.model.to_files()),
+        **nest("router/", (chosen.routed or chosen.model).coarse.to_files()),
+        FIT_JSON: json.dumps(
+            {
+                "superclass_version": superclass_version,
+                "lda_statistics_digest": stats_digest,
+                "route_m": int(chosen.model.m),
+                "val_top1_by_m": {str(k): float(v) for k, v in (report.get("val_top1_by_m") or {}).items()},
+                "fallback": report.get("fallback"),
+            }
+        ).encode(),
+    }
+    return write_files(ws, HIERARCHY_FIT_DIR, files)
+
+
+def _hierarchy_fit(ws, sc_doc: dict) -> tuple[dict[str, bytes], dict] | None:
+    """``(files, fit.json)`` of the superclasses' hierarchy fit when it was made on exactly these superclasses and LDA
+    statistics; ``None`` otherwise (the caller fits its stage). Parts: ``sub(files, "router/")`` and ``"deployed/"``."""
+    if not ws.exists(f"{HIERARCHY_FIT_DIR}/_files.json"):
+        return None
+    files = read_files(ws, HIERARCHY_FIT_DIR)
+    fit = json.loads(files[FIT_JSON])
+    same = (fit.get("superclass_version"), fit.get("lda_statistics_digest")) == (
+        sc_doc.get("version"),
+        sc_doc.get("lda_statistics_digest"),
+    )
+    return (files, fit) if same else None
+
+
+def _fit_defaults_fine(config: "FineTrainConfig") -> bool:
+    """True when the fine stage's config is the one the superclasses' fit used (the core's defaults)."""
+    d = SpecialistHierarchyConfig()
+    spec = SpecialistConfig(mix=config.mix, rank=config.rank, betas=tuple(config.betas))
+    return (
+        config.route_m is None
+        and spec == d.specialists
+        and tuple(config.m_grid) == d.m_grid
+        and config.m_tolerance == d.m_tolerance
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------- assets
@@ -243,6 +294,10 @@ def superclasses_asset(
     doc["version"] = version
     doc["selection"] = selection
     doc["lda_statistics_digest"] = stats_digest
+    if len(data.val):  # the one fit: coarse_model and fine_model take its parts instead of fitting them again
+        _write_fit(ws, chosen, version, stats_digest)
+    elif ws.exists(f"{HIERARCHY_FIT_DIR}/_files.json"):
+        ws.delete(HIERARCHY_FIT_DIR)  # no validation, no fit: the stages fit with their defaults
     ws.write_json(SUPERCLASSES_JSON, doc)
     scatter = superclass_scatter_png(sc)
     ws.write_bytes(layout.SUPERCLASSES_PNG, scatter)
@@ -344,6 +399,40 @@ def coarse_model(
     shrinkage = config.shrinkage if config.shrinkage is not None else (sc_doc.get("selection") or {}).get("shrinkage")
     has_val = len(data.val) > 0
     t0 = time.perf_counter()
+    fit = _hierarchy_fit(ws, sc_doc) if has_val and config.shrinkage is None else None
+    router_files = sub(fit[0], "router/") if fit is not None else None
+    if router_files is not None:
+        router, fitted_by = load_classifier(router_files), "superclasses (the one hierarchy fit, handed on)"
+    else:
+        why = (
+            "no validation split"
+            if not has_val
+            else "run config sets the shrinkage"
+            if config.shrinkage is not None
+            else "no hierarchy fit for these superclasses"
+        )
+        router = _fit_router(ws, data, sc_map, sc_doc, shrinkage, refit_global=config.shrinkage is None)
+        fitted_by = f"coarse_model ({why})"
+    seconds = time.perf_counter() - t0
+    digest = write_files(ws, COARSE_DIR, router_files or router.to_files())  # handed-on bytes stay byte-identical
+    metrics = {k: float(v) for k, v in router.metrics.items() if isinstance(v, (int, float))}
+    context.log.info(f"router from {fitted_by} in {seconds:.1f}s: {metrics}")
+    return dg.MaterializeResult(
+        metadata={
+            **{k: round(v, 4) for k, v in metrics.items()},
+            "fitted_by": fitted_by,
+            "train_seconds": round(seconds, 2),
+            "n_superclasses": int(sc_doc["n_superclasses"]),
+            "shrinkage": float(router.shrinkage),
+            "temperature": float(router.temperature),
+        },
+        data_version=dg.DataVersion(digest),
+    )
+
+
+def _fit_router(ws, data: TrainingData, sc_map, sc_doc, shrinkage, refit_global: bool):
+    """Fit the router here (no usable hand-off: no validation split, a shrinkage override, or stale superclasses)."""
+    has_val = len(data.val) > 0
     stats = load_lda_statistics(ws, data.fit.X, data.fit.y, sc_doc.get("lda_statistics_digest"))
     router = train_lda_router(
         data.fit.X,
@@ -354,47 +443,15 @@ def coarse_model(
         shrinkage=shrinkage,
         n_superclasses=int(sc_doc["n_superclasses"]),
         stats=stats,
-        global_rows=_global_rows(ws, data.classes) if has_val and config.shrinkage is None else None,
+        global_rows=_global_rows(ws, data.classes) if has_val and refit_global else None,
     )
-    seconds = time.perf_counter() - t0
-    digest = write_files(ws, COARSE_DIR, router.to_files())
-    metrics = {k: float(v) for k, v in router.metrics.items() if isinstance(v, (int, float))}
-    context.log.info(f"router fitted in {seconds:.1f}s: {metrics}")
-    return dg.MaterializeResult(
-        metadata={
-            **{k: round(v, 4) for k, v in metrics.items()},
-            "train_seconds": round(seconds, 2),
-            "n_superclasses": int(sc_doc["n_superclasses"]),
-            "shrinkage": float(router.shrinkage),
-            "temperature": float(router.temperature),
-        },
-        data_version=dg.DataVersion(digest),
-    )
+    return router
 
 
-@dg.asset(
-    group_name=TRAIN,
-    deps=["coarse_model", "superclasses"],
-    code_version=CODE_VERSION,
-    kinds={"pytorch", "safetensors"},
-    description=(
-        "Fine stage conditioned on the coarse output: one specialist per superclass (superclass-local whitening of "
-        "its SKUs' covariance) whose log-likelihoods are added to the global LDA scores with a weight chosen on "
-        "validation (0 = the global model alone); bundled with the router as the hierarchical model, routing over "
-        "the top-m superclasses (m chosen on validation; m=1 is the hard split)."
-    ),
-)
-def fine_model(
-    context: dg.AssetExecutionContext, config: FineTrainConfig, storage: StorageResource
-) -> dg.MaterializeResult:
-    ws = storage.workspace()
-    data = load_training_data(ws)
-    sc_map, sc_doc = load_superclass_map(ws)
-    coarse_files = read_files(ws, COARSE_DIR)
-    router = load_classifier(coarse_files)
+def _fit_specialists(ws, data: TrainingData, sc_map, sc_doc, router, config: FineTrainConfig, spec_cfg):
+    """Fit the specialists and choose the routing width here (no usable hand-off from the superclasses' fit):
+    ``(model, route_m, {m: val top-1})``."""
     has_val = len(data.val) > 0
-    spec_cfg = SpecialistConfig(mix=config.mix, rank=config.rank, betas=tuple(config.betas))
-    t0 = time.perf_counter()
     stats = load_lda_statistics(ws, data.fit.X, data.fit.y, sc_doc.get("lda_statistics_digest"))
     fine = train_specialists(
         data.fit.X,
@@ -422,6 +479,41 @@ def fine_model(
         model = global_scorer_hierarchy(model)
         route_m = model.m
         by_m = {**by_m, route_m: float(g_top1)}
+    return model, route_m, by_m
+
+
+@dg.asset(
+    group_name=TRAIN,
+    deps=["coarse_model", "superclasses"],
+    code_version=CODE_VERSION,
+    kinds={"pytorch", "safetensors"},
+    description=(
+        "Fine stage conditioned on the coarse output: one specialist per superclass (superclass-local whitening of "
+        "its SKUs' covariance) whose log-likelihoods are added to the global LDA scores with a weight chosen on "
+        "validation (0 = the global model alone); bundled with the router as the hierarchical model, routing over "
+        "the top-m superclasses (m chosen on validation; m=1 is the hard split)."
+    ),
+)
+def fine_model(
+    context: dg.AssetExecutionContext, config: FineTrainConfig, storage: StorageResource
+) -> dg.MaterializeResult:
+    ws = storage.workspace()
+    data = load_training_data(ws)
+    sc_map, sc_doc = load_superclass_map(ws)
+    coarse_files = read_files(ws, COARSE_DIR)
+    router = load_classifier(coarse_files)
+    has_val = len(data.val) > 0
+    spec_cfg = SpecialistConfig(mix=config.mix, rank=config.rank, betas=tuple(config.betas))
+    t0 = time.perf_counter()
+    fit = _hierarchy_fit(ws, sc_doc) if has_val and _fit_defaults_fine(config) else None
+    if fit is not None and files_digest(sub(fit[0], "router/")) == files_digest(coarse_files):
+        model = load_classifier(sub(fit[0], "deployed/"))
+        route_m, by_m = int(model.m), {int(m): float(v) for m, v in fit[1]["val_top1_by_m"].items()}
+        fitted_by = "superclasses (the one hierarchy fit, handed on)"
+    else:
+        model, route_m, by_m = _fit_specialists(ws, data, sc_map, sc_doc, router, config, spec_cfg)
+        fitted_by = "fine_model (run config differs from the fit's, or no fit for this router)"
+    fine = model.fine
     seconds = time.perf_counter() - t0
     files = model.to_files()
     digest = write_files(ws, HIERARCHICAL_DIR, files)
@@ -451,18 +543,21 @@ def fine_model(
             "superclasses": {**sc_doc.get("params", {}), "selection": sc_doc.get("selection")},
             "route_m": route_m,
         },
-        "seeds": {},
+        "seeds": {"flat_softmax": SoftmaxConfig().seed},  # the rest of the hierarchy is closed form
         "code_version": CODE_VERSION,
         "metrics": {**val_metrics, "fine_train_seconds": round(seconds, 2)},
         "hierarchical_digest": digest,
     }
     ws.write_json(TRAINING_MANIFEST, manifest)
-    context.log.info(f"specialists fitted in {seconds:.1f}s (beta {fine.beta}, m {route_m}); validation {val_metrics}")
+    context.log.info(
+        f"specialists from {fitted_by} in {seconds:.1f}s (beta {fine.beta}, m {route_m}); validation {val_metrics}"
+    )
     return dg.MaterializeResult(
         metadata={
             **val_metrics,
             "train_seconds": round(seconds, 2),
             "route_m": route_m,
+            "fitted_by": fitted_by,
             "beta": float(fine.beta),
             "val_top1_by_m": dg.MetadataValue.json({str(k): round(v, 4) for k, v in by_m.items()}),
             "n_classes": len(data.classes),

@@ -58,6 +58,9 @@ class SpecialistHierarchy:
     superclasses: Superclasses
     report: dict[str, Any]
     stats: LDAStatistics | None = None
+    #: the chosen routed hierarchy before any global-scorer fallback (its router keeps its validation temperature);
+    #: the pipeline hands its router on to ``coarse_model`` so the router is fitted once
+    routed: HierarchicalClassifier | None = None
 
 
 def route_width_scores(
@@ -210,6 +213,7 @@ def train_specialist_hierarchy(
             best = (score, cap, (model, sc, widths))
     assert best is not None
     model, sc, (by_m, top3) = best[2]
+    routed = model
     m_best = pick_route_m(by_m, top3, config.m_tolerance)
     g_top1 = float(scorer.report.get("val_top1", flat_top1))
     report["val_global_top1"] = g_top1
@@ -231,7 +235,7 @@ def train_specialist_hierarchy(
             "train_seconds": round(time.perf_counter() - t0, 3),
         }
     )
-    return SpecialistHierarchy(model.with_m(m_best), sc, report, stats)
+    return SpecialistHierarchy(model.with_m(m_best), sc, report, stats, routed)
 
 
 __all__ = [
