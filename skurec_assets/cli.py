@@ -403,9 +403,10 @@ def _encoder_names() -> str:
         return "see the README's encoder table"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from skurec.catalogue.audit import AuditConfig
+WORKDIR_HELP = "work directory (default: $SKUREC_WORKDIR, else demo)"
 
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="skurec", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -415,12 +416,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
     default_workdir = os.environ.get("SKUREC_WORKDIR", "demo")
-    workdir_help = "work directory (default: $SKUREC_WORKDIR, else demo)"
+    for add_command in (_add_demo, _add_run, _add_ui, _add_predict, _add_export, _add_lineage):
+        add_command(sub, common, default_workdir)
+    return p
+
+
+def _add_demo(sub, common: argparse.ArgumentParser, default_workdir: str) -> None:
+    """``skurec demo``: what to build on (catalogue, encoder, training bars), the synthetic catalogue, --add-batch."""
+    from skurec.catalogue.audit import AuditConfig
 
     d = sub.add_parser(
         "demo", parents=[common], help="build a demo catalogue and materialise the whole pipeline offline"
     )
-    d.add_argument("--workdir", default=default_workdir, help=workdir_help + "; created if missing")
+    d.add_argument("--workdir", default=default_workdir, help=WORKDIR_HELP + "; created if missing")
     d.add_argument(
         "--catalogue",
         help="use this catalogue instead of the synthetic one: a folder ROOT/<sku_id>/<images> or a manifest "
@@ -453,10 +461,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=AuditConfig.min_shots,
         help="labelled images a class needs for the tail tier (few-shot SKUs, same model); fewer: not trained on",
     )
+    _add_synthetic_catalogue_options(d)
+    _add_batch_options(d)
+    d.set_defaults(func=cmd_demo)
+
+
+def _add_synthetic_catalogue_options(d: argparse.ArgumentParser) -> None:
     d.add_argument("--families", type=int, default=8, help="synthetic catalogue: product families (default 8)")
     d.add_argument("--skus-per-family", type=int, default=4, help="synthetic catalogue: look-alike SKUs per family")
     d.add_argument("--images-per-sku", type=int, default=60, help="synthetic catalogue: images per SKU (default 60)")
     d.add_argument("--seed", type=int, default=0, help="synthetic catalogue: random seed (default 0)")
+
+
+def _add_batch_options(d: argparse.ArgumentParser) -> None:
     d.add_argument(
         "--add-batch",
         action="store_true",
@@ -468,23 +485,28 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --add-batch: only drop the batch; the sensor of a running `skurec ui` ingests it",
     )
-    d.set_defaults(func=cmd_demo)
 
+
+def _add_run(sub, common: argparse.ArgumentParser, default_workdir: str) -> None:
     r = sub.add_parser("run", parents=[common], help="materialise the whole graph for an existing work directory")
-    r.add_argument("--workdir", default=default_workdir, help=workdir_help + "; must exist (skurec demo builds one)")
+    r.add_argument("--workdir", default=default_workdir, help=WORKDIR_HELP + "; must exist (skurec demo builds one)")
     r.set_defaults(func=cmd_run)
 
+
+def _add_ui(sub, common: argparse.ArgumentParser, default_workdir: str) -> None:
     u = sub.add_parser("ui", parents=[common], help="open the Dagster UI (webserver + daemon) on a work directory")
-    u.add_argument("--workdir", default=default_workdir, help=workdir_help)
+    u.add_argument("--workdir", default=default_workdir, help=WORKDIR_HELP)
     u.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     u.add_argument("--port", type=int, default=3000, help="port of the web UI (default %(default)s)")
     u.set_defaults(func=cmd_ui)
 
+
+def _add_predict(sub, common: argparse.ArgumentParser, default_workdir: str) -> None:
     pr = sub.add_parser(
         "predict", parents=[common], help="recognise images with the deployed model (one JSON line per image)"
     )
     pr.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
-    pr.add_argument("--workdir", default=default_workdir, help=workdir_help)
+    pr.add_argument("--workdir", default=default_workdir, help=WORKDIR_HELP)
     pr.add_argument("--model", help="model id (default: the deployed model)")
     pr.add_argument("--top-k", type=int, default=3, help="how many SKUs to list per image (default %(default)s)")
     pr.add_argument(
@@ -507,12 +529,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--exemplars", type=int, default=3, help="with --explain: training images per SKU (default 3)")
     pr.set_defaults(func=cmd_predict)
 
+
+def _add_export(sub, common: argparse.ArgumentParser, default_workdir: str) -> None:
     ex = sub.add_parser(
         "export",
         parents=[common],
         help="write the edge bundle of a model (ONNX, parity-checked on validation images)",
     )
-    ex.add_argument("--workdir", default=default_workdir, help=workdir_help)
+    ex.add_argument("--workdir", default=default_workdir, help=WORKDIR_HELP)
     ex.add_argument("--model", help="model id (default: the deployed model)")
     ex.add_argument("--out", required=True, help="bundle directory to write (replaced)")
     ex.add_argument(
@@ -527,11 +551,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--checkpoint", help="encoder weights file, for checkpoint-based encoders")
     ex.set_defaults(func=cmd_export)
 
+
+def _add_lineage(sub, common: argparse.ArgumentParser, default_workdir: str) -> None:
     li = sub.add_parser(
         "lineage", parents=[common], help="print a model card: data, batches, encoder, code, config, evaluation"
     )
     li.add_argument("model_id", nargs="?", help="model id (default: the deployed model)")
-    li.add_argument("--workdir", default=default_workdir, help=workdir_help)
+    li.add_argument("--workdir", default=default_workdir, help=WORKDIR_HELP)
     li.add_argument("--json", action="store_true", help="print the JSON card instead of Markdown")
     li.add_argument(
         "--training-set",
@@ -540,7 +566,6 @@ def build_parser() -> argparse.ArgumentParser:
         "(cells starting with = + - @ are prefixed with ' so spreadsheets do not run them; docs/security.md)",
     )
     li.set_defaults(func=cmd_lineage)
-    return p
 
 
 def _default_min_samples() -> int:
