@@ -36,12 +36,15 @@ from skurec.layout import SETTINGS_FILE
 from skurec_assets.cli_readers import cmd_export, cmd_lineage, cmd_predict
 from skurec_assets.cli_support import (
     CliError,
+    RedactingFormatter,
     check_catalogue,
     check_encoder,
     evaluation_table,
     logger_config,
     no_space_message,
+    print_error,
     resolved_settings,
+    shown,
     stored_settings,
     user_error,
     warn_small_validation,
@@ -141,9 +144,9 @@ def _report_failure(result, workdir: Path) -> None:
         err = getattr(event.event_specific_data, "error", None)
         text = (getattr(err, "message", "") or "").strip()
         first = text.splitlines()[0] if text else "failed"
-        print(f"step {event.step_key} failed: {first}", file=sys.stderr, flush=True)
+        print(shown(f"step {event.step_key} failed: {first}"), file=sys.stderr, flush=True)
         if any(k in text.lower() for k in ("no space left", "disk i/o error", "database or disk is full")):
-            print(f"error: {no_space_message(workdir)}", file=sys.stderr, flush=True)
+            print_error(no_space_message(workdir))
 
 
 def _recover(settings: dict, verbose: bool = False) -> None:
@@ -158,16 +161,29 @@ def _recover(settings: dict, verbose: bool = False) -> None:
         log.warning("repaired what an interrupted run left: %s", done)
 
 
+def _local_workdir(workdir: Path | str) -> Path:
+    """The work directory of a command that builds: a local folder. A URI is refused before ``Path()`` turns it into
+    local folders named after it (its credentials included)."""
+    from skurec.store.workspace import is_remote
+
+    if is_remote(str(workdir)):
+        raise CliError(
+            f"the commands that build (demo, run, ui) need a local work directory; got {workdir}: pass --workdir "
+            "with a local folder"
+        )
+    return Path(workdir).resolve()
+
+
 def _locked(workdir: Path | str):
     from skurec.store.lock import writer_lock
 
-    return writer_lock(Path(workdir).resolve(), " ".join(["skurec", *sys.argv[1:]]))
+    return writer_lock(_local_workdir(workdir), " ".join(["skurec", *sys.argv[1:]]))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.add_batch:
         return cmd_add_batch(args)
-    workdir = Path(args.workdir).resolve()
+    workdir = _local_workdir(args.workdir)
     catalogue = args.catalogue
     check_catalogue(catalogue)
     check_encoder(args.encoder, args.checkpoint, args.layers)
@@ -272,7 +288,7 @@ def run_labelling_loop(settings: dict, verbose: bool = False) -> bool:
     save_cursors(settings["dagster_home"], result.sensor_cursor, result.automation_cursor)
     skip = getattr(result.sensor_result, "skip_reason", None)
     if skip is not None:
-        print(f"batch sensor: {getattr(skip, 'skip_message', skip)}")
+        print(shown(f"batch sensor: {getattr(skip, 'skip_message', skip)}"))
     for name, run in result.batch_runs.items():
         print(f"ingested batch {name}: run {'succeeded' if run.success else 'FAILED'}")
     for keys, run in result.automation_runs:
@@ -578,13 +594,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     verbose = bool(getattr(args, "verbose", False))
     level = "DEBUG" if verbose else os.environ.get("SKUREC_LOG_LEVEL", "WARNING")
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(RedactingFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     for noisy in ("dagster.automation_condition_tester", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        print_error("interrupted")
         return 130
     except Exception as exc:
         message = user_error(exc, getattr(args, "workdir", None))
@@ -592,9 +610,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         if message is None:  # a bug: still one line, with how to see more
             message = f"{type(exc).__name__}: {' '.join(str(exc).split())} (run again with --verbose for the traceback)"
-            print(f"error: {message}", file=sys.stderr)
+            print_error(message)
             return 1
-        print(f"error: {message}", file=sys.stderr)
+        print_error(message)
         return 2
 
 
