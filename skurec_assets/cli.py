@@ -29,6 +29,7 @@ import logging
 import os
 import shutil
 import sys
+import traceback
 from pathlib import Path
 
 from skurec import layout
@@ -606,8 +607,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:
         message = user_error(exc, getattr(args, "workdir", None))
-        if verbose or message is None and os.environ.get("SKUREC_TRACEBACK"):
-            raise
+        if verbose or message is None and os.environ.get("SKUREC_TRACEBACK"):  # the traceback, as Python prints it
+            print(shown(traceback.format_exc()), end="", file=sys.stderr, flush=True)
+            return 1
         if message is None:  # a bug: still one line, with how to see more
             message = f"{type(exc).__name__}: {' '.join(str(exc).split())} (run again with --verbose for the traceback)"
             print_error(message)

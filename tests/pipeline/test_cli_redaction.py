@@ -83,3 +83,11 @@ def test_per_image_answers_and_log_lines_are_redacted(capsys):
     for verbose in (False, True):  # Dagster's console lines, with and without --verbose
         line = _CompactFormatter(verbose=verbose).format(step)
         assert "store.example" in line and not any(s in line for s in SECRETS)
+
+
+def test_verbose_tracebacks_are_redacted_too(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--verbose", "--workdir", SIGNED]) == 1  # what an uncaught exception exits with
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):") and "need a local work directory" in err
+    assert "store.example/work?" in err and not any(s in err for s in SECRETS)
