@@ -29,6 +29,7 @@ import logging
 import os
 import shutil
 import sys
+import traceback
 from pathlib import Path
 
 from skurec import layout
@@ -36,12 +37,15 @@ from skurec.layout import SETTINGS_FILE
 from skurec_assets.cli_readers import cmd_export, cmd_lineage, cmd_predict
 from skurec_assets.cli_support import (
     CliError,
+    RedactingFormatter,
     check_catalogue,
     check_encoder,
     evaluation_table,
     logger_config,
     no_space_message,
+    print_error,
     resolved_settings,
+    shown,
     stored_settings,
     user_error,
     warn_small_validation,
@@ -141,9 +145,9 @@ def _report_failure(result, workdir: Path) -> None:
         err = getattr(event.event_specific_data, "error", None)
         text = (getattr(err, "message", "") or "").strip()
         first = text.splitlines()[0] if text else "failed"
-        print(f"step {event.step_key} failed: {first}", file=sys.stderr, flush=True)
+        print(shown(f"step {event.step_key} failed: {first}"), file=sys.stderr, flush=True)
         if any(k in text.lower() for k in ("no space left", "disk i/o error", "database or disk is full")):
-            print(f"error: {no_space_message(workdir)}", file=sys.stderr, flush=True)
+            print_error(no_space_message(workdir))
 
 
 def _recover(settings: dict, verbose: bool = False) -> None:
@@ -158,16 +162,29 @@ def _recover(settings: dict, verbose: bool = False) -> None:
         log.warning("repaired what an interrupted run left: %s", done)
 
 
+def _local_workdir(workdir: Path | str) -> Path:
+    """The work directory of a command that builds: a local folder. A URI is refused before ``Path()`` turns it into
+    local folders named after it (its credentials included)."""
+    from skurec.store.workspace import is_remote
+
+    if is_remote(str(workdir)):
+        raise CliError(
+            f"the commands that build (demo, run, ui) need a local work directory; got {workdir}: pass --workdir "
+            "with a local folder"
+        )
+    return Path(workdir).resolve()
+
+
 def _locked(workdir: Path | str):
     from skurec.store.lock import writer_lock
 
-    return writer_lock(Path(workdir).resolve(), " ".join(["skurec", *sys.argv[1:]]))
+    return writer_lock(_local_workdir(workdir), " ".join(["skurec", *sys.argv[1:]]))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.add_batch:
         return cmd_add_batch(args)
-    workdir = Path(args.workdir).resolve()
+    workdir = _local_workdir(args.workdir)
     catalogue = args.catalogue
     check_catalogue(catalogue)
     check_encoder(args.encoder, args.checkpoint, args.layers)
@@ -272,7 +289,7 @@ def run_labelling_loop(settings: dict, verbose: bool = False) -> bool:
     save_cursors(settings["dagster_home"], result.sensor_cursor, result.automation_cursor)
     skip = getattr(result.sensor_result, "skip_reason", None)
     if skip is not None:
-        print(f"batch sensor: {getattr(skip, 'skip_message', skip)}")
+        print(shown(f"batch sensor: {getattr(skip, 'skip_message', skip)}"))
     for name, run in result.batch_runs.items():
         print(f"ingested batch {name}: run {'succeeded' if run.success else 'FAILED'}")
     for keys, run in result.automation_runs:
@@ -403,9 +420,10 @@ def _encoder_names() -> str:
         return "see the README's encoder table"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from skurec.catalogue.audit import AuditConfig
+WORKDIR_HELP = "work directory (default: $SKUREC_WORKDIR, else demo)"
 
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="skurec", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -415,12 +433,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
     default_workdir = os.environ.get("SKUREC_WORKDIR", "demo")
-    workdir_help = "work directory (default: $SKUREC_WORKDIR, else demo)"
+    for add_command in (_add_demo, _add_run, _add_ui, _add_predict, _add_export, _add_lineage):
+        add_command(sub, common, default_workdir)
+    return p
+
+
+def _add_demo(sub, common: argparse.ArgumentParser, default_workdir: str) -> None:
+    """``skurec demo``: what to build on (catalogue, encoder, training bars), the synthetic catalogue, --add-batch."""
+    from skurec.catalogue.audit import AuditConfig
 
     d = sub.add_parser(
         "demo", parents=[common], help="build a demo catalogue and materialise the whole pipeline offline"
     )
-    d.add_argument("--workdir", default=default_workdir, help=workdir_help + "; created if missing")
+    d.add_argument("--workdir", default=default_workdir, help=WORKDIR_HELP + "; created if missing")
     d.add_argument(
         "--catalogue",
         help="use this catalogue instead of the synthetic one: a folder ROOT/<sku_id>/<images> or a manifest "
@@ -453,10 +478,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=AuditConfig.min_shots,
         help="labelled images a class needs for the tail tier (few-shot SKUs, same model); fewer: not trained on",
     )
+    _add_synthetic_catalogue_options(d)
+    _add_batch_options(d)
+    d.set_defaults(func=cmd_demo)
+
+
+def _add_synthetic_catalogue_options(d: argparse.ArgumentParser) -> None:
     d.add_argument("--families", type=int, default=8, help="synthetic catalogue: product families (default 8)")
     d.add_argument("--skus-per-family", type=int, default=4, help="synthetic catalogue: look-alike SKUs per family")
     d.add_argument("--images-per-sku", type=int, default=60, help="synthetic catalogue: images per SKU (default 60)")
     d.add_argument("--seed", type=int, default=0, help="synthetic catalogue: random seed (default 0)")
+
+
+def _add_batch_options(d: argparse.ArgumentParser) -> None:
     d.add_argument(
         "--add-batch",
         action="store_true",
@@ -468,23 +502,28 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --add-batch: only drop the batch; the sensor of a running `skurec ui` ingests it",
     )
-    d.set_defaults(func=cmd_demo)
 
+
+def _add_run(sub, common: argparse.ArgumentParser, default_workdir: str) -> None:
     r = sub.add_parser("run", parents=[common], help="materialise the whole graph for an existing work directory")
-    r.add_argument("--workdir", default=default_workdir, help=workdir_help + "; must exist (skurec demo builds one)")
+    r.add_argument("--workdir", default=default_workdir, help=WORKDIR_HELP + "; must exist (skurec demo builds one)")
     r.set_defaults(func=cmd_run)
 
+
+def _add_ui(sub, common: argparse.ArgumentParser, default_workdir: str) -> None:
     u = sub.add_parser("ui", parents=[common], help="open the Dagster UI (webserver + daemon) on a work directory")
-    u.add_argument("--workdir", default=default_workdir, help=workdir_help)
+    u.add_argument("--workdir", default=default_workdir, help=WORKDIR_HELP)
     u.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     u.add_argument("--port", type=int, default=3000, help="port of the web UI (default %(default)s)")
     u.set_defaults(func=cmd_ui)
 
+
+def _add_predict(sub, common: argparse.ArgumentParser, default_workdir: str) -> None:
     pr = sub.add_parser(
         "predict", parents=[common], help="recognise images with the deployed model (one JSON line per image)"
     )
     pr.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
-    pr.add_argument("--workdir", default=default_workdir, help=workdir_help)
+    pr.add_argument("--workdir", default=default_workdir, help=WORKDIR_HELP)
     pr.add_argument("--model", help="model id (default: the deployed model)")
     pr.add_argument("--top-k", type=int, default=3, help="how many SKUs to list per image (default %(default)s)")
     pr.add_argument(
@@ -507,12 +546,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--exemplars", type=int, default=3, help="with --explain: training images per SKU (default 3)")
     pr.set_defaults(func=cmd_predict)
 
+
+def _add_export(sub, common: argparse.ArgumentParser, default_workdir: str) -> None:
     ex = sub.add_parser(
         "export",
         parents=[common],
         help="write the edge bundle of a model (ONNX, parity-checked on validation images)",
     )
-    ex.add_argument("--workdir", default=default_workdir, help=workdir_help)
+    ex.add_argument("--workdir", default=default_workdir, help=WORKDIR_HELP)
     ex.add_argument("--model", help="model id (default: the deployed model)")
     ex.add_argument("--out", required=True, help="bundle directory to write (replaced)")
     ex.add_argument(
@@ -527,11 +568,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--checkpoint", help="encoder weights file, for checkpoint-based encoders")
     ex.set_defaults(func=cmd_export)
 
+
+def _add_lineage(sub, common: argparse.ArgumentParser, default_workdir: str) -> None:
     li = sub.add_parser(
         "lineage", parents=[common], help="print a model card: data, batches, encoder, code, config, evaluation"
     )
     li.add_argument("model_id", nargs="?", help="model id (default: the deployed model)")
-    li.add_argument("--workdir", default=default_workdir, help=workdir_help)
+    li.add_argument("--workdir", default=default_workdir, help=WORKDIR_HELP)
     li.add_argument("--json", action="store_true", help="print the JSON card instead of Markdown")
     li.add_argument(
         "--training-set",
@@ -540,7 +583,6 @@ def build_parser() -> argparse.ArgumentParser:
         "(cells starting with = + - @ are prefixed with ' so spreadsheets do not run them; docs/security.md)",
     )
     li.set_defaults(func=cmd_lineage)
-    return p
 
 
 def _default_min_samples() -> int:
@@ -553,23 +595,26 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     verbose = bool(getattr(args, "verbose", False))
     level = "DEBUG" if verbose else os.environ.get("SKUREC_LOG_LEVEL", "WARNING")
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(RedactingFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     for noisy in ("dagster.automation_condition_tester", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        print_error("interrupted")
         return 130
     except Exception as exc:
         message = user_error(exc, getattr(args, "workdir", None))
-        if verbose or message is None and os.environ.get("SKUREC_TRACEBACK"):
-            raise
+        if verbose or message is None and os.environ.get("SKUREC_TRACEBACK"):  # the traceback, as Python prints it
+            print(shown(traceback.format_exc()), end="", file=sys.stderr, flush=True)
+            return 1
         if message is None:  # a bug: still one line, with how to see more
             message = f"{type(exc).__name__}: {' '.join(str(exc).split())} (run again with --verbose for the traceback)"
-            print(f"error: {message}", file=sys.stderr)
+            print_error(message)
             return 1
-        print(f"error: {message}", file=sys.stderr)
+        print_error(message)
         return 2
 
 

@@ -10,9 +10,7 @@ import sys
 from pathlib import Path
 
 from skurec import layout
-from skurec_assets.cli_support import (
-    CliError,
-)
+from skurec_assets.cli_support import CliError, print_error, shown
 
 
 def existing_workspace(workdir: str):
@@ -30,8 +28,10 @@ def existing_workspace(workdir: str):
 def _print_queue_status(queue, n_queued: int) -> None:
     if queue is not None:
         print(
-            f"review queue: {n_queued} image(s) queued by this run, {len(queue)} item(s) waiting in "
-            f"{queue.ws.root_uri}/{layout.REVIEW_QUEUE_DIR}",
+            shown(
+                f"review queue: {n_queued} image(s) queued by this run, {len(queue)} item(s) waiting in "
+                f"{queue.ws.root_uri}/{layout.REVIEW_QUEUE_DIR}"
+            ),
             file=sys.stderr,
         )
 
@@ -42,12 +42,12 @@ def cmd_predict_bundle(args: argparse.Namespace) -> int:
     from skurec.edge.runner import EdgeInputError
 
     if args.explain:
-        print("error: --explain needs the model's exemplars: use it without --bundle", file=sys.stderr)
+        print_error("--explain needs the model's exemplars: use it without --bundle")
         return 2
     try:
         runner = EdgeRunner(args.bundle, threads=args.threads, top_k=args.top_k, threshold=args.threshold)
     except (BundleError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc)
         return 2
     queue = None
     if args.review_queue:
@@ -64,9 +64,17 @@ def cmd_predict_bundle(args: argparse.Namespace) -> int:
         except EdgeInputError as exc:
             failed += 1
             out = {"image": image, "error": str(exc)}
-        print(json.dumps(out, sort_keys=True), flush=True)
+        _print_answer(out)
     _print_queue_status(queue, queued)
     return 1 if failed else 0
+
+
+def _print_answer(out: dict) -> None:
+    """One image's JSON line; the image's location and any error are shown without URI credentials."""
+    for key in ("image", "error"):
+        if isinstance(out.get(key), str):
+            out[key] = shown(out[key])
+    print(json.dumps(out, sort_keys=True), flush=True)
 
 
 def _add_tier(out: dict, tiers: dict) -> None:
@@ -88,7 +96,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             Path(args.workdir).resolve(), args.out, args.model, checkpoint=checkpoint, config=config, quantize=args.int8
         )
     except (ParityError, RecognizerError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc)
         return 2
     print(
         json.dumps({"bundle": str(args.out), **{k: manifest[k] for k in ("model_id", "precision", "parity")}}, indent=2)
@@ -117,7 +125,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         except RecognizerError as exc:
             failed += 1
             out = {"image": image, "error": str(exc)}
-        print(json.dumps(out, sort_keys=True), flush=True)
+        _print_answer(out)
     _print_queue_status(queue, queued)
     return 1 if failed else 0
 
@@ -142,7 +150,10 @@ def cmd_lineage(args: argparse.Namespace) -> int:
             raise CliError(f"model {model_id} has no training table in its bundle (published by an older skurec)")
         table = table_from_parquet(files[layout.BUNDLE_TRAINING_TABLE])
         write_csv(table, args.training_set)
-        print(f"wrote {len(table)} (image_id, sku_id, split, added_by) rows to {args.training_set}", file=sys.stderr)
+        print(
+            shown(f"wrote {len(table)} (image_id, sku_id, split, added_by) rows to {args.training_set}"),
+            file=sys.stderr,
+        )
         if not args.json:  # the CSV was asked for, not the card: print the card only with --json
             return 0
     deployed = store.deployed_id()

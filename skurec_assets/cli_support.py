@@ -8,6 +8,9 @@ file's stored form, and a compact console logger for Dagster runs.
   to it (a copied work directory never writes into the original) and locations with credentials redacted.
 * :data:`compact_console_logger`: our progress (each step's INFO messages, one short line each) and warnings and
   errors (first line only); Dagster's DEBUG events (step starts, handled outputs, ...) only with ``--verbose``.
+* :func:`print_error` is the one way the CLI prints an error, and :func:`shown` what it prints of any text naming a
+  location: both pass it through :func:`skurec.store.workspace.redact_text`, so no URI credential
+  (``user:password@``, a pre-signed URL's signature, a token) reaches the terminal; the log handlers do the same.
 """
 
 from __future__ import annotations
@@ -29,6 +32,25 @@ LINE_WIDTH = 160  # console lines are cut here unless --verbose
 
 class CliError(Exception):
     """A mistake the user can fix: printed as one line ``error: <message>`` (exit status 2), never a traceback."""
+
+
+def shown(text: object) -> str:
+    """``text`` as the CLI may print it: every URI in it without its credentials."""
+    from skurec.store.workspace import redact_text
+
+    return redact_text(str(text))
+
+
+def print_error(message: object) -> None:
+    """Print ``error: <message>`` on stderr, credentials in URIs redacted (every error path of the CLI)."""
+    print(f"error: {shown(message)}", file=sys.stderr, flush=True)
+
+
+class RedactingFormatter(logging.Formatter):
+    """A log formatter that redacts the credentials of every URI in the formatted line (and its traceback)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return shown(super().format(record))
 
 
 def stored_settings(workdir: Path, settings: dict) -> dict:
@@ -248,7 +270,7 @@ class _CompactFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         meta = getattr(record, "dagster_meta", None) or {}
         if self.verbose or not meta:
-            return super().format(record) if not meta else record.getMessage()
+            return shown(super().format(record) if not meta else record.getMessage())
         text = str(meta.get("orig_message") or record.getMessage()).strip()
         event = meta.get("dagster_event")
         first = text.splitlines()[0] if text else ""
@@ -256,7 +278,7 @@ class _CompactFormatter(logging.Formatter):
             first = f"{event.event_type_value}: {first}"
         where = meta.get("step_key") or meta.get("job_name") or "run"
         level = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
-        line = f"  [{where}] {level}{first}"
+        line = shown(f"  [{where}] {level}{first}")
         return line if len(line) <= LINE_WIDTH else line[: LINE_WIDTH - 1] + "…"
 
 

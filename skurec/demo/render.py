@@ -270,25 +270,17 @@ def make_labelled_batch(
     The same call again returns the existing manifest; a non-empty batch folder that this function did not
     create, or that was made with other parameters, raises ``FileExistsError``.
     """
-    if not isinstance(batch_id, str) or not _SLUG_RE.match(batch_id):
-        raise ValueError(
-            f"batch_id must be a lowercase slug like 'batch-0001' (a-z, 0-9, '.', '_', '-'), got {batch_id!r}"
-        )
-    if new_skus < 0 or images_per_new_sku < 1 or images_per_existing < 1:
-        raise ValueError(
-            f"need new_skus >= 0 and images_per_new_sku, images_per_existing >= 1; got {new_skus}, "
-            f"{images_per_new_sku}, {images_per_existing}"
-        )
-    if image_size < MIN_IMAGE_SIZE:
-        raise ValueError(f"image_size must be at least {MIN_IMAGE_SIZE}, got {image_size}")
-    if seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed}")
-    if isinstance(extra_images_for, str):
-        raise TypeError("extra_images_for must be a list of sku_ids, not a single string")
-    if new_family and n_families >= MAX_FAMILIES:
-        raise ValueError(
-            f"new_family=True needs a catalogue with fewer than {MAX_FAMILIES} families, got n_families={n_families}"
-        )
+    _check_batch_request(
+        batch_id,
+        new_skus,
+        images_per_new_sku,
+        images_per_existing,
+        image_size,
+        seed,
+        extra_images_for,
+        new_family,
+        n_families,
+    )
     out = Path(out_dir)
     batch_dir = out / batch_id
     manifest = batch_dir / MANIFEST_NAME
@@ -311,6 +303,58 @@ def make_labelled_batch(
         out, batch_id, new_skus, list(extra_images_for), n_families, skus_per_family, new_family, seed
     )
     _prepare_output(batch_dir, BATCH_MARKER, "labelled batch", params)
+    jobs = _batch_jobs(batch_dir, new, extra, images_per_new_sku, images_per_existing)
+    _render_files(jobs, seed, f"batch:{batch_id}", image_size, f"rendering batch {batch_id}")
+    rows = _batch_manifest_rows(batch_dir, batch_id, jobs)
+    _atomic_write(manifest, _manifest_bytes(BATCH_COLUMNS, rows))  # last: its presence marks the batch complete
+    _finish_marker(batch_dir, BATCH_MARKER, "labelled batch", params)
+    log.info(
+        "batch %s: new SKUs %s, %d extra images", batch_id, [x.sku_id for x in new], len(extra) * images_per_existing
+    )
+    return manifest
+
+
+def _check_batch_request(
+    batch_id: str,
+    new_skus: int,
+    images_per_new_sku: int,
+    images_per_existing: int,
+    image_size: int,
+    seed: int,
+    extra_images_for: Sequence[str],
+    new_family: bool,
+    n_families: int,
+) -> None:
+    """Refuse a batch request that cannot be rendered, before anything is written."""
+    if not isinstance(batch_id, str) or not _SLUG_RE.match(batch_id):
+        raise ValueError(
+            f"batch_id must be a lowercase slug like 'batch-0001' (a-z, 0-9, '.', '_', '-'), got {batch_id!r}"
+        )
+    if new_skus < 0 or images_per_new_sku < 1 or images_per_existing < 1:
+        raise ValueError(
+            f"need new_skus >= 0 and images_per_new_sku, images_per_existing >= 1; got {new_skus}, "
+            f"{images_per_new_sku}, {images_per_existing}"
+        )
+    if image_size < MIN_IMAGE_SIZE:
+        raise ValueError(f"image_size must be at least {MIN_IMAGE_SIZE}, got {image_size}")
+    if seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed}")
+    if isinstance(extra_images_for, str):
+        raise TypeError("extra_images_for must be a list of sku_ids, not a single string")
+    if new_family and n_families >= MAX_FAMILIES:
+        raise ValueError(
+            f"new_family=True needs a catalogue with fewer than {MAX_FAMILIES} families, got n_families={n_families}"
+        )
+
+
+def _batch_jobs(
+    batch_dir: Path,
+    new: list[SyntheticSku],
+    extra: list[str],
+    images_per_new_sku: int,
+    images_per_existing: int,
+) -> list[tuple[SyntheticSku, int, Path]]:
+    """(SKU, image index, file) of every image of the batch: the new SKUs' images, then the existing SKUs' ones."""
     jobs = [
         (s, i, batch_dir / "images" / s.sku_id / _image_name(s.sku_id, i))
         for s in new
@@ -321,8 +365,12 @@ def make_labelled_batch(
         for sid in extra
         for i in range(images_per_existing)
     ]
-    _render_files(jobs, seed, f"batch:{batch_id}", image_size, f"rendering batch {batch_id}")
-    rows = [
+    return jobs
+
+
+def _batch_manifest_rows(batch_dir: Path, batch_id: str, jobs: list[tuple[SyntheticSku, int, Path]]) -> list[dict]:
+    """One manifest row per rendered image (``image_uri`` relative to the batch folder)."""
+    return [
         {
             "image_uri": p.relative_to(batch_dir).as_posix(),
             "sku_id": s.sku_id,
@@ -332,9 +380,3 @@ def make_labelled_batch(
         }
         for s, _, p in jobs
     ]
-    _atomic_write(manifest, _manifest_bytes(BATCH_COLUMNS, rows))  # last: its presence marks the batch complete
-    _finish_marker(batch_dir, BATCH_MARKER, "labelled batch", params)
-    log.info(
-        "batch %s: new SKUs %s, %d extra images", batch_id, [x.sku_id for x in new], len(extra) * images_per_existing
-    )
-    return manifest

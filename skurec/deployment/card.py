@@ -158,14 +158,29 @@ def _fmt(v: Any) -> str:
 
 
 def model_card_markdown(card: Mapping[str, Any]) -> str:
-    """Human-readable model card (the same facts as the JSON, for the UI and ``skurec lineage``)."""
+    """Human-readable model card (the same facts as the JSON, for the UI and ``skurec lineage``): one section per
+    helper below, in this order."""
+    sections = (
+        _summary_lines,
+        _evaluation_lines,
+        _model_choice_lines,
+        _fast_path_lines,
+        _batch_lines,
+        _training_config_lines,
+        _file_lines,
+    )
+    return "\n".join(line for section in sections for line in section(card)) + "\n"
+
+
+def _summary_lines(card: Mapping[str, Any]) -> list[str]:
+    """Title and the lineage bullets: source, classes, catalogue snapshot, training set, encoder, code, seeds."""
     ts, enc, sc, code = (
         card.get("training_set", {}),
         card.get("encoder", {}),
         card.get("superclasses", {}),
         card.get("code", {}),
     )
-    lines = [
+    return [
         f"# Model card: {card.get('model_id', '(unpublished)')}",
         "",
         f"- **source**: {card.get('source')}"
@@ -187,45 +202,67 @@ def model_card_markdown(card: Mapping[str, Any]) -> str:
         f"- **code**: skurec {code.get('package_version')}, git commit `{code.get('git_commit')}`"
         + (" (dirty tree)" if code.get("git_dirty") else ""),
         f"- **seeds**: {_fmt(card.get('seeds'))}",
-        "",
-        "## Evaluation",
-        "",
-        "| metric | value |",
-        "|---|---|",
     ]
+
+
+def _evaluation_lines(card: Mapping[str, Any]) -> list[str]:
+    """The scalar evaluation metrics and the recommended unknown threshold, as a table."""
+    lines = ["", "## Evaluation", "", "| metric | value |", "|---|---|"]
     for k, v in sorted(card.get("evaluation", {}).items()):
         if not isinstance(v, (dict, list)):
             lines.append(f"| {k} | {_fmt(v)} |")
     rec = card.get("recognition") or {}
     if rec.get("threshold") is not None:
         lines.append(f"| recommended unknown threshold | {_fmt(rec['threshold'])} ({rec.get('method')}) |")
+    return lines
+
+
+def _model_choice_lines(card: Mapping[str, Any]) -> list[str]:
+    """Which model family was deployed and why (absent when the card records no choice)."""
     choice = card.get("model_choice")
-    if choice:
-        lines += ["", "## Which model", "", f"- **{choice.get('deployed')}**: {choice.get('reason')}"]
-        if choice.get("val_top1"):
-            lines.append(f"- validation top-1: {_fmt(choice['val_top1'])}")
+    if not choice:
+        return []
+    lines = ["", "## Which model", "", f"- **{choice.get('deployed')}**: {choice.get('reason')}"]
+    if choice.get("val_top1"):
+        lines.append(f"- validation top-1: {_fmt(choice['val_top1'])}")
+    return lines
+
+
+def _fast_path_lines(card: Mapping[str, Any]) -> list[str]:
+    """What a fast-path model added to its base (absent for a full rebuild)."""
     fp = card.get("fast_path")
-    if fp:
-        lines += [
-            "",
-            "## Fast path",
-            "",
-            f"- new SKUs: {', '.join(fp.get('new_skus', [])) or '(none)'}",
-            f"- superclass of each new SKU: {_fmt(fp.get('superclass_of_new', {}))}",
-            f"- refreshed SKUs: {len(fp.get('refreshed_skus', []))}; images added: {fp.get('n_images_added')}",
-            f"- attach rule: {fp.get('attach_rule')}",
-        ]
+    if not fp:
+        return []
+    return [
+        "",
+        "## Fast path",
+        "",
+        f"- new SKUs: {', '.join(fp.get('new_skus', [])) or '(none)'}",
+        f"- superclass of each new SKU: {_fmt(fp.get('superclass_of_new', {}))}",
+        f"- refreshed SKUs: {len(fp.get('refreshed_skus', []))}; images added: {fp.get('n_images_added')}",
+        f"- attach rule: {fp.get('attach_rule')}",
+    ]
+
+
+def _batch_lines(card: Mapping[str, Any]) -> list[str]:
+    """The labelled batches that contributed training images (or a note that there were none)."""
     batches = card.get("batches", [])
-    lines += ["", f"## Batches ({len(batches)})", ""]
-    if batches:
-        lines += ["| batch | images | content hash | ingested |", "|---|---|---|---|"]
-        lines += [
+    lines = ["", f"## Batches ({len(batches)})", ""]
+    if not batches:
+        return [*lines, "_(base catalogue only)_"]
+    return [
+        *lines,
+        "| batch | images | content hash | ingested |",
+        "|---|---|---|---|",
+        *(
             f"| {b['batch_id']} | {b['n_images']} | `{(b.get('content_hash') or '')[:16]}` | {b.get('ingested_at') or ''} |"
             for b in batches
-        ]
-    else:
-        lines.append("_(base catalogue only)_")
-    lines += [
+        ),
+    ]
+
+
+def _training_config_lines(card: Mapping[str, Any]) -> list[str]:
+    return [
         "",
         "## Training configuration",
         "",
@@ -233,7 +270,11 @@ def model_card_markdown(card: Mapping[str, Any]) -> str:
         json.dumps(card.get("training_config", {}), indent=1, sort_keys=True, default=str),
         "```",
     ]
+
+
+def _file_lines(card: Mapping[str, Any]) -> list[str]:
+    """Every bundle file with its SHA-256 (absent before publication)."""
     files = card.get("files", {})
-    if files:
-        lines += ["", "## Files (SHA-256)", ""] + [f"- `{n}` `{h}`" for n, h in sorted(files.items())]
-    return "\n".join(lines) + "\n"
+    if not files:
+        return []
+    return ["", "## Files (SHA-256)", ""] + [f"- `{n}` `{h}`" for n, h in sorted(files.items())]

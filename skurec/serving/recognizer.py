@@ -31,7 +31,7 @@ from skurec.edge.decide import UNKNOWN, decide, fuse_track
 from skurec.edge.inputs import ImageInput, as_rgb, encode_png
 from skurec.images import sha256_bytes
 from skurec.store.model_store import ModelStore
-from skurec.store.workspace import Workspace
+from skurec.store.workspace import Workspace, is_remote
 
 DEFAULT_THRESHOLD = 0.5
 logger = logging.getLogger("skurec.serving")
@@ -149,17 +149,16 @@ class Recognizer:
         ``$SKUREC_ENCODER_CHECKPOINT``). ``encoder``: an already loaded encoder (must have the card's encoder id).
         ``threshold``: top-1 score below which the answer is ``unknown``; default: the threshold calibrated on the
         validation split when the model was published (model card ``recognition.threshold``), else 0.5.
+        Only reads: a missing work directory, or one without a deployed model, raises :class:`RecognizerError` naming
+        the path and the command that builds one; nothing is created.
         """
-        ws = (
-            workdir
-            if isinstance(workdir, Workspace)
-            else Workspace(os.fspath(workdir), storage_options=storage_options)
-        )
+        ws = workdir if isinstance(workdir, Workspace) else _existing_workspace(workdir, storage_options)
         store = ModelStore(ws)
         model_id = model_id or store.deployed_id()
         if model_id is None:
             raise RecognizerError(
-                f"no model is deployed in {ws.root_uri}; run the pipeline first (skurec demo / skurec run) or pass a model id"
+                f"no model is deployed in {ws.root_uri}; deploy one with `skurec run --workdir {ws.root_uri}` (a new "
+                f"work directory: `skurec demo --workdir {ws.root_uri}`), or pass a model id"
             )
         published = load_published(ws, model_id, device=device or "cpu")
         if encoder is None:
@@ -306,6 +305,19 @@ class Recognizer:
                 )
             )
         return out
+
+
+def _existing_workspace(workdir: str | os.PathLike, storage_options: dict | None) -> Workspace:
+    """The work directory to read from. A reader never creates one: a local path that is not a folder is refused,
+    naming the path and how to build a work directory."""
+    root = os.fspath(workdir)
+    if not is_remote(root) and not os.path.isdir(root):
+        what = "is not a folder" if os.path.exists(root) else "does not exist"
+        raise RecognizerError(
+            f"work directory {root} {what}; build one with `skurec demo --workdir {root}` (add --catalogue PATH for "
+            "your own catalogue), or point to the one `skurec demo` / `skurec run` built"
+        )
+    return Workspace(root, storage_options=storage_options)
 
 
 def load_encoder_for_card(card: dict, device: str | None = "cpu", checkpoint: str | None = None) -> Any:

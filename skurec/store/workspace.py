@@ -500,6 +500,10 @@ def _fsync_dir(path: str) -> None:
 _SECRET_QUERY_KEYS = ("signature", "credential", "token", "sig", "secret", "password", "key")
 
 
+def _secret_query_key(key: str) -> bool:
+    return any(s in key.lower() for s in _SECRET_QUERY_KEYS)
+
+
 def redact_uri(uri: str) -> str:
     """A location safe to log or store: drops ``user:password@`` and secret-looking query parameters
     (pre-signed URL signatures, tokens). Plain paths are returned unchanged."""
@@ -509,11 +513,32 @@ def redact_uri(uri: str) -> str:
         return uri
     parts = urlsplit(uri)
     netloc = parts.netloc.rsplit("@", 1)[-1] if "@" in parts.netloc else parts.netloc
-    query = [
-        (k, "REDACTED" if any(s in k.lower() for s in _SECRET_QUERY_KEYS) else v)
-        for k, v in parse_qsl(parts.query, keep_blank_values=True)
-    ]
+    query = [(k, "REDACTED" if _secret_query_key(k) else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
     return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query), parts.fragment))
+
+
+# A URI inside free text: a scheme of two letters or more (not a drive letter), then one slash or more (``Path()``
+# turns ``https://`` into ``https:/``), up to a blank or a quote; trailing punctuation is the sentence's, not the URI's.
+_URI_IN_TEXT = re.compile(r"(?<![\w.+-])([a-zA-Z][a-zA-Z0-9+.-]+):(/+)([^\s'\"<>`]+?)([.,;:)\]}]*)(?=[\s'\"<>`]|$)")
+
+
+def redact_text(text: str) -> str:
+    """``text`` (an error message, a log line) with :func:`redact_uri` applied to every URI in it that carries a
+    secret (``user:password@``, a secret-looking query parameter); everything else is left as it is."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    def redact(match: re.Match) -> str:
+        scheme, slashes, rest, tail = match.groups()
+        try:
+            parts = urlsplit(f"{scheme}://{rest}")
+            secret = "@" in parts.netloc or any(_secret_query_key(k) for k, _ in parse_qsl(parts.query, True))
+        except ValueError:  # not a URI after all (e.g. an unbalanced "[" in the host)
+            return match.group(0)
+        if not secret:
+            return match.group(0)
+        return f"{scheme}:{slashes}{redact_uri(f'{scheme}://{rest}')[len(scheme) + 3 :]}{tail}"
+
+    return _URI_IN_TEXT.sub(redact, text)
 
 
 def read_uri_bytes(uri: str, max_bytes: int | None = None, storage_options: dict | None = None) -> bytes:

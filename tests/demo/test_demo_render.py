@@ -314,3 +314,28 @@ def test_batch_manifest_is_written_last(tmp_path: Path, monkeypatch: pytest.Monk
     assert len(_read_csv(manifest)[1]) == 4
     newest_image = max(p.stat().st_mtime_ns for p in (batch / "images").rglob("*.jpg"))
     assert manifest.stat().st_mtime_ns >= newest_image
+
+
+def test_batch_manifest_lists_the_new_skus_images_then_the_requested_existing_ones(tmp_path: Path):
+    manifest = make_labelled_batch(
+        tmp_path,
+        "batch-001",
+        new_skus=1,
+        images_per_new_sku=3,
+        extra_images_for=["juice-orange-1l", "juice-apple-1l"],
+        images_per_existing=2,
+        seed=1,
+        n_families=3,
+        skus_per_family=3,
+        image_size=96,
+    )
+    assert manifest.read_text(encoding="utf-8") == (
+        "image_uri,sku_id,sku_name,group_id,batch_id\n"
+        "images/cola-cherry-330ml/cola-cherry-330ml_000.jpg,cola-cherry-330ml,Fizzo Cherry Soda 330ml,cola,batch-001\n"
+        "images/cola-cherry-330ml/cola-cherry-330ml_001.jpg,cola-cherry-330ml,Fizzo Cherry Soda 330ml,cola,batch-001\n"
+        "images/cola-cherry-330ml/cola-cherry-330ml_002.jpg,cola-cherry-330ml,Fizzo Cherry Soda 330ml,cola,batch-001\n"
+        "images/juice-orange-1l/juice-orange-1l_000.jpg,juice-orange-1l,Sunvale Orange Juice 1L,juice,batch-001\n"
+        "images/juice-orange-1l/juice-orange-1l_001.jpg,juice-orange-1l,Sunvale Orange Juice 1L,juice,batch-001\n"
+        "images/juice-apple-1l/juice-apple-1l_000.jpg,juice-apple-1l,Sunvale Apple Juice 1L,juice,batch-001\n"
+        "images/juice-apple-1l/juice-apple-1l_001.jpg,juice-apple-1l,Sunvale Apple Juice 1L,juice,batch-001\n"
+    )

@@ -127,8 +127,21 @@ def test_low_confidence_is_unknown_and_goes_to_the_review_queue(deployed, tmp_pa
 
 def test_clear_errors(deployed, tmp_path):
     ws, _, enc = deployed
-    with pytest.raises(RecognizerError, match="no model is deployed"):
-        Recognizer.from_workdir(tmp_path / "empty")
+    missing = tmp_path / "nowhere" / "work"
+    for given in (missing, str(missing)):
+        with pytest.raises(RecognizerError, match="does not exist") as err:
+            Recognizer.from_workdir(given)
+        assert f"{missing} does not exist" in str(err.value) and f"skurec demo --workdir {missing}" in str(err.value)
+    assert not missing.exists() and not missing.parent.exists()  # a reader never creates the work directory
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(RecognizerError, match="no model is deployed") as err:
+        Recognizer.from_workdir(empty)
+    assert str(empty) in str(err.value) and "skurec run --workdir" in str(err.value)
+    assert list(empty.iterdir()) == []  # ... nor writes into an empty one
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(RecognizerError, match="is not a folder"):
+        Recognizer.from_workdir(tmp_path / "a-file")
     rec = Recognizer.from_workdir(ws, encoder=enc)
     with pytest.raises(RecognizerError, match="not a usable image"):
         rec.predict(b"definitely not an image")
