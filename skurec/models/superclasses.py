@@ -287,20 +287,37 @@ def superclass_names(
 SCATTER_LABELLED = 12
 
 
+#: a legend line is cut to this many characters (the side panel's width at fontsize 7)
+LEGEND_CHARS = 64
+
+
+def _medoid(points: np.ndarray) -> np.ndarray:
+    """The member point nearest the mean (a superclass spread over two islands gets its label on one of them)."""
+    return points[int(np.argmin(np.linalg.norm(points - points.mean(axis=0), axis=1)))]
+
+
 def _spread_labels(xy: np.ndarray, min_gap: float, iterations: int = 200) -> np.ndarray:
-    """Label positions near ``xy`` (k, 2; axes scaled to 0..1) at least ``min_gap`` apart (pairwise repulsion)."""
+    """Label positions near ``xy`` (k, 2; axes scaled to 0..1) at least ``min_gap`` apart (pairwise repulsion;
+    labels with room around them stay where they are, coincident ones are first nudged apart deterministically)."""
     pos = xy.astype(np.float64).copy()
+    k = len(pos)
+    if k < 2:
+        return pos
+    dup = (np.linalg.norm(pos[:, None] - pos[None], axis=2) + np.eye(k) < 1e-9).any(axis=1)
+    angle = np.arange(k) * 2.399963  # the golden angle: distinct directions
+    pos[dup] += 1e-3 * np.stack([np.cos(angle), np.sin(angle)], 1)[dup]
     for _ in range(iterations):
         diff = pos[:, None, :] - pos[None, :, :]
-        dist = np.linalg.norm(diff, axis=2) + np.eye(len(pos))
+        dist = np.linalg.norm(diff, axis=2)
+        np.fill_diagonal(dist, np.inf)
         close = dist < min_gap
         if not close.any():
             break
-        push = np.where(close[:, :, None], diff / dist[:, :, None] * (min_gap - dist)[:, :, None] * 0.5, 0.0)
-        step = push.sum(axis=1)
-        jitter = np.isclose(dist, 0.0).any(axis=1)  # coincident centroids: nudge apart deterministically
-        step[jitter] += 0.01 * np.stack([np.cos(np.arange(len(pos))), np.sin(np.arange(len(pos)))], 1)[jitter]
-        pos = np.clip(pos + step, 0.02, 0.98)
+        d = np.where(close, np.maximum(dist, 1e-9), 1.0)
+        push = np.where(
+            close[:, :, None], diff / d[:, :, None] * (0.5 * (min_gap - np.where(close, dist, 0.0)))[:, :, None], 0.0
+        )
+        pos = np.clip(pos + 1.05 * push.sum(axis=1), 0.02, 0.98)
     return pos
 
 
@@ -313,7 +330,7 @@ def superclass_scatter_png(
 ) -> bytes:
     """PNG of the 2-D projection of the class prototypes, coloured by superclass (pure: returns the bytes).
 
-    Only the ``n_labelled`` largest superclasses are labelled: a number at their centroid (spread apart so numbers
+    Only the ``n_labelled`` largest superclasses are labelled: a number at their medoid (spread apart so numbers
     never sit on each other, with a thin leader line to the centroid) and, in a side legend, the number, the
     superclass's colour and its name (:func:`superclass_names`, ``display``: SKU -> display name) - no per-SKU text
     that clumps on large catalogues."""
@@ -329,10 +346,10 @@ def superclass_scatter_png(
     sizes = superclasses.sizes()
     top = sorted(range(superclasses.n_superclasses), key=lambda s: (-sizes[s], s))[: max(0, n_labelled)]
     top = [s for s in top if sizes[s] > 0]
-    names = superclass_names(superclasses, display=display)
+    names = superclass_names(superclasses, max_names=2, display=display, max_chars=24)
     if top and len(xy):
         lo, span = xy.min(axis=0), np.maximum(np.ptp(xy, axis=0), 1e-9)
-        cent = np.stack([xy[superclasses.assignment == s].mean(axis=0) for s in top])
+        cent = np.stack([_medoid(xy[superclasses.assignment == s]) for s in top])
         unit = (cent - lo) / span
         spread = _spread_labels(unit, min_gap=0.07)
         at = lo + spread * span
@@ -358,7 +375,9 @@ def superclass_scatter_png(
         for i, s in enumerate(top):
             yy = 1.0 - (i + 1.5) * row
             legend.scatter([0.03], [yy], s=40, color=cmap(int(s)))
-            legend.text(0.07, yy, f"{i + 1}. {names[s]} ({sizes[s]})", fontsize=7, va="center")
+            line = f"{i + 1}. {names[s]}"
+            line = line if len(line) <= LEGEND_CHARS else line[: LEGEND_CHARS - 1] + "\u2026"
+            legend.text(0.07, yy, f"{line} ({sizes[s]})", fontsize=7, va="center")
     ax.set_title(
         title
         or f"{len(superclasses.classes)} classes -> {superclasses.n_superclasses} superclasses ({superclasses.method})",
