@@ -26,14 +26,14 @@ blend angle ``sibling_dtheta`` away, in the base's family. Train rows per SKU = 
 
 Calibration (:func:`calibrate`), on the real data set's own train / val / test split:
 
-1. targets on the real test split: the tuned flat logistic regression (:func:`skurec.models.fit_flat_logreg`,
-   ``C`` chosen on the real validation split), nearest prototype and cosine 1-NN, all trained on the real train
+1. targets on the real test split: the strong flat softmax (:func:`skurec.models.fit_flat_softmax`, weight decay
+   and stopping chosen on the real validation split), nearest prototype and cosine 1-NN, all trained on the real train
    split; and the confusability of the real **look-alike pairs** (each of the third of SKUs with the most similar
    nearest neighbour, paired with that neighbour), measured as the pair's 2-way nearest-prototype test error;
 2. ``sibling_dtheta``: geometric bisection so the mean 2-way test error of generated sibling pairs equals the real
    look-alike pairs' (on ``6 n_real`` SKUs, so ~``n_real`` pairs are averaged);
 3. ``residual_scale`` (alpha): geometric bisection so that at ``n`` = the real class count the mean of the three
-   test top-1 (flat logistic regression at the real data set's chosen ``C``, nearest prototype, 1-NN; averaged
+   test top-1 (flat softmax at the real data set's chosen weight decay, nearest prototype, 1-NN; averaged
    over ``seeds`` catalogues) equals the real mean: one knob for the overall difficulty;
 4. the blend width ``theta_max``, from :data:`THETA_GRID` widest first (pi/2, 3pi/8, pi/4): steps 2-3 and the
    check below are run per width and the first width whose every row is within tolerance is kept (else the one
@@ -64,8 +64,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from skurec.models import FlatKNN, FlatPrototype, fit_flat_logreg, l2_normalize  # noqa: E402
-from skurec.models.flat import DEFAULT_C  # noqa: E402
+from skurec.models import FlatKNN, FlatPrototype, SoftmaxConfig, fit_flat_softmax, l2_normalize  # noqa: E402
 
 TOLERANCE = 0.02  # calibration tolerance on the three accuracies at n = real class count
 SPLITS = ("train", "val", "test")
@@ -339,13 +338,15 @@ def simple_accuracies(cat: Catalogue) -> dict[str, float]:
     return {"prototype": float(np.mean(proto == yte)), "nn1": float(np.mean(nn1 == yte))}
 
 
-def flat_accuracy(cat: Catalogue, C: float | None = None) -> tuple[float, float]:
-    """Tuned flat logistic regression (C on validation, or the given ``C``) test top-1 and the C used."""
+def flat_accuracy(cat: Catalogue, weight_decay: float | None = None) -> tuple[float, float]:
+    """The strong flat softmax (weight decay and stopping on validation, or the given ``weight_decay``) test top-1
+    and the weight decay used."""
     Xtr, ytr = cat.labelled("train")
     Xva, yva = cat.labelled("val")
-    model = fit_flat_logreg(Xtr, ytr, Xva if len(yva) else None, yva if len(yva) else None, C=C, device="cpu")
+    cfg = SoftmaxConfig() if weight_decay is None else SoftmaxConfig(weight_decays=(weight_decay,))
+    model = fit_flat_softmax(Xtr, ytr, Xva if len(yva) else None, yva if len(yva) else None, cfg, device="cpu")
     Xte, yte = cat.labelled("test")
-    return float(np.mean(model.predict_topk(Xte, 1).labels[:, 0] == yte)), float(model.metrics["C"])
+    return float(np.mean(model.predict_topk(Xte, 1).labels[:, 0] == yte)), float(model.metrics["weight_decay"])
 
 
 @dataclass
@@ -407,12 +408,12 @@ def calibrate_at(
 
     p.sibling_dtheta = _bisect(sib_err, -float(real_pe.mean()), 0.003, 1.0, iters)
 
-    real_flat, real_c = flat_accuracy(real_cat) if with_flat else (math.nan, DEFAULT_C)
+    real_flat, real_c = flat_accuracy(real_cat) if with_flat else (math.nan, SoftmaxConfig().weight_decays[0])
 
     def accuracies(cat: Catalogue) -> list[float]:
         acc = list(simple_accuracies(cat).values())
-        if with_flat:  # the real data set's chosen C: no grid inside the bisection
-            acc.append(flat_accuracy(cat, C=real_c)[0])
+        if with_flat:  # the real data set's chosen weight decay: no grid inside the bisection
+            acc.append(flat_accuracy(cat, weight_decay=real_c)[0])
         return acc
 
     def mean_acc(a: float) -> float:  # decreasing in alpha: bisect on -accuracy
@@ -446,7 +447,7 @@ def calibrate_at(
     simple_gen = [simple_accuracies(c) for c in gens]
     if with_flat:
         gen_flat = [flat_accuracy(c) for c in gens]
-        row(f"tuned flat logreg test top-1 (real C={real_c:g})", real_flat, [a for a, _ in gen_flat], TOLERANCE)
+        row(f"flat softmax test top-1 (real weight decay={real_c:g})", real_flat, [a for a, _ in gen_flat], TOLERANCE)
     row("nearest prototype test top-1", real_simple["prototype"], [s["prototype"] for s in simple_gen], TOLERANCE)
     row("cosine 1-NN test top-1", real_simple["nn1"], [s["nn1"] for s in simple_gen], TOLERANCE)
     big = [generate(bank, 6 * n, p, seed=seed + 2000 + k) for k in range(seeds)]  # ~n sibling pairs each

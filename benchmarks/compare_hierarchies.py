@@ -1,9 +1,9 @@
-"""The pipeline's hierarchy against the previous one and the tuned flat model, on the same frozen embeddings.
+"""The pipeline's hierarchy against the case study's recipe and the strong flat model, on the same frozen embeddings.
 
-* ``specialist``: :func:`skurec.models.train_specialist_hierarchy` (what the pipeline trains now: LDA confusion
-  superclasses, LDA router, local-whitening specialists; every choice on validation);
-* ``previous``: UMAP + agglomerative superclasses on prototypes, dense coarse head, episodic fine head, soft routing
-  m=3 (the pipeline before 2026-12-01);
+* ``specialist``: ``train_hierarchy(recipe="production")`` (what the pipeline trains: LDA confusion superclasses, LDA
+  router, local-whitening specialists; every choice on validation);
+* ``case_study``: ``train_hierarchy(recipe="case_study")``: UMAP + agglomerative superclasses on prototypes (about
+  100 at 1-2k SKUs), dense coarse head, episodic few-shot fine head, soft routing with ``m`` chosen on validation;
 * ``flat_linear``: :func:`skurec.models.fit_flat_softmax` (the strong flat softmax, L2 and stopping chosen on validation).
 
 Input: one or more ``.npz`` from ``benchmarks/export_grocery_embeddings.py`` (``X``, ``fine``, ``split``); several are
@@ -24,18 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from skurec.models import (  # noqa: E402
-    DenseConfig,
-    FineConfig,
-    HierarchicalClassifier,
-    class_prototypes,
-    derive_superclasses,
-    fit_flat_softmax,
-    l2_normalize,
-    train_coarse,
-    train_fine,
-    train_specialist_hierarchy,
-)
+from skurec.models import fit_flat_softmax, l2_normalize, train_hierarchy  # noqa: E402
 
 
 def load(paths: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -47,16 +36,6 @@ def load(paths: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         order, y, split = d["path"], d["fine"].astype(str), d["split"].astype(str)
         parts.append(l2_normalize(d["X"].astype(np.float32)))
     return l2_normalize(np.concatenate(parts, axis=1)), y, split
-
-
-def previous_hierarchy(X, y, Xv, yv):
-    protos = class_prototypes(X, y)
-    n_sc = int(min(100, len(protos.classes), max(2, round(len(protos.classes) / 8))))
-    sc = derive_superclasses(protos.vectors, protos.classes, n_superclasses=n_sc, seed=0)
-    sc_map = sc.superclass_of_class()
-    coarse = train_coarse(X, y, sc_map, Xv, yv, DenseConfig(max_epochs=30), n_superclasses=sc.n_superclasses)
-    fine = train_fine(X, y, sc_map, Xv, yv, FineConfig())
-    return HierarchicalClassifier(coarse, fine, sc_map, m=3)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,14 +53,15 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for name, fit in (
-        ("specialist", lambda: train_specialist_hierarchy(X[tr], y[tr], X[va], y[va]).model),
-        ("previous", lambda: previous_hierarchy(X[tr], y[tr], X[va], y[va])),
+        ("specialist", lambda: train_hierarchy(X[tr], y[tr], X[va], y[va], "production").model),
+        ("case_study", lambda: train_hierarchy(X[tr], y[tr], X[va], y[va], "case_study").model),
         ("flat_linear", lambda: fit_flat_softmax(X[tr], y[tr], X[va], y[va])),
     ):
         t0 = time.perf_counter()
         model = fit()
         seconds = time.perf_counter() - t0
         extra = f"m={model.m} beta={model.fine.beta}" if name == "specialist" else ""
+        extra = f"m={model.m} superclasses={model.n_superclasses}" if name == "case_study" else extra
         rows.append((name, top1(model, va), top1(model, te), seconds, extra))
         print(f"  {name} trained in {seconds:.1f}s", flush=True)
     print(f"\n{'model':14}{'val top-1':>11}{'test top-1':>12}{'train s':>9}  notes")

@@ -37,7 +37,7 @@ from export_grocery_embeddings import DEFAULT_OUT_DIR  # noqa: E402
 from skurec.deployment.calibration import calibrate_outputs  # noqa: E402
 from skurec.edge import EdgeRunner  # noqa: E402
 from skurec.encoders import load_encoder  # noqa: E402
-from skurec.models.specialist_hierarchy import train_specialist_hierarchy  # noqa: E402
+from skurec.models import train_specialist_hierarchy  # noqa: E402
 from skurec.serving.edge_export import EdgeExportConfig, build_bundle_files, check_parity, write_manifest  # noqa: E402
 from skurec.serving.recognizer import Recognizer  # noqa: E402
 

@@ -8,7 +8,7 @@ the encoder's recipe is linear in them: ``views=...`` = mean of the per-view L2-
 re-normalised. (The script checks this equivalence against the real encoder with the recipe on a few images.)
 
 Choice on validation only, as in the pipeline: for every option the flat logistic regression
-(``skurec.models.flat.fit_flat_logreg``, C chosen on val) and the hierarchy (``train_specialist_hierarchy``, every
+(``skurec.models.fit_flat_softmax``, weight decay and stopping chosen on val) and the hierarchy (``train_specialist_hierarchy``, every
 choice on val) are fitted on train (plus its train-time views for the ``train views = K`` options) and scored on
 val; the plain option and the val-best option(s) of each encoder are then scored ONCE on the official test list
 with those same models. Cost: img/s of the real encoder with each recipe on the
@@ -44,7 +44,7 @@ from skurec.encoders import load_encoder  # noqa: E402
 from skurec.encoders.base import VIEW_RECIPES, ZOOM_FRACTION, zoom_center  # noqa: E402
 from skurec.encoders.views import train_view, train_view_decode_side  # noqa: E402
 from skurec.images import decode_rgb  # noqa: E402
-from skurec.models.flat import fit_flat_logreg  # noqa: E402
+from skurec.models import SoftmaxConfig, fit_flat_softmax  # noqa: E402
 
 DATASET = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "grocery_store" / "dataset"
 OUT_DIR = Path("/tmp/skurec_real")
@@ -183,10 +183,8 @@ def top1(model, X: np.ndarray, y: np.ndarray) -> float:  # type: ignore[no-untyp
 
 
 def export_option(names: list[str], views: str, layers: int, input_scale: float, batch_size: int) -> int:
-    """Embed the FULL official lists with the real encoder recipe, write npz files, score train->val (C) and
+    """Embed the FULL official lists with the real encoder recipe, write npz files, score train->val (weight decay) and
     train+val->test once, for each encoder and their concatenation."""
-    from skurec.models.flat import fit_flat_logreg
-
     rows = read_split_rows(DATASET, ("train", "val", "test"))
     split = np.array([r[3] for r in rows])
     fine = np.array([r[1] for r in rows])
@@ -229,12 +227,13 @@ def export_option(names: list[str], views: str, layers: int, input_scale: float,
     if len(names) > 1:
         combos.append(("+".join(names) + " (concat of npz)", l2n(np.concatenate([l2n(f) for f in feats], axis=1))))
     for label, X in combos:
-        m = fit_flat_logreg(X[tr], fine[tr], X[va], fine[va], device="cpu")
-        C, val = float(m.metrics["C"]), top1(m, X[va], fine[va])
-        m2 = fit_flat_logreg(X[tr | va], fine[tr | va], C=C, device="cpu")
+        m = fit_flat_softmax(X[tr], fine[tr], X[va], fine[va], device="cpu")
+        C, val = float(m.metrics["weight_decay"]), top1(m, X[va], fine[va])
+        again = SoftmaxConfig(weight_decays=(C,), max_epochs=int(m.metrics["epoch"]))  # val's choice, refit on more
+        m2 = fit_flat_softmax(X[tr | va], fine[tr | va], config=again, device="cpu")
         print(
             f"[test] {label:50s} views={views} layers={layers} scale={input_scale} d={X.shape[1]} "
-            f"train->val={val:.3f} (C={C:g}) train+val->test={top1(m2, X[te], fine[te]):.3f}",
+            f"train->val={val:.3f} (weight decay={C:g}) train+val->test={top1(m2, X[te], fine[te]):.3f}",
             flush=True,
         )
     return 0
@@ -354,8 +353,8 @@ def main(argv: list[str] | None = None) -> int:
             if k:
                 views_X = [join(feats({p: per_enc[p]["TV"][j] for p in parts})) for j in range(k)]
                 X_fit, y_fit = np.concatenate([X_fit, *views_X]), y_tv
-            flat = fit_flat_logreg(X_fit, y_fit, X[va], fine[va], device="cpu")
-            acc, C = top1(flat, X[va], fine[va]), float(flat.metrics["C"])
+            flat = fit_flat_softmax(X_fit, y_fit, X[va], fine[va], device="cpu")
+            acc, C = top1(flat, X[va], fine[va]), float(flat.metrics["weight_decay"])
             hier = None if args.no_hierarchy else fit_hier(X_fit, y_fit, X[va], fine[va])
             hacc = float("nan") if hier is None else top1(hier, X[va], fine[va])
             if len(parts) > 1 or layers not in (0, args.layers):
@@ -376,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
                 "dim": X.shape[1],
                 "val_flat": acc,
                 "val_hier": hacc,
-                "C": C,
+                "weight_decay": C,
                 "img_s": ips,
                 "models": (flat, hier),
                 "X": X,
@@ -384,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(row)
             print(
                 f"  {name:36s} views={views:6s} layers={layers} tv={k} d={X.shape[1]:5d} val flat={acc:.3f} "
-                f"hier={hacc:.3f} C={C:g} {ips:.1f} img/s",
+                f"hier={hacc:.3f} wd={C:g} {ips:.1f} img/s",
                 flush=True,
             )
 

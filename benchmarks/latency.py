@@ -59,23 +59,16 @@ def load_images(pattern: str | None, n: int) -> tuple[list[bytes], str]:
 
 
 def synthetic_model(dim: int, n_classes: int, seed: int = 0):
-    from skurec.models import DenseConfig, FineConfig, l2_normalize, train_hierarchical
+    """A quickly trained case-study hierarchy (dense coarse head + few-shot fine head, one epoch / two steps: the
+    latency of its forward pass does not depend on how well it was trained) over ``n_classes`` synthetic SKUs."""
+    from skurec.models import CaseStudyConfig, DenseConfig, FineConfig, l2_normalize, train_hierarchy
 
     rng = np.random.default_rng(seed)
     centres = l2_normalize(rng.normal(size=(n_classes, dim)))
     y = np.repeat([f"sku-{i:05d}" for i in range(n_classes)], 3)
     X = l2_normalize(np.repeat(centres, 3, axis=0) + 0.3 * rng.normal(size=(len(y), dim)) / np.sqrt(dim))
-    n_sc = max(2, n_classes // 10)
-    sc = {f"sku-{i:05d}": i % n_sc for i in range(n_classes)}
-    model = train_hierarchical(
-        X,
-        y,
-        sc,
-        coarse_config=DenseConfig(max_epochs=1),
-        fine_config=FineConfig(steps=2),
-        n_superclasses=n_sc,
-        device="cpu",
-    )
+    case = CaseStudyConfig(coarse=DenseConfig(max_epochs=1), fine=FineConfig(steps=2))
+    model = train_hierarchy(X, y, X[::3], y[::3], "case_study", device="cpu", case_study=case, m_grid=(3,)).model
     card = {"model_id": f"synthetic-{n_classes}", "classes": {"names": {}}}
     return model, card
 

@@ -14,12 +14,12 @@ Scenarios (each one table):
 
 Models: the pipeline's hierarchy (``train_specialist_hierarchy``, defaults) trained on head + tail (the tiered
 model), the same hierarchy trained on the head only (the model before tiers: SKUs below ``min_samples`` left out),
-the strong flat model (the ``flat_softmax`` kind of ``skurec.models.softmax`` when this checkout has it, else the
-tuned logistic regression ``fit_flat_logreg``; the logistic regression is reported in both cases), nearest prototype
+the strong flat model (``fit_flat_softmax``, weight decay and stopping chosen on validation; also trained on the head
+only), nearest prototype
 and cosine k-NN (10 neighbours). Every model on head / tail / all test images, top-1 and top-3, and catalogue
 coverage (the share of the scenario's SKUs a model can answer). Hyper-parameters are chosen on the validation split
 only. ``tail gap`` = hierarchy - strong flat top-1 on tail test images (points); ``head delta`` = tiered hierarchy -
-head-only hierarchy top-1 on the head test images (points; the same for the flat logistic regression, for context:
+head-only hierarchy top-1 on the head test images (points; the same for the strong flat model, for context:
 admitting SKUs makes the head compete with more classes, whatever the model).
 
     python3 benchmarks/long_tail.py --npz bench_out/grocery_embeddings/grocery_mobilenetv2_100.npz --out bench_out/long_tail.json
@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib
 import json
 import os
 import sys
@@ -66,9 +65,9 @@ from calibrated_catalogue import (  # noqa: E402
 )
 from export_grocery_embeddings import DEFAULT_OUT_DIR  # noqa: E402
 
-from skurec.models import FlatKNN, FlatPrototype, fit_flat_logreg, train_specialist_hierarchy  # noqa: E402
+from skurec.models import FlatKNN, FlatPrototype, fit_flat_softmax, train_specialist_hierarchy  # noqa: E402
 
-MODELS = ("hierarchy", "hierarchy_head_only", "strong_flat", "flat_logreg", "flat_logreg_head_only", "prototype", "knn")
+MODELS = ("hierarchy", "hierarchy_head_only", "strong_flat", "strong_flat_head_only", "prototype", "knn")
 TIERS = ("head", "tail", "all")
 
 
@@ -163,17 +162,6 @@ def write_long_tail_manifest(
     return {names[c][0]: len(kept[c]) for c in ids if c != new}
 
 
-def strong_flat_trainer() -> tuple[str, Callable[..., Any]]:
-    """The strong flat model of this checkout: ``flat_softmax`` (``skurec.models.softmax``) when it exists, else the
-    tuned logistic regression."""
-    try:
-        softmax = importlib.import_module("skurec.models.softmax")
-    except ImportError:
-        return "flat_logreg", fit_flat_logreg
-    fit = getattr(softmax, "fit_flat_softmax", None)
-    return ("flat_softmax", fit) if fit is not None else ("flat_logreg", fit_flat_logreg)
-
-
 def _scores(model: Any, X: np.ndarray, y: np.ndarray, k: int = 3) -> dict[str, float | None]:
     if not len(y):
         return {"top1": None, "top3": None}
@@ -201,7 +189,6 @@ def run_scenario(name: str, cat: Catalogue, min_samples: int, min_shots: int) ->
     in_train = set(y.tolist())
     vmask = np.asarray([s in in_train for s in yv.tolist()])
     Xv, yv = Xv[vmask], yv[vmask]
-    flat_name, flat_fit = strong_flat_trainer()
     times: dict[str, float] = {}
     models: dict[str, Any] = {}
 
@@ -219,18 +206,15 @@ def run_scenario(name: str, cat: Catalogue, min_samples: int, min_shots: int) ->
             lambda: train_specialist_hierarchy(X[head_rows], y[head_rows], Xv[hv], yv[hv], device="cpu").model,
         )
         timed(
-            "flat_logreg_head_only", lambda: fit_flat_logreg(X[head_rows], y[head_rows], Xv[hv], yv[hv], device="cpu")
+            "strong_flat_head_only",
+            lambda: fit_flat_softmax(X[head_rows], y[head_rows], Xv[hv], yv[hv], device="cpu"),
         )
-    timed("flat_logreg", lambda: fit_flat_logreg(X, y, Xv, yv, device="cpu"))
-    if flat_name != "flat_logreg":
-        timed("strong_flat", lambda: flat_fit(X, y, Xv, yv, device="cpu"))
-    else:
-        models["strong_flat"] = models["flat_logreg"]
+    timed("strong_flat", lambda: fit_flat_softmax(X, y, Xv, yv, device="cpu"))
     timed("prototype", lambda: FlatPrototype.fit(X, y))
     timed("knn", lambda: FlatKNN(X, y, n_neighbors=10))
     result: dict[str, Any] = {
         "scenario": name,
-        "strong_flat": flat_name,
+        "strong_flat": "flat_softmax",
         "n_skus": len(catalogue),
         "n_head": sum(t == "head" for t in tier.values()),
         "n_tail": sum(t == "tail" for t in tier.values()),
@@ -256,7 +240,7 @@ def run_scenario(name: str, cat: Catalogue, min_samples: int, min_shots: int) ->
         result["tail_gap_top3"] = m["hierarchy"]["tail"]["top3"] - m["strong_flat"]["tail"]["top3"]
     if "hierarchy_head_only" in m:
         result["head_delta_top1"] = m["hierarchy"]["head"]["top1"] - m["hierarchy_head_only"]["head"]["top1"]
-        result["flat_head_delta_top1"] = m["flat_logreg"]["head"]["top1"] - m["flat_logreg_head_only"]["head"]["top1"]
+        result["flat_head_delta_top1"] = m["strong_flat"]["head"]["top1"] - m["strong_flat_head_only"]["head"]["top1"]
     return result
 
 
@@ -293,12 +277,10 @@ def format_table(r: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for key in MODELS:
-        if key not in r["models"] or (key == "strong_flat" and r["strong_flat"] == "flat_logreg"):
+        if key not in r["models"]:
             continue
         m = r["models"][key]
         label = f"strong flat ({r['strong_flat']})" if key == "strong_flat" else key
-        if key == "flat_logreg" and r["strong_flat"] == "flat_logreg":
-            label = "flat_logreg (strong flat)"
         cells = [f"{_f(m[t]['top1'])} / {_f(m[t]['top3'])}" for t in TIERS]
         lines.append(
             f"| {label} | "
@@ -314,7 +296,7 @@ def format_table(r: dict[str, Any]) -> str:
     if "head_delta_top1" in r:
         notes.append(
             f"head delta tiered - head-only model on the head test images: hierarchy top-1 "
-            f"{100 * r['head_delta_top1']:+.1f} pt (flat logreg {100 * r['flat_head_delta_top1']:+.1f} pt)"
+            f"{100 * r['head_delta_top1']:+.1f} pt (strong flat {100 * r['flat_head_delta_top1']:+.1f} pt)"
         )
     return "\n".join(lines + ([""] + notes if notes else []))
 

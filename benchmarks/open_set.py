@@ -29,8 +29,8 @@ from export_grocery_embeddings import DEFAULT_OUT_DIR  # noqa: E402
 from skurec.deployment.calibration import calibrate_outputs, expected_calibration_error, threshold_keeping  # noqa: E402
 from skurec.deployment.scoring import ScoreGraph, score_arrays  # noqa: E402
 from skurec.edge.decide import calibrated_log_probs, unknown_score  # noqa: E402
+from skurec.models import train_specialist_hierarchy  # noqa: E402
 from skurec.models._common import encode_labels, one_thread  # noqa: E402
-from skurec.models.specialist_hierarchy import train_specialist_hierarchy  # noqa: E402
 
 METHODS = ("max_prob", "energy", "distance")
 

@@ -1,5 +1,5 @@
 """PCA whitening (``skurec.encoders.whitening.PCAWhitening``, fitted on TRAIN rows only) before the heads, on exported
-Grocery Store embeddings: flat logistic regression and the pipeline's hierarchy, fitted on train, chosen on val,
+Grocery Store embeddings: the strong flat softmax and the pipeline's hierarchy, fitted on train, chosen on val,
 scored once on test, for each whitening dimension (``none`` = the plain embeddings).
 
     python3 benchmarks/pca_whitening.py /tmp/skurec_real/grocery_efficientnet_lite2.npz \
@@ -18,7 +18,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from skurec.encoders.whitening import PCAWhitening  # noqa: E402
-from skurec.models import fit_flat_logreg, l2_normalize, train_specialist_hierarchy  # noqa: E402
+from skurec.models import fit_flat_softmax, l2_normalize, train_specialist_hierarchy  # noqa: E402
 
 
 def top1(model, X: np.ndarray, y: np.ndarray) -> float:  # type: ignore[no-untyped-def]
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     for dim in [None, *args.dims]:
         Z = X if dim is None else PCAWhitening.fit(X[tr], dim=dim).transform(X)
         t0 = time.perf_counter()
-        flat = fit_flat_logreg(Z[tr], y[tr], Z[va], y[va], device="cpu")
+        flat = fit_flat_softmax(Z[tr], y[tr], Z[va], y[va], device="cpu")
         hier = train_specialist_hierarchy(Z[tr], y[tr], Z[va], y[va], device="cpu").model
         print(
             f"| {dim or 'none'} | {top1(flat, Z[va], y[va]):.3f} | {top1(flat, Z[te], y[te]):.3f} | "

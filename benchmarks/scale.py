@@ -15,8 +15,10 @@ calibrated combination, handed the flat softmax below so it is fitted once), ``g
 alone: beta 0, all superclasses) and the flat baselines: :func:`~skurec.models.fit_flat_softmax` (``flat_softmax``:
 THE flat model, L2 strength and stopping chosen on validation over all SKUs), ``probe`` (the issue's reference: a
 plain Adam softmax, standardised inputs, 30 epochs, no tuning, on the same train rows), :class:`~skurec.models.
-FlatPrototype` and cosine k-NN (:class:`~skurec.models.FlatKNN`). ``--old-family`` adds the earlier coarse/fine
-hierarchy (prototype superclasses, dense router, prototype fine head) as ``hierarchical_soft`` / ``_hard``.
+FlatPrototype` and cosine k-NN (:class:`~skurec.models.FlatKNN`), and ``case_study``: the published coarse-to-fine
+recipe as one configuration of the same family (``train_hierarchy(recipe="case_study")``: prototypes -> UMAP ->
+agglomerative superclasses, about 100 at 1-2k SKUs, a dense coarse head, the few-shot fine head under soft routing with
+``m`` chosen on validation; ``--no-case-study`` skips it).
 
 ``--catalogue-npz FILE`` runs every model on any embedding catalogue instead (arrays ``X_train, y_train, yc_train,
 X_val, y_val, yc_val, X_test, y_test, yc_test``; integer labels; ``yc`` = family id, used as the group id).
@@ -61,40 +63,27 @@ from calibrated_catalogue import (  # noqa: E402
 
 from skurec.evaluation import evaluate, predict_all  # noqa: E402
 from skurec.models import (  # noqa: E402
+    CaseStudyConfig,
     DenseConfig,
     FineConfig,
     FlatKNN,
     FlatPrototype,
-    HierarchicalClassifier,
     class_prototypes,
-    derive_superclasses,
     fit_flat_softmax,
     global_scorer_hierarchy,
     similar_class_set,
     similar_groups,
-    train_coarse,
-    train_fine,
+    train_hierarchy,
     train_specialist_hierarchy,
 )
 from skurec.models._common import encode_labels  # noqa: E402
 
-HIER = ("specialist_soft", "specialist_hard", "hierarchical_soft", "hierarchical_hard")
+HIER = ("specialist_soft", "specialist_hard", "case_study")
 FLAT = ("flat_softmax", "probe", "global_scorer", "flat_prototype", "flat_knn")
 MODELS = (*HIER, *FLAT, "coarse_only")
 #: The flat models "best flat" is taken over (the hierarchy's own global scorer is reported, not counted: it is part
 #: of the hierarchy and chosen with it).
 BEST_FLAT = ("flat_softmax", "probe", "flat_prototype", "flat_knn")
-
-
-def n_superclasses_for(n_classes: int, max_superclasses: int = 100, per_superclass: float = 8.0) -> int:
-    """The earlier family's rule: about 8 SKUs per superclass, at most 100."""
-    return int(min(max_superclasses, n_classes, max(2, round(n_classes / per_superclass))))
-
-
-def coarse_hidden_for(n_classes: int, requested: int) -> int:
-    """The earlier family's coarse head: linear below 500 SKUs, a 512-wide MLP from 500 up (``requested`` >= 0
-    overrides)."""
-    return requested if requested >= 0 else (512 if n_classes >= 500 else 0)
 
 
 class AdamProbe:
@@ -177,30 +166,23 @@ def run_one(cat: Catalogue, args: argparse.Namespace) -> dict[str, Any]:
     models["flat_knn"] = FlatKNN(X_tr, y_tr)
     times["flat_knn_s"] = time.perf_counter() - t
     coarse = (spec.model.coarse, spec.model.superclass_of_class())
-    if args.old_family:  # the earlier coarse/fine family (prototype superclasses, dense router, prototype fine head)
+    if args.case_study:  # the published recipe as one configuration of the same family
         t = time.perf_counter()
-        sc = derive_superclasses(
-            protos.vectors, protos.classes, n_superclasses=n_superclasses_for(len(protos.classes)), seed=args.seed
+        coarse_cfg = (
+            DenseConfig(seed=args.seed)
+            if args.coarse_hidden < 0
+            else DenseConfig(hidden=args.coarse_hidden, seed=args.seed)
         )
-        sc_map = sc.superclass_of_class()
-        hidden = coarse_hidden_for(len(protos.classes), args.coarse_hidden)
-        head = train_coarse(
-            X_tr,
-            y_tr,
-            sc_map,
-            X_va,
-            y_va,
-            DenseConfig(hidden=hidden, max_epochs=8 if hidden else 20, seed=args.seed),
-            n_superclasses=sc.n_superclasses,
-        )
-        fine = train_fine(X_tr, y_tr, sc_map, X_va, y_va, config=FineConfig(seed=args.seed))
-        hier = HierarchicalClassifier(head, fine, sc_map, m=3)
-        times["hierarchical_s"] = time.perf_counter() - t
-        models.update({"hierarchical_soft": hier, "hierarchical_hard": hier.with_m(1)})
+        case = CaseStudyConfig(seed=args.seed, coarse=coarse_cfg, fine=FineConfig(seed=args.seed))
+        cs = train_hierarchy(X_tr, y_tr, X_va, y_va, "case_study", case_study=case)
+        times["case_study_s"] = time.perf_counter() - t
+        models["case_study"] = cs.model
+        case_report = {k: v for k, v in cs.report.items() if k != "candidates"}
     t = time.perf_counter()
     preds = predict_all(models, X_te)
     times["predict_all_s"] = time.perf_counter() - t
     result = evaluate(models, X_te, y_te, similar, coarse=coarse, predictions=preds)
+    extra = {"case_study_report": case_report} if args.case_study else {}
     m = result["variants"]["all"]["models"]
     best_flat = max((k for k in BEST_FLAT if k in m), key=lambda k: m[k]["top1"])
     best_flat3 = max((k for k in BEST_FLAT if k in m), key=lambda k: m[k]["top3"])
@@ -226,6 +208,7 @@ def run_one(cat: Catalogue, args: argparse.Namespace) -> dict[str, Any]:
         "gap_top3": round(m["specialist_soft"]["top3"] - m[best_flat3]["top3"], 4),
         "specialists_over_global_top1": round(m["specialist_soft"]["top1"] - m["global_scorer"]["top1"], 4),
         "specialists_over_global_top3": round(m["specialist_soft"]["top3"] - m["global_scorer"]["top3"], 4),
+        **extra,
         **result,
     }
 
@@ -247,8 +230,7 @@ def print_results(rows: list[dict[str, Any]]) -> None:
             "specialist_soft": t["specialist_s"],
             "specialist_hard": t["specialist_s"],
             "global_scorer": t["specialist_s"],
-            "hierarchical_soft": t.get("hierarchical_s"),
-            "hierarchical_hard": t.get("hierarchical_s"),
+            "case_study": t.get("case_study_s"),
             "flat_softmax": t["flat_softmax_s"],
             "probe": t.get("probe_s"),
             "flat_prototype": t["flat_prototype_s"],
@@ -322,12 +304,12 @@ def main() -> None:
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
-    ap.add_argument("--coarse-hidden", type=int, default=-1, help="coarse head width (-1 = the pipeline's rule)")
+    ap.add_argument(
+        "--coarse-hidden", type=int, default=-1, help="case study's coarse head width (-1 = the recipe's default)"
+    )
     ap.add_argument("--no-probe", dest="probe", action="store_false", help="skip the Adam probe reference row")
     ap.add_argument("--probe-only", action="store_true", help="train and score the Adam probe reference row only")
-    ap.add_argument(
-        "--old-family", action="store_true", help="also train the earlier coarse/fine family (hierarchical_soft/hard)"
-    )
+    ap.add_argument("--no-case-study", dest="case_study", action="store_false", help="skip the case_study recipe's row")
     ap.add_argument("--save-catalogues", type=Path, help="also write each generated catalogue as .npz here")
     ap.add_argument("--out", type=Path, help="write all results as JSON here")
     args = ap.parse_args()

@@ -33,8 +33,8 @@ from export_grocery_embeddings import DEFAULT_OUT_DIR  # noqa: E402
 from skurec.deployment.calibration import calibrate_outputs  # noqa: E402
 from skurec.deployment.scoring import ScoreGraph, score_arrays  # noqa: E402
 from skurec.edge.decide import decide, fuse_track  # noqa: E402
+from skurec.models import train_specialist_hierarchy  # noqa: E402
 from skurec.models._common import encode_labels  # noqa: E402
-from skurec.models.specialist_hierarchy import train_specialist_hierarchy  # noqa: E402
 
 DATASET = DEFAULT_DATASET / "dataset"  # the Grocery Store checkout beside this repository
 KS = (1, 2, 3)

@@ -32,11 +32,11 @@ from typing import Any
 import numpy as np
 
 from .models._common import Classifier, Predictions, check_xy
-from .models.coarse import CoarseHead
 from .models.lda_router import LDARouter
 from .models.metrics import confusion_matrix, normalize_rows, superclass_accuracy, topk_accuracy
 from .models.specialist_hierarchy import global_scorer_hierarchy
 from .models.specialists import SpecialistHead
+from .models.superclasses import superclass_names
 
 #: the catalogue tiers a report breaks accuracy down by (see :mod:`skurec.catalogue.audit`)
 TIERS = ("head", "tail")
@@ -162,7 +162,7 @@ def evaluate(
     X: np.ndarray,
     y: np.ndarray,
     similar_classes: set[str],
-    coarse: tuple[CoarseHead, Mapping[str, int]] | None = None,
+    coarse: tuple[Any, Mapping[str, int]] | None = None,
     predictions: Mapping[str, Predictions] | None = None,
     tiers: Mapping[str, str] | None = None,
     catalogue: Sequence[str] | None = None,
@@ -170,7 +170,8 @@ def evaluate(
     """Top-1 / top-3 accuracy of each model on the ``all`` and ``similar`` variants (shape in module doc), plus
     ``head`` / ``tail`` and catalogue coverage when ``tiers`` is given (:func:`catalogue_coverage`).
 
-    ``coarse=(coarse_head, superclass_of_class)`` adds ``coarse_only`` (superclass accuracy). ``predictions`` may
+    ``coarse=(router, superclass_of_class)`` (any router with ``predict_topk``: the production LDA router, the case
+    study's dense coarse head) adds ``coarse_only`` (superclass accuracy). ``predictions`` may
     pass precomputed :func:`predict_all` output to avoid predicting twice. Accuracies of an empty variant are
     ``None`` (JSON null).
     """
@@ -241,8 +242,11 @@ def per_superclass_table(
     y: np.ndarray,
     superclass_of_class: Mapping[str, int],
     coarse_superclass: np.ndarray | None = None,
+    display: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per superclass: its size, test images and each model's top-1 on images whose true SKU is in it.
+    """One row per superclass: its id, its name (its SKUs, :func:`~skurec.models.superclasses.superclass_names`;
+    ``display``: optional SKU -> display name), size, test images and each model's top-1 on images whose true SKU is
+    in it.
 
     ``coarse_superclass`` (n,) optional top-1 superclass predictions -> a ``coarse_only`` routing-accuracy column.
     """
@@ -251,10 +255,11 @@ def per_superclass_table(
     sizes: dict[int, int] = {}
     for s in superclass_of_class.values():
         sizes[int(s)] = sizes.get(int(s), 0) + 1
+    names = superclass_names(superclass_of_class, display=display)
     rows = []
     for s in sorted(sizes):
         mask = truth == s
-        row: dict[str, Any] = {"superclass": s, "n_classes": sizes[s], "n_images": int(mask.sum())}
+        row: dict[str, Any] = {"superclass": s, "name": names[s], "n_classes": sizes[s], "n_images": int(mask.sum())}
         for name, p in predictions.items():
             row[name] = _nan_to_none(float((p.labels[mask, 0] == y[mask]).mean()) if mask.any() else float("nan"))
         if coarse_superclass is not None:
@@ -310,19 +315,20 @@ def render_markdown_report(
     if coverage:
         lines += _coverage_lines(coverage)
     if per_superclass_table:
-        cols = [c for c in per_superclass_table[0] if c not in ("superclass", "n_classes", "n_images")]
+        cols = [c for c in per_superclass_table[0] if c not in ("superclass", "name", "n_classes", "n_images")]
         first = cols[0] if cols else None
         rows = sorted(per_superclass_table, key=lambda r: (r.get(first) is None, r.get(first) or 0.0))
         shown = rows[:worst_superclasses] if worst_superclasses else rows
         lines += [
             "## Per-superclass top-1 accuracy" + (f" ({len(shown)} worst by {first})" if first else ""),
             "",
-            "| superclass | classes | images | " + " | ".join(cols) + " |",
-            "|" + "---|" * (3 + len(cols)),
+            "| superclass | SKUs in it | classes | images | " + " | ".join(cols) + " |",
+            "|" + "---|" * (4 + len(cols)),
         ]
         for r in shown:
+            name = str(r.get("name", "")).replace("|", "\\|")
             lines.append(
-                f"| {r['superclass']} | {r['n_classes']} | {r['n_images']} | "
+                f"| {r['superclass']} | {name} | {r['n_classes']} | {r['n_images']} | "
                 + " | ".join(_fmt(r.get(c)) for c in cols)
                 + " |"
             )

@@ -3,7 +3,7 @@ unknown scores read.
 
 :class:`ScoreGraph` wraps a loaded model and calls the model's own torch parts (the dense heads' ``nn.Module``, the
 fine head's ``FineNet``, the specialist head's combined rows, the hierarchy's :class:`~skurec.models._common.GroupSlots`
-reductions), so an ``(n, d)`` embedding batch gives, with no numpy in between (``torch.onnx.export`` traces it):
+reductions; the case study's dense coarse head and few-shot fine head are stages too), so an ``(n, d)`` embedding batch gives, with no numpy in between (``torch.onnx.export`` traces it):
 
 * ``log_scores`` (n, C) float32: the ranking key of every SKU. Hierarchical models: ``log p(s(c) | x) + log p(c |
   s(c), x)`` for the SKUs of the top-``m`` superclasses (ties of superclasses: the lower id, as
@@ -109,9 +109,10 @@ class ScoreGraph(torch.nn.Module):
 
     def __init__(self, model: Any, m: int | None = None):
         super().__init__()
-        from skurec.models.flat import FlatLinear, FlatPrototype
+        from skurec.models.flat import FlatPrototype
         from skurec.models.hierarchical import HierarchicalClassifier
         from skurec.models.lda_router import LDARouter
+        from skurec.models.softmax import FlatSoftmax
 
         self.kind = getattr(model, "KIND", type(model).__name__)
         self.hier = isinstance(model, HierarchicalClassifier)
@@ -129,8 +130,8 @@ class ScoreGraph(torch.nn.Module):
             self.temperature = float(getattr(model.coarse, "temperature", 1.0))
             if self.lda:
                 dist = _LDADistance(model.coarse.precision, model.coarse.mu0)
-        elif isinstance(model, FlatLinear):
-            self.coarse = copy.deepcopy(model.module).cpu().eval()
+        elif isinstance(model, FlatSoftmax):  # calibrated logits: the rows divided by the temperature
+            self.coarse = _Linear(model.W / model.temperature, model.b / model.temperature)
             self.m = None
             self.lda = False
         elif self.proto:
@@ -139,7 +140,7 @@ class ScoreGraph(torch.nn.Module):
             self.lda = False
         else:
             raise ScoringUnsupported(
-                f"model kind {self.kind!r} has no score graph (supported: hierarchical, flat_linear, flat_prototype)"
+                f"model kind {self.kind!r} has no score graph (supported: hierarchical, flat_softmax, flat_prototype)"
             )
         self.distance = dist
         self.info = GraphInfo(

@@ -1,18 +1,22 @@
 """skurec's framework-free classifier core (no dagster): everything works on cached, L2-normalised embeddings.
 
-Pipeline: :func:`class_prototypes` -> :func:`derive_superclasses` -> :func:`train_coarse` (superclass router) +
-:func:`train_fine` (scorer of SKUs inside a superclass) -> :class:`HierarchicalClassifier` (or
-:func:`train_hierarchical` for both heads), compared against the flat baselines :func:`fit_flat_softmax` (THE flat model: the strong softmax, also a candidate
-global scorer of the hierarchy) / :class:`FlatPrototype` / :class:`FlatKNN`. Every model serialises to
+One hierarchy family, :func:`train_hierarchy` (:mod:`.hierarchy_recipes`): a superclass builder, a router and a
+fine head, each a registered, swappable part, assembled into a :class:`HierarchicalClassifier` and selected on
+validation. Recipes: ``"production"`` (confusion superclasses -> :class:`LDARouter` -> :class:`SpecialistHead`, also
+:func:`train_specialist_hierarchy`) and ``"case_study"`` (class prototypes -> UMAP -> agglomerative superclasses ->
+dense :class:`CoarseHead` -> few-shot :class:`FineHead`). They are compared against the flat models
+:func:`fit_flat_softmax` (THE flat model: the strong softmax, also a candidate global scorer of the hierarchy) and the
+reference baselines :class:`FlatPrototype` / :class:`FlatKNN`. Every model serialises to
 ``dict[str, bytes]`` of safetensors + JSON (``to_files``) and back (``from_files``, or :func:`load_classifier` for
 any kind).
 
 Import graph (one way, checked by ``tests/models/test_models_import_graph.py``): ``_common``, ``serialization`` ->
 ``dense``, ``prototypes``, ``metrics``, ``similar``, ``superclasses``, ``lda`` -> ``coarse``, ``fine``, ``flat``,
-``lda_router`` -> ``specialist_search``, ``specialists``, ``confusion_superclasses`` -> ``softmax`` -> ``global_scorer`` -> ``hierarchical`` -> ``specialist_hierarchy`` ->
-``registry`` (:func:`load_classifier`) -> this package.
+``lda_router`` -> ``specialist_search``, ``specialists``, ``confusion_superclasses`` -> ``softmax`` ->
+``global_scorer`` -> ``hierarchical`` -> ``specialist_hierarchy`` -> ``hierarchy_recipes`` -> ``registry``
+(:func:`load_classifier`) -> this package.
 
-The recommended hierarchy is :func:`train_specialist_hierarchy`: a global shrinkage-LDA scorer whose implied
+The recommended hierarchy is the production recipe: a global shrinkage-LDA scorer whose implied
 superclass posterior routes (:class:`LDARouter`), superclasses of look-alikes from its confusions
 (:func:`confusion_superclasses`) and per-superclass local-whitening specialists combined with the global scores
 (:class:`SpecialistHead`); see those modules.
@@ -32,9 +36,23 @@ from .coarse import CoarseHead, train_coarse
 from .confusion_superclasses import confusion_superclasses
 from .dense import DenseConfig
 from .fine import FineConfig, FineHead, train_fine
-from .flat import FlatKNN, FlatLinear, FlatPrototype, fit_flat_logreg, train_flat_linear
+from .flat import FlatKNN, FlatPrototype
 from .global_scorer import GlobalScorer, choose_global_scorer
-from .hierarchical import AddClassesResult, HierarchicalClassifier, train_hierarchical
+from .hierarchical import AddClassesResult, HierarchicalClassifier
+from .hierarchy_recipes import (
+    FINE_HEADS,
+    RECIPES,
+    ROUTERS,
+    SUPERCLASS_BUILDERS,
+    CaseStudyConfig,
+    IncompatibleParts,
+    case_study_n_superclasses,
+    register_fine_head,
+    register_router,
+    register_superclass_builder,
+    train_hierarchy,
+    train_specialist_hierarchy,
+)
 from .lda import (
     LDAStatistics,
     fit_lda_statistics,
@@ -59,14 +77,33 @@ from .softmax import FlatSoftmax, SoftmaxConfig, fit_flat_softmax
 from .specialist_hierarchy import (
     SpecialistHierarchy,
     SpecialistHierarchyConfig,
+    TrainedHierarchy,
     choose_route_m,
     global_scorer_hierarchy,
-    train_specialist_hierarchy,
 )
 from .specialists import SpecialistConfig, SpecialistHead, train_specialists
-from .superclasses import Superclasses, derive_superclasses, superclass_group_ami, superclass_scatter_png
+from .superclasses import (
+    Superclasses,
+    derive_superclasses,
+    superclass_group_ami,
+    superclass_names,
+    superclass_scatter_png,
+)
 
 __all__ = [
+    "CaseStudyConfig",
+    "FINE_HEADS",
+    "IncompatibleParts",
+    "RECIPES",
+    "ROUTERS",
+    "SUPERCLASS_BUILDERS",
+    "TrainedHierarchy",
+    "case_study_n_superclasses",
+    "register_fine_head",
+    "register_router",
+    "register_superclass_builder",
+    "superclass_names",
+    "train_hierarchy",
     "AddClassesResult",
     "Classifier",
     "CoarseHead",
@@ -75,7 +112,6 @@ __all__ = [
     "FineConfig",
     "FineHead",
     "FlatKNN",
-    "FlatLinear",
     "FlatPrototype",
     "FlatSoftmax",
     "GlobalScorer",
@@ -121,10 +157,7 @@ __all__ = [
     "topk_accuracy",
     "train_coarse",
     "train_fine",
-    "train_flat_linear",
-    "fit_flat_logreg",
     "fit_flat_softmax",
-    "train_hierarchical",
     "train_lda_router",
     "train_specialist_hierarchy",
     "train_specialists",

@@ -1,9 +1,9 @@
-"""The generic dense softmax head and its trainer, shared by the coarse router and the flat linear baseline.
+"""The dense softmax head and its trainer: the case_study recipe's coarse router (:class:`~skurec.models.coarse.
+CoarseHead`).
 
 :class:`DenseNet` is standardisation + a linear or one-hidden-layer MLP head; :func:`fit_dense` is the mini-batch
-AdamW + label-smoothing trainer with early stopping on validation top-1. The coarse head and the flat linear
-baseline are both trained with it, so they are trained the same way and compared fairly; :func:`load_dense` reads
-and validates the files of either.
+AdamW + label-smoothing trainer with early stopping on validation top-1; :func:`load_dense` reads and validates its
+files.
 
 The linear head starts as a nearest-centroid cosine classifier (weights = scaled normalised class centroids, bias
 0): on unit-norm embeddings that is already a good classifier, so AdamW only has to refine it and converges in a

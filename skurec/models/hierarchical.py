@@ -25,7 +25,6 @@ from ._common import (
     EmbeddingInputError,
     GroupSlots,
     Predictions,
-    ProgressFn,
     batched_rows,
     check_embeddings,
     check_xy,
@@ -34,9 +33,8 @@ from ._common import (
     resolve_device,
     topk_stable,
 )
-from .coarse import CoarseHead, train_coarse
-from .dense import DenseConfig
-from .fine import FineConfig, FineHead, train_fine
+from .coarse import CoarseHead
+from .fine import FineHead
 from .lda_router import LDARouter
 from .prototypes import class_sums
 from .serialization import ModelFormatError, nest, pack, read_config, require, sub, unpack
@@ -411,32 +409,10 @@ def _unit(a: np.ndarray) -> np.ndarray:
     return a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
 
 
-def train_hierarchical(
-    X: np.ndarray,
-    y: np.ndarray,
-    superclass_of_class: Mapping[str, int],
-    X_val: np.ndarray | None = None,
-    y_val: np.ndarray | None = None,
-    coarse_config: DenseConfig | None = None,
-    fine_config: FineConfig | None = None,
-    m: int = DEFAULT_ROUTE_M,
-    n_superclasses: int | None = None,
-    device: str | torch.device | None = None,
-    progress: ProgressFn | None = None,
-) -> HierarchicalClassifier:
-    """Train coarse + fine heads on the same embeddings and assemble the classifier."""
-    X, y = check_xy(X, y)
-    coarse = train_coarse(X, y, superclass_of_class, X_val, y_val, coarse_config, n_superclasses, device, progress)
-    used = {c: superclass_of_class[c] for c in np.unique(y).tolist()}
-    fine = train_fine(X, y, used, X_val, y_val, fine_config, device, progress)
-    return HierarchicalClassifier(coarse, fine, used, m)
-
-
 __all__ = [
     "AddClassesResult",
     "HierarchicalClassifier",
     "routed_topk",
     "routed_topk_widths",
-    "train_hierarchical",
     "resolve_device",
 ]

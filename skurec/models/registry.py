@@ -1,7 +1,8 @@
 """Load any skurec model from its files: the one place that knows every model kind (``kind`` -> class).
 
 It sits on top of the import graph of :mod:`skurec.models` (it imports the models; no model imports it), so
-adding a model kind means adding it here and nowhere else.
+adding a model kind means adding it here and nowhere else. A bundle of a kind skurec no longer builds
+(:data:`REMOVED_KINDS`) fails with a :class:`ModelFormatError` that says to rebuild it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 
 from .coarse import CoarseHead
 from .fine import FineHead
-from .flat import FlatKNN, FlatLinear, FlatPrototype
+from .flat import FlatKNN, FlatPrototype
 from .hierarchical import HierarchicalClassifier
 from .lda_router import LDARouter
 from .serialization import ModelFormatError, read_config
@@ -27,10 +28,15 @@ MODEL_CLASSES: tuple[type, ...] = (
     FineHead,
     SpecialistHead,
     FlatSoftmax,
-    FlatLinear,
     FlatPrototype,
     FlatKNN,
 )
+
+
+#: kinds earlier versions wrote that no longer load, and what replaced them
+REMOVED_KINDS: dict[str, str] = {
+    "flat_linear": "the flat logistic regression (FlatLinear) was replaced by the strong flat softmax (flat_softmax)",
+}
 
 
 def model_kinds() -> dict[str, type]:
@@ -42,9 +48,14 @@ def load_classifier(files: Mapping[str, bytes], device: str | torch.device | Non
     """Load any skurec model from its files, dispatching on ``config.json``'s ``kind``."""
     registry = model_kinds()
     kind = read_config(files)["kind"]
+    if kind in REMOVED_KINDS:
+        raise ModelFormatError(
+            f"model kind {kind!r} is no longer supported: {REMOVED_KINDS[kind]}; rebuild the model "
+            "(run the full_rebuild job, or `skurec demo` again)"
+        )
     if kind not in registry:
         raise ModelFormatError(f"unknown model kind {kind!r}; known kinds: {sorted(registry)}")
     return registry[kind].from_files(files, device=device)
 
 
-__all__ = ["MODEL_CLASSES", "load_classifier", "model_kinds"]
+__all__ = ["MODEL_CLASSES", "REMOVED_KINDS", "load_classifier", "model_kinds"]

@@ -176,51 +176,79 @@ def _val_scores(Zv: torch.Tensor, cv: torch.Tensor, W: torch.Tensor, b: torch.Te
     return (hits / n).numpy(), (nll / n).numpy()
 
 
-def fit_flat_softmax(
-    X: np.ndarray,
-    y: np.ndarray,
-    X_val: np.ndarray | None = None,
-    y_val: np.ndarray | None = None,
-    config: SoftmaxConfig | None = None,
-    device: str | torch.device | None = None,
-    progress: ProgressFn | None = None,
-) -> FlatSoftmax:
-    """Train the strong flat softmax on ``(X, y)``, choosing weight decay, stopping epoch and temperature on
-    ``(X_val, y_val)`` over every SKU (module docstring). Without validation rows: the first weight decay of the
-    config, the full schedule, temperature 1. Validation rows of SKUs absent from training are ignored."""
-    t0 = time.perf_counter()
-    cfg = config or SoftmaxConfig()
+@dataclass
+class _Rows:
+    """Step 1's output: training rows standardised per dimension (``Z``, in the matmul dtype) with their class
+    ``codes``, the standardisation (``shift`` / ``scale``), and the validation rows of known SKUs (``Zv`` / ``cv``;
+    None without any; ``known`` marks them in ``X_val``)."""
+
+    Z: torch.Tensor
+    codes: torch.Tensor
+    shift: torch.Tensor
+    scale: torch.Tensor
+    Zv: torch.Tensor | None = None
+    cv: torch.Tensor | None = None
+    known: np.ndarray | None = None
+
+
+@dataclass
+class _Heads:
+    """Step 2's output: per head (weight decay) its best validation key ``(top-1, -NLL)`` and state ``(W, b,
+    epoch)``, the last weights ``W`` / ``b`` and the per-round ``path``."""
+
+    best_key: list[tuple[float, float]]
+    best_state: list[tuple[torch.Tensor, torch.Tensor, int] | None]
+    W: torch.Tensor
+    b: torch.Tensor
+    path: list[dict[str, Any]]
+
+
+def _check_config(cfg: SoftmaxConfig) -> None:
     if cfg.max_epochs < 1 or cfg.batch_size < 1 or not cfg.lr > 0 or not cfg.weight_decays:
         raise ValueError(f"bad SoftmaxConfig {cfg}")
     if any(w < 0 for w in cfg.weight_decays):
         raise ValueError(f"weight decays must be >= 0, got {cfg.weight_decays}")
-    X, y = check_xy(X, y)
-    classes = sorted(np.unique(y).tolist())
-    if len(classes) < 2:
-        raise EmbeddingInputError("a flat classifier needs at least 2 classes")
-    if (X_val is None) != (y_val is None):
-        raise EmbeddingInputError("give both X_val and y_val, or neither")
-    dev = resolve_device(device)
-    n, d = X.shape
-    C = len(classes)
+
+
+def _standardize(
+    X: np.ndarray,
+    y: np.ndarray,
+    X_val: np.ndarray | None,
+    y_val: np.ndarray | None,
+    classes: list[str],
+    dev: torch.device,
+    mm_dtype: torch.dtype,
+) -> _Rows:
+    """Step 1: features standardised by the train mean / std (the std floored at 1e-3 of its mean)."""
     Xt = torch.from_numpy(X).to(dev)
     shift = Xt.mean(dim=0)
     std = Xt.std(dim=0, unbiased=False)
     scale = std.clamp(min=float(std.mean()) * 1e-3)
-    use_bf16 = (dev.type == "cpu" and bf16_matmul_is_fast()) if cfg.bf16 is None else bool(cfg.bf16)
-    mm_dtype = torch.bfloat16 if use_bf16 else torch.float32
-    Z = ((Xt - shift) / scale).to(mm_dtype)
+    rows = _Rows(((Xt - shift) / scale).to(mm_dtype), torch.from_numpy(encode_labels(y, classes)).to(dev), shift, scale)
     del Xt
-    codes = torch.from_numpy(encode_labels(y, classes)).to(dev)
-    Zv = cv = None
     if X_val is not None and y_val is not None:
-        X_val, y_val = check_xy(X_val, y_val, dim=d, prefix="val ")
-        known = np.isin(y_val, classes)
-        if known.any():
-            Zv = (torch.from_numpy(X_val[known]).to(dev) - shift) / scale
-            cv = torch.from_numpy(encode_labels(y_val[known], classes, "y_val")).to(dev)
-    wds = [float(w) for w in cfg.weight_decays] if Zv is not None else [float(cfg.weight_decays[0])]
-    K = len(wds)
+        rows.known = np.isin(y_val, classes)
+        if rows.known.any():
+            rows.Zv = (torch.from_numpy(X_val[rows.known]).to(dev) - shift) / scale
+            rows.cv = torch.from_numpy(encode_labels(y_val[rows.known], classes, "y_val")).to(dev)
+    return rows
+
+
+def _train_heads(
+    rows: _Rows,
+    n_classes: int,
+    wds: list[float],
+    cfg: SoftmaxConfig,
+    mm_dtype: torch.dtype,
+    progress: ProgressFn | None,
+) -> _Heads:
+    """Step 2: minibatch Adam on one head per weight decay side by side (one wide matmul per batch), cosine learning
+    rate; after every round each head is scored on the validation rows (best state kept) and training stops once no
+    head improved for ``patience`` rounds."""
+    Z, codes, Zv, cv = rows.Z, rows.codes, rows.Zv, rows.cv
+    dev = Z.device
+    n, d = Z.shape
+    C, K = n_classes, len(wds)
     wd = torch.tensor(wds, device=dev)[:, None, None]
     gen = torch.Generator().manual_seed(cfg.seed)
     W = torch.zeros((K, C, d), device=dev)
@@ -238,9 +266,8 @@ def fit_flat_softmax(
             yield from torch.split(torch.randperm(n, generator=gen).to(dev), cfg.batch_size)
 
     stream = batches()
-    best_key = [(-1.0, -math.inf)] * K
-    best_state: list[tuple[torch.Tensor, torch.Tensor, int] | None] = [None] * K
-    stale, step, path = 0, 0, []
+    heads = _Heads([(-1.0, -math.inf)] * K, [None] * K, W, b, [])
+    stale, step = 0, 0
     ar = torch.arange(cfg.batch_size, device=dev)
     for epoch in range(cfg.max_epochs):
         t_ep = time.perf_counter()
@@ -269,41 +296,83 @@ def fit_flat_softmax(
             improved = False
             for k in range(K):
                 key = (round(float(top1[k]), 6), -float(nll[k]))
-                if key > best_key[k]:
-                    best_key[k], best_state[k], improved = key, (W[k].clone(), b[k].clone(), epoch + 1), True
+                if key > heads.best_key[k]:
+                    heads.best_key[k], heads.best_state[k], improved = (
+                        key,
+                        (W[k].clone(), b[k].clone(), epoch + 1),
+                        True,
+                    )
             entry.update({"val_top1": [round(float(a), 4) for a in top1], "val_nll": [round(float(a), 4) for a in nll]})
             stale = 0 if improved else stale + 1
-        path.append(entry)
+        heads.path.append(entry)
         report(progress, "flat_softmax", epoch + 1, cfg.max_epochs, {"seconds": entry["seconds"]})
         if Zv is not None and stale >= cfg.patience:
             break
-    if Zv is not None:
-        k_best = max(range(K), key=lambda k: (best_key[k], -k))
-        state = best_state[k_best]
+    return heads
+
+
+def fit_flat_softmax(
+    X: np.ndarray,
+    y: np.ndarray,
+    X_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
+    config: SoftmaxConfig | None = None,
+    device: str | torch.device | None = None,
+    progress: ProgressFn | None = None,
+) -> FlatSoftmax:
+    """Train the strong flat softmax on ``(X, y)``, choosing weight decay, stopping epoch and temperature on
+    ``(X_val, y_val)`` over every SKU (module docstring). Without validation rows: the first weight decay of the
+    config, the full schedule, temperature 1. Validation rows of SKUs absent from training are ignored."""
+    t0 = time.perf_counter()
+    cfg = config or SoftmaxConfig()
+    _check_config(cfg)
+    X, y = check_xy(X, y)
+    classes = sorted(np.unique(y).tolist())
+    if len(classes) < 2:
+        raise EmbeddingInputError("a flat classifier needs at least 2 classes")
+    if (X_val is None) != (y_val is None):
+        raise EmbeddingInputError("give both X_val and y_val, or neither")
+    dev = resolve_device(device)
+    if X_val is not None and y_val is not None:
+        X_val, y_val = check_xy(X_val, y_val, dim=X.shape[1], prefix="val ")
+    use_bf16 = (dev.type == "cpu" and bf16_matmul_is_fast()) if cfg.bf16 is None else bool(cfg.bf16)
+    mm_dtype = torch.bfloat16 if use_bf16 else torch.float32
+    rows = _standardize(X, y, X_val, y_val, classes, dev, mm_dtype)  # step 1
+    has_val = rows.Zv is not None and rows.cv is not None
+    wds = [float(w) for w in cfg.weight_decays] if has_val else [float(cfg.weight_decays[0])]
+    heads = _train_heads(rows, len(classes), wds, cfg, mm_dtype, progress)  # step 2
+    # step 3: the best (weight decay, epoch) on validation
+    if has_val:
+        k_best = max(range(len(wds)), key=lambda k: (heads.best_key[k], -k))
+        state = heads.best_state[k_best]
         assert state is not None
         Wk, bk, best_epoch = state
     else:
-        k_best, Wk, bk, best_epoch = 0, W[0], b[0], len(path)
-    # fold the standardisation into raw-space rows: (x - shift) / scale . w + b = x . (w / scale) + (b - w/scale . shift)
-    W_raw = (Wk / scale[None, :]).cpu()
-    b_raw = (bk - W_raw.to(dev) @ shift).cpu()
+        k_best, Wk, bk, best_epoch = 0, heads.W[0], heads.b[0], len(heads.path)
+    # step 4: fold the standardisation into raw-space rows: (x - shift) / scale . w + b = x . (w / scale) + (b - w/scale . shift)
+    W_raw = (Wk / rows.scale[None, :]).cpu()
+    b_raw = (bk - W_raw.to(dev) @ rows.shift).cpu()
     model = FlatSoftmax(classes, W_raw.numpy(), b_raw.numpy(), 1.0, cfg, device=dev)
     metrics: dict[str, Any] = {
         "trainer": "adam_minibatch_l2",
         "weight_decay": wds[k_best],
         "epoch": best_epoch,
-        "epochs_run": len(path),
+        "epochs_run": len(heads.path),
         "bf16": use_bf16,
         "weight_decays": wds,
-        "selected_on": "val" if Zv is not None else "default (no validation rows)",
+        "selected_on": "val" if has_val else "default (no validation rows)",
     }
-    if Zv is not None and cv is not None:
-        L = model.class_logits(X_val[known])
-        model.temperature = fit_temperature(L, cv.cpu().numpy())
+    if has_val and X_val is not None and rows.cv is not None:  # step 5: temperature on validation NLL
+        L = model.class_logits(X_val[rows.known])
+        model.temperature = fit_temperature(L, rows.cv.cpu().numpy())
         metrics.update(
-            {"val_top1": best_key[k_best][0], "val_nll": -best_key[k_best][1], "temperature": model.temperature}
+            {
+                "val_top1": heads.best_key[k_best][0],
+                "val_nll": -heads.best_key[k_best][1],
+                "temperature": model.temperature,
+            }
         )
-    metrics.update({"path": path, "train_seconds": round(time.perf_counter() - t0, 3)})
+    metrics.update({"path": heads.path, "train_seconds": round(time.perf_counter() - t0, 3)})
     model.metrics = metrics
     return model
 

@@ -1,4 +1,7 @@
-"""Train the specialist hierarchy end to end: global scorer -> confusion superclasses -> router -> specialists.
+"""The specialist hierarchy (the ``"production"`` recipe of :func:`~skurec.models.hierarchy_recipes.train_hierarchy`,
+also :func:`~skurec.models.hierarchy_recipes.train_specialist_hierarchy`): global scorer -> confusion superclasses ->
+router -> specialists; this module holds its config, the trained-hierarchy record and the validation helpers every
+recipe uses (routing width, fallback to the global scorer).
 
 The global SKU scorer every stage builds on is chosen on validation among the shrinkage LDA, the strong flat softmax
 (:mod:`.softmax`) and their calibrated combination (:mod:`.global_scorer`); with ``beta = 0`` over all superclasses
@@ -15,21 +18,17 @@ width ``m`` (the smallest whose validation top-1 is within ``m_tolerance`` of th
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
-from ._common import EmbeddingInputError, check_xy, encode_labels, one_thread
-from .confusion_superclasses import confusion_superclasses_by_cap
-from .global_scorer import WEIGHT_GRID, choose_global_scorer
+from ._common import one_thread
+from .global_scorer import WEIGHT_GRID
 from .hierarchical import HierarchicalClassifier
-from .lda import LDAStatistics, lda_statistics
-from .lda_router import SHRINKAGE_GRID, choose_shrinkage, train_lda_router
-from .softmax import FlatSoftmax, SoftmaxConfig, fit_flat_softmax
-from .specialists import SpecialistConfig, train_specialists
+from .lda import LDAStatistics
+from .softmax import SoftmaxConfig
+from .specialists import SpecialistConfig
 from .superclasses import Superclasses
 
 
@@ -49,8 +48,9 @@ class SpecialistHierarchyConfig:
 
 
 @dataclass
-class SpecialistHierarchy:
-    """The trained model, its superclasses, what validation chose (``report``) and the LDA statistics every stage
+class TrainedHierarchy:
+    """A trained hierarchy of any recipe (:func:`~skurec.models.hierarchy_recipes.train_hierarchy`): the model, its
+    superclasses, what validation chose (``report``) and the LDA statistics every stage
     was derived from (``stats``, for ``model.classes``: the pipeline stores them for the router and specialist refits).
     """
 
@@ -61,6 +61,10 @@ class SpecialistHierarchy:
     #: the chosen routed hierarchy before any global-scorer fallback (its router keeps its validation temperature);
     #: the pipeline hands its router on to ``coarse_model`` so the router is fitted once
     routed: HierarchicalClassifier | None = None
+
+
+#: the former name of :class:`TrainedHierarchy`
+SpecialistHierarchy = TrainedHierarchy
 
 
 def route_width_scores(
@@ -109,141 +113,12 @@ def global_scorer_hierarchy(model: HierarchicalClassifier) -> HierarchicalClassi
     return HierarchicalClassifier(router, head, model.superclass_of_class(), m=model.n_superclasses)
 
 
-def train_specialist_hierarchy(
-    X: np.ndarray,
-    y: np.ndarray,
-    X_val: np.ndarray,
-    y_val: np.ndarray,
-    config: SpecialistHierarchyConfig | None = None,
-    device: str | torch.device | None = None,
-    stats: LDAStatistics | None = None,
-    flat: FlatSoftmax | None = None,
-) -> SpecialistHierarchy:
-    """Fit and select the whole hierarchy on ``(X, y)`` with validation ``(X_val, y_val)`` (module docstring).
-
-    ``stats``: precomputed :func:`~skurec.models.lda.lda_statistics` of ``(X, sorted classes of y)``; ``flat``: the
-    already trained :func:`~skurec.models.softmax.fit_flat_softmax` of the same rows (else it is fitted here when
-    ``config.global_weights`` has a weight > 0). The report's ``stage_seconds`` says where the time went."""
-    t0 = time.perf_counter()
-    clock = t0
-    seconds: dict[str, float] = {}
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        seconds[name] = round(seconds.get(name, 0.0) + now - clock, 3)
-        clock = now
-
-    config = config or SpecialistHierarchyConfig()
-    X, y = check_xy(X, y)
-    X_val, y_val = check_xy(X_val, y_val, dim=X.shape[1], prefix="val ")
-    classes = sorted(np.unique(y).tolist())
-    unknown = sorted(set(np.unique(y_val).tolist()) - set(classes))
-    if unknown:
-        raise EmbeddingInputError(f"validation SKUs without training images: {unknown[:5]}")
-    if stats is None:
-        stats = lda_statistics(X, encode_labels(y, classes), len(classes))
-    elif stats.n_classes != len(classes) or stats.dim != X.shape[1]:
-        raise EmbeddingInputError("stats were computed for another class list or embedding width")
-    t_stats = time.perf_counter() - t0
-    lap("stats")
-    # shrinkage first (superclass-independent: the global SKU scorer's top-1 does not depend on the grouping)
-    grid = (config.shrinkage,) if config.shrinkage is not None else SHRINKAGE_GRID
-    lam, flat_top1, _ = choose_shrinkage(stats, X_val, encode_labels(y_val, classes, "y_val"), grid)
-    report: dict[str, Any] = {"shrinkage": lam, "val_flat_lda_top1": flat_top1, "candidates": []}
-    lap("shrinkage")
-    codes_val = encode_labels(y_val, classes, "y_val")
-    if any(w > 0 for w in config.global_weights):
-        if flat is None:
-            flat = fit_flat_softmax(X, y, X_val, y_val, config.softmax, device=device)
-        elif list(flat.classes) != classes:
-            raise EmbeddingInputError("the flat softmax was trained on another class list")
-        lap("softmax")
-    else:
-        flat = None
-    scorer = choose_global_scorer(stats, lam, flat, X_val, codes_val, config.global_weights)
-    report["global_scorer"] = scorer.report
-    lap("global_scorer")
-    by_cap = confusion_superclasses_by_cap(stats, classes, config.max_sizes, lam)
-    lap("superclasses")
-    best: tuple[float, int, Any] | None = None
-    for cap, sc in by_cap.items():
-        sc_map = sc.superclass_of_class()
-        router = train_lda_router(
-            X,
-            y,
-            sc_map,
-            X_val,
-            y_val,
-            shrinkage=lam,
-            n_superclasses=sc.n_superclasses,
-            stats=stats,
-            device=device,
-            global_rows=scorer.rows(),
-        )
-        lap("routers")
-        spec = train_specialists(
-            X,
-            y,
-            sc_map,
-            router,
-            X_val,
-            y_val,
-            config.specialists,
-            stats=stats,
-            device=device,
-            global_rows=scorer.rows(),
-        )
-        lap("specialists")
-        model = HierarchicalClassifier(router, spec, sc_map, m=sc.n_superclasses)
-        widths = route_width_scores(model, X_val, y_val, config.m_grid)  # the cap's score and its route-m search
-        score = widths[0][sc.n_superclasses]
-        lap("candidate_scores")
-        report["candidates"].append(
-            {
-                "max_size": cap,
-                "n_superclasses": sc.n_superclasses,
-                "val_top1": score,
-                "beta": spec.beta,
-                "router_val_top1": router.metrics.get("val_top1"),
-                "router_val_top3": router.metrics.get("val_top3"),
-            }
-        )
-        if best is None or score > best[0]:
-            best = (score, cap, (model, sc, widths))
-    assert best is not None
-    model, sc, (by_m, top3) = best[2]
-    routed = model
-    m_best = pick_route_m(by_m, top3, config.m_tolerance)
-    g_top1 = float(scorer.report.get("val_top1", flat_top1))
-    report["val_global_top1"] = g_top1
-    if by_m[m_best] < g_top1:  # no hierarchy beats its own global scorer on validation: deploy exactly that scorer
-        model = global_scorer_hierarchy(model)
-        by_m, m_best = {**by_m, model.m: g_top1}, model.m
-        report["fallback"] = "global scorer (beta 0, all superclasses, router temperature 1)"
-    report.update(
-        {
-            "max_size": best[1],
-            "n_superclasses": sc.n_superclasses,
-            "val_top1_by_m": by_m,
-            "m": m_best,
-            "val_top1": by_m[m_best],
-            "beta": model.fine.beta,
-            "temperature": model.coarse.temperature,
-            "stats_seconds": round(t_stats, 3),
-            "stage_seconds": seconds,
-            "train_seconds": round(time.perf_counter() - t0, 3),
-        }
-    )
-    return SpecialistHierarchy(model.with_m(m_best), sc, report, stats, routed)
-
-
 __all__ = [
     "SpecialistHierarchy",
     "SpecialistHierarchyConfig",
+    "TrainedHierarchy",
     "choose_route_m",
     "global_scorer_hierarchy",
     "pick_route_m",
     "route_width_scores",
-    "train_specialist_hierarchy",
 ]

@@ -487,6 +487,95 @@ def local_factors(
     return local_U, local_gamma
 
 
+def _check_config(config: SpecialistConfig) -> None:
+    if not 0.0 <= config.mix < 1.0:
+        raise ValueError(f"SpecialistConfig.mix must be in [0, 1), got {config.mix}")
+    if config.rank < 1:
+        raise ValueError(f"SpecialistConfig.rank must be >= 1, got {config.rank}")
+    if not all(s_ > 0 for s_ in config.scales):
+        raise ValueError(f"SpecialistConfig.scales must be > 0, got {config.scales}")
+
+
+def _fit_head(
+    X: np.ndarray,
+    codes: np.ndarray,
+    classes: list[str],
+    sc: np.ndarray,
+    S: int,
+    stats: LDAStatistics,
+    lam: float,
+    config: SpecialistConfig,
+    device: str | torch.device | None,
+    global_rows: tuple[np.ndarray, np.ndarray, float] | None,
+) -> SpecialistHead:
+    """Steps 1-2: the global rows (the LDA at ``lam``, or ``global_rows``), the superclass-local whitening factors and
+    the specialist rows, closed form; ``beta = 0``, ``scale = 1`` until validation chooses them."""
+    H = stats.whitener(lam)
+    Wg, bg = stats.rows(lam)
+    lda_scale = 1.0
+    if global_rows is not None:
+        Wg, bg, lda_scale = global_rows
+    Mz = (stats.means - stats.mu0) @ H.T
+    local_U, local_gamma = local_factors(X, codes, sc, S, Mz, H, stats.mu0, config.rank, config.mix)
+    head = SpecialistHead(
+        classes,
+        sc,
+        S,
+        Wg,
+        bg,
+        Wg,
+        bg,
+        H,
+        stats.mu0,
+        local_U,
+        local_gamma,
+        stats.means,
+        stats.counts,
+        0.0,
+        1.0,
+        config,
+        device=device,
+        lda_scale=lda_scale,
+    )
+    head.Ws, head.bs = head.specialist_rows(stats.means, sc)
+    return head
+
+
+def _choose_beta(
+    head: SpecialistHead, router: Any, X_val: np.ndarray, cv: np.ndarray, config: SpecialistConfig
+) -> tuple[float, float, dict[str, Any]]:
+    """Step 3: ``beta`` / ``scale`` with the best validation top-1 of the full soft hierarchy (ties: within-superclass
+    top-1, the smaller ``beta``, the scale nearest 1), then ``scale`` calibrated on validation NLL when only 1 is
+    offered. Returns ``(beta, scale, metrics)``."""
+    sc, S = head.sc_of_index, head.n_superclasses
+    metrics: dict[str, Any] = {}
+    G, F = head.expert_logits(X_val)
+    route = torch.log_softmax(router.logits(X_val).double(), dim=1)
+    betas = sorted(set((0.0,) + tuple(config.betas)))
+    with one_thread():  # a few dozen small block operations (see one_thread)
+        found = search_beta(G, F, route, sc, S, cv, betas, config.scales)
+    best: tuple[float, float, float, float] | None = None
+    beta, scale = 0.5, 1.0
+    for b_ in betas:
+        for s_ in config.scales:
+            top1, within = found[(float(b_), float(s_))]
+            metrics[f"val_top1_beta_{b_:g}_scale_{s_:g}"] = top1
+            key = (top1, within, -b_, -abs(s_ - 1.0))
+            if best is None or key > best:
+                best = key
+                beta, scale = b_, s_
+    # calibrate p(c | s) for the ranks after the first (beta = 0 keeps scale 1: then the hierarchy over all
+    # superclasses is exactly its global scorer, which is calibrated already)
+    if beta > 0 and len(config.scales) == 1 and config.scales[0] == 1.0:
+        scale = calibrate_scale(G, F, route, sc, S, cv, beta)
+        metrics["scale_selected_on"] = "val NLL of log p(s) + log p(c | s)"
+    metrics["val_within_top1_global"] = found[("global", 0)][0]
+    metrics["val_within_top1_specialist"] = found[("specialist", 0)][0]
+    assert best is not None
+    metrics.update({"val_top1": best[0], "val_within_top1": best[1]})
+    return beta, scale, metrics
+
+
 def train_specialists(
     X: np.ndarray,
     y: np.ndarray,
@@ -510,12 +599,7 @@ def train_specialists(
     """
     t0 = time.perf_counter()
     config = config or SpecialistConfig()
-    if not 0.0 <= config.mix < 1.0:
-        raise ValueError(f"SpecialistConfig.mix must be in [0, 1), got {config.mix}")
-    if config.rank < 1:
-        raise ValueError(f"SpecialistConfig.rank must be >= 1, got {config.rank}")
-    if not all(s_ > 0 for s_ in config.scales):
-        raise ValueError(f"SpecialistConfig.scales must be > 0, got {config.scales}")
+    _check_config(config)
     X, y = check_xy(X, y)
     classes = sorted(np.unique(y).tolist())
     codes = encode_labels(y, classes)
@@ -530,64 +614,14 @@ def train_specialists(
     if (X_val is None) != (y_val is None):
         raise EmbeddingInputError("give both X_val and y_val, or neither")
     lam = config.shrinkage if config.shrinkage is not None else float(router.shrinkage)
-    H = stats.whitener(lam)
-    Wg, bg = stats.rows(lam)
-    lda_scale = 1.0
-    if global_rows is not None:
-        Wg, bg, lda_scale = global_rows
-    Mz = (stats.means - stats.mu0) @ H.T
-    local_U, local_gamma = local_factors(X, codes, sc, S, Mz, H, stats.mu0, config.rank, config.mix)
+    head = _fit_head(X, codes, classes, sc, S, stats, lam, config, device, global_rows)
     sizes = np.bincount(sc, minlength=S)
-    head = SpecialistHead(
-        classes,
-        sc,
-        S,
-        Wg,
-        bg,
-        Wg,
-        bg,
-        H,
-        stats.mu0,
-        local_U,
-        local_gamma,
-        stats.means,
-        stats.counts,
-        0.0,
-        1.0,
-        config,
-        device=device,
-        lda_scale=lda_scale,
-    )
-    Ws, bs = head.specialist_rows(stats.means, sc)
-    head.Ws, head.bs = Ws, bs
     metrics: dict[str, Any] = {"shrinkage": lam, "n_superclasses": S, "n_specialists": int((sizes >= 2).sum())}
     beta, scale = 0.5, 1.0
     if X_val is not None and y_val is not None:
         X_val, y_val = check_xy(X_val, y_val, dim=X.shape[1], prefix="val ")
-        cv = encode_labels(y_val, classes, "y_val")
-        G, F = head.expert_logits(X_val)
-        route = torch.log_softmax(router.logits(X_val).double(), dim=1)
-        betas = sorted(set((0.0,) + tuple(config.betas)))
-        with one_thread():  # a few dozen small block operations (see one_thread)
-            found = search_beta(G, F, route, sc, S, cv, betas, config.scales)
-        best: tuple[float, float, float, float] | None = None
-        for b_ in betas:
-            for s_ in config.scales:
-                top1, within = found[(float(b_), float(s_))]
-                metrics[f"val_top1_beta_{b_:g}_scale_{s_:g}"] = top1
-                key = (top1, within, -b_, -abs(s_ - 1.0))
-                if best is None or key > best:
-                    best = key
-                    beta, scale = b_, s_
-        # calibrate p(c | s) for the ranks after the first (beta = 0 keeps scale 1: then the hierarchy over all
-        # superclasses is exactly its global scorer, which is calibrated already)
-        if beta > 0 and len(config.scales) == 1 and config.scales[0] == 1.0:
-            scale = calibrate_scale(G, F, route, sc, S, cv, beta)
-            metrics["scale_selected_on"] = "val NLL of log p(s) + log p(c | s)"
-        metrics["val_within_top1_global"] = found[("global", 0)][0]
-        metrics["val_within_top1_specialist"] = found[("specialist", 0)][0]
-        assert best is not None
-        metrics.update({"val_top1": best[0], "val_within_top1": best[1]})
+        beta, scale, found = _choose_beta(head, router, X_val, encode_labels(y_val, classes, "y_val"), config)
+        metrics.update(found)
     head.beta, head.scale, head._rows = beta, scale, None
     metrics.update({"beta": beta, "scale": scale, "train_seconds": round(time.perf_counter() - t0, 3)})
     head.metrics = metrics

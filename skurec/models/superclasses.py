@@ -241,20 +241,143 @@ def superclass_group_ami(assignment: np.ndarray, classes: Sequence[str], group_o
     return float(adjusted_mutual_info_score(groups, assignment[keep].tolist()))
 
 
-def superclass_scatter_png(superclasses: Superclasses, title: str | None = None, dpi: int = 110) -> bytes:
-    """PNG of the 2-D projection of the class prototypes, coloured by superclass (pure: returns the bytes)."""
+def superclass_names(
+    superclasses: Superclasses | Mapping[str, int],
+    max_names: int = 3,
+    display: Mapping[str, str] | None = None,
+    max_chars: int = 28,
+) -> list[str]:
+    """A readable name for every superclass id (list index = id): its first ``max_names`` member SKUs in sorted
+    order, then ``+N more`` (e.g. ``"cola-light / cola-zero / +3 more"``). ``superclasses``: a :class:`Superclasses`
+    or an SKU -> superclass id mapping; ``display``: optional SKU -> display name (e.g. the catalogue's
+    ``sku_name``). Each SKU name is cut to ``max_chars``; names are stable (they depend only on the members) and
+    unique (a name shared after cutting gets ``#id``); a superclass without members is ``"superclass <id> (empty)"``.
+    """
+    if max_names < 1:
+        raise ValueError(f"max_names must be >= 1, got {max_names}")
+    if isinstance(superclasses, Superclasses):
+        mapping, n = superclasses.superclass_of_class(), superclasses.n_superclasses
+    else:
+        mapping = {str(c): int(s) for c, s in superclasses.items()}
+        n = max(mapping.values(), default=-1) + 1
+    members: list[list[str]] = [[] for _ in range(n)]
+    for c, s in mapping.items():
+        members[s].append(c)
+    display = display or {}
+
+    def short(c: str) -> str:
+        name = str(display.get(c) or c)
+        return name if len(name) <= max_chars else name[: max_chars - 1] + "\u2026"
+
+    names = []
+    for s, skus in enumerate(members):
+        shown = sorted(short(c) for c in skus)
+        if not shown:
+            names.append(f"superclass {s} (empty)")
+            continue
+        rest = len(shown) - max_names
+        names.append(" / ".join(shown[:max_names] + ([f"+{rest} more"] if rest > 0 else [])))
+    seen: dict[str, int] = {}
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+    return [f"{name} #{s}" if seen[name] > 1 else name for s, name in enumerate(names)]
+
+
+#: the scatter labels this many superclasses (the largest), numbered at their centroid and named in a side legend
+SCATTER_LABELLED = 12
+
+
+#: a legend line is cut to this many characters (the side panel's width at fontsize 7)
+LEGEND_CHARS = 64
+
+
+def _medoid(points: np.ndarray) -> np.ndarray:
+    """The member point nearest the mean (a superclass spread over two islands gets its label on one of them)."""
+    return points[int(np.argmin(np.linalg.norm(points - points.mean(axis=0), axis=1)))]
+
+
+def _spread_labels(xy: np.ndarray, min_gap: float, iterations: int = 200) -> np.ndarray:
+    """Label positions near ``xy`` (k, 2; axes scaled to 0..1) at least ``min_gap`` apart (pairwise repulsion;
+    labels with room around them stay where they are, coincident ones are first nudged apart deterministically)."""
+    pos = xy.astype(np.float64).copy()
+    k = len(pos)
+    if k < 2:
+        return pos
+    dup = (np.linalg.norm(pos[:, None] - pos[None], axis=2) + np.eye(k) < 1e-9).any(axis=1)
+    angle = np.arange(k) * 2.399963  # the golden angle: distinct directions
+    pos[dup] += 1e-3 * np.stack([np.cos(angle), np.sin(angle)], 1)[dup]
+    for _ in range(iterations):
+        diff = pos[:, None, :] - pos[None, :, :]
+        dist = np.linalg.norm(diff, axis=2)
+        np.fill_diagonal(dist, np.inf)
+        close = dist < min_gap
+        if not close.any():
+            break
+        d = np.where(close, np.maximum(dist, 1e-9), 1.0)
+        push = np.where(
+            close[:, :, None], diff / d[:, :, None] * (0.5 * (min_gap - np.where(close, dist, 0.0)))[:, :, None], 0.0
+        )
+        pos = np.clip(pos + 1.05 * push.sum(axis=1), 0.02, 0.98)
+    return pos
+
+
+def superclass_scatter_png(
+    superclasses: Superclasses,
+    title: str | None = None,
+    dpi: int = 110,
+    display: Mapping[str, str] | None = None,
+    n_labelled: int = SCATTER_LABELLED,
+) -> bytes:
+    """PNG of the 2-D projection of the class prototypes, coloured by superclass (pure: returns the bytes).
+
+    Only the ``n_labelled`` largest superclasses are labelled: a number at their medoid (spread apart so numbers
+    never sit on each other, with a thin leader line to the centroid) and, in a side legend, the number, the
+    superclass's colour and its name (:func:`superclass_names`, ``display``: SKU -> display name) - no per-SKU text
+    that clumps on large catalogues."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7.5, 6.5), dpi=dpi)
+    fig = Figure(figsize=(11.0, 6.5), dpi=dpi)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    xy = superclasses.projection_2d
+    ax = fig.add_axes((0.02, 0.04, 0.56, 0.86))
+    xy = superclasses.projection_2d.astype(np.float64)
     cmap = _cmap(superclasses.n_superclasses)
     ax.scatter(xy[:, 0], xy[:, 1], c=[cmap(int(s)) for s in superclasses.assignment], s=12, linewidths=0)
-    if len(superclasses.classes) <= 60:
-        for (px, py), name in zip(xy, superclasses.classes):
-            ax.annotate(name, (px, py), fontsize=6, alpha=0.7)
+    sizes = superclasses.sizes()
+    top = sorted(range(superclasses.n_superclasses), key=lambda s: (-sizes[s], s))[: max(0, n_labelled)]
+    top = [s for s in top if sizes[s] > 0]
+    names = superclass_names(superclasses, max_names=2, display=display, max_chars=24)
+    if top and len(xy):
+        lo, span = xy.min(axis=0), np.maximum(np.ptp(xy, axis=0), 1e-9)
+        cent = np.stack([_medoid(xy[superclasses.assignment == s]) for s in top])
+        unit = (cent - lo) / span
+        spread = _spread_labels(unit, min_gap=0.07)
+        at = lo + spread * span
+        for i, s in enumerate(top):
+            if np.linalg.norm(spread[i] - unit[i]) > 0.01:
+                ax.plot([cent[i, 0], at[i, 0]], [cent[i, 1], at[i, 1]], color="0.4", linewidth=0.6)
+            ax.text(
+                at[i, 0],
+                at[i, 1],
+                str(i + 1),
+                fontsize=8,
+                fontweight="bold",
+                ha="center",
+                va="center",
+                bbox={"boxstyle": "circle,pad=0.2", "facecolor": "white", "edgecolor": cmap(int(s)), "linewidth": 1.5},
+            )
+        legend = fig.add_axes((0.60, 0.04, 0.39, 0.86))
+        legend.set_axis_off()
+        legend.set_xlim(0, 1)
+        legend.set_ylim(0, 1)
+        row = 1.0 / max(len(top) + 1, 14)
+        legend.text(0.0, 1.0 - 0.5 * row, f"the {len(top)} largest superclasses (SKUs)", fontsize=8, va="center")
+        for i, s in enumerate(top):
+            yy = 1.0 - (i + 1.5) * row
+            legend.scatter([0.03], [yy], s=40, color=cmap(int(s)))
+            line = f"{i + 1}. {names[s]}"
+            line = line if len(line) <= LEGEND_CHARS else line[: LEGEND_CHARS - 1] + "\u2026"
+            legend.text(0.07, yy, f"{line} ({sizes[s]})", fontsize=7, va="center")
     ax.set_title(
         title
         or f"{len(superclasses.classes)} classes -> {superclasses.n_superclasses} superclasses ({superclasses.method})",

@@ -14,9 +14,8 @@ from skurec.deployment.calibration import (
 )
 from skurec.deployment.scoring import ScoreGraph, graph_disagreement, score_arrays
 from skurec.edge.decide import decide, fuse_track, topk_rows
-from skurec.models import l2_normalize
+from skurec.models import l2_normalize, train_specialist_hierarchy
 from skurec.models._common import encode_labels
-from skurec.models.specialist_hierarchy import train_specialist_hierarchy
 
 
 @pytest.fixture(scope="module")

@@ -218,23 +218,23 @@ def test_training_table_mismatch_is_an_error(tmp_path):
 
 
 def test_full_rebuild_publishes_the_flat_model_when_it_beats_the_hierarchy_on_validation(tmp_path):
-    from skurec.models import fit_flat_logreg
+    from skurec.models import fit_flat_softmax
 
     ws = make_workspace(tmp_path)
     write_trained_model(ws, shuffle=True)  # a bad hierarchy (shuffled labels) ...
     data = load_training_data(ws)
-    write_files(ws, "artifacts/flat_linear", fit_flat_logreg(data.train.X, data.train.y).to_files())  # ... a good flat
+    write_files(ws, "artifacts/flat_linear", fit_flat_softmax(data.train.X, data.train.y).to_files())  # ... a good flat
     cand = build_candidate(ws)
     choice = cand.card["model_choice"]
     assert choice["deployed"] == "flat_linear" and cand.model_id.startswith("flat-")
     assert choice["val_top1"]["flat_linear"] > choice["val_top1"]["hierarchical"] + choice["margin"]
-    assert cand.card["kind"] == "flat_linear" and "flat linear model beats the hierarchy" in cand.reason
+    assert cand.card["kind"] == "flat_softmax" and "flat linear model beats the hierarchy" in cand.reason
     assert "## Which model" in ModelStore(ws).card_markdown(cand.model_id)
 
     # A hierarchy that is not worse stays the deployed kind, and its card says why.
     ws2 = make_workspace(tmp_path / "second")
     write_trained_model(ws2)
     d2 = load_training_data(ws2)
-    write_files(ws2, "artifacts/flat_linear", fit_flat_logreg(d2.train.X, d2.train.y).to_files())
+    write_files(ws2, "artifacts/flat_linear", fit_flat_softmax(d2.train.X, d2.train.y).to_files())
     cand2 = build_candidate(ws2)
     assert cand2.card["model_choice"]["deployed"] == "hierarchical" and cand2.model_id.startswith("hier-")

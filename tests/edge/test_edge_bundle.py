@@ -13,13 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from support.deploy import deploy_model
+from support.deploy import deploy_model, train_small_hierarchy
 from support.loop import sku_png
 
 from skurec.edge import BundleError, EdgeRunner, load_bundle
 from skurec.embeddings.cache import EmbeddingCache
 from skurec.encoders import load_encoder
-from skurec.models import DenseConfig, FineConfig, FlatPrototype, train_hierarchical
+from skurec.models import FlatPrototype
 from skurec.serving.edge_export import (
     EdgeExportConfig,
     ParityError,
@@ -59,17 +59,8 @@ def _workdir(root: Path, flat: bool = False, options: dict | None = None) -> tup
         model = FlatPrototype.fit(X[tr], y[tr], device="cpu")
         n_sc = 1
     else:
-        sc_map = {s: i % 2 for i, s in enumerate(SKUS)}
-        model = train_hierarchical(
-            X[tr],
-            y[tr],
-            sc_map,
-            coarse_config=DenseConfig(max_epochs=10),
-            fine_config=FineConfig(steps=20),
-            n_superclasses=2,
-            device="cpu",
-        )
-        n_sc = 2
+        model = train_small_hierarchy(X[tr], y[tr], X[~tr], y[~tr], "case_study")
+        n_sc = model.n_superclasses
     train = table[tr]
     return ws, deploy_model(ws, model, enc, train["image_id"], train["sku_id"], n_sc)
 

@@ -19,12 +19,14 @@ from skurec.evaluation import (
     worst_similar_groups,
 )
 from skurec.models import (
+    CaseStudyConfig,
     DenseConfig,
     FineConfig,
     FlatPrototype,
+    SoftmaxConfig,
+    fit_flat_softmax,
     l2_normalize,
-    train_flat_linear,
-    train_hierarchical,
+    train_hierarchy,
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -33,11 +35,12 @@ MODEL_KEYS = {"hierarchical_soft", "hierarchical_hard", "flat_linear", "flat_pro
 
 @pytest.fixture(scope="module")
 def setup() -> dict:
-    """4 superclasses x 3 SKUs; SKUs of superclass 0 are near-duplicates (the 'similar' variant)."""
+    """4 superclasses x 3 SKUs; SKUs of superclass 0 are near-duplicates (the 'similar' variant). The hierarchy is the
+    case_study recipe (its UMAP superclasses recover the 4 families), the flat model the strong softmax."""
     rng = np.random.default_rng(0)
     d = 24
     centres = rng.standard_normal((4, d)) * 2
-    X_tr, y_tr, X_te, y_te, sc = [], [], [], [], {}
+    X_tr, y_tr, X_va, y_va, X_te, y_te, sc = [], [], [], [], [], [], {}
     for s in range(4):
         spread = 0.15 if s == 0 else 0.8
         for k in range(3):
@@ -46,20 +49,21 @@ def setup() -> dict:
             mean = centres[s] + rng.standard_normal(d) * spread
             X_tr.append(mean + rng.standard_normal((20, d)) * 0.1)
             X_te.append(mean + rng.standard_normal((6, d)) * 0.1)
+            X_va.append(mean + rng.standard_normal((4, d)) * 0.1)
             y_tr += [name] * 20
             y_te += [name] * 6
-    X_tr, X_te = l2_normalize(np.concatenate(X_tr)), l2_normalize(np.concatenate(X_te))
-    y_tr, y_te = np.asarray(y_tr), np.asarray(y_te)
-    hier = train_hierarchical(
-        X_tr,
-        y_tr,
-        sc,
-        coarse_config=DenseConfig(max_epochs=10, batch_size=64),
-        fine_config=FineConfig(proj_dim=8, steps=20, episodes_per_step=2),
-        m=2,
-        device="cpu",
+            y_va += [name] * 4
+    X_tr, X_va, X_te = (l2_normalize(np.concatenate(a)) for a in (X_tr, X_va, X_te))
+    y_tr, y_va, y_te = np.asarray(y_tr), np.asarray(y_va), np.asarray(y_te)
+    case = CaseStudyConfig(
+        n_superclasses=4,
+        coarse=DenseConfig(max_epochs=10, batch_size=64),
+        fine=FineConfig(proj_dim=8, steps=20, episodes_per_step=2),
     )
-    flat = train_flat_linear(X_tr, y_tr, config=DenseConfig(max_epochs=10, batch_size=64), device="cpu")
+    trained = train_hierarchy(X_tr, y_tr, X_va, y_va, "case_study", device="cpu", case_study=case)
+    assert trained.model.superclass_of_class() == sc  # the UMAP superclasses are the 4 families
+    hier = trained.model.with_m(2)
+    flat = fit_flat_softmax(X_tr, y_tr, X_va, y_va, SoftmaxConfig(max_epochs=5, min_steps=50), device="cpu")
     models = standard_models(hier, flat, FlatPrototype.fit(X_tr, y_tr))
     groups = {c: ("dup" if s == 0 else f"solo:{c}") for c, s in sc.items()}
     return {
@@ -119,7 +123,8 @@ def test_markdown_report_and_per_superclass_table(setup: dict) -> None:
     md = render_markdown_report(res, table, notes=["toy data"])
     for key in MODEL_KEYS | {"all top-1", "similar top-3", "Per-superclass", "toy-encoder", "toy data"}:
         assert key in md, key
-    assert md.count("\n| 0 | 3 | 18 |") == 1
+    assert md.count("\n| 0 | s0-0 / s0-1 / s0-2 | 3 | 18 |") == 1  # superclasses appear by their SKUs
+    assert [r["name"] for r in table] == [f"s{s}-0 / s{s}-1 / s{s}-2" for s in range(4)]
 
 
 def test_confusion_png_shows_the_worst_similar_groups(setup: dict) -> None:

@@ -1,4 +1,4 @@
-"""Coarse / fine / hierarchical / flat heads: accuracy, routing semantics, new SKUs, serialisation round trips."""
+"""Coarse / fine heads (the case_study recipe's parts), hierarchical and flat models: accuracy, routing semantics, new SKUs, serialisation round trips."""
 
 from __future__ import annotations
 
@@ -16,16 +16,17 @@ from skurec.models import (
     FineConfig,
     FineHead,
     FlatKNN,
-    FlatLinear,
     FlatPrototype,
+    FlatSoftmax,
     HierarchicalClassifier,
     ModelFormatError,
+    SoftmaxConfig,
+    fit_flat_softmax,
     l2_normalize,
     load_classifier,
     topk_accuracy,
     train_coarse,
     train_fine,
-    train_flat_linear,
 )
 from skurec.models.serialization import CONFIG_FILE, TENSORS_FILE
 
@@ -80,7 +81,7 @@ class Trained:
     coarse: CoarseHead
     fine: FineHead
     hier: HierarchicalClassifier
-    flat_linear: FlatLinear
+    flat_linear: FlatSoftmax
     flat_proto: FlatPrototype
 
 
@@ -94,13 +95,8 @@ def trained() -> Trained:
         cat.X_train, cat.y_train, cat.superclass_of_class, cat.X_val, cat.y_val, config=FINE_CFG, device="cpu"
     )
     hier = HierarchicalClassifier(coarse, fine, cat.superclass_of_class, m=2)
-    flat = train_flat_linear(
-        cat.X_train,
-        cat.y_train,
-        cat.X_val,
-        cat.y_val,
-        config=DenseConfig(max_epochs=25, patience=5, batch_size=128),
-        device="cpu",
+    flat = fit_flat_softmax(
+        cat.X_train, cat.y_train, cat.X_val, cat.y_val, SoftmaxConfig(max_epochs=10, min_steps=100), device="cpu"
     )
     return Trained(cat, coarse, fine, hier, flat, FlatPrototype.fit(cat.X_train, cat.y_train))
 
@@ -250,8 +246,8 @@ def test_corrupted_or_mismatched_files_raise_clear_errors(trained: Trained) -> N
     proto = trained.flat_proto.to_files()
     with pytest.raises(ModelFormatError, match="implies"):
         FlatPrototype.from_files(_rewrite_config(proto, "", dim=DIM + 1))
-    with pytest.raises(ModelFormatError, match="expected 'flat_linear'"):
-        FlatLinear.from_files(proto)
+    with pytest.raises(ModelFormatError, match="expected 'flat_softmax'"):
+        FlatSoftmax.from_files(proto)
     with pytest.raises(ModelFormatError, match="unknown model kind"):
         load_classifier(_rewrite_config(proto, "", kind="mystery"))
     with pytest.raises(EmbeddingInputError, match="embedding width"):
@@ -295,30 +291,6 @@ def test_bad_training_inputs_are_rejected(trained: Trained) -> None:
     with pytest.raises(EmbeddingInputError, match="without a superclass"):
         train_coarse(cat.X_train, cat.y_train, {"sku-0-0": 0})
     with pytest.raises(EmbeddingInputError, match="both X_val and y_val"):
-        train_flat_linear(cat.X_train, cat.y_train, X_val=cat.X_val)
+        fit_flat_softmax(cat.X_train, cat.y_train, X_val=cat.X_val)
     with pytest.raises(EmbeddingInputError, match="no superclass"):
         HierarchicalClassifier(trained.coarse, trained.fine, {"sku-0-0": 0})
-
-
-def test_flat_logreg_baseline_is_accurate_and_round_trips(trained: Trained) -> None:
-    """The sklearn-fitted flat baseline is stored as plain FlatLinear tensors and predicts the same after loading."""
-    from skurec.models import FlatLinear, fit_flat_logreg, load_classifier
-
-    cat = trained.cat
-    # The same C as the scikit-learn reference below, solved to a tight tolerance so probabilities can be compared.
-    model = fit_flat_logreg(cat.X_train, cat.y_train, C=1.0, tol=1e-7, max_iter=1000)
-    pred = model.predict_topk(cat.X_test, k=3)
-    assert topk_accuracy(pred.labels, cat.y_test, 1) >= 0.98
-    loaded = load_classifier(model.to_files())
-    assert isinstance(loaded, FlatLinear)
-    np.testing.assert_array_equal(loaded.predict_topk(cat.X_test, k=3).labels, pred.labels)
-    # probabilities match scikit-learn's own predict_proba on the same standardised inputs
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
-    scaler = StandardScaler().fit(cat.X_train)
-    ref = LogisticRegression(C=1.0, max_iter=5000, tol=1e-9).fit(scaler.transform(cat.X_train), cat.y_train)
-    # Both solvers converged on the same convex objective; the torch one works in float32 (differences ~1e-4).
-    np.testing.assert_allclose(
-        model.predict_proba(cat.X_test), ref.predict_proba(scaler.transform(cat.X_test)), atol=5e-4
-    )

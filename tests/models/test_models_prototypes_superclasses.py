@@ -126,3 +126,29 @@ def test_similar_groups_join_near_duplicates_and_given_families() -> None:
     assert similar_class_set(with_fam) == {"s0", "s0-twin", "s3", "s4"}
     # data-derived threshold (a quantile of nearest-neighbour cosines) still finds the twin
     assert similar_groups(vectors, classes)["s0"] == similar_groups(vectors, classes)["s0-twin"]
+
+
+def test_superclass_names_are_sku_names_stable_and_unique() -> None:
+    from skurec.models import superclass_names
+
+    sc_map = {"cola-zero": 0, "cola-light": 0, "cola": 0, "cola-cherry": 0, "cola-vanilla": 0, "milk": 1}
+    names = superclass_names(sc_map)
+    assert names == ["cola / cola-cherry / cola-light / +2 more", "milk"]
+    assert superclass_names(dict(reversed(list(sc_map.items())))) == names  # depends on the members only
+    assert superclass_names({**sc_map, "juice": 3})[2] == "superclass 2 (empty)"
+    # names cut to max_chars that collide get their id
+    long = {"x" * 40 + "a": 0, "x" * 40 + "b": 1}
+    cut = superclass_names(long, max_chars=10)
+    assert len(set(cut)) == 2 and cut[0].endswith("#0") and cut[1].endswith("#1")
+    assert superclass_names(sc_map, max_names=1, display={"cola": "Cola Classic"})[0] == "Cola Classic / +4 more"
+    with pytest.raises(ValueError, match="max_names"):
+        superclass_names(sc_map, max_names=0)
+
+
+def test_scatter_labels_are_spread_apart() -> None:
+    from skurec.models.superclasses import _spread_labels
+
+    clump = np.asarray([[0.5, 0.5], [0.5, 0.5], [0.51, 0.5], [0.9, 0.1]])
+    pos = _spread_labels(clump, min_gap=0.07)
+    gaps = np.linalg.norm(pos[:, None] - pos[None], axis=2) + np.eye(4)
+    assert gaps.min() >= 0.07 - 1e-6 and np.allclose(pos[3], clump[3])  # the lone label stays where it was

@@ -12,7 +12,7 @@ import pytest
 
 from skurec.evaluation import evaluate, per_superclass_table, predict_all, render_markdown_report
 from skurec.layout import FLAT_LINEAR_DIR, FLAT_PROTOTYPE_DIR, HIERARCHICAL_DIR
-from skurec.models import DenseConfig, FineConfig, FlatPrototype, l2_normalize, train_flat_linear, train_hierarchical
+from skurec.models import FlatPrototype, fit_flat_softmax, l2_normalize, train_hierarchy
 from skurec.store.artifacts import files_digest, write_files
 from skurec.store.workspace import Workspace
 from skurec_assets import evaluation as asset
@@ -31,16 +31,8 @@ def saved(tmp_path_factory) -> dict:
     y_tr, y_ev = np.repeat(list(sc), 15), np.repeat(list(sc), 6)
     X_tr = l2_normalize(np.stack([means[c] for c in y_tr]) + 0.2 * rng.standard_normal((len(y_tr), d)))
     X_ev = l2_normalize(np.stack([means[c] for c in y_ev]) + 0.2 * rng.standard_normal((len(y_ev), d)))
-    hier = train_hierarchical(
-        X_tr,
-        y_tr,
-        sc,
-        coarse_config=DenseConfig(max_epochs=5, batch_size=32),
-        fine_config=FineConfig(proj_dim=8, steps=10, episodes_per_step=2),
-        m=2,
-        device="cpu",
-    )
-    flat = train_flat_linear(X_tr, y_tr, config=DenseConfig(max_epochs=5, batch_size=32), device="cpu")
+    hier = train_hierarchy(X_tr, y_tr, X_ev, y_ev, recipe="case_study", device="cpu").model.with_m(2)
+    flat = fit_flat_softmax(X_tr, y_tr, device="cpu")
     ws = Workspace(str(tmp_path_factory.mktemp("eval") / "work"))
     for folder, model in (
         (HIERARCHICAL_DIR, hier),
@@ -48,7 +40,7 @@ def saved(tmp_path_factory) -> dict:
         (FLAT_PROTOTYPE_DIR, FlatPrototype.fit(X_tr, y_tr)),
     ):
         write_files(ws, folder, model.to_files())
-    return {"ws": ws, "X": X_ev.astype(np.float32), "y": y_ev, "sc": sc}
+    return {"ws": ws, "X": X_ev.astype(np.float32), "y": y_ev, "sc": hier.superclass_of_class()}
 
 
 def test_the_report_loads_the_standard_models_and_one_more_from_one_line(saved, monkeypatch):

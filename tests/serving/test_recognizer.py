@@ -10,12 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from support.deploy import deploy_model
+from support.deploy import deploy_model, train_small_hierarchy
 from support.loop import sku_png
 
 from skurec.catalogue.batches import DropBatch, inspect_batch
 from skurec.encoders import load_encoder
-from skurec.models import DenseConfig, FineConfig, train_hierarchical
 from skurec.serving.recognizer import Recognizer, RecognizerError
 from skurec.serving.review_queue import ReviewQueue
 from skurec.store.workspace import Workspace
@@ -26,7 +25,8 @@ SKUS = ["sku-red", "sku-green", "sku-blue", "sku-yellow", "sku-white"]
 
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory):
-    """A workspace with a hierarchical model trained on tiny-ViT embeddings of separable SKU images, deployed."""
+    """A workspace with the case-study hierarchy trained on tiny-ViT embeddings of separable SKU images (the first two
+    images of each SKU for validation), deployed."""
     root = tmp_path_factory.mktemp("recognizer")
     ws = Workspace(str(root / "work"))
     enc = load_encoder("tiny_random_vit", device="cpu")
@@ -39,17 +39,10 @@ def deployed(tmp_path_factory):
             ids.append(f"{sku}-{i}")
     X = enc.embed_images(images)
     y = np.asarray(labels)
-    sc_map = {s: i % 2 for i, s in enumerate(SKUS)}
-    model = train_hierarchical(
-        X,
-        y,
-        sc_map,
-        coarse_config=DenseConfig(max_epochs=10),
-        fine_config=FineConfig(steps=20),
-        n_superclasses=2,
-        device="cpu",
-    )
-    model_id = deploy_model(ws, model, enc, ids, labels, n_superclasses=2)
+    val = np.tile(np.arange(8) < 2, len(SKUS))
+    model = train_small_hierarchy(X[~val], y[~val], X[val], y[val], "case_study")
+    train_ids = [i for i, v in zip(ids, val) if not v]
+    model_id = deploy_model(ws, model, enc, train_ids, y[~val].tolist(), n_superclasses=model.n_superclasses)
     return ws, model_id, enc
 
 
@@ -67,7 +60,7 @@ def test_every_input_kind_gives_the_same_answer(deployed, tmp_path):
     assert first.label == first.sku_id == "sku-blue" and not first.unknown
     assert first.image == str(path) and first.image_id is not None
     assert len(first.top_k) == 3 and first.top_k[0] == {"sku_id": "sku-blue", "score": first.score, "sku_name": "Blue"}
-    assert first.superclass == 0  # sku-blue's superclass in the map above
+    assert first.superclass == rec.model.superclass_of_class()["sku-blue"]
     for o in outs[1:]:
         assert o.sku_id == first.sku_id and o.score == pytest.approx(first.score, abs=1e-5)
     # predict_many (batched) agrees with predict

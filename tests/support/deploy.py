@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import numpy as np
@@ -15,7 +16,14 @@ from skurec.deployment.gate import decide_deployment
 from skurec.deployment.training_table import image_ids_sha256
 from skurec.embeddings.cache import EmbeddingCache
 from skurec.embeddings.training_data import load_training_data
-from skurec.models import DenseConfig, FineConfig, l2_normalize, train_hierarchical
+from skurec.models import (
+    CaseStudyConfig,
+    DenseConfig,
+    FineConfig,
+    SpecialistHierarchyConfig,
+    l2_normalize,
+    train_hierarchy,
+)
 from skurec.store.artifacts import write_files
 from skurec.store.model_store import ModelStore
 from skurec.store.workspace import Workspace
@@ -113,23 +121,35 @@ def make_workspace(tmp_path, n_classes: int = 6, per_class: int = 12) -> Workspa
     return ws
 
 
+#: the production recipe, small and fast: the shrinkage LDA as global scorer (no softmax to train), one size cap
+FAST_PRODUCTION = SpecialistHierarchyConfig(max_sizes=(2,), global_weights=(0.0,))
+
+
+#: the case study recipe, small and fast (what the serving and edge tests deploy: soft dense-head scores below 1)
+FAST_CASE_STUDY = CaseStudyConfig(coarse=DenseConfig(max_epochs=10), fine=FineConfig(steps=20))
+
+
+def train_small_hierarchy(X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray, recipe: str):  # type: ignore[no-untyped-def]
+    """The ``recipe`` hierarchy (small and fast: :data:`FAST_PRODUCTION` / :data:`FAST_CASE_STUDY`) on ``(X, y)``,
+    chosen on ``(X_val, y_val)``, routing every superclass (the only width offered, so the score graph the
+    Recognizer answers from ranks every SKU): the model."""
+    config = dataclasses.replace(FAST_PRODUCTION, m_grid=(len(set(y.tolist())),))
+    return train_hierarchy(X, y, X_val, y_val, recipe, device="cpu", config=config, case_study=FAST_CASE_STUDY).model
+
+
 def write_trained_model(ws: Workspace, shuffle: bool = False, seed: int = 0):
-    """Train like the fine_model asset and write its artifacts (ARTIFACTS.md): hierarchical model, training set,
-    superclasses and the training manifest. ``shuffle`` trains on permuted labels (a worse model)."""
+    """Train the production hierarchy like the training assets and write its artifacts (ARTIFACTS.md): hierarchical
+    model, training set, superclasses and the training manifest. ``shuffle`` trains on permuted labels (a worse
+    model)."""
     data = load_training_data(ws)
-    sc_map = {c: i % 2 for i, c in enumerate(data.classes)}
     y = data.train.y.copy()
     if shuffle:
         y = y[np.random.default_rng(seed).permutation(len(y))]
-    model = train_hierarchical(
-        data.train.X,
-        y,
-        sc_map,
-        coarse_config=DenseConfig(max_epochs=5),
-        fine_config=FineConfig(steps=10),
-        n_superclasses=2,
-        device="cpu",
+    trained = train_hierarchy(
+        data.train.X, y, data.val.X, data.val.y, "production", device="cpu", config=FAST_PRODUCTION
     )
+    model = trained.model
+    sc_map = model.superclass_of_class()
     digest = write_files(ws, "artifacts/hierarchical", model.to_files())
     rows = {"image_id": [], "sku_id": [], "split": []}
     for name, split in (("train", data.train), ("val", data.val)):
@@ -143,9 +163,9 @@ def write_trained_model(ws: Workspace, shuffle: bool = False, seed: int = 0):
         {
             "classes": list(sc_map),
             "assignment": list(sc_map.values()),
-            "n_superclasses": 2,
+            "n_superclasses": model.n_superclasses,
             "version": version,
-            "method": "test",
+            "method": trained.superclasses.method,
         },
     )
     ws.write_json(
@@ -160,7 +180,7 @@ def write_trained_model(ws: Workspace, shuffle: bool = False, seed: int = 0):
             "n_val": len(data.val),
             "n_test": 0,
             "classes": data.classes,
-            "configs": {"fine": {"steps": 10}, "coarse": {"max_epochs": 5}},
+            "configs": {"hierarchy": {"recipe": "production", "max_sizes": [2], "global_weights": [0.0]}},
             "seeds": {"fine": 0, "superclasses": 0},
             "code_version": "train-test",
             "metrics": {"val_top1_soft": 1.0},

@@ -132,30 +132,25 @@ def initial_build(defs: dg.Definitions, instance: dg.DagsterInstance):
 
 
 def write_worse_model(ws) -> None:
-    """Simulate a training run that produced a worse model: the same train images with shuffled labels, written
-    to artifacts/hierarchical exactly like the fine_model asset (ARTIFACTS.md)."""
+    """Simulate a training run that produced a worse model: the production hierarchy trained on the same train
+    images with shuffled labels (validation rows as recorded), written to artifacts/hierarchical exactly like the
+    training assets (ARTIFACTS.md)."""
     from skurec.embeddings.cache import EmbeddingCache
     from skurec.embeddings.training_data import current_encoder
-    from skurec.models import DenseConfig, FineConfig, train_hierarchical
+    from skurec.models import SpecialistHierarchyConfig, train_hierarchy
     from skurec.store.artifacts import write_files
 
     manifest = ws.read_json("artifacts/training_manifest.json")
     table = ws.read_parquet(manifest["training_set"]).to_pandas()
-    train = table[table["split"] == "train"]
-    _, X = EmbeddingCache(ws).load(current_encoder(ws)["encoder_id"], train["image_id"].tolist())
+    cache, encoder_id = EmbeddingCache(ws), current_encoder(ws)["encoder_id"]
+    train, val = table[table["split"] == "train"], table[table["split"] == "val"]
+    _, X = cache.load(encoder_id, train["image_id"].tolist())
+    _, X_val = cache.load(encoder_id, val["image_id"].tolist())
     y = train["sku_id"].to_numpy().astype(str)
-    rng = np.random.default_rng(0)
-    y_bad = y[rng.permutation(len(y))]
-    sc = ws.read_json("artifacts/superclasses.json")
-    sc_map = {c: int(s) for c, s in zip(sc["classes"], sc["assignment"])}
-    bad = train_hierarchical(
-        X,
-        y_bad,
-        sc_map,
-        coarse_config=DenseConfig(max_epochs=3),
-        fine_config=FineConfig(steps=5),
-        n_superclasses=int(sc["n_superclasses"]),
-        device="cpu",
-    )
+    y_bad = y[np.random.default_rng(0).permutation(len(y))]
+    fast = SpecialistHierarchyConfig(max_sizes=(4,), global_weights=(0.0,))  # the LDA as global scorer: no softmax
+    bad = train_hierarchy(
+        X, y_bad, X_val, val["sku_id"].to_numpy().astype(str), "production", device="cpu", config=fast
+    ).model
     manifest["hierarchical_digest"] = write_files(ws, "artifacts/hierarchical", bad.to_files())
     ws.write_json("artifacts/training_manifest.json", manifest)
