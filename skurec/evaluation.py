@@ -358,6 +358,10 @@ def _coverage_lines(coverage: Mapping[str, Any]) -> list[str]:
 #: The deployed hierarchy's name in reports, and the hierarchy's own global scorer (beta 0, all superclasses).
 DEPLOYED_KEY = "hierarchical_soft"
 GLOBAL_KEY = "global_scorer"
+#: the published coarse-to-fine recipe on the same embeddings: a reference row, never the deployed model
+CASE_STUDY_KEY = "case_study"
+#: hierarchical rows shown for reference: the headline speaks of the deployed hierarchy, never of these
+REFERENCE_HIERARCHIES = (GLOBAL_KEY, CASE_STUDY_KEY)
 
 
 def _gain_details(result: Mapping[str, Any], name: str, g: Mapping[str, Any]) -> str:
@@ -387,7 +391,7 @@ def hierarchy_headline(result: Mapping[str, Any]) -> str:
     specialists add over its own global scorer, on which split; a WARNING when a hierarchical model is more than
     :data:`GAP_TOLERANCE` below the best flat model."""
     diag = (result.get("hierarchy") or {}).get("models", {})
-    gaps = {n: e["gap"]["all"] for n, e in diag.items() if "all" in e.get("gap", {}) and n != GLOBAL_KEY}
+    gaps = {n: e["gap"]["all"] for n, e in diag.items() if "all" in e.get("gap", {}) and n not in REFERENCE_HIERARCHIES}
     if not gaps:
         return "**No hierarchical-vs-flat comparison in this report.**"
     behind = {n: g for n, g in gaps.items() if g["gap_top1"] < -GAP_TOLERANCE}

@@ -8,6 +8,7 @@ import dagster as dg
 from skurec.catalogue.audit import tiers_of_classes
 from skurec.embeddings.training_data import load_training_data
 from skurec.evaluation import (
+    CASE_STUDY_KEY,
     GAP_TOLERANCE,
     confusion_png,
     evaluate,
@@ -17,6 +18,7 @@ from skurec.evaluation import (
     standard_models,
 )
 from skurec.layout import (
+    CASE_STUDY_DIR,
     CONFUSION_PNG,
     ERROR_GALLERY_PNG,
     EVALUATION_JSON,
@@ -71,7 +73,7 @@ def _error_gallery(ws, data, split, y_pred, groups) -> bytes:
 #: the report's rows beyond those of :func:`skurec.evaluation.standard_models`: row name -> (the asset that saves the
 #: classifier, its artifact folder in ``layout``). Adding a model to the report is one line here; its asset becomes a
 #: dependency of the report.
-EXTRA_MODELS: dict[str, tuple[str, str]] = {}
+EXTRA_MODELS: dict[str, tuple[str, str]] = {CASE_STUDY_KEY: ("case_study_model", CASE_STUDY_DIR)}
 #: the confusion plot, linked from the report file (the UI shows it as its own metadata entry instead)
 CONFUSION_FIGURE = "![confusion among the worst similar groups](confusion_similar.png)"
 
@@ -138,7 +140,11 @@ def _load_models(ws, route_m: int | None) -> tuple[Any, dict[str, bytes], dict[s
         load_classifier(read_files(ws, FLAT_LINEAR_DIR)),
         load_classifier(read_files(ws, FLAT_PROTOTYPE_DIR)),
         route_m=route_m,
-        **{name: load_classifier(read_files(ws, folder)) for name, (_, folder) in EXTRA_MODELS.items()},
+        **{
+            name: load_classifier(read_files(ws, folder))
+            for name, (_, folder) in EXTRA_MODELS.items()
+            if ws.exists(f"{folder}/_files.json")  # an asset may say why it trained nothing (the report notes it)
+        },
     )
     return hier, hier_files, models
 
@@ -174,6 +180,12 @@ def _score(ws, data, models, hier, hier_files, groups, sc_map) -> tuple[dict, di
 def _report_body(result: dict, table: Any, split_name: str, n_images: int) -> str:
     """The report's Markdown without its figure: the rendered result and the notes on what was scored."""
     notes = [f"Scored on the `{split_name}` split ({n_images} images)."]
+    scored = result["variants"]["all"]["models"]
+    notes += [
+        f"No `{n}` row: its asset `{a}` trained no model (see its metadata)."
+        for n, (a, _) in EXTRA_MODELS.items()
+        if n not in scored
+    ]
     if not result["encoder_pretrained"]:
         notes.append("The encoder has RANDOM weights (test encoder): these numbers say nothing about real accuracy.")
     return render_markdown_report(result, table, notes=notes)

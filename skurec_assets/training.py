@@ -28,6 +28,7 @@ from skurec import layout
 from skurec.deployment.training_table import image_ids_sha256, training_table
 from skurec.embeddings.training_data import TrainingData, load_training_data
 from skurec.layout import (
+    CASE_STUDY_DIR,
     COARSE_DIR,
     FLAT_LINEAR_DIR,
     FLAT_PROTOTYPE_DIR,
@@ -42,6 +43,7 @@ from skurec.layout import (
 )
 from skurec.layout import superclass_map as load_superclass_map
 from skurec.models import (
+    CaseStudyConfig,
     FlatPrototype,
     FlatSoftmax,
     HierarchicalClassifier,
@@ -56,7 +58,9 @@ from skurec.models import (
     global_scorer_hierarchy,
     load_classifier,
     superclass_group_ami,
+    superclass_names,
     superclass_scatter_png,
+    train_hierarchy,
     train_lda_router,
     train_specialist_hierarchy,
     train_specialists,
@@ -115,6 +119,12 @@ class FineTrainConfig(dg.Config):
     route_m: int | None = None
     m_grid: list[int] = list(SpecialistHierarchyConfig.m_grid)
     m_tolerance: float = SpecialistHierarchyConfig.m_tolerance
+
+
+class CaseStudyTrainConfig(dg.Config):
+    # Superclasses of the published recipe; None: its rule (about one per 10 SKUs, 100 at 1-2k SKUs).
+    n_superclasses: int | None = CaseStudyConfig.n_superclasses
+    seed: int = CaseStudyConfig.seed
 
 
 class FlatTrainConfig(dg.Config):
@@ -305,8 +315,9 @@ def superclasses_asset(
     ami = superclass_group_ami(sc.assignment, sc.classes, groups) if groups else None
     sizes = sc.sizes()
     context.log.info(f"{sc.n_superclasses} superclasses over {len(sc.classes)} classes ({sc.method}) in {seconds:.1f}s")
+    names = superclass_names(sc)  # superclasses by their SKUs, not bare numbers
     table = [
-        {"superclass": i, "n_classes": len(m), "classes": ", ".join(m[:8]) + (" ..." if len(m) > 8 else "")}
+        {"superclass": names[i], "n_classes": len(m), "classes": ", ".join(m[:8]) + (" ..." if len(m) > 8 else "")}
         for i, m in enumerate(sc.members())
     ]
     candidates = selection.get("candidates") or []
@@ -609,4 +620,67 @@ def flat_baselines(
             "flat_linear": dg.MetadataValue.json(chosen),
         },
         data_version=dg.DataVersion(files_digest({"linear": d1.encode(), "prototype": d2.encode()})),
+    )
+
+
+@dg.asset(
+    group_name=TRAIN,
+    deps=[image_embeddings],
+    code_version=CODE_VERSION,
+    kinds={"pytorch", "safetensors"},
+    description=(
+        "The published coarse-to-fine recipe on the same embeddings and split, for comparison (never deployed): class "
+        "prototypes -> UMAP -> agglomerative superclasses (about 100 at 1-2k SKUs), a dense coarse head validated on "
+        "its own and a few-shot fine head conditioned on the coarse output (train_hierarchy recipe 'case_study'). "
+        "The evaluation report's `case_study` row."
+    ),
+)
+def case_study_model(
+    context: dg.AssetExecutionContext, config: CaseStudyTrainConfig, storage: StorageResource
+) -> dg.MaterializeResult:
+    ws = storage.workspace()
+    data = load_training_data(ws)
+    if len(data.val) == 0:  # the recipe chooses its head's stopping point and its routing width on validation
+        if ws.exists(f"{CASE_STUDY_DIR}/_files.json"):
+            ws.delete(CASE_STUDY_DIR)
+        reason = "no validation split: the case study chooses its stopping and routing width on validation"
+        context.log.warning(f"case study not trained ({reason}); the report has no case_study row")
+        return dg.MaterializeResult(metadata={"trained": False, "reason": reason})
+    t0 = time.perf_counter()
+
+    def progress(stage: str, step: int, total: int, metrics) -> None:
+        if step == total or step % max(1, total // 4) == 0:
+            context.log.info(f"case study {stage}: {step}/{total} {dict(metrics)}")
+
+    trained = train_hierarchy(
+        data.fit.X,
+        data.fit.y,
+        data.val.X,
+        data.val.y,
+        recipe="case_study",
+        progress=progress,
+        n_superclasses=config.n_superclasses,
+        seed=config.seed,
+    )
+    seconds = time.perf_counter() - t0
+    digest = write_files(ws, CASE_STUDY_DIR, trained.model.to_files())
+    report = trained.report
+    names = superclass_names(trained.superclasses)
+    rows = [{"superclass": names[i], "n_classes": len(m)} for i, m in enumerate(trained.superclasses.members())]
+    context.log.info(
+        f"case study: {trained.superclasses.n_superclasses} superclasses, m {trained.model.m}, "
+        f"validation top-1 {report.get('val_top1', float('nan')):.4f} in {seconds:.1f}s"
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "trained": True,
+            "n_superclasses": trained.superclasses.n_superclasses,
+            "superclass_method": str(report.get("superclass_method", trained.superclasses.method)),
+            "route_m": int(trained.model.m),
+            "val_top1": round(float(report.get("val_top1", float("nan"))), 4),
+            "train_seconds": round(seconds, 2),
+            "stage_seconds": dg.MetadataValue.json(report.get("stage_seconds") or {}),
+            "superclasses": dg.MetadataValue.md(markdown_table(rows[:200])),
+        },
+        data_version=dg.DataVersion(digest),
     )

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from skurec.evaluation import evaluate, per_superclass_table, predict_all, render_markdown_report
-from skurec.layout import FLAT_LINEAR_DIR, FLAT_PROTOTYPE_DIR, HIERARCHICAL_DIR
+from skurec.layout import CASE_STUDY_DIR, FLAT_LINEAR_DIR, FLAT_PROTOTYPE_DIR, HIERARCHICAL_DIR
 from skurec.models import FlatPrototype, fit_flat_softmax, l2_normalize, train_hierarchy
 from skurec.store.artifacts import files_digest, write_files
 from skurec.store.workspace import Workspace
@@ -38,6 +38,7 @@ def saved(tmp_path_factory) -> dict:
         (HIERARCHICAL_DIR, hier),
         (FLAT_LINEAR_DIR, flat),
         (FLAT_PROTOTYPE_DIR, FlatPrototype.fit(X_tr, y_tr)),
+        (CASE_STUDY_DIR, hier),
     ):
         write_files(ws, folder, model.to_files())
     return {"ws": ws, "X": X_ev.astype(np.float32), "y": y_ev, "sc": hier.superclass_of_class()}
@@ -46,13 +47,13 @@ def saved(tmp_path_factory) -> dict:
 def test_the_report_loads_the_standard_models_and_one_more_from_one_line(saved, monkeypatch):
     ws = saved["ws"]
     hier, hier_files, models = asset._load_models(ws, None)
-    assert list(models) == ["hierarchical_soft", "hierarchical_hard", "flat_linear", "flat_prototype"]
+    assert list(models) == ["hierarchical_soft", "hierarchical_hard", "flat_linear", "flat_prototype", "case_study"]
     assert hier_files == asset.read_files(ws, HIERARCHICAL_DIR) and models["hierarchical_soft"].m == hier.m == 2
     assert asset._load_models(ws, 1)[2]["hierarchical_soft"].m == 1
 
     monkeypatch.setattr(asset, "EXTRA_MODELS", {"case_study": ("flat_baselines", FLAT_LINEAR_DIR)})
     _, _, with_extra = asset._load_models(ws, None)
-    assert list(with_extra)[-1] == "case_study" and list(with_extra)[:-1] == list(models)
+    assert list(with_extra)[-1] == "case_study" and list(with_extra)[:-1] == list(models)[:-1]
     ours = with_extra["case_study"].predict_topk(saved["X"], 3).labels
     assert np.array_equal(ours, models["flat_linear"].predict_topk(saved["X"], 3).labels)
 
@@ -82,6 +83,12 @@ def test_report_markdown_is_the_rendered_result_the_notes_and_the_figure(saved):
         rendered + "\n\n![confusion among the worst similar groups](confusion_similar.png)\n"
     )
     assert asset._with_figure(body, "") == rendered + "\n\n\n"
+    # a report row whose asset trained nothing is named in the notes, never silently missing
+    absent = {k: v for k, v in result["variants"]["all"]["models"].items() if k != "case_study"}
+    missing = {**result, "variants": {**result["variants"], "all": {**result["variants"]["all"], "models": absent}}}
+    assert "No `case_study` row: its asset `case_study_model` trained no model" in asset._report_body(
+        missing, table, "val", len(saved["y"])
+    )
     pretrained = asset._report_body({**result, "encoder_pretrained": True}, table, "val", len(saved["y"]))
     assert pretrained == render_markdown_report(result, table, notes=[SPLIT_NOTE]) and RANDOM_NOTE not in pretrained
 
