@@ -7,7 +7,9 @@ reductions; the case study's dense coarse head and few-shot fine head are stages
 
 * ``log_scores`` (n, C) float32: the ranking key of every SKU. Hierarchical models: ``log p(s(c) | x) + log p(c |
   s(c), x)`` for the SKUs of the top-``m`` superclasses (ties of superclasses: the lower id, as
-  :func:`~skurec.models._common.topk_stable`), ``-inf`` for the others; ``exp`` of the key is the score
+  :func:`~skurec.models._common.topk_stable`); the others: behind an LDA router their global ``log p(c | x)`` capped
+  just below the decision (:func:`~skurec.models.hierarchical.mix_global_ranks`: top-k covers every SKU), else
+  ``-inf``; ``exp`` of the key is the score
   ``predict_topk`` reports. Flat softmax models: the log-probability. Prototype models: the cosine (``score_is_log``
   False).
 * ``log_posterior`` (n, C): the full posterior over every SKU (hierarchical: the key without routing, ``log p(s(c))
@@ -30,6 +32,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from skurec.models.hierarchical import MIX_GAP
 
 
 class ScoringUnsupported(ValueError):
@@ -182,7 +186,12 @@ class ScoreGraph(torch.nn.Module):
         cond = f.double() - self.slots.logsumexp(f).index_select(1, self.sc)  # log-softmax inside each superclass
         key = coarse_logp.index_select(1, self.sc) + cond
         keep = self._routed(coarse_logp).index_select(1, self.sc)
-        routed = torch.where(keep, key, torch.full_like(key, float("-inf")))
+        if self.lda and self.m < self.S:  # ranks after the first over every SKU, as the model's predict_topk
+            best = torch.where(keep, key, torch.full_like(key, float("-inf"))).amax(dim=1, keepdim=True)
+            outside = torch.minimum(torch.log_softmax(g.double(), dim=1), best - MIX_GAP)
+        else:
+            outside = torch.full_like(key, float("-inf"))
+        routed = torch.where(keep, key, outside)
         return routed.float(), key.float(), energy, distance
 
 

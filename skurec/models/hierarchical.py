@@ -369,6 +369,11 @@ def routed_topk_widths(
     return out
 
 
+#: an SKU outside the routed superclasses scores at most the decision's key minus this (log space): ranks after the
+#: first never outscore it, so one score vector ranks like :func:`mix_global_ranks` (the cart's score graph)
+MIX_GAP = 1e-4
+
+
 def mix_global_ranks(
     vals: torch.Tensor,
     idx: torch.Tensor,
@@ -379,14 +384,16 @@ def mix_global_ranks(
     m: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Ranks after the first over ALL SKUs: rank 1 stays the hierarchy's decision; ranks 2..k are the best of the
-    routed candidates (key ``log p(s) + log p(c | s)``) and of the SKUs outside the top-``m`` superclasses, scored
-    by the global scorer's calibrated ``log p(c)`` (``global_logp`` (n, C) float64; both are log-probabilities of
-    one SKU, so they mix; ties go to the routed candidate). ``vals`` / ``idx`` / ``valid`` (n, k) as
-    :func:`routed_topk_widths` returns them, ``sc`` (C,) the superclass of each SKU."""
+        routed candidates (key ``log p(s) + log p(c | s)``) and of the SKUs outside the top-``m`` superclasses, scored
+        by the global scorer's calibrated ``log p(c)`` (``global_logp`` (n, C) float64; both are log-probabilities of
+        one SKU, so they mix; ties go to the routed candidate; a global score above the decision's is capped just below it,
+    :data:`MIX_GAP`). ``vals`` / ``idx`` / ``valid`` (n, k) as
+        :func:`routed_topk_widths` returns them, ``sc`` (C,) the superclass of each SKU."""
     n, k = vals.shape
     _, top = topk_stable(coarse_p, m)
     routed = torch.zeros(coarse_p.shape, dtype=torch.bool).scatter_(1, top, True)[:, sc]
     gv, gi = topk_stable(global_logp.masked_fill(routed, float("-inf")), k - 1)
+    gv = torch.minimum(gv, vals[:, :1] - MIX_GAP)  # never above the decision: scores fall with the rank
     cand_v = torch.cat([vals[:, 1:].masked_fill(~valid[:, 1:], float("-inf")), gv], dim=1)
     cand_i = torch.cat([idx[:, 1:], gi], dim=1)
     order = torch.sort(cand_v, dim=1, descending=True, stable=True).indices[:, : k - 1]

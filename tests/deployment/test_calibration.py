@@ -42,9 +42,11 @@ def test_score_graph_ranks_like_predict_topk(hierarchy):
         out = score_arrays(ScoreGraph(model, m), Xv)
         pred = model.predict_topk(Xv, k=3, m=m)
         idx, vals = topk_rows(out["log_scores"], 3)
-        labels = np.asarray(model.classes)[idx[:, 0]]
-        assert (labels == pred.labels[:, 0]).all()
-        np.testing.assert_allclose(np.exp(vals[:, 0]), pred.scores[:, 0], atol=1e-5)
+        assert (idx >= 0).all()  # every rank filled, also with one superclass routed (the rest by the global scorer)
+        labels = np.asarray(model.classes)[idx]
+        assert (labels == pred.labels).all()  # the cart's top-3 is the evaluated top-3, not only its top-1
+        np.testing.assert_allclose(np.exp(vals), pred.scores, atol=1e-5)
+        assert (np.diff(pred.scores, axis=1) <= 0).all()  # scores fall with the rank
         post = np.exp(out["log_posterior"].astype(np.float64)).sum(axis=1)
         np.testing.assert_allclose(post, 1.0, atol=1e-4)  # the full posterior is a distribution over every SKU
 
