@@ -100,6 +100,25 @@ class AuditResult:
     io: dict = field(default_factory=dict)  # {"n_locations", "n_read", "n_reused"}: what this audit had to read
 
 
+def records(frame: pd.DataFrame) -> list[dict]:
+    """``frame.to_dict("records")`` (the same values: missing values of extension columns as None, numpy scalars in
+    object columns as Python ones), built column by column: a fifth of the cost on 30,000 rows."""
+    cols = list(frame.columns)
+    return [dict(zip(cols, values)) for values in zip(*(_column_values(frame[c]) for c in cols))]
+
+
+def _column_values(column: pd.Series) -> list:
+    dtype = column.dtype
+    if isinstance(dtype, np.dtype) and dtype.kind in "Mm":  # datetimes: pandas' own boxing (Timestamp, Timedelta)
+        return list(column)
+    values = column.tolist()
+    if not isinstance(dtype, np.dtype):  # an extension dtype (Int64, string, ...): pd.NA is None in to_dict
+        return [None if v is pd.NA else v for v in values]
+    if dtype.kind == "O":
+        return [v.item() if isinstance(v, (np.number, np.bool_)) else v for v in values]
+    return values
+
+
 def split_hash(image_id: str, salt: str) -> float:
     """A number in [0, 1) fixed by the image id alone."""
     return int(hashlib.sha256(f"{salt}:{image_id}".encode()).hexdigest()[:15], 16) / float(16**15)
@@ -286,7 +305,7 @@ def audit(
     """
     raw = normalise_rows(raw)
     n = len(raw)
-    cells = raw.to_dict("records")  # plain dicts: per-cell DataFrame access costs ~35 us, too much per row
+    cells = records(raw)  # plain dicts: per-cell DataFrame access costs ~35 us, too much per row
     probes, results, stamps, io_stats = _probe_rows(cells, config, storage_options, previous, progress)
     kept, quarantine = _triage_rows(cells, probes)
     images = _image_rows(cells, probes, kept, config)
@@ -328,7 +347,7 @@ def _probe_rows(
     stamps = file_stamps(uris, storage_options, config.read_threads)
     results: dict[str, dict] = {}
     if prev_table is not None and len(prev_table):
-        recorded = {r["image_uri"]: r for r in prev_table.to_dict("records")}
+        recorded = {r["image_uri"]: r for r in records(prev_table)}
         for uri in uris:
             prev_rec = recorded.get(uri)
             if prev_rec is not None and _reusable(prev_rec, stamps.get(uri), config):
@@ -470,16 +489,25 @@ def class_tiers(images: pd.DataFrame, config: AuditConfig) -> dict[str, str]:
 
 def _settle_splits(images: pd.DataFrame, tier: Mapping[str, str]) -> None:
     """In place: every head class gets a validation image (its lowest-hash unpinned image) when it keeps a train
-    image; every active class whose hash split left it no train image gets its highest-hash unpinned val image back."""
-    for sku, grp in images[images["active"]].groupby("sku_id"):
-        free = grp[~grp["split_pinned"]]
-        n_train = int((grp["split"] == "train").sum())
-        if n_train == 0:
-            back = free[free["split"] == "val"]
-            if len(back):
-                images.loc[back["_h"].idxmax(), "split"] = "train"
-        elif tier.get(sku) == HEAD and not (grp["split"] == "val").any() and len(free) and n_train >= 2:
-            images.loc[free["_h"].idxmin(), "split"] = "val"
+    image; every active class whose hash split left it no train image gets its highest-hash unpinned val image back.
+    (All classes at once: a per-class loop costs ~1 ms a class, the whole audit's time at 500 SKUs.)"""
+    active = images[images["active"]]
+    if active.empty:
+        return
+    sku = active["sku_id"]
+    n_train = (active["split"] == "train").groupby(sku).sum()
+    has_val = (active["split"] == "val").groupby(sku).any()
+    free = active[~active["split_pinned"].astype(bool)]
+    # no train image: the highest-hash unpinned val image goes back to train
+    no_train = set(n_train.index[n_train == 0])
+    back = free[(free["split"] == "val") & free["sku_id"].isin(no_train)]
+    to_train = back.groupby("sku_id")["_h"].idxmax()
+    # a head class with >= 2 train images and no val image: its lowest-hash unpinned image becomes val
+    is_head = pd.Series({s: tier.get(s) == HEAD for s in n_train.index}, dtype=bool)
+    needs_val = set(n_train.index[(n_train >= 2) & ~has_val & is_head.reindex(n_train.index).to_numpy()])
+    to_val = free[free["sku_id"].isin(needs_val)].groupby("sku_id")["_h"].idxmin()
+    images.loc[to_train.to_numpy(), "split"] = "train"
+    images.loc[to_val.to_numpy(), "split"] = "val"
 
 
 def tiers_of_classes(classes: pd.DataFrame) -> dict[str, str]:
@@ -501,14 +529,15 @@ def _class_table(images: pd.DataFrame, config: AuditConfig, tier: Mapping[str, s
     if images.empty:
         return pd.DataFrame(columns=cols)
     g = images.groupby("sku_id")
+    per_split = pd.crosstab(images["sku_id"], images["split"]).reindex(columns=["train", "val", "test"], fill_value=0)
     classes = pd.DataFrame(
         {
             "sku_name": g["sku_name"].agg(_first_non_null),
             "group_id": g["group_id"].agg(_first_non_null),
             "n_images": g.size(),
-            "n_train": g["split"].agg(lambda s: int((s == "train").sum())),
-            "n_val": g["split"].agg(lambda s: int((s == "val").sum())),
-            "n_test": g["split"].agg(lambda s: int((s == "test").sum())),
+            "n_train": per_split["train"].astype(int),
+            "n_val": per_split["val"].astype(int),
+            "n_test": per_split["test"].astype(int),
         }
     ).reset_index()
     classes["tier"] = classes["sku_id"].map(tier).fillna(UNTRAINED)
