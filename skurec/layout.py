@@ -24,6 +24,7 @@ relative to the work directory (``Workspace`` resolves them, locally or on objec
                                           models/card_digests/ (each card's SHA-256)
       review_queue/                       low-confidence predictions waiting for a label
       edge/<model_id>/                    the deployed model's edge bundle (ONNX + manifest, skurec.edge runs it)
+      edge/_encoders/<key>/               the fp32 encoder ONNX of one encoder identity, reused by later bundles
 """
 
 from __future__ import annotations
@@ -156,6 +157,15 @@ def card_digest_record(model_id: str) -> str:
 
 def edge_bundle_dir(model_id: str) -> str:
     return f"{EDGE_DIR}/{model_id}"
+
+
+#: the fp32 encoder export of one encoder identity (encoder id, opset, exporter): the encoder does not change when a
+#: batch extends the model, so a new bundle copies it (``encoder.onnx`` + ``export.json`` with its SHA-256)
+EDGE_ENCODER_EXPORTS_DIR = f"{EDGE_DIR}/_encoders"
+
+
+def edge_encoder_export_dir(key: str) -> str:
+    return f"{EDGE_ENCODER_EXPORTS_DIR}/{key}"
 
 
 # ------------------------------------------------------------------------------------------------ typed readers

@@ -1,6 +1,8 @@
 """The cart's bundle: ``edge_bundle`` exports the deployed model as ONNX + manifest (``<workdir>/edge/<model_id>/``)
-each time the deployment changes, and publishes it only when its parity check passes on the validation images
-(:mod:`skurec.serving.edge_export`). A refused export keeps the previous bundle and the metadata says why."""
+each time the deployment changes, and publishes it only when its parity check passes on the validation images (a
+stable-hash sample of at most ``EdgeExportConfig.parity_images``; :mod:`skurec.serving.edge_export`). The fp32 encoder
+export is kept per encoder identity and reused by the next bundle. A refused export keeps the previous bundle and the
+metadata says why."""
 
 import tempfile
 from pathlib import Path
@@ -21,7 +23,8 @@ from skurec_resources import StorageResource
     description=(
         "The deployed model as an edge bundle for the cart: ONNX encoder (with its view recipe and layers) and ONNX "
         "classifier, labels, thresholds and a manifest with every file's SHA-256, run by `skurec.edge` (onnxruntime, "
-        "numpy, Pillow). Published only when the runner answers like the Recognizer on every validation image."
+        "numpy, Pillow). Published only when the runner answers like the Recognizer on the validation images (a "
+        "stable-hash sample of at most 256); the encoder's ONNX export is reused while the encoder is unchanged."
     ),
 )
 def edge_bundle(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
@@ -39,7 +42,7 @@ def edge_bundle(context: dg.AssetExecutionContext, storage: StorageResource) -> 
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / "bundle"
         try:
-            manifest = export_from_workdir(ws, local, model_id)
+            manifest = export_from_workdir(ws, local, model_id, reuse_encoder=True)
         except ParityError as exc:
             context.log.warning(f"edge bundle of {model_id} refused: {exc}")
             return dg.MaterializeResult(metadata={"status": "refused", "model_id": model_id, "reason": str(exc)})
@@ -59,6 +62,8 @@ def _metadata(uri: str, manifest: dict, status: str) -> dict:
         "model_id": manifest.get("model_id"),
         "precision": manifest.get("precision"),
         "parity_images": parity.get("n_images"),
+        "parity_images_available": parity.get("n_validation_images", parity.get("n_images")),
+        "encoder_export_reused": bool((manifest.get("encoder_export") or {}).get("reused", False)),
         "parity_top1_agreement": parity.get("top1_agreement"),
         "parity_max_score_diff": parity.get("max_score_diff"),
         "files": dg.MetadataValue.json(manifest.get("files", {})),

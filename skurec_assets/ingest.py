@@ -9,9 +9,9 @@ import dagster as dg
 import pandas as pd
 
 from skurec import layout
-from skurec.catalogue.audit import audit, catalogue_snapshot_hash
+from skurec.catalogue.audit import AuditResult, audit, catalogue_snapshot_hash
 from skurec.catalogue.batches import BatchError, find_batch, inspect_batch
-from skurec.catalogue.importer import CatalogueError, import_catalogue
+from skurec.catalogue.importer import CatalogueError, ImportReport, import_catalogue
 from skurec.catalogue.ingest import batch_record_rel, ingest_batch, ingested_batch_rows, ingested_hashes
 from skurec.catalogue.schemas import ClassesSchema, ImagesSchema, QuarantineSchema
 from skurec.plots import class_count_histogram_png
@@ -102,13 +102,28 @@ def _batch_result(status: str, record: dict, new_skus: Sequence[str] = (), note:
         "The labelled catalogue (folder or manifest) plus every ingested labelling batch, audited: content-hashed "
         "image ids, duplicates collapsed, label conflicts and unreadable rows quarantined with a reason, classes "
         "below min_shots kept but inactive, head (>= min_samples) and tail (>= min_shots) tiers both trained, a "
-        "stable 90/10 train/val split. Tables: images, quarantine, classes."
+        "stable 90/10 train/val split, and a stable-hash test share carved from the head when the catalogue has no "
+        "test rows (test_split says given / carved / none). Tables: images, quarantine, classes."
     ),
 )
 def audited_catalogue(
     context: dg.AssetExecutionContext, storage: StorageResource, catalogue: CatalogueResource
 ) -> dg.MaterializeResult:
     ws = storage.workspace()
+    report, raw = _import_rows(context, ws, storage, catalogue)
+    result = _audit_rows(context, ws, storage, catalogue, raw)
+    snapshot = catalogue_snapshot_hash(result.images)
+    summary = {**result.summary, "catalogue_snapshot": snapshot, "location": redact_uri(catalogue.location)}
+    hist = _write_audit(ws, result, summary, catalogue.min_samples)
+    return dg.MaterializeResult(
+        metadata=_audit_metadata(ws, result, report, hist, snapshot), data_version=dg.DataVersion(snapshot)
+    )
+
+
+def _import_rows(
+    context: dg.AssetExecutionContext, ws, storage: StorageResource, catalogue: CatalogueResource
+) -> tuple[ImportReport, pd.DataFrame]:
+    """The catalogue's rows plus every ingested batch's rows."""
     try:
         report = import_catalogue(
             catalogue.location,
@@ -125,24 +140,30 @@ def audited_catalogue(
     )
     if report.unknown_columns:
         context.log.warning(f"manifest columns ignored (unknown): {list(report.unknown_columns)}")
+    return report, raw
 
-    # The previous audit's file stamps: an unchanged file is not read again, so a batch costs what the batch holds.
+
+def _audit_rows(
+    context: dg.AssetExecutionContext, ws, storage: StorageResource, catalogue: CatalogueResource, raw: pd.DataFrame
+) -> AuditResult:
+    """The audit, incremental on the previous one: an unchanged file is not read again (its recorded probe), and an
+    image already audited keeps its split (README: "an image keeps its split when new images arrive")."""
     previous = ws.read_table(AUDIT_PROBES_TABLE) if ws.has_table(AUDIT_PROBES_TABLE) else None
-    result = audit(
+    return audit(
         raw,
         catalogue.audit_config(),
         storage_options=storage.storage_options(),
         progress=throttled_progress(context, "audited {done}/{total} images"),
         previous=previous,
-        # images already audited keep their split (README: "an image keeps its split when new images arrive")
         keep_splits=ws.read_table("images", columns=["image_id", "split", "split_pinned"])
         if ws.has_table("images")
         else None,
     )
-    s = result.summary
-    snapshot = catalogue_snapshot_hash(result.images)
-    summary = {**s, "catalogue_snapshot": snapshot, "location": redact_uri(catalogue.location)}
-    # All of the audit's tables and its summary change together: a new snapshot, then one pointer switch.
+
+
+def _write_audit(ws, result: AuditResult, summary: dict, min_samples: int) -> bytes:
+    """All of the audit's tables and its summary change together: a new snapshot, then one pointer switch; then the
+    class-count histogram and the summary's copy for people. Returns the histogram (PNG)."""
     try:
         ws.write_table_group(
             "audit",
@@ -160,48 +181,50 @@ def audited_catalogue(
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         raise dg.Failure(description=str(exc), allow_retries=False) from None
-    counts = result.classes["n_images"].astype(int).tolist()
-    hist = class_count_histogram_png(counts, catalogue.min_samples)
+    hist = class_count_histogram_png(result.classes["n_images"].astype(int).tolist(), min_samples)
     ws.write_bytes(layout.CLASS_COUNTS_PNG, hist)
     ws.write_json(layout.AUDIT_SUMMARY, summary)  # the copy for people; readers use the snapshot's
+    return hist
+
+
+def _audit_metadata(ws, result: AuditResult, report: ImportReport, hist: bytes, snapshot: str) -> dict:
+    s = result.summary
     quarantine_preview = result.quarantine.head(20)[["image_uri", "sku_id", "reason", "detail"]].to_dict("records")
-    return dg.MaterializeResult(
-        metadata={
-            "n_input_rows": s["n_input_rows"],
-            "n_accepted": s["n_accepted"],
-            "n_quarantined": s["n_quarantined"],
-            "n_classes": s["n_classes"],
-            "n_active_classes": s["n_active_classes"],
-            "n_filtered_classes": s["n_filtered_classes"],
-            "n_active_images": s["n_active_images"],
-            # two tiers, one model: head (>= min_samples labelled images) and tail (>= min_shots), both trained
-            "n_head_classes": s["tiers"]["head"]["n_classes"],
-            "n_tail_classes": s["tiers"]["tail"]["n_classes"],
-            "n_untrained_classes": s["tiers"]["untrained"]["n_classes"],
-            "tiers": dg.MetadataValue.json(
-                {**s["tiers"], "min_samples": s["min_samples"], "min_shots": s["min_shots"]}
-            ),
-            "tail_validation": dg.MetadataValue.json(s["tail_validation"]),
-            "split_counts": dg.MetadataValue.json(s["split_counts"]),
-            "quarantine_reasons": dg.MetadataValue.json(s["quarantine_reasons"]),
-            "filtered_classes": dg.MetadataValue.json(s["filtered_classes"][:200]),
-            "active_classes_without_val": dg.MetadataValue.json(list(s.get("active_classes_without_val", []))[:200]),
-            "audit_io": dg.MetadataValue.json(result.io),
-            "unknown_manifest_columns": dg.MetadataValue.json(list(report.unknown_columns)),
-            "class_count_histogram": dg.MetadataValue.md(png_markdown(hist, "images per class")),
-            "quarantine_preview": dg.MetadataValue.md(
-                markdown_table(quarantine_preview, ["image_uri", "sku_id", "reason", "detail"])
-            ),
-            "catalogue_snapshot": snapshot,
-            "dagster/column_schema": table_schema(ImagesSchema),
-            "quarantine_schema": dg.MetadataValue.table_schema(table_schema(QuarantineSchema)),
-            "classes_schema": dg.MetadataValue.table_schema(table_schema(ClassesSchema)),
-            "dagster/row_count": s["n_accepted"],
-            "duckdb_file": dg.MetadataValue.path(ws.duckdb_path),
-            "images_table": dg.MetadataValue.path(ws.uri(ws.table_rel("images"))),
-        },
-        data_version=dg.DataVersion(snapshot),
-    )
+    return {
+        "n_input_rows": s["n_input_rows"],
+        "n_accepted": s["n_accepted"],
+        "n_quarantined": s["n_quarantined"],
+        "n_classes": s["n_classes"],
+        "n_active_classes": s["n_active_classes"],
+        "n_filtered_classes": s["n_filtered_classes"],
+        "n_active_images": s["n_active_images"],
+        # two tiers, one model: head (>= min_samples labelled images) and tail (>= min_shots), both trained
+        "n_head_classes": s["tiers"]["head"]["n_classes"],
+        "n_tail_classes": s["tiers"]["tail"]["n_classes"],
+        "n_untrained_classes": s["tiers"]["untrained"]["n_classes"],
+        "tiers": dg.MetadataValue.json({**s["tiers"], "min_samples": s["min_samples"], "min_shots": s["min_shots"]}),
+        "tail_validation": dg.MetadataValue.json(s["tail_validation"]),
+        "split_counts": dg.MetadataValue.json(s["split_counts"]),
+        # the test split: given by the manifest, carved by the stable hash from the head classes, or none
+        "test_split": s["test_split"],
+        "test_carve": dg.MetadataValue.json(s["test_carve"]),
+        "quarantine_reasons": dg.MetadataValue.json(s["quarantine_reasons"]),
+        "filtered_classes": dg.MetadataValue.json(s["filtered_classes"][:200]),
+        "active_classes_without_val": dg.MetadataValue.json(list(s.get("active_classes_without_val", []))[:200]),
+        "audit_io": dg.MetadataValue.json(result.io),
+        "unknown_manifest_columns": dg.MetadataValue.json(list(report.unknown_columns)),
+        "class_count_histogram": dg.MetadataValue.md(png_markdown(hist, "images per class")),
+        "quarantine_preview": dg.MetadataValue.md(
+            markdown_table(quarantine_preview, ["image_uri", "sku_id", "reason", "detail"])
+        ),
+        "catalogue_snapshot": snapshot,
+        "dagster/column_schema": table_schema(ImagesSchema),
+        "quarantine_schema": dg.MetadataValue.table_schema(table_schema(QuarantineSchema)),
+        "classes_schema": dg.MetadataValue.table_schema(table_schema(ClassesSchema)),
+        "dagster/row_count": s["n_accepted"],
+        "duckdb_file": dg.MetadataValue.path(ws.duckdb_path),
+        "images_table": dg.MetadataValue.path(ws.uri(ws.table_rel("images"))),
+    }
 
 
 @dg.asset_check(asset=audited_catalogue, blocking=True, description="accepted + quarantined rows == input rows")

@@ -25,7 +25,7 @@ import csv
 import io
 import os
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -126,12 +126,33 @@ def _resolve(
     return uri, None, None
 
 
-def _symlink_escapes_all(uri: str, bounds: Sequence[str]) -> bool:
+class RealPaths:
+    """``os.path.realpath`` for the many files of one import: each folder's real path is resolved once, and a file
+    that is not itself a symlink resolves to its folder's real path plus its name (what ``realpath`` returns for it,
+    without an ``lstat`` of every path component for every file)."""
+
+    def __init__(self) -> None:
+        self._known: dict[str, str] = {}
+
+    def __call__(self, path: str) -> str:
+        real = self._known.get(path)
+        if real is not None:
+            return real
+        head, name = os.path.split(path)
+        if not head or name in ("", ".", "..") or os.path.islink(path):
+            real = os.path.realpath(path)
+        else:
+            real = os.path.join(self(head), name)
+        self._known[path] = real
+        return real
+
+
+def _symlink_escapes_all(uri: str, bounds: Sequence[str], realpath: Callable[[str], str] = os.path.realpath) -> bool:
     """True when a local ``uri`` resolves through symlinks to a file outside every local bound."""
     if _local_path(uri) is None:
         return False
     local = [b for b in bounds if _local_path(b) is not None]
-    return bool(local) and all(_symlink_escapes(uri, b) for b in local)
+    return bool(local) and all(_symlink_escapes(uri, b, realpath) for b in local)
 
 
 def _local_path(uri: str) -> str | None:
@@ -143,12 +164,12 @@ def _local_path(uri: str) -> str | None:
     return None
 
 
-def _symlink_escapes(uri: str, root: str) -> bool:
+def _symlink_escapes(uri: str, root: str, realpath: Callable[[str], str] = os.path.realpath) -> bool:
     """True when a local ``uri`` resolves (through symlinks) to a file outside the local ``root``."""
     path, root_path = _local_path(uri), _local_path(root)
     if path is None or root_path is None:
         return False
-    real, real_root = os.path.realpath(path), os.path.realpath(root_path).rstrip("/")
+    real, real_root = realpath(path), realpath(root_path).rstrip("/")
     return not (real == real_root or real.startswith(real_root + "/"))
 
 
@@ -350,6 +371,7 @@ def import_folder(
         except (PermissionError, NotADirectoryError) as exc:
             raise CatalogueError(f"cannot list catalogue folder {shown!r}: {exc}; fix its permissions") from exc
     shown_bounds = ", ".join(repr(redact_uri(b)) for b in bounds)
+    realpath = RealPaths()
     for i, path in enumerate(sorted([*listing, *outside])):
         rel = path[len(root) + 1 :] if path.startswith(root + "/") else posixpath.basename(path)
         parts = rel.split("/")
@@ -360,7 +382,7 @@ def import_folder(
         error, detail = (None, None) if sku else ("no_sku_folder", "file is not inside a <sku_id>/ folder")
         if path in outside:
             error, detail = "path_outside_root", outside[path]
-        elif not any(_inside(uri, b) for b in bounds) or _symlink_escapes_all(uri, bounds):
+        elif not any(_inside(uri, b) for b in bounds) or _symlink_escapes_all(uri, bounds, realpath):
             error, detail = "path_outside_root", f"{rel!r} resolves outside the read root(s) {shown_bounds}"
         rows.append(
             {

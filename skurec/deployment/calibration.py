@@ -53,6 +53,7 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
 
 
 TEMPERATURE_GRID = tuple(float(t) for t in np.geomspace(0.05, 50.0, 61))
+_BLOCK_ELEMENTS = 1 << 18  # rows x SKUs per block of the vectorised loops (2 MiB of float64: stays in cache)
 
 
 def fit_temperature_on(
@@ -68,14 +69,33 @@ def fit_temperature_on(
     if not len(post):
         return 1.0
     correct = pred == target
-    rows = np.arange(len(post))
     best, best_key = 1.0, (float("inf"), 0.0)
     for T in TEMPERATURE_GRID:
-        conf = np.exp(calibrated_log_probs(post, T)[rows, pred])
+        conf = calibrated_top1_probability(post, pred, T)
         key = (round(expected_calibration_error(conf, correct, bins), 9), abs(np.log(T)))
         if key < best_key:
             best, best_key = T, key
     return float(best)
+
+
+def calibrated_top1_probability(log_posterior: np.ndarray, pred: np.ndarray, temperature: float) -> np.ndarray:
+    """``exp(calibrated_log_probs(log_posterior, T)[i, pred[i]])`` for every row, computed with the same float64
+    operations block by block and without the (n, C) log-probability table: the temperature grid runs this 61 times
+    on every validation row, so it is the calibration's main cost."""
+    post = np.asarray(log_posterior, dtype=np.float64)
+    pred = np.asarray(pred, dtype=np.int64).reshape(-1, 1)
+    out = np.empty(len(post), dtype=np.float64)
+    step = max(1, _BLOCK_ELEMENTS // max(1, post.shape[1]))
+    for a in range(0, len(post), step):
+        z = post[a : a + step] / float(temperature)
+        top = np.max(z, axis=1, keepdims=True)
+        top = np.where(np.isfinite(top), top, 0.0)
+        at_pred = np.take_along_axis(z, pred[a : a + step], axis=1)
+        np.subtract(z, top, out=z)
+        np.exp(z, out=z)
+        with np.errstate(divide="ignore"):
+            out[a : a + step] = np.exp(at_pred - top - np.log(np.sum(z, axis=1, keepdims=True)))[:, 0]
+    return out
 
 
 def val_tracks(target: np.ndarray, k: int) -> list[np.ndarray]:
@@ -93,19 +113,49 @@ def val_tracks(target: np.ndarray, k: int) -> list[np.ndarray]:
 def choose_fusion(outputs: dict[str, np.ndarray], target: np.ndarray, temperature: float) -> tuple[str, dict]:
     """The track fusion rule (:data:`skurec.edge.decide.FUSION_RULES`) with the best validation top-1 over tracks of
     2 and 3 same-SKU photos (ties: ``sum_log``); returns ``(rule, {rule: mean top-1})``."""
-    from skurec.edge.decide import FUSION_RULES, fuse_track
+    from skurec.edge.decide import FUSION_RULES
 
-    rec = {"temperature": temperature}
     target = np.asarray(target)
+    # The calibrated log-posterior of every row once (fuse_track computes it per track: the same rows, many times).
+    lp = calibrated_log_probs(outputs.get("log_posterior", outputs["log_scores"]), float(temperature or 1.0))
     scores = {}
     for rule in FUSION_RULES:
-        hits = []
-        for k in (2, 3):
-            for g in val_tracks(target, k):
-                fused = fuse_track({n: v[g] for n, v in outputs.items()}, rec, rule)
-                hits.append(int(np.argmax(fused["log_scores"][0])) == int(target[g[0]]))
+        hits = [h for k in (2, 3) for h in fused_track_hits(lp, target, val_tracks(target, k), rule, temperature)]
         scores[rule] = float(np.mean(hits)) if hits else 0.0
     return max(FUSION_RULES, key=lambda r: (scores[r], r == "sum_log")), scores
+
+
+def fused_track_hits(
+    lp: np.ndarray, target: np.ndarray, tracks: list[np.ndarray], rule: str, temperature: float
+) -> list[bool]:
+    """For each track (row indices of one SKU), whether :func:`skurec.edge.decide.fuse_track` with ``rule`` ranks the
+    track's SKU first, from the rows' calibrated log-posteriors ``lp``: the same float64 operations as ``fuse_track``,
+    on every track of one length at once (block by block) instead of one track at a time."""
+    from skurec.edge.decide import log_softmax_rows
+
+    T = float(temperature or 1.0)
+    hits = np.zeros(len(tracks), dtype=bool)
+    by_length: dict[int, list[int]] = {}
+    for i, g in enumerate(tracks):
+        by_length.setdefault(len(g), []).append(i)
+    for length, which in by_length.items():
+        idx = np.stack([tracks[i] for i in which])  # (m, length)
+        step = max(1, _BLOCK_ELEMENTS // max(1, length * lp.shape[1]))
+        for a in range(0, len(which), step):
+            rows = lp[idx[a : a + step]]  # (b, length, C)
+            top = np.max(rows, axis=1, keepdims=True)
+            top = np.where(np.isfinite(top), top, 0.0)
+            with np.errstate(divide="ignore"):
+                mean_prob = (top + np.log(np.mean(np.exp(rows - top), axis=1, keepdims=True)))[:, 0]
+            if rule == "sum_log":
+                fused = np.sum(rows, axis=1)
+                no_mass = ~np.isfinite(fused).any(axis=1)  # fuse_track falls back to mean_prob for such a track
+                fused[no_mass] = mean_prob[no_mass]
+            else:
+                fused = mean_prob
+            best = np.argmax(log_softmax_rows(fused) * T, axis=1)
+            hits[np.asarray(which[a : a + step])] = best == target[idx[a : a + step, 0]]
+    return hits.tolist()
 
 
 def threshold_keeping(score: np.ndarray, correct: np.ndarray, keep: float) -> float | None:
@@ -137,7 +187,7 @@ def calibrate_outputs(
     raw_top = ls[np.arange(len(ls)), pred]
     correct = pred == target
     T = fit_temperature_on(post, target, pred, config.ece_bins)
-    conf = np.exp(calibrated_log_probs(post, T)[np.arange(len(ls)), pred])
+    conf = calibrated_top1_probability(post, pred, T)
     u = unknown_score(method, conf, outputs["energy"], outputs["distance"])
     t = threshold_keeping(u, correct, config.keep)
     if t is not None and method == "max_prob":
@@ -222,6 +272,8 @@ __all__ = [
     "choose_fusion",
     "expected_calibration_error",
     "TEMPERATURE_GRID",
+    "calibrated_top1_probability",
     "fit_temperature_on",
+    "fused_track_hits",
     "threshold_keeping",
 ]

@@ -197,8 +197,39 @@ def prepare_fast_path(
 
     Returns ``(None, why, details)`` when there is nothing to add, no deployed model, or the encoder changed.
     """
-    store = ModelStore(ws)
-    base_id = store.deployed_id()
+    base, why_not, details = _fast_path_base(ws, data)
+    if base is None:
+        return None, why_not, details
+    seen = set(base.table["image_id"])
+    new_idx = [i for i, image_id in enumerate(data.train.image_ids) if image_id not in seen]
+    if not new_idx:
+        return None, f"no train image that {base.model_id} has not seen: nothing to add", details
+    # the new images' fit rows: each image plus its train-time views when the encoder has them
+    fit_idx = [i for i, image_id in enumerate(data.fit.image_ids) if image_id not in seen]
+    result = base.model.add_classes(data.fit.X[fit_idx], data.fit.y[fit_idx], attach=attach)
+    model_id = model_id or new_model_id("fast")
+    table = _fast_path_table(base, data, new_idx, seen, model_id)
+    tiers = _tiers(ws)
+    fast = {
+        "new_skus": sorted(result.superclass_of_new),
+        "superclass_of_new": {k: int(v) for k, v in sorted(result.superclass_of_new.items())},
+        "refreshed_skus": sorted(result.refreshed),
+        "n_images_added": int(len(new_idx)),
+        "n_fit_rows_added": int(len(fit_idx)),  # the images plus their train-time views
+        "attach_rule": result.attach_rule,
+        "inactive_new_skus": details["inactive_new_skus"],
+        # a new SKU enters in the tail tier (>= min_shots images) and joins the head on a full rebuild (>= min_samples)
+        "tier_of_new": {k: tiers.get(k, "tail") for k in sorted(result.superclass_of_new)},
+    }
+    card = _fast_path_card(ws, data, base, result, table, fast, attach, tiers)
+    why = f"{len(fast['new_skus'])} new SKU(s) and {len(new_idx)} image(s) added to {base.model_id} without retraining"
+    return PublishedModel(model_id, result.model, card, table), why, {**details, **fast}
+
+
+def _fast_path_base(ws: Workspace, data: Any) -> tuple[PublishedModel | None, str, dict[str, Any]]:
+    """The deployed model the fast path extends, or ``(None, why not, details)``: nothing deployed, another encoder,
+    a model kind without ``add_classes``."""
+    base_id = ModelStore(ws).deployed_id()
     if base_id is None:
         return None, "no deployed model to extend yet (the first model comes from full_rebuild)", {}
     base = load_published(ws, base_id)
@@ -208,34 +239,29 @@ def prepare_fast_path(
         "inactive_new_skus": _inactive_new_skus(ws, set(base.model.classes)),
     }
     if base_enc != data.encoder_id:
-        return (
-            None,
-            (
-                f"the encoder changed ({base_enc} -> {data.encoder_id}): the fast path cannot extend the "
-                "deployed model; run the full_rebuild job"
-            ),
-            details,
+        why = (
+            f"the encoder changed ({base_enc} -> {data.encoder_id}): the fast path cannot extend the "
+            "deployed model; run the full_rebuild job"
         )
+        return None, why, details
     if not hasattr(base.model, "add_classes"):
         return None, f"deployed model {base_id} ({type(base.model).__name__}) has no fast path", details
-    seen = set(base.table["image_id"])
-    new_idx = [i for i, image_id in enumerate(data.train.image_ids) if image_id not in seen]
-    if not new_idx:
-        return None, f"no train image that {base_id} has not seen: nothing to add", details
-    # the new images' fit rows: each image plus its train-time views when the encoder has them
-    fit_idx = [i for i, image_id in enumerate(data.fit.image_ids) if image_id not in seen]
-    result = base.model.add_classes(data.fit.X[fit_idx], data.fit.y[fit_idx], attach=attach)
-    y_new = data.train.y[new_idx]
-    model_id = model_id or new_model_id("fast")
+    return base, "", details
+
+
+def _fast_path_table(
+    base: PublishedModel, data: Any, new_idx: list[int], seen: set[str], model_id: str
+) -> pd.DataFrame:
+    """The base model's training table plus the new train images and the validation / test images the candidate
+    will be judged on (recorded, never trained on)."""
     added = pd.DataFrame(
         {
             "image_id": [data.train.image_ids[i] for i in new_idx],
-            "sku_id": y_new.astype(str),
+            "sku_id": data.train.y[new_idx].astype(str),
             "split": "train",
             "added_by": model_id,
         }
     )
-    # Validation/test images it will be judged on are recorded too (never trained on).
     held = [
         pd.DataFrame(
             {"image_id": s.image_ids, "sku_id": np.asarray(s.y).astype(str), "split": name, "added_by": model_id}
@@ -249,24 +275,26 @@ def prepare_fast_path(
         if set(TABLE_COLUMNS) <= set(base.table.columns)
         else pd.DataFrame(columns=TABLE_COLUMNS)
     )
-    table = pd.concat([base_rows, added, *held], ignore_index=True)
+    return pd.concat([base_rows, added, *held], ignore_index=True)
+
+
+def _fast_path_card(
+    ws: Workspace,
+    data: Any,
+    base: PublishedModel,
+    result: Any,
+    table: pd.DataFrame,
+    fast: dict[str, Any],
+    attach: str,
+    tiers: dict[str, str],
+) -> dict:
+    """The extended model's card: the base's superclasses plus the new SKUs' attachments, its training config and
+    seeds, the fast-path record."""
     train_ids = table.loc[table["split"] == "train", "image_id"].tolist()
     sc_base = dict(base.card.get("superclasses", {}))
-    tiers = _tiers(ws)
     attached = {**sc_base.get("attached", {}), **{k: int(v) for k, v in result.superclass_of_new.items()}}
-    fast = {
-        "new_skus": sorted(result.superclass_of_new),
-        "superclass_of_new": {k: int(v) for k, v in sorted(result.superclass_of_new.items())},
-        "refreshed_skus": sorted(result.refreshed),
-        "n_images_added": int(len(new_idx)),
-        "n_fit_rows_added": int(len(fit_idx)),  # the images plus their train-time views
-        "attach_rule": result.attach_rule,
-        "inactive_new_skus": details["inactive_new_skus"],
-        # a new SKU enters in the tail tier (>= min_shots images) and joins the head on a full rebuild (>= min_samples)
-        "tier_of_new": {k: tiers.get(k, "tail") for k in sorted(result.superclass_of_new)},
-    }
     assignment = json.dumps(result.model.superclass_of_class(), sort_keys=True).encode()
-    card = build_model_card(
+    return build_model_card(
         source=SOURCE_FAST,
         model=result.model,
         table=table,
@@ -277,14 +305,12 @@ def prepare_fast_path(
         seeds=base.card.get("seeds", {}),
         evaluation={},
         batches=batches_of(ws, train_ids),
-        base_model_id=base_id,
+        base_model_id=base.model_id,
         fast_path=fast,
         sku_names=_sku_names(ws),
         tiers=tiers,
         extra={"training_code_version": base.card.get("training_code_version")},
     )
-    why = f"{len(fast['new_skus'])} new SKU(s) and {len(new_idx)} image(s) added to {base_id} without retraining"
-    return PublishedModel(model_id, result.model, card, table), why, {**details, **fast}
 
 
 def _inactive_new_skus(ws: Workspace, known: set[str]) -> list[dict[str, Any]]:

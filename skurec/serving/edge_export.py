@@ -1,5 +1,5 @@
 """Export a published model as an edge bundle (:mod:`skurec.edge`), and refuse it unless it answers like the
-Recognizer on every validation image.
+Recognizer on the validation images (a stable sample of them, :attr:`EdgeExportConfig.parity_images`).
 
 * ``encoder.onnx``: ``torch.onnx.export`` (dynamo) of the loaded :class:`~skurec.encoders.base.FrozenEncoder`'s own
   forward (``_forward_backbone`` of every backbone: view recipe, GeM layers, per-part and final L2 norms).
@@ -9,7 +9,15 @@ Recognizer on every validation image.
 
 Parity (blocking, :func:`check_parity`): on the validation images the runner's top-1 equals the Recognizer's on every
 image and the largest top-k score difference is <= ``max_score_diff`` (fp32); the score graph itself is first
-checked against the model's ``predict_topk``. An int8 bundle (the encoder quantised: ``static`` QDQ calibrated on
+checked against the model's ``predict_topk``. The fp32 check runs on at most ``parity_images`` (256) validation images
+chosen by a stable hash of their ids (the same images whatever else arrives; the manifest's ``parity`` says how many
+of how many): it proves the exported graphs compute what the torch ones do, which a few hundred images show as well
+as thousands, and it is the same cost for a catalogue of any size.
+
+The fp32 encoder export depends on the encoder alone (its id, the opset, the exporter), not on the model: with a work
+directory (:func:`export_from_workdir`, ``reuse_encoder=True``, what the ``edge_bundle`` asset does) it is kept in
+``edge/_encoders/<key>/`` with its SHA-256 and copied into the next bundle instead of being exported again; the parity
+check then judges the bundle exactly as before. An int8 bundle (the encoder quantised: ``static`` QDQ calibrated on
 training images, or ``dynamic``) is judged on validation top-1 instead: refused when it loses more than ``max_int8_top1_drop``. A refused export leaves
 nothing at the destination.
 """
@@ -17,6 +25,7 @@ nothing at the destination.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import shutil
@@ -48,13 +57,15 @@ from skurec.edge.decide import topk_rows
 class EdgeExportConfig:
     """``opset``: ONNX opset of both graphs; ``max_score_diff``: fp32 parity tolerance on scores;
     ``max_int8_top1_drop``: validation top-1 an int8 bundle may lose (0.005 = half a point); ``max_images``: cap
-    on the validation images checked (None: every one); ``int8_calibration_images``: training images that calibrate
-    static int8 activation ranges."""
+    on the validation images read (id order; None: every one); ``parity_images``: the fp32 parity check's stable-hash
+    sample of them (None: every one; an int8 bundle, judged on validation top-1, always uses every one);
+    ``int8_calibration_images``: training images that calibrate static int8 activation ranges."""
 
     opset: int = 18
     max_score_diff: float = 1e-4
     max_int8_top1_drop: float = 0.005
     max_images: int | None = None
+    parity_images: int | None = 256
     batch_size: int = 16
     int8_calibration_images: int = 64
 
@@ -194,16 +205,84 @@ def training_images(ws: Any, n: int) -> list[bytes]:
     return [read_uri_bytes(u, storage_options=opts) for u in train["image_uri"].iloc[::step].head(n)]
 
 
-def validation_images(ws: Any, max_images: int | None = None) -> list[tuple[str, bytes, str]]:
-    """``(image_id, bytes, sku_id)`` of the active validation images of the audited catalogue (id order)."""
-    from skurec.store.workspace import read_uri_bytes
-
-    images = ws.read_table("images")
+def validation_rows(ws: Any, max_images: int | None = None) -> list[tuple[str, str, str]]:
+    """``(image_id, image_uri, sku_id)`` of the active validation images of the audited catalogue (id order)."""
+    images = ws.read_table("images", columns=["image_id", "image_uri", "sku_id", "split", "active"])
     val = images[(images["split"] == "val") & images["active"]].sort_values("image_id")
     if max_images is not None:
         val = val.head(int(max_images))
+    return [(r.image_id, r.image_uri, str(r.sku_id)) for r in val.itertuples()]
+
+
+def read_images(ws: Any, rows: Sequence[tuple[str, str, str]]) -> list[tuple[str, bytes, str]]:
+    """``(image_id, bytes, sku_id)`` of :func:`validation_rows`."""
+    from skurec.store.workspace import read_uri_bytes
+
     opts = getattr(ws, "storage_options", None)
-    return [(r.image_id, read_uri_bytes(r.image_uri, storage_options=opts), str(r.sku_id)) for r in val.itertuples()]
+    return [(i, read_uri_bytes(u, storage_options=opts), sku) for i, u, sku in rows]
+
+
+def validation_images(ws: Any, max_images: int | None = None) -> list[tuple[str, bytes, str]]:
+    """``(image_id, bytes, sku_id)`` of the active validation images of the audited catalogue (id order)."""
+    return read_images(ws, validation_rows(ws, max_images))
+
+
+PARITY_SALT = "skurec-parity-v1"
+EXPORT_RECORD = "export.json"  # beside a cached encoder export: its key and SHA-256
+
+
+def parity_sample(images: Sequence[tuple], n: int | None) -> list[tuple]:
+    """At most ``n`` of ``images`` (tuples whose first item is the image id, e.g. ``(image_id, bytes, sku_id)``):
+    those with the lowest hash of their image id, in their given order. An image in the sample stays in it until
+    images with a lower hash arrive; None: every image."""
+    images = list(images)
+    if n is None or len(images) <= n:
+        return images
+
+    def h(image_id: str) -> str:
+        return hashlib.sha256(f"{PARITY_SALT}:{image_id}".encode()).hexdigest()
+
+    keep = set(sorted(range(len(images)), key=lambda i: h(images[i][0]))[: max(0, int(n))])
+    return [im for i, im in enumerate(images) if i in keep]
+
+
+def encoder_export_key(encoder: Any, opset: int) -> str:
+    """What the fp32 encoder ONNX depends on: the encoder's identity (weights and every option), the opset and the
+    exporter (torch version)."""
+    doc = {"encoder_id": encoder.encoder_id, "opset": int(opset), "torch": torch.__version__, "format": "encoder-v1"}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def cached_encoder_onnx(ws: Any, encoder: Any, opset: int) -> tuple[bytes, dict[str, Any]]:
+    """The fp32 encoder ONNX of ``encoder`` from the work directory's export of the same identity
+    (:func:`encoder_export_key`) when its bytes match the SHA-256 recorded with it; otherwise exported now and kept
+    there for the next bundle. Returns the bytes and ``{"key", "sha256", "reused"}``."""
+    from skurec import layout
+
+    key = encoder_export_key(encoder, opset)
+    folder = layout.edge_encoder_export_dir(key)
+    if ws.exists(f"{folder}/{EXPORT_RECORD}") and ws.exists(f"{folder}/{ENCODER_ONNX}"):
+        record = ws.read_json(folder, EXPORT_RECORD)
+        data = ws.read_bytes(folder, ENCODER_ONNX)
+        if record.get("key") == key and hashlib.sha256(data).hexdigest() == record.get("sha256"):
+            return data, {"key": key, "sha256": record["sha256"], "reused": True}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / ENCODER_ONNX
+        export_encoder_onnx(encoder, str(path), opset)
+        data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    ws.write_bytes(f"{folder}/{ENCODER_ONNX}", data)
+    ws.write_json(  # the record last: a half-written export is never trusted
+        f"{folder}/{EXPORT_RECORD}",
+        {
+            "key": key,
+            "sha256": digest,
+            "encoder_id": encoder.encoder_id,
+            "opset": int(opset),
+            "torch": torch.__version__,
+        },
+    )
+    return data, {"key": key, "sha256": digest, "reused": False}
 
 
 def check_parity(
@@ -296,13 +375,19 @@ def build_bundle_files(
     config: EdgeExportConfig,
     quantize: str | None = None,
     calibration_images: Sequence[bytes] = (),
+    encoder_onnx: bytes | None = None,
 ) -> dict:
     """Write every bundle file except the parity report into ``root``; returns the manifest (without parity).
-    ``quantize``: None (fp32), ``"static"`` (calibrated on ``calibration_images``) or ``"dynamic"`` int8."""
+    ``quantize``: None (fp32), ``"static"`` (calibrated on ``calibration_images``) or ``"dynamic"`` int8.
+    ``encoder_onnx``: the fp32 export of this very encoder (:func:`cached_encoder_onnx`), written instead of
+    exporting the encoder again."""
     enc, model, card = recognizer.encoder, recognizer.model, recognizer.card
     if recognizer.graph is None:
         raise ParityError(f"model kind {getattr(model, 'KIND', '?')} cannot be exported (no score graph)")
-    export_encoder_onnx(enc, str(root / ENCODER_ONNX), config.opset)
+    if encoder_onnx is None:
+        export_encoder_onnx(enc, str(root / ENCODER_ONNX), config.opset)
+    else:
+        (root / ENCODER_ONNX).write_bytes(encoder_onnx)
     export_classifier_onnx(recognizer.graph, int(model.dim), str(root / CLASSIFIER_ONNX), config.opset)
     if quantize:
         from skurec.edge.inputs import as_rgb
@@ -364,22 +449,35 @@ def export_edge_bundle(
     config: EdgeExportConfig | None = None,
     quantize: str | None = None,
     calibration_images: Sequence[bytes] = (),
+    encoder_onnx: bytes | None = None,
+    encoder_export: dict[str, Any] | None = None,
+    n_validation_images: int | None = None,
 ) -> dict[str, Any]:
     """Write the bundle of the Recognizer's model into ``out_dir`` (replaced) after its parity check passed on
-    ``images`` (``(image_id, bytes, sku_id)``, normally :func:`validation_images`). Returns the manifest."""
+    ``images`` (``(image_id, bytes, sku_id)``, normally :func:`validation_images`; fp32: their
+    :func:`parity_sample` of ``config.parity_images``). ``encoder_onnx`` / ``encoder_export``: a cached fp32 encoder
+    export and its record (:func:`cached_encoder_onnx`); ``n_validation_images``: how many validation images
+    ``images`` were sampled from, when the caller sampled them (default: ``len(images)``). Returns the manifest."""
     from skurec.edge.runner import EdgeRunner
 
     config = config or EdgeExportConfig()
+    images = list(images)
     if config.max_images is not None:
-        images = list(images)[: config.max_images]
+        images = images[: config.max_images]
+    n_available = max(len(images), int(n_validation_images or 0))
+    if not quantize:  # int8 is judged on validation top-1: every image counts
+        images = parity_sample(images, config.parity_images)
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".edge-", dir=out.parent))
     try:
-        doc = build_bundle_files(recognizer, tmp, config, quantize, calibration_images)
+        doc = build_bundle_files(recognizer, tmp, config, quantize, calibration_images, encoder_onnx)
+        doc["encoder_export"] = encoder_export or {"reused": False}
         write_manifest(tmp, {**doc, "parity": None})
         runner = EdgeRunner(tmp, threads=1, top_k=recognizer.top_k)
         parity = check_parity(runner, recognizer, images, config, quantized=bool(quantize))
+        parity["n_validation_images"] = n_available
+        parity["sample"] = "every validation image" if len(images) == n_available else f"stable hash ({PARITY_SALT})"
         manifest = write_manifest(tmp, {**doc, "parity": parity})
         if out.exists():
             shutil.rmtree(out)
@@ -398,8 +496,11 @@ def export_from_workdir(
     checkpoint: str | None = None,
     config: EdgeExportConfig | None = None,
     quantize: str | None = None,
+    reuse_encoder: bool = False,
 ) -> dict[str, Any]:
-    """:func:`export_edge_bundle` of a work directory's model (default: the deployed one) on its validation images."""
+    """:func:`export_edge_bundle` of a work directory's model (default: the deployed one) on its validation images.
+    ``reuse_encoder``: take the fp32 encoder export from the work directory (:func:`cached_encoder_onnx`; it writes
+    one there when it has none), instead of exporting the encoder for every bundle."""
     from skurec.serving.recognizer import Recognizer
     from skurec.store.workspace import Workspace
 
@@ -407,21 +508,31 @@ def export_from_workdir(
     ws = workdir if isinstance(workdir, Workspace) else Workspace(os.fspath(workdir))
     rec = Recognizer.from_workdir(ws, model_id, device="cpu", checkpoint=checkpoint)
     calib = training_images(ws, config.int8_calibration_images) if quantize == "static" else []
-    return export_edge_bundle(rec, out_dir, validation_images(ws, config.max_images), config, quantize, calib)
+    encoder_onnx, record = None, None
+    if reuse_encoder and rec.graph is not None:
+        encoder_onnx, record = cached_encoder_onnx(ws, rec.encoder, config.opset)
+    rows = validation_rows(ws, config.max_images)
+    images = read_images(ws, rows if quantize else parity_sample(rows, config.parity_images))  # read what is checked
+    return export_edge_bundle(rec, out_dir, images, config, quantize, calib, encoder_onnx, record, len(rows))
 
 
 __all__ = [
     "EdgeExportConfig",
     "ParityError",
     "build_bundle_files",
+    "cached_encoder_onnx",
+    "encoder_export_key",
     "check_parity",
     "export_classifier_onnx",
     "export_edge_bundle",
     "export_encoder_onnx",
     "export_from_workdir",
     "INT8_MODES",
+    "parity_sample",
     "quantize_int8",
+    "read_images",
     "training_images",
     "validation_images",
+    "validation_rows",
     "write_manifest",
 ]

@@ -124,3 +124,77 @@ def test_a_score_graph_that_no_longer_matches_the_model_is_detected(hierarchy):
     changed = copy.copy(model)
     changed.__class__ = Rescored
     assert "scores differ" in graph_disagreement(ScoreGraph(changed), changed)
+
+
+def _posteriors_with_ties_and_impossible_skus(seed: int = 3, n: int = 70, C: int = 9) -> tuple[np.ndarray, np.ndarray]:
+    """Log-posteriors spanning hundreds of nats (like the LDA's), some SKUs impossible (-inf) in some rows, a row
+    where every SKU but one is impossible, and classes with 1, 2 and many rows (tracks of every length)."""
+    rng = np.random.default_rng(seed)
+    post = rng.normal(0, 60, (n, C))
+    post[rng.random((n, C)) < 0.15] = -np.inf
+    post[np.arange(n), rng.integers(0, C, n)] = rng.normal(0, 60, n)  # at least one finite entry per row
+    post[5, 1:] = -np.inf
+    target = np.concatenate([[0], [1, 1], rng.integers(2, C, n - 3)])
+    return post, target
+
+
+def test_the_temperature_grid_reads_the_calibrated_top1_exactly_as_the_full_log_probability_table():
+    """fit_temperature_on computes only the predicted SKU's calibrated probability, block by block; it must be the
+    very number ``calibrated_log_probs`` gives (bit for bit), so the chosen temperature cannot move."""
+    from skurec.deployment.calibration import TEMPERATURE_GRID, calibrated_top1_probability
+    from skurec.edge.decide import calibrated_log_probs
+
+    post, target = _posteriors_with_ties_and_impossible_skus()
+    pred = np.argmax(post, axis=1)
+    rows = np.arange(len(post))
+    for T in (TEMPERATURE_GRID[0], 1.0, 3.7, TEMPERATURE_GRID[-1]):
+        full = np.exp(calibrated_log_probs(post, T)[rows, pred])
+        np.testing.assert_array_equal(calibrated_top1_probability(post, pred, T), full)
+    # the grid search itself, against the plain definition (ECE of the full-table probabilities)
+    correct = pred == target
+    keys = {
+        T: (
+            round(expected_calibration_error(np.exp(calibrated_log_probs(post, T)[rows, pred]), correct), 9),
+            abs(np.log(T)),
+        )
+        for T in TEMPERATURE_GRID
+    }
+    assert fit_temperature_on(post, target, pred) == min(keys, key=keys.get)
+
+
+@pytest.mark.parametrize("temperature", [0.3, 1.0, 4.0])
+def test_the_fusion_rule_is_chosen_from_the_same_hits_as_fusing_each_track(temperature):
+    """choose_fusion scores every validation track at once; each track's hit must equal what fuse_track (the
+    runtime's rule, one track at a time) ranks first, including the sum_log -> mean_prob fallback."""
+    from skurec.deployment.calibration import choose_fusion, fused_track_hits
+    from skurec.edge.decide import FUSION_RULES, calibrated_log_probs
+
+    post, target = _posteriors_with_ties_and_impossible_skus()
+    post[[3, 4], :] = -np.inf  # two rows of one class with disjoint possible SKUs: their sum_log has no mass
+    post[3, 2], post[4, 3] = 0.0, 0.0
+    target[3] = target[4] = 2  # the fallback ranks SKU 2 first (a sum with no mass would answer SKU 0)
+    outputs = {
+        "log_scores": post,
+        "log_posterior": post,
+        "energy": np.zeros(len(post)),
+        "distance": np.zeros(len(post)),
+    }
+    rec = {"temperature": temperature}
+    lp = calibrated_log_probs(post, temperature)
+    expected = {}
+    for rule in FUSION_RULES:
+        hits = []
+        for k in (2, 3):
+            tracks = val_tracks(target, k)
+            ours = fused_track_hits(lp, target, tracks, rule, temperature)
+            theirs = [
+                int(np.argmax(fuse_track({n: v[g] for n, v in outputs.items()}, rec, rule)["log_scores"][0]))
+                == int(target[g[0]])
+                for g in tracks
+            ]
+            assert ours == theirs
+            hits += theirs
+        expected[rule] = float(np.mean(hits))
+    rule, scores = choose_fusion(outputs, target, temperature)
+    assert scores == expected
+    assert rule == max(FUSION_RULES, key=lambda r: (expected[r], r == "sum_log"))
