@@ -51,20 +51,22 @@ class GraphInfo:
     m: int | None
 
 
-def _t(a: Any) -> torch.Tensor:
-    return torch.as_tensor(np.ascontiguousarray(a, dtype=np.float32))
+def _t64(a: Any) -> torch.Tensor:
+    return torch.as_tensor(np.ascontiguousarray(a, dtype=np.float64))
 
 
 class _Linear(torch.nn.Module):
-    """``x W' + b`` with the model's rows as buffers."""
+    """``x W' + b`` with the model's rows as float64 buffers, computed in float64: an LDA's rows are large (norms up
+    to ~1e5 on well separated SKUs) and its scores cancel, so in float32 two runtimes summing in another order
+    (onnxruntime vs torch) disagree by ~0.1 in a logit; in float64 they agree, and the cast back is exact enough."""
 
     def __init__(self, W: np.ndarray, b: np.ndarray):
         super().__init__()
-        self.register_buffer("Wt", _t(W).T.contiguous())
-        self.register_buffer("b", _t(b))
+        self.register_buffer("Wt", _t64(W).T.contiguous())
+        self.register_buffer("b", _t64(b))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.Wt + self.b
+        return x.double() @ self.Wt + self.b
 
 
 def _stage(part: Any) -> torch.nn.Module:
@@ -100,11 +102,11 @@ class _LDADistance(torch.nn.Module):
 
     def __init__(self, precision: np.ndarray, mu0: np.ndarray):
         super().__init__()
-        self.register_buffer("P", _t(precision))
-        self.register_buffer("mu0", _t(mu0))
+        self.register_buffer("P", _t64(precision))
+        self.register_buffer("mu0", _t64(mu0))
 
     def forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        c = x - self.mu0
+        c = x.double() - self.mu0
         return ((c @ self.P) * c).sum(dim=1) - 2.0 * g.amax(dim=1)
 
 
@@ -171,8 +173,8 @@ class ScoreGraph(torch.nn.Module):
             logits = self.coarse(x)
             if self.proto:
                 return logits.float(), logits.float(), zero, zero
-            lp = torch.log_softmax(logits.float(), dim=1)
-            return lp, lp, torch.logsumexp(logits.float(), dim=1), zero
+            lp = torch.log_softmax(logits, dim=1).float()
+            return lp, lp, torch.logsumexp(logits, dim=1).float(), zero
         g = self.coarse(x)
         if self.lda:  # the router's superclass logits: logsumexp of member SKU scores / temperature
             coarse_logits = self.slots.logsumexp(g) / self.temperature
