@@ -52,9 +52,16 @@ class CatalogueResource(dg.ConfigurableResource):
     min_samples: int = AuditConfig.min_samples  # labelled images for the head tier
     min_shots: int = AuditConfig.min_shots  # labelled images for the tail tier (few-shot SKUs, same model)
     val_fraction: float = AuditConfig.val_fraction
+    # share of a catalogue without test rows carved as its test split (stable hash; 0: score on validation instead)
+    test_fraction: float = AuditConfig.test_fraction
 
     def audit_config(self) -> AuditConfig:
-        return AuditConfig(min_samples=self.min_samples, min_shots=self.min_shots, val_fraction=self.val_fraction)
+        return AuditConfig(
+            min_samples=self.min_samples,
+            min_shots=self.min_shots,
+            val_fraction=self.val_fraction,
+            test_fraction=self.test_fraction,
+        )
 
     def allowed_roots(self) -> list[str]:
         return [a.strip() for a in (self.allow or "").split(",") if a.strip()]
@@ -154,6 +161,7 @@ def default_resources() -> dict:
             allow=_env("SKUREC_CATALOGUE_ALLOW"),
             min_samples=_env("SKUREC_MIN_SAMPLES", AuditConfig.min_samples, as_int=True),
             min_shots=_env("SKUREC_MIN_SHOTS", AuditConfig.min_shots, as_int=True),
+            test_fraction=_env_float("SKUREC_TEST_FRACTION", AuditConfig.test_fraction),
         ),
         "encoder": EncoderResource(
             name=_env("SKUREC_ENCODER", DEFAULT_ENCODER),

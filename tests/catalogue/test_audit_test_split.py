@@ -135,3 +135,15 @@ def test_a_class_is_never_left_without_a_train_image(tmp_path):
     res = _audit(root, AuditConfig(min_samples=20, min_shots=5, val_fraction=0.0, test_fraction=0.999999))
     assert (res.classes["n_train"] > 0).all()
     assert res.summary["test_split"] == "none"
+
+
+def test_the_share_is_set_from_the_environment(monkeypatch):
+    from skurec_resources import default_resources
+
+    monkeypatch.setenv("SKUREC_TEST_FRACTION", "0")
+    assert default_resources()["catalogue"].audit_config().test_fraction == 0.0
+    monkeypatch.setenv("SKUREC_TEST_FRACTION", "0.2")
+    assert default_resources()["catalogue"].audit_config().test_fraction == 0.2
+    monkeypatch.setenv("SKUREC_TEST_FRACTION", "a lot")
+    with pytest.raises(ValueError, match="SKUREC_TEST_FRACTION"):
+        default_resources()
