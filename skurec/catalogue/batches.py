@@ -35,7 +35,7 @@ import fsspec
 import pandas as pd
 
 from skurec.catalogue.importer import CatalogueError, import_manifest
-from skurec.store.workspace import filesystem_for, is_remote, read_uri_bytes
+from skurec.store.workspace import filesystem_for, is_remote, read_uri_bytes, redact_text
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,11 @@ INCOMPLETE = "incomplete"  # no manifest yet: looked at again on the next scan
 
 
 class BatchError(ValueError):
-    """A drop location or batch folder that cannot be used at all (does not exist, not a folder)."""
+    """A drop location or batch folder that cannot be used at all (does not exist, not a folder). Its message never
+    carries credentials: URIs in it are redacted at the source, so the UI, the sensor and the logs show it safely."""
+
+    def __init__(self, message: str):
+        super().__init__(redact_text(message))
 
 
 @dataclass(frozen=True)

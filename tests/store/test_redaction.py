@@ -56,3 +56,10 @@ def test_redact_uri_drops_the_password_and_secret_parameters_and_keeps_the_rest(
 def test_redact_text_redacts_every_uri_in_a_message(text, expected):
     assert redact_text(text) == expected
     _no_secret(redact_text(text))
+
+
+def test_batch_errors_are_redacted_at_the_source():
+    from skurec.catalogue.batches import BatchError
+
+    err = BatchError("no batch folder 'b1' in the drop location 's3://AKIAKEY:topsecret@bucket/drop'")
+    assert "topsecret" not in str(err) and "bucket/drop" in str(err)
