@@ -95,7 +95,7 @@ def test_val_rows_are_not_training_copies_and_test_rows_carry_the_real_shift(ban
 def test_calibration_matches_the_real_accuracies_at_the_real_class_count(bank) -> None:
     cal = cc.calibrate(bank, seeds=2, iters=7, log=lambda *_: None)
     metrics = [r["metric"] for r in cal.table]
-    assert any(m.startswith("tuned flat logreg") for m in metrics) and "cosine 1-NN test top-1" in metrics
+    assert any(m.startswith("flat softmax test top-1") for m in metrics) and "cosine 1-NN test top-1" in metrics
     assert cal.within_tolerance, cc.format_calibration_table(cal)
     text = cc.format_calibration_table(cal)
     assert "nearest prototype test top-1" in text and "look-alike pair" in text
