@@ -34,13 +34,12 @@ from pathlib import Path
 
 from skurec import layout
 from skurec.layout import SETTINGS_FILE
-from skurec_assets.cli_readers import cmd_export, cmd_lineage, cmd_predict
+from skurec_assets.cli_readers import cmd_export, cmd_lineage, cmd_predict, known_skus, print_deployed, print_summary
 from skurec_assets.cli_support import (
     CliError,
     RedactingFormatter,
     check_catalogue,
     check_encoder,
-    evaluation_table,
     logger_config,
     no_space_message,
     print_error,
@@ -48,7 +47,6 @@ from skurec_assets.cli_support import (
     shown,
     stored_settings,
     user_error,
-    warn_small_validation,
     with_compact_console,
 )
 
@@ -230,41 +228,10 @@ def _demo_locked(args: argparse.Namespace, workdir: Path, catalogue: str | None)
     _recover(settings, args.verbose)
     print(f"materialising the skurec graph (encoder {settings['encoder']}) in {workdir} ...", flush=True)
     ok = materialize_all(settings, verbose=args.verbose)
-    _print_summary(workdir)
+    print_summary(workdir)
     if ok:
         print(f"\nOpen the UI on this work directory:  skurec ui --workdir {args.workdir}")
     return 0 if ok else 1
-
-
-def _print_summary(workdir: Path) -> None:
-    from skurec.store.workspace import Workspace
-
-    ws = Workspace(str(workdir))
-    s = layout.audit_summary(ws)
-    if s:
-        print(
-            f"catalogue: {s['n_input_rows']} rows -> {s['n_accepted']} accepted, {s['n_quarantined']} quarantined; "
-            f"{s['n_active_classes']} active classes ({s['n_filtered_classes']} below the training bar)"
-        )
-        tiers = s.get("tiers") or {}
-        if tiers:
-            print(
-                f"tiers: head {tiers['head']['n_classes']} SKUs (>= {s.get('min_samples')} images), tail "
-                f"{tiers['tail']['n_classes']} SKUs (>= {s.get('min_shots')}), untrained {tiers['untrained']['n_classes']}"
-            )
-    ev = layout.evaluation(ws)
-    if ev:
-        print("\n".join(evaluation_table(ev)))
-        cov = ev.get("coverage") or {}
-        for model, c in (cov.get("models") or {}).items():
-            if model == "hierarchical_soft":
-                print(
-                    f"catalogue coverage: {model} answers {c['n_answerable']} of {cov['n_skus']} catalogue SKUs "
-                    f"({c['share']:.1%}; {c['share_of_trainable']:.1%} of the {cov['n_trainable']} with >= min_shots)"
-                )
-    warn_small_validation(ws)
-    if os.path.exists(ws.duckdb_path):
-        print(f"DuckDB file: {ws.duckdb_path}")
 
 
 def run_labelling_loop(settings: dict, verbose: bool = False) -> bool:
@@ -326,7 +293,7 @@ def _add_batch_locked(args: argparse.Namespace, workdir: Path, settings: dict) -
     from skurec.catalogue.audit import AuditConfig
 
     min_samples = int(settings.get("min_samples", AuditConfig.min_samples))
-    known = _known_skus(settings)
+    known = known_skus(settings)
     # The new SKU needs >= min_samples accepted images to become active (trained on); leave room for the val split.
     images_per_new = max(args.images_per_sku, min_samples + max(6, min_samples // 5))
     manifest = make_labelled_batch(
@@ -350,37 +317,8 @@ def _add_batch_locked(args: argparse.Namespace, workdir: Path, settings: dict) -
         )
         return 0
     ok = run_labelling_loop(settings, verbose=args.verbose)
-    _print_deployed(Path(settings["workdir"]))
+    print_deployed(Path(settings["workdir"]))
     return 0 if ok else 1
-
-
-def _known_skus(settings: dict) -> list[str]:
-    from skurec.store.workspace import Workspace
-
-    ws = Workspace(settings["workdir"])
-    if not ws.has_table("classes"):
-        return []
-    classes = ws.read_table("classes", columns=["sku_id", "status"])
-    return sorted(classes.loc[classes["status"] == "active", "sku_id"].tolist())
-
-
-def _print_deployed(workdir: Path) -> None:
-    from skurec.store.model_store import ModelStore
-    from skurec.store.workspace import Workspace
-
-    store = ModelStore(Workspace(str(workdir)))
-    model_id = store.deployed_id()
-    if model_id is None:
-        print("no model deployed yet")
-        return
-    card = store.card(model_id)
-    fast = card.get("fast_path") or {}
-    print(
-        f"deployed model: {model_id} ({card.get('source')}, {card.get('classes', {}).get('n')} classes"
-        + (f", new SKUs {fast.get('new_skus')}" if fast.get("new_skus") else "")
-        + ")"
-    )
-    print(f"try it:  skurec predict --workdir {workdir} IMAGE.jpg     lineage:  skurec lineage --workdir {workdir}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -389,7 +327,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_catalogue(settings.get("catalogue"))
         _recover(settings, args.verbose)
         ok = materialize_all(settings, verbose=args.verbose)
-    _print_summary(Path(settings["workdir"]))
+    print_summary(Path(settings["workdir"]))
     return 0 if ok else 1
 
 

@@ -1,5 +1,6 @@
 """The reading commands of ``skurec``: ``predict`` (Recognizer or edge bundle), ``export`` (the edge bundle) and
-``lineage``. They never take the work directory's writer lock and never create a work directory."""
+``lineage``, and the summaries the writing commands print from what a run left in the work directory
+(:func:`print_summary`, :func:`print_deployed`). They never take the writer lock and never create a work directory."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 from pathlib import Path
 
 from skurec import layout
-from skurec_assets.cli_support import CliError, print_error, shown
+from skurec_assets.cli_support import CliError, evaluation_table, print_error, shown, warn_small_validation
 
 
 def existing_workspace(workdir: str):
@@ -165,3 +166,63 @@ def cmd_lineage(args: argparse.Namespace) -> int:
             + f"\n_deployed: {'yes' if model_id == deployed else 'no (deployed: ' + str(deployed) + ')'}_"
         )
     return 0
+
+
+def print_summary(workdir: Path) -> None:
+    from skurec.store.workspace import Workspace
+
+    ws = Workspace(str(workdir))
+    s = layout.audit_summary(ws)
+    if s:
+        print(
+            f"catalogue: {s['n_input_rows']} rows -> {s['n_accepted']} accepted, {s['n_quarantined']} quarantined; "
+            f"{s['n_active_classes']} active classes ({s['n_filtered_classes']} below the training bar)"
+        )
+        tiers = s.get("tiers") or {}
+        if tiers:
+            print(
+                f"tiers: head {tiers['head']['n_classes']} SKUs (>= {s.get('min_samples')} images), tail "
+                f"{tiers['tail']['n_classes']} SKUs (>= {s.get('min_shots')}), untrained {tiers['untrained']['n_classes']}"
+            )
+    ev = layout.evaluation(ws)
+    if ev:
+        print("\n".join(evaluation_table(ev)))
+        cov = ev.get("coverage") or {}
+        for model, c in (cov.get("models") or {}).items():
+            if model == "hierarchical_soft":
+                print(
+                    f"catalogue coverage: {model} answers {c['n_answerable']} of {cov['n_skus']} catalogue SKUs "
+                    f"({c['share']:.1%}; {c['share_of_trainable']:.1%} of the {cov['n_trainable']} with >= min_shots)"
+                )
+    warn_small_validation(ws)
+    if os.path.exists(ws.duckdb_path):
+        print(f"DuckDB file: {ws.duckdb_path}")
+
+
+def known_skus(settings: dict) -> list[str]:
+    from skurec.store.workspace import Workspace
+
+    ws = Workspace(settings["workdir"])
+    if not ws.has_table("classes"):
+        return []
+    classes = ws.read_table("classes", columns=["sku_id", "status"])
+    return sorted(classes.loc[classes["status"] == "active", "sku_id"].tolist())
+
+
+def print_deployed(workdir: Path) -> None:
+    from skurec.store.model_store import ModelStore
+    from skurec.store.workspace import Workspace
+
+    store = ModelStore(Workspace(str(workdir)))
+    model_id = store.deployed_id()
+    if model_id is None:
+        print("no model deployed yet")
+        return
+    card = store.card(model_id)
+    fast = card.get("fast_path") or {}
+    print(
+        f"deployed model: {model_id} ({card.get('source')}, {card.get('classes', {}).get('n')} classes"
+        + (f", new SKUs {fast.get('new_skus')}" if fast.get("new_skus") else "")
+        + ")"
+    )
+    print(f"try it:  skurec predict --workdir {workdir} IMAGE.jpg     lineage:  skurec lineage --workdir {workdir}")

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import dagster as dg
 
-from skurec_assets import deploy, edge, embeddings, evaluation, ingest, training
+from skurec_assets import baselines, deploy, edge, embeddings, evaluation, ingest, training
 from skurec_assets.executors import executor_from_env
 from skurec_assets.jobs import full_rebuild_job
 from skurec_assets.schedules import weekly_full_rebuild
 from skurec_assets.sensors import automation_sensor, labelled_batch_sensor
 from skurec_resources import default_resources
 
-ASSET_MODULES = [ingest, embeddings, training, evaluation, deploy, edge]
+ASSET_MODULES = [ingest, embeddings, training, baselines, evaluation, deploy, edge]
 
 all_assets = dg.load_assets_from_modules(ASSET_MODULES)
 all_checks = dg.load_asset_checks_from_modules(ASSET_MODULES)

@@ -1,14 +1,16 @@
-"""Training assets: prototypes, superclasses -> router (coarse) -> specialists (fine) = the hierarchical model, and
-the flat baselines on the same embeddings.
+"""Training assets: prototypes, superclasses -> router (coarse) -> specialists (fine) = the hierarchical model (the
+reference models beside it, flat baselines and the case study, are in :mod:`skurec_assets.baselines`).
 
-The hierarchy (:mod:`skurec.models.specialist_hierarchy`) is closed form: one shrinkage-LDA over every SKU whose
-pairwise confusions make the superclasses (look-alikes together), whose implied superclass posterior is the router,
-and per-superclass local-whitening specialists whose evidence is added to the global scores. Every choice (shrinkage,
-superclass size, specialist weight, routing width) is made on the validation split. The LDA statistics are computed
-once, by ``superclasses`` (``artifacts/lda_statistics``, safetensors), and the router and specialist refits load them
-(refused when they are not the ones ``superclasses.json`` records or were computed on other rows). Models are fitted
-on ``TrainingData.fit`` (the train rows plus any train-time views); lineage names the train images. Each asset reads
-its inputs from the work directory, calls the framework-free core, writes its artifact folder (tensors + JSON,
+The hierarchy (:func:`skurec.models.train_hierarchy`, recipe ``production``) is closed form: one shrinkage-LDA over
+every SKU whose pairwise confusions make the superclasses (look-alikes together), whose implied superclass posterior
+is the router, and per-superclass local-whitening specialists whose evidence is added to the global scores. Every
+choice (shrinkage, superclass size, specialist weight, routing width) is made on the validation split. ``superclasses``
+fits the whole hierarchy once: it writes the LDA statistics (``artifacts/lda_statistics``) and hands the chosen
+router and specialists on (``artifacts/hierarchy_fit``, recorded with the superclass version and statistics digest);
+``coarse_model`` and ``fine_model`` publish those parts and fit their stage again only when their run config changes
+it or the hand-off is stale (then loading the statistics, refused when they were computed on other rows). Models are
+fitted on ``TrainingData.fit`` (the train rows plus any train-time views); lineage names the train images. Each asset
+reads its inputs from the work directory, calls the framework-free core, writes its artifact folder (tensors + JSON,
 hash-verified) and returns metadata for the UI. Run-config defaults are the core's own (its dataclasses and function
 defaults).
 """
@@ -28,10 +30,8 @@ from skurec import layout
 from skurec.deployment.training_table import image_ids_sha256, training_table
 from skurec.embeddings.training_data import TrainingData, load_training_data
 from skurec.layout import (
-    CASE_STUDY_DIR,
     COARSE_DIR,
     FLAT_LINEAR_DIR,
-    FLAT_PROTOTYPE_DIR,
     GLOBAL_SCORER_DIR,
     HIERARCHICAL_DIR,
     HIERARCHY_FIT_DIR,
@@ -43,8 +43,6 @@ from skurec.layout import (
 )
 from skurec.layout import superclass_map as load_superclass_map
 from skurec.models import (
-    CaseStudyConfig,
-    FlatPrototype,
     FlatSoftmax,
     HierarchicalClassifier,
     SoftmaxConfig,
@@ -53,14 +51,12 @@ from skurec.models import (
     choose_route_m,
     class_prototypes,
     confusion_superclasses,
-    fit_flat_softmax,
     fit_lda_statistics,
     global_scorer_hierarchy,
     load_classifier,
     superclass_group_ami,
     superclass_names,
     superclass_scatter_png,
-    train_hierarchy,
     train_lda_router,
     train_specialist_hierarchy,
     train_specialists,
@@ -119,18 +115,6 @@ class FineTrainConfig(dg.Config):
     route_m: int | None = None
     m_grid: list[int] = list(SpecialistHierarchyConfig.m_grid)
     m_tolerance: float = SpecialistHierarchyConfig.m_tolerance
-
-
-class CaseStudyTrainConfig(dg.Config):
-    # Superclasses of the published recipe; None: its rule (about one per 10 SKUs, 100 at 1-2k SKUs).
-    n_superclasses: int | None = CaseStudyConfig.n_superclasses
-    seed: int = CaseStudyConfig.seed
-
-
-class FlatTrainConfig(dg.Config):
-    # L2 strengths of the flat softmax trained side by side (validation over all SKUs picks one, with the epoch).
-    weight_decays: list[float] = list(SoftmaxConfig.weight_decays)
-    max_epochs: int = SoftmaxConfig.max_epochs
 
 
 # ---------------------------------------------------------------------------------------------------------- helpers
@@ -261,25 +245,26 @@ def superclasses_asset(
 ) -> dg.MaterializeResult:
     ws = storage.workspace()
     data = load_training_data(ws)
-    fit = data.fit
     t0 = time.perf_counter()
-    classes, stats = fit_lda_statistics(fit.X, fit.y)  # once: the router and specialist refits load them
-    if len(data.val):
-        context.log.info(
-            f"choosing the superclass size cap among {config.max_sizes} on {len(data.val)} validation images"
-        )
-        chosen = train_specialist_hierarchy(
-            fit.X,
-            fit.y,
-            data.val.X,
-            data.val.y,
-            SpecialistHierarchyConfig(max_sizes=tuple(config.max_sizes)),
-            stats=stats,
-            flat=_flat_softmax(ws, classes),
-        )
-        sc = chosen.superclasses
-        selection = {k: v for k, v in chosen.report.items() if k != "val_top1_by_m"}
-    else:
+    classes, stats = fit_lda_statistics(data.fit.X, data.fit.y)  # once: every stage derives from them
+    chosen, sc, selection = _choose_superclasses(context, config, ws, data, classes, stats)
+    stats_digest = write_lda_statistics(ws, stats, classes, data.fit.X, data.fit.y)
+    doc = _write_superclasses(ws, chosen, sc, selection, classes, stats_digest)
+    seconds = time.perf_counter() - t0
+    context.log.info(f"{sc.n_superclasses} superclasses over {len(sc.classes)} classes ({sc.method}) in {seconds:.1f}s")
+    scatter = superclass_scatter_png(sc)
+    ws.write_bytes(layout.SUPERCLASSES_PNG, scatter)
+    return dg.MaterializeResult(
+        metadata={**_superclass_metadata(data, sc, doc, scatter), "seconds": round(seconds, 2)},
+        data_version=dg.DataVersion(hashlib.sha256(f"{doc['version']}:{stats_digest}".encode()).hexdigest()),
+    )
+
+
+def _choose_superclasses(context, config: SuperclassConfig, ws, data: TrainingData, classes, stats):
+    """``(the hierarchy fit or None, superclasses, selection)``: with a validation split the whole hierarchy is fitted
+    per size cap and the best kept; without one, the default cap and shrinkage."""
+    fit = data.fit
+    if not len(data.val):
         context.log.warning("no validation images: superclass cap and shrinkage are the defaults, not chosen")
         sc = confusion_superclasses(
             fit.X,
@@ -289,62 +274,74 @@ def superclasses_asset(
             stats=stats,
             classes=classes,
         )
-        selection = {"max_size": config.default_max_size, "shrinkage": config.default_shrinkage, "chosen_on": None}
-    stats_digest = write_lda_statistics(ws, stats, classes, fit.X, fit.y)
-    if len(data.val):
+        return None, sc, {"max_size": config.default_max_size, "shrinkage": config.default_shrinkage, "chosen_on": None}
+    context.log.info(f"choosing the superclass size cap among {config.max_sizes} on {len(data.val)} validation images")
+    chosen = train_specialist_hierarchy(
+        fit.X,
+        fit.y,
+        data.val.X,
+        data.val.y,
+        SpecialistHierarchyConfig(max_sizes=tuple(config.max_sizes)),
+        stats=stats,
+        flat=_flat_softmax(ws, classes),
+    )
+    return chosen, chosen.superclasses, {k: v for k, v in chosen.report.items() if k != "val_top1_by_m"}
+
+
+def _write_superclasses(ws, chosen, sc, selection: dict, classes, stats_digest: str) -> dict:
+    """Write the global scorer's rows, the one hierarchy fit (both only with a fit) and ``superclasses.json``."""
+    if chosen is not None:
         router = chosen.model.coarse
         gs = selection.get("global_scorer") or {}
         scorer = FlatSoftmax(classes, router.W, router.b, 1.0, metrics={"lda_scale": router.lda_scale, **gs})
         write_files(ws, GLOBAL_SCORER_DIR, scorer.to_files())
     elif ws.exists(f"{GLOBAL_SCORER_DIR}/_files.json"):
         ws.delete(GLOBAL_SCORER_DIR)  # no validation: the LDA is the global scorer
-    seconds = time.perf_counter() - t0
     doc = sc.to_json_dict()
-    version = hashlib.sha256(json.dumps([doc["classes"], doc["assignment"]]).encode()).hexdigest()
-    doc["version"] = version
+    doc["version"] = hashlib.sha256(json.dumps([doc["classes"], doc["assignment"]]).encode()).hexdigest()
     doc["selection"] = selection
     doc["lda_statistics_digest"] = stats_digest
-    if len(data.val):  # the one fit: coarse_model and fine_model take its parts instead of fitting them again
-        _write_fit(ws, chosen, version, stats_digest)
+    if chosen is not None:  # the one fit: coarse_model and fine_model take its parts instead of fitting them again
+        _write_fit(ws, chosen, doc["version"], stats_digest)
     elif ws.exists(f"{HIERARCHY_FIT_DIR}/_files.json"):
         ws.delete(HIERARCHY_FIT_DIR)  # no validation, no fit: the stages fit with their defaults
     ws.write_json(SUPERCLASSES_JSON, doc)
-    scatter = superclass_scatter_png(sc)
-    ws.write_bytes(layout.SUPERCLASSES_PNG, scatter)
+    return doc
+
+
+def _superclass_metadata(data: TrainingData, sc, doc: dict, scatter: bytes) -> dict:
+    """The UI's view of the superclasses: sizes, the cap search, agreement with the catalogue's groups, the members
+    by their SKU names and the projection plot."""
+    selection = doc["selection"]
     groups = {c: g for c, g in data.group_of_class.items() if c in set(sc.classes)}
     ami = superclass_group_ami(sc.assignment, sc.classes, groups) if groups else None
     sizes = sc.sizes()
-    context.log.info(f"{sc.n_superclasses} superclasses over {len(sc.classes)} classes ({sc.method}) in {seconds:.1f}s")
     names = superclass_names(sc)  # superclasses by their SKUs, not bare numbers
     table = [
         {"superclass": names[i], "n_classes": len(m), "classes": ", ".join(m[:8]) + (" ..." if len(m) > 8 else "")}
         for i, m in enumerate(sc.members())
     ]
     candidates = selection.get("candidates") or []
-    return dg.MaterializeResult(
-        metadata={
-            "n_superclasses": sc.n_superclasses,
-            "n_classes": len(sc.classes),
-            "method": sc.method,
-            "note": sc.note or "",
-            "max_size": int(selection["max_size"]),
-            "shrinkage": float(selection["shrinkage"]),
-            "size_min": int(sizes.min()),
-            "size_median": float(np.median(sizes)),
-            "size_max": int(sizes.max()),
-            "sizes": dg.MetadataValue.json(sizes.astype(int).tolist()),
-            "ami_vs_group_id": float(ami) if ami is not None else dg.MetadataValue.null(),
-            "superclass_version": version,
-            "lda_statistics_digest": stats_digest,
-            "n_fit_rows": len(fit),
-            "seconds": round(seconds, 2),
-            "stage_seconds": dg.MetadataValue.json(selection.get("stage_seconds") or {}),
-            "cap_search": dg.MetadataValue.md(markdown_table(candidates)) if candidates else "",
-            "projection": dg.MetadataValue.md(png_markdown(scatter, "SKU means in LDA space, coloured by superclass")),
-            "members": dg.MetadataValue.md(markdown_table(table[:200])),
-        },
-        data_version=dg.DataVersion(hashlib.sha256(f"{version}:{stats_digest}".encode()).hexdigest()),
-    )
+    return {
+        "n_superclasses": sc.n_superclasses,
+        "n_classes": len(sc.classes),
+        "method": sc.method,
+        "note": sc.note or "",
+        "max_size": int(selection["max_size"]),
+        "shrinkage": float(selection["shrinkage"]),
+        "size_min": int(sizes.min()),
+        "size_median": float(np.median(sizes)),
+        "size_max": int(sizes.max()),
+        "sizes": dg.MetadataValue.json(sizes.astype(int).tolist()),
+        "ami_vs_group_id": float(ami) if ami is not None else dg.MetadataValue.null(),
+        "superclass_version": doc["version"],
+        "lda_statistics_digest": doc["lda_statistics_digest"],
+        "n_fit_rows": len(data.fit),
+        "stage_seconds": dg.MetadataValue.json(selection.get("stage_seconds") or {}),
+        "cap_search": dg.MetadataValue.md(markdown_table(candidates)) if candidates else "",
+        "projection": dg.MetadataValue.md(png_markdown(scatter, "SKU means in LDA space, coloured by superclass")),
+        "members": dg.MetadataValue.md(markdown_table(table[:200])),
+    }
 
 
 @dg.asset(
@@ -574,113 +571,6 @@ def fine_model(
             "n_classes": len(data.classes),
             "config": dg.MetadataValue.json(spec_cfg.__dict__),
             "artifact": dg.MetadataValue.path(ws.uri(HIERARCHICAL_DIR)),
-        },
-        data_version=dg.DataVersion(digest),
-    )
-
-
-@dg.asset(
-    group_name=TRAIN,
-    deps=[image_embeddings],
-    code_version=CODE_VERSION,
-    kinds={"pytorch", "safetensors"},
-    description=(
-        "Flat baselines on the same embeddings and split: the strong flat softmax over all SKUs (minibatch Adam, L2 "
-        "strength and stopping epoch chosen on validation over every SKU, temperature-calibrated) and nearest class "
-        "prototype."
-    ),
-)
-def flat_baselines(
-    context: dg.AssetExecutionContext, config: FlatTrainConfig, storage: StorageResource
-) -> dg.MaterializeResult:
-    ws = storage.workspace()
-    data = load_training_data(ws)
-    t0 = time.perf_counter()
-    has_val = len(data.val) > 0
-    context.log.info(
-        f"fitting the flat softmax over {len(data.classes)} SKUs"
-        + (f" (L2 from {config.weight_decays} on validation)" if has_val else " (no validation: first L2 strength)")
-    )
-    linear = fit_flat_softmax(
-        data.fit.X,
-        data.fit.y,
-        X_val=data.val.X if has_val else None,
-        y_val=data.val.y if has_val else None,
-        config=SoftmaxConfig(weight_decays=tuple(config.weight_decays), max_epochs=config.max_epochs),
-    )
-    proto = FlatPrototype.fit(data.fit.X, data.fit.y)
-    seconds = time.perf_counter() - t0
-    d1 = write_files(ws, FLAT_LINEAR_DIR, linear.to_files())
-    d2 = write_files(ws, FLAT_PROTOTYPE_DIR, proto.to_files())
-    chosen = {k: v for k, v in linear.metrics.items() if isinstance(v, (int, float, bool))}
-    return dg.MaterializeResult(
-        metadata={
-            "train_seconds": round(seconds, 2),
-            "n_classes": len(data.classes),
-            "flat_linear": dg.MetadataValue.json(chosen),
-        },
-        data_version=dg.DataVersion(files_digest({"linear": d1.encode(), "prototype": d2.encode()})),
-    )
-
-
-@dg.asset(
-    group_name=TRAIN,
-    deps=[image_embeddings],
-    code_version=CODE_VERSION,
-    kinds={"pytorch", "safetensors"},
-    description=(
-        "The published coarse-to-fine recipe on the same embeddings and split, for comparison (never deployed): class "
-        "prototypes -> UMAP -> agglomerative superclasses (about 100 at 1-2k SKUs), a dense coarse head validated on "
-        "its own and a few-shot fine head conditioned on the coarse output (train_hierarchy recipe 'case_study'). "
-        "The evaluation report's `case_study` row."
-    ),
-)
-def case_study_model(
-    context: dg.AssetExecutionContext, config: CaseStudyTrainConfig, storage: StorageResource
-) -> dg.MaterializeResult:
-    ws = storage.workspace()
-    data = load_training_data(ws)
-    if len(data.val) == 0:  # the recipe chooses its head's stopping point and its routing width on validation
-        if ws.exists(f"{CASE_STUDY_DIR}/_files.json"):
-            ws.delete(CASE_STUDY_DIR)
-        reason = "no validation split: the case study chooses its stopping and routing width on validation"
-        context.log.warning(f"case study not trained ({reason}); the report has no case_study row")
-        return dg.MaterializeResult(metadata={"trained": False, "reason": reason})
-    t0 = time.perf_counter()
-
-    def progress(stage: str, step: int, total: int, metrics) -> None:
-        if step == total or step % max(1, total // 4) == 0:
-            context.log.info(f"case study {stage}: {step}/{total} {dict(metrics)}")
-
-    trained = train_hierarchy(
-        data.fit.X,
-        data.fit.y,
-        data.val.X,
-        data.val.y,
-        recipe="case_study",
-        progress=progress,
-        n_superclasses=config.n_superclasses,
-        seed=config.seed,
-    )
-    seconds = time.perf_counter() - t0
-    digest = write_files(ws, CASE_STUDY_DIR, trained.model.to_files())
-    report = trained.report
-    names = superclass_names(trained.superclasses)
-    rows = [{"superclass": names[i], "n_classes": len(m)} for i, m in enumerate(trained.superclasses.members())]
-    context.log.info(
-        f"case study: {trained.superclasses.n_superclasses} superclasses, m {trained.model.m}, "
-        f"validation top-1 {report.get('val_top1', float('nan')):.4f} in {seconds:.1f}s"
-    )
-    return dg.MaterializeResult(
-        metadata={
-            "trained": True,
-            "n_superclasses": trained.superclasses.n_superclasses,
-            "superclass_method": str(report.get("superclass_method", trained.superclasses.method)),
-            "route_m": int(trained.model.m),
-            "val_top1": round(float(report.get("val_top1", float("nan"))), 4),
-            "train_seconds": round(seconds, 2),
-            "stage_seconds": dg.MetadataValue.json(report.get("stage_seconds") or {}),
-            "superclasses": dg.MetadataValue.md(markdown_table(rows[:200])),
         },
         data_version=dg.DataVersion(digest),
     )

@@ -17,7 +17,7 @@ from tests.support.files import write_folder_catalogue
 
 @pytest.fixture
 def built(tmp_path, monkeypatch):
-    from skurec_assets import training
+    from skurec_assets import baselines, training
     from skurec_assets.embeddings import image_embeddings
     from skurec_assets.ingest import audited_catalogue
     from skurec_resources import CatalogueResource, EncoderResource, StorageResource
@@ -35,7 +35,7 @@ def built(tmp_path, monkeypatch):
     assets = [
         audited_catalogue,
         image_embeddings,
-        training.flat_baselines,
+        baselines.flat_baselines,
         training.superclasses_asset,
         training.coarse_model,
         training.fine_model,
