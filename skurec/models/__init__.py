@@ -12,9 +12,9 @@ any kind).
 
 Import graph (one way, checked by ``tests/models/test_models_import_graph.py``): ``_common``, ``serialization`` ->
 ``dense``, ``prototypes``, ``metrics``, ``similar``, ``superclasses``, ``lda`` -> ``coarse``, ``fine``, ``flat``,
-``lda_router`` -> ``specialist_search``, ``specialists``, ``confusion_superclasses`` -> ``softmax`` ->
-``global_scorer`` -> ``hierarchical`` -> ``specialist_hierarchy`` -> ``hierarchy_recipes`` -> ``registry``
-(:func:`load_classifier`) -> this package.
+``lda_router`` -> ``specialist_search``, ``local_whitening``, ``specialists``, ``confusion_superclasses`` ->
+``softmax`` -> ``global_scorer`` -> ``hierarchical`` -> ``specialist_hierarchy`` -> ``hierarchy_recipes`` ->
+``registry`` (:func:`load_classifier`) -> this package.
 
 The recommended hierarchy is the production recipe: a global shrinkage-LDA scorer whose implied
 superclass posterior routes (:class:`LDARouter`), superclasses of look-alikes from its confusions

@@ -11,7 +11,8 @@ Inside superclass ``s`` the head scores SKU ``c`` with a product of two experts:
   ``Sigma_s = (1 - a) I + a Sigma_loc,s``, where ``Sigma_loc,s`` is the within-class covariance of the superclass's
   own images (its top ``rank`` eigen-directions ``U_s``, eigenvalues ``lam``), so directions in which the
   look-alikes of ``s`` vary a lot are down-weighted and the ones in which they are tight are trusted - local
-  whitening. Its precision is ``(I - U_s diag(gamma_s) U_s') / (1 - a)`` with ``gamma = a lam / (1 - a + a lam)``;
+  whitening. Its precision is ``(I - U_s diag(gamma_s) U_s') / (1 - a)`` with ``gamma = a lam / (1 - a + a lam)``
+  (the factors ``U_s``, ``gamma_s``: :mod:`.local_whitening`);
   ``f_c(z) = m_c' P_s z - m_c' P_s m_c / 2`` (``m_c`` the class mean in z-space), stored as raw-space rows.
 
 ``beta`` and ``scale`` are chosen on validation by the trainer (:func:`train_specialists`); a validation set that
@@ -43,9 +44,10 @@ from ._common import (
     topk_stable,
 )
 from .lda import LDAStatistics, lda_rows, lda_statistics, linear_scores
+from .local_whitening import local_factors
 from .prototypes import class_sums
 from .serialization import ModelFormatError, pack, read_config, require, unpack
-from .specialist_search import BLOCK_ELEMENTS, calibrate_scale, search_beta
+from .specialist_search import calibrate_scale, search_beta
 
 
 @dataclass(frozen=True)
@@ -207,38 +209,12 @@ class SpecialistHead:
         if missing:
             raise EmbeddingInputError(f"the specialist head needs the superclass of new SKUs {missing[:5]}")
         classes = self.classes + new
-        codes = encode_labels(y, classes)
-        sums, cnt = class_sums(X, codes, len(classes))
-        counts = cnt.copy()
-        counts[: len(self.classes)] += self.counts
-        tot = np.zeros((len(classes), self.dim))
-        tot[: len(self.classes)] = self.raw_means.astype(np.float64) * self.counts[:, None]
-        means = (tot + sums) / np.maximum(counts, 1)[:, None]
-        sc = np.concatenate(
-            [
-                self.sc_of_index,
-                np.asarray(
-                    [int(superclass_of_new[c]) for c in new],  # type: ignore[index]
-                    dtype=np.int64,
-                ),
-            ]
-        )
-        if sc.size and sc.max() >= self.n_superclasses:
-            raise EmbeddingInputError(f"superclass ids must lie in 0..{self.n_superclasses - 1}")
+        means, counts = self._running_means(X, y, classes)
+        sc = self._superclasses_with(new, superclass_of_new)  # type: ignore[arg-type]
         touched = np.asarray(
             [index[c] for c in refreshed] + list(range(len(self.classes), len(classes))), dtype=np.int64
         )
-        precision = self.whitener.astype(np.float64).T @ self.whitener.astype(np.float64)
-        mu0 = self.mu0.astype(np.float64)
-        Wg_t, bg_t = lda_rows(means[touched], mu0, precision)
-        # the global scorer may be a combination (LDA x lda_scale + softmax): only its LDA part follows the new mean
-        Wg_t, bg_t = Wg_t * np.float32(self.lda_scale), bg_t * np.float32(self.lda_scale)
-        old = touched[touched < len(self.classes)]
-        if len(old):
-            Wo, bo = lda_rows(self.raw_means[old].astype(np.float64), mu0, precision)
-            k = len(old)
-            Wg_t[:k] += self.Wg[old] - np.float32(self.lda_scale) * Wo
-            bg_t[:k] += self.bg[old] - np.float32(self.lda_scale) * bo
+        Wg_t, bg_t = self._global_rows(means[touched], touched)
         Ws_t, bs_t = self.specialist_rows(means[touched], sc[touched])
         n_new = len(new)
         grow = lambda a: np.concatenate([a, np.zeros((n_new,) + a.shape[1:], a.dtype)])  # noqa: E731
@@ -266,6 +242,39 @@ class SpecialistHead:
             self.lda_scale,
         )
         return head, new, refreshed
+
+    def _running_means(self, X: np.ndarray, y: np.ndarray, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Class means (float64) and counts over ``classes`` (the known ones first) of the stored images plus
+        ``(X, y)``: the exact running mean."""
+        codes = encode_labels(y, classes)
+        sums, cnt = class_sums(X, codes, len(classes))
+        counts = cnt.copy()
+        counts[: len(self.classes)] += self.counts
+        tot = np.zeros((len(classes), self.dim))
+        tot[: len(self.classes)] = self.raw_means.astype(np.float64) * self.counts[:, None]
+        return (tot + sums) / np.maximum(counts, 1)[:, None], counts
+
+    def _superclasses_with(self, new: list[str], superclass_of_new: Mapping[str, int]) -> np.ndarray:
+        """The superclass of every class once ``new`` (in that order) is appended; ids must be known superclasses."""
+        sc = np.concatenate([self.sc_of_index, np.asarray([int(superclass_of_new[c]) for c in new], dtype=np.int64)])
+        if sc.size and sc.max() >= self.n_superclasses:
+            raise EmbeddingInputError(f"superclass ids must lie in 0..{self.n_superclasses - 1}")
+        return sc
+
+    def _global_rows(self, means: np.ndarray, touched: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Global rows of the ``touched`` classes (known ones first) at their new ``means``: the global scorer may be a
+        combination (LDA x lda_scale + softmax), so only its LDA part follows the new mean."""
+        precision = self.whitener.astype(np.float64).T @ self.whitener.astype(np.float64)
+        mu0 = self.mu0.astype(np.float64)
+        Wg_t, bg_t = lda_rows(means, mu0, precision)
+        Wg_t, bg_t = Wg_t * np.float32(self.lda_scale), bg_t * np.float32(self.lda_scale)
+        old = touched[touched < len(self.classes)]
+        if len(old):
+            Wo, bo = lda_rows(self.raw_means[old].astype(np.float64), mu0, precision)
+            k = len(old)
+            Wg_t[:k] += self.Wg[old] - np.float32(self.lda_scale) * Wo
+            bg_t[:k] += self.bg[old] - np.float32(self.lda_scale) * bo
+        return Wg_t, bg_t
 
     # ------------------------------------------------------------------ serialisation
     def to_files(self) -> dict[str, bytes]:
@@ -346,145 +355,6 @@ class SpecialistHead:
             )
         except EmbeddingInputError as exc:
             raise ModelFormatError(f"{where}: {exc}") from exc
-
-
-#: Subspace iterations and oversampling of the randomised top-``rank`` decomposition of each superclass's residuals.
-LOWRANK_NITER = 3
-LOWRANK_OVERSAMPLE = 8
-
-
-def _local_factors(
-    Xs: np.ndarray, codes_s: np.ndarray, Mz: np.ndarray, H: torch.Tensor, mu0: torch.Tensor, rank: int, mix: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``rank`` eigenpairs of one superclass's within-class covariance in z-space -> ``(U (r, d), gamma (r,))``.
-
-    ``Xs`` / ``codes_s``: the superclass's training rows and their class indices into ``Mz`` (class means, z-space).
-    One superclass at a time (the reference for :func:`local_factors`, which batches the same computation).
-    """
-    d = Xs.shape[1]
-    U = np.zeros((rank, d), np.float32)
-    gam = np.zeros(rank, np.float32)
-    if Xs.shape[0] < 2:
-        return U, gam
-    R = (torch.from_numpy(Xs) - mu0) @ H.T - torch.from_numpy(Mz[codes_s].astype(np.float32))
-    r = min(rank, R.shape[0], d)
-    # top-r right singular vectors of R = top eigen-directions of the local covariance R'R / n (randomised
-    # subspace iteration: O(n_s d r) instead of an n_s x n_s or d x d eigendecomposition)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        _, sv, V = torch.svd_lowrank(R, q=min(r + LOWRANK_OVERSAMPLE, min(R.shape)), niter=LOWRANK_NITER)
-    sv, V = sv[:r].double(), V[:, :r].double()
-    keep = sv > 1e-6 * max(float(sv[0]), 1e-30)
-    sv, V = sv[keep], V[:, keep]
-    lam = sv**2 / R.shape[0]
-    U[: V.shape[1]] = V.T.float().numpy()
-    gam[: V.shape[1]] = (mix * lam / ((1 - mix) + mix * lam)).float().numpy()
-    return U, gam
-
-
-def _lowrank_right_vectors(A: torch.Tensor, probe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``torch.svd_lowrank`` of a batch, for the singular values and right singular vectors only.
-
-    ``A`` (B, m, n) float32 with ``m >= n`` rows (zero rows pad shorter members: they change neither the values nor
-    the right vectors), ``probe`` (B, n, q) the random start. Returns ``sv`` (B, q) and ``V`` (B, n, q); the same
-    steps as ``torch.svd_lowrank`` (Halko et al. subspace iteration, then an SVD of the projected matrix), batched.
-    """
-    Q = torch.linalg.qr(A @ probe).Q
-    for _ in range(LOWRANK_NITER):
-        Q = torch.linalg.qr(A.mT @ Q).Q
-        Q = torch.linalg.qr(A @ Q).Q
-    _, sv, Vh = torch.linalg.svd(Q.mT @ A, full_matrices=False)
-    return sv, Vh.mT
-
-
-def _lowrank_left_vectors(At: torch.Tensor, probe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same for the transposed case of ``torch.svd_lowrank`` (fewer rows than columns): ``At`` (B, n, m) is the
-    transpose (zero columns pad shorter members, ``probe`` (B, m, q) zero rows there); returns ``sv`` and the left
-    singular vectors of ``At`` (B, n, q), i.e. the right singular vectors of the residuals."""
-    Q = torch.linalg.qr(At @ probe).Q
-    for _ in range(LOWRANK_NITER):
-        Q = torch.linalg.qr(At.mT @ Q).Q
-        Q = torch.linalg.qr(At @ Q).Q
-    Ub, sv, _ = torch.linalg.svd(Q.mT @ At, full_matrices=False)
-    return sv, Q @ Ub
-
-
-def local_factors(
-    X: np.ndarray,
-    codes: np.ndarray,
-    sc: np.ndarray,
-    n_superclasses: int,
-    Mz: np.ndarray,
-    H: np.ndarray,
-    mu0: np.ndarray,
-    rank: int,
-    mix: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(local_U (S, rank, d), local_gamma (S, rank))`` of every superclass (fewer than 2 rows: zeros).
-
-    :func:`_local_factors` of every superclass, batched: superclasses with the same shape of problem (the same
-    subspace size, more rows than the width or not) and similar row counts are zero-padded to one block and
-    decomposed together (the random start of each is the one ``torch.svd_lowrank`` draws for it under seed 0), so the
-    cost is a few batched matrix products and QR factorisations per block instead of a loop over superclasses.
-    """
-    S, d = int(n_superclasses), X.shape[1]
-    local_U = np.zeros((S, rank, d), np.float32)
-    local_gamma = np.zeros((S, rank), np.float32)
-    row_sc = sc[codes]
-    order = np.argsort(row_sc, kind="stable")  # rows grouped by superclass: one slice each, X never copied whole
-    bounds = np.searchsorted(row_sc[order], np.arange(S + 1))
-    n_rows = np.diff(bounds)
-    Hf = torch.from_numpy(np.ascontiguousarray(H, dtype=np.float32))
-    mu0f = torch.from_numpy(np.asarray(mu0, dtype=np.float32))
-    Mzf = torch.from_numpy(np.asarray(Mz, dtype=np.float32))
-    probes: dict[tuple[int, int], torch.Tensor] = {}
-
-    def probe(n: int, q: int) -> torch.Tensor:  # what svd_lowrank draws first after torch.manual_seed(0)
-        if (n, q) not in probes:
-            probes[(n, q)] = torch.randn(n, q, generator=torch.Generator().manual_seed(0))
-        return probes[(n, q)]
-
-    kinds: dict[tuple[bool, int], list[int]] = {}
-    for s in np.argsort(n_rows, kind="stable").tolist():
-        n_s = int(n_rows[s])
-        if n_s >= 2:
-            q = min(min(rank, n_s, d) + LOWRANK_OVERSAMPLE, n_s, d)
-            kinds.setdefault((n_s < d, q), []).append(s)
-    for (wide, q), members in kinds.items():
-        i = 0
-        while i < len(members):  # ascending row counts: each block is padded to its last member
-            j = i + 1
-            while j < len(members) and (j - i + 1) * int(n_rows[members[j]]) * d <= BLOCK_ELEMENTS:
-                j += 1
-            block = members[i:j]
-            counts = n_rows[block]
-            n_max = int(counts[-1])
-            # every member's residual rows z - m_c (z = H (x - mu0)), from one product, placed in the padded block
-            rows = np.concatenate([order[bounds[s] : bounds[s + 1]] for s in block])
-            member = torch.from_numpy(np.repeat(np.arange(len(block)), counts))
-            pos = torch.from_numpy(np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts))
-            A = torch.zeros((len(block), n_max, d), dtype=torch.float32)
-            A[member, pos] = (torch.from_numpy(X[rows]) - mu0f) @ Hf.T - Mzf[torch.from_numpy(codes[rows])]
-            with one_thread():
-                if wide:
-                    start = torch.zeros((len(block), n_max, q), dtype=torch.float32)
-                    for b, n_s in enumerate(counts.tolist()):
-                        start[b, :n_s] = probe(n_s, q)
-                    sv, V = _lowrank_left_vectors(A.mT, start)
-                else:
-                    sv, V = _lowrank_right_vectors(A, probe(d, q).expand(len(block), d, q))
-            r = min(rank, q)
-            limit = torch.from_numpy(np.minimum(np.minimum(rank, counts), d))
-            sv, V = sv[:, :r].double(), V[:, :, :r].double()
-            # kept: the first min(rank, n_s, d) components above 1e-6 of the largest (a prefix: sv is descending)
-            keep = (sv > 1e-6 * sv[:, :1].clamp(min=1e-30)) & (torch.arange(r)[None, :] < limit[:, None])
-            lam = sv**2 / torch.from_numpy(counts).double()[:, None]
-            gam = torch.where(keep, mix * lam / ((1 - mix) + mix * lam), torch.zeros_like(lam))
-            U = torch.where(keep[:, :, None], V.transpose(1, 2), torch.zeros((), dtype=torch.float64))
-            local_U[block, :r] = U.float().numpy()
-            local_gamma[block, :r] = gam.float().numpy()
-            i = j
-    return local_U, local_gamma
 
 
 def _check_config(config: SpecialistConfig) -> None:

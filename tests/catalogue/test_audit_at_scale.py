@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skurec.catalogue.audit import HEAD, TAIL, UNTRAINED, AuditConfig, _class_table, _settle_splits, records
+from skurec.catalogue.audit import HEAD, TAIL, UNTRAINED, AuditConfig, _class_table, records
 from skurec.catalogue.importer import RealPaths, import_catalogue
+from skurec.catalogue.splits import _settle_splits
 
 
 def _settle_one_class_at_a_time(images: pd.DataFrame, tier: dict) -> None:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pandas as pd
 from support.files import write_folder_catalogue
 
-from skurec.catalogue.audit import AuditConfig, audit, class_tiers, split_hash, tiers_of_classes
+from skurec.catalogue.audit import AuditConfig, audit, split_hash, tiers_of_classes
 from skurec.catalogue.importer import import_catalogue
+from skurec.catalogue.splits import class_tiers
 
 CFG = AuditConfig(min_samples=20, min_shots=5)
 

@@ -29,8 +29,9 @@ from skurec.models.confusion_superclasses import capped_linkage
 from skurec.models.hierarchical import routed_topk
 from skurec.models.lda import lda_rows
 from skurec.models.lda_router import TEMPERATURE_GRID, fit_temperature, group_logsumexp
+from skurec.models.local_whitening import _local_factors, local_factors
 from skurec.models.serialization import TENSORS_FILE
-from skurec.models.specialists import _local_factors, local_factors, search_beta
+from skurec.models.specialist_search import search_beta
 from skurec.models.superclasses import canonical_labels
 from skurec.store.training_artifacts import StaleArtifactError, load_lda_statistics, write_lda_statistics
 from skurec.store.workspace import Workspace
