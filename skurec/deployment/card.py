@@ -104,7 +104,7 @@ def build_model_card(
 ) -> dict[str, Any]:
     """The JSON model card (``model_id``, ``files`` and ``created_at`` are added by the model store).
 
-    ``tiers``: the catalogue tier of each SKU (``head`` / ``tail``, :func:`skurec.catalogue.audit.class_tiers`); the
+    ``tiers``: the catalogue tier of each SKU (``head`` / ``tail``, :func:`skurec.catalogue.splits.class_tiers`); the
     card lists the model's classes by tier (a class the catalogue no longer lists counts as head)."""
     train = table[table["split"] == "train"]
     classes = list(model.classes)
