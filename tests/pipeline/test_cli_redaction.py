@@ -50,8 +50,8 @@ def test_a_batch_error_naming_a_signed_drop_location_is_printed_redacted(capsys)
     drop = "memory://drop-bucket/incoming?X-Amz-Security-Token=TOKENSECRET&X-Amz-Signature=SIGSECRET"
     with pytest.raises(BatchError) as err:
         find_batch(drop, "batch-001")
-    assert "SIGSECRET" in str(err.value)  # the core keeps the real location (it is what it reads) ...
-    print_error(user_error(err.value))  # ... the CLI's error path (main) shows it redacted
+    assert "SIGSECRET" not in str(err.value)  # redacted at the source (the UI and the sensor show it too) ...
+    print_error(user_error(err.value))  # ... and the CLI's error path (main) prints it redacted
     line = _one_clean_error_line(capsys.readouterr().err)
     assert line == (
         "error: no batch folder 'batch-001' in the drop location "
