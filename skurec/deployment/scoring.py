@@ -160,12 +160,16 @@ class ScoreGraph(torch.nn.Module):
         )
 
     def _routed(self, coarse_logp: torch.Tensor) -> torch.Tensor:
-        """(n, S) bool: superclass among the ``m`` most probable (ties: the lower id), without TopK (stable)."""
-        a = coarse_logp[:, :, None]  # candidate s
-        b = coarse_logp[:, None, :]  # competitor t
-        ids = torch.arange(self.S)
-        before = (b > a) | ((b == a) & (ids[None, None, :] < ids[None, :, None]))
-        return before.sum(dim=2) < self.m
+        """(n, S) bool: superclass among the ``m`` most probable (ties: the lower id). The ``m``-th largest value
+        (TopK) is the cut; of the superclasses tied at the cut, the lowest ids fill what is left (a cumulative count),
+        so memory is ``n x S`` (a pairwise ``n x S x S`` rank took gigabytes at 2,000 SKUs)."""
+        if self.m >= self.S:
+            return torch.ones(coarse_logp.shape, dtype=torch.bool)
+        cut = torch.topk(coarse_logp, self.m, dim=1).values[:, -1:]
+        above = coarse_logp > cut
+        tied = coarse_logp == cut
+        room = self.m - above.sum(dim=1, keepdim=True)
+        return above | (tied & (torch.cumsum(tied.long(), dim=1) <= room))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         zero = torch.zeros(x.shape[0], dtype=torch.float32)

@@ -3,8 +3,11 @@ the model's own predict_topk, and the decision / fusion rules the Recognizer and
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
+import torch
 
 from skurec.deployment.calibration import (
     calibrate_outputs,
@@ -198,3 +201,21 @@ def test_the_fusion_rule_is_chosen_from_the_same_hits_as_fusing_each_track(tempe
     rule, scores = choose_fusion(outputs, target, temperature)
     assert scores == expected
     assert rule == max(FUSION_RULES, key=lambda r: (expected[r], r == "sum_log"))
+
+
+def test_routing_mask_equals_the_pairwise_rank_with_ties():
+    """The score graph's top-m superclass mask (TopK cut + lowest ids among ties) equals the plain definition: a
+    superclass is routed when fewer than m superclasses come before it (higher, or equal with a lower id)."""
+
+    def pairwise(logp: torch.Tensor, m: int) -> torch.Tensor:
+        a, b, ids = logp[:, :, None], logp[:, None, :], torch.arange(logp.shape[1])
+        before = (b > a) | ((b == a) & (ids[None, None, :] < ids[None, :, None]))
+        return before.sum(dim=2) < m
+
+    rng = np.random.default_rng(0)
+    for S in (2, 7, 40):
+        for m in range(1, S + 1):
+            graph = SimpleNamespace(S=S, m=m)
+            tied = torch.from_numpy(rng.integers(0, 4, (100, S)).astype(np.float64))  # many ties at the cut
+            for logp in (tied, torch.from_numpy(rng.normal(size=(100, S)))):
+                assert torch.equal(ScoreGraph._routed(graph, logp), pairwise(logp, m)), (S, m)
