@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,9 @@ class RecognitionConfig:
     keep: float = 0.95
     bounds: tuple[float, float] = (0.05, 0.9)
     ece_bins: int = 15
+    #: a fast-path candidate keeps its base model's temperature and fusion rule while its validation ECE at that
+    #: temperature is within this of the base's (a few SKUs' means changed, not the scale of the scores)
+    reuse_ece_slack: float = 0.01
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
@@ -177,25 +181,34 @@ def calibrate_outputs(
     method: str,
     config: RecognitionConfig | None = None,
     score_is_log: bool = True,
+    previous: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Temperature, ECE before/after and the threshold of ``method`` from score-graph outputs of validation rows
-    whose true class index is ``target``."""
+    whose true class index is ``target``. ``previous``: the base model's ``recognition`` (a fast-path candidate):
+    its temperature and fusion rule are kept while the validation ECE at that temperature stays within
+    ``config.reuse_ece_slack`` of the base's (the 61-temperature search and the fusion choice are most of a labelled
+    batch's cost at 2,000 SKUs); the threshold is always fitted again."""
     config = config or RecognitionConfig()
     ls = np.asarray(outputs["log_scores"], dtype=np.float64)
     post = np.asarray(outputs.get("log_posterior", ls), dtype=np.float64)
     pred = np.argmax(ls, axis=1)  # the model's top-1 (its routed ranking)
     raw_top = ls[np.arange(len(ls)), pred]
     correct = pred == target
-    T = fit_temperature_on(post, target, pred, config.ece_bins)
-    conf = calibrated_top1_probability(post, pred, T)
+    kept = _kept_calibration(post, pred, correct, previous, config)
+    if kept is not None:
+        T, conf, fusion, fusion_scores = kept
+    else:
+        T = fit_temperature_on(post, target, pred, config.ece_bins)
+        conf = calibrated_top1_probability(post, pred, T)
+        fusion, fusion_scores = choose_fusion(outputs, target, T)
     u = unknown_score(method, conf, outputs["energy"], outputs["distance"])
     t = threshold_keeping(u, correct, config.keep)
     if t is not None and method == "max_prob":
         t = float(min(max(t, config.bounds[0]), config.bounds[1]))
     wrong = u[~correct]
-    fusion, fusion_scores = choose_fusion(outputs, target, T)
     return {
         "temperature": T,
+        "temperature_source": "kept from the base model" if kept is not None else "chosen on validation",
         "fusion": fusion,
         "fusion_val_top1": fusion_scores,
         "unknown_score": method,
@@ -211,6 +224,23 @@ def calibrate_outputs(
     }
 
 
+def _kept_calibration(post, pred, correct, previous: Mapping[str, Any] | None, config: RecognitionConfig):
+    """``(T, calibrated top-1 probabilities, fusion, fusion scores)`` of the base model's calibration when it still
+    fits these validation rows (ECE within ``config.reuse_ece_slack`` of the base's), else ``None``."""
+    if not previous or previous.get("temperature") is None or not previous.get("fusion"):
+        return None
+    if previous.get("ece_after") is None or not len(post):
+        return None
+    T = float(previous["temperature"])
+    conf = calibrated_top1_probability(post, pred, T)
+    if (
+        expected_calibration_error(conf, correct, config.ece_bins)
+        > float(previous["ece_after"]) + config.reuse_ece_slack
+    ):
+        return None
+    return T, conf, previous["fusion"], previous.get("fusion_val_top1")
+
+
 def calibrate_threshold(
     ws: Workspace,
     model: Any,
@@ -218,9 +248,11 @@ def calibrate_threshold(
     keep: float | None = None,
     bounds: tuple[float, float] | None = None,
     config: RecognitionConfig | None = None,
+    previous: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The model card's ``recognition``: temperature, unknown score and threshold calibrated on the validation split
-    (module docstring). Models without a score graph keep the old rule (top-1 score quantile, no temperature)."""
+    (module docstring). Models without a score graph keep the old rule (top-1 score quantile, no temperature).
+    ``previous``: the base model's ``recognition`` for a fast-path candidate (see :func:`calibrate_outputs`)."""
     from skurec.deployment.scoring import ScoreGraph, ScoringUnsupported, score_arrays
     from skurec.embeddings.training_data import load_training_data
     from skurec.models._common import encode_labels
@@ -243,7 +275,7 @@ def calibrate_threshold(
     method = config.unknown_score
     if not getattr(graph, "lda", False):  # energy / distance were chosen for the LDA hierarchy's global scores only
         method = "max_prob"
-    rec = calibrate_outputs(out, target, method, config, graph.info.score_is_log)
+    rec = calibrate_outputs(out, target, method, config, graph.info.score_is_log, previous)
     if rec["threshold"] is None:
         return {"threshold": None, "method": "no correct validation prediction"}
     return rec

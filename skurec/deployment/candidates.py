@@ -353,7 +353,10 @@ def build_candidate(ws: Workspace, attach: str = "coarse", gate: GateConfig | No
     else:
         why = why_full
     report = evaluate_gate(ws, cand, gate, data)
-    cand.card["recognition"] = calibrate_threshold(ws, cand.model, data)
+    previous = None  # a fast-path candidate keeps its base's calibration while it still fits (calibrate_outputs)
+    if cand.card.get("source") == SOURCE_FAST and cand.card.get("base_model_id"):
+        previous = ModelStore(ws).card(cand.card["base_model_id"]).get("recognition")
+    cand.card["recognition"] = calibrate_threshold(ws, cand.model, data, previous=previous)
     cand.card["evaluation"] = {
         **cand.card.get("evaluation", {}),
         "gate/candidate_top1": report.candidate_top1,

@@ -219,3 +219,22 @@ def test_routing_mask_equals_the_pairwise_rank_with_ties():
             tied = torch.from_numpy(rng.integers(0, 4, (100, S)).astype(np.float64))  # many ties at the cut
             for logp in (tied, torch.from_numpy(rng.normal(size=(100, S)))):
                 assert torch.equal(ScoreGraph._routed(graph, logp), pairwise(logp, m)), (S, m)
+
+
+def test_a_fast_path_candidate_keeps_its_base_calibration_only_while_it_still_fits(hierarchy):
+    from skurec.deployment.calibration import calibrate_outputs
+
+    model, Xv, yv, _ = hierarchy
+    out = score_arrays(ScoreGraph(model), Xv)
+    target = encode_labels(yv, model.classes)
+    fresh = calibrate_outputs(out, target, "energy")
+    assert fresh["temperature_source"] == "chosen on validation"
+    base = {**fresh, "temperature": fresh["temperature"], "fusion": "sum_log"}
+    kept = calibrate_outputs(out, target, "energy", previous=base)
+    assert kept["temperature_source"] == "kept from the base model"
+    assert kept["temperature"] == fresh["temperature"] and kept["fusion"] == "sum_log"
+    assert kept["threshold"] == fresh["threshold"]  # the threshold is fitted again (same rows: same value)
+    # a base temperature that no longer fits these rows (its ECE far above the base's record): searched again
+    stale = {**base, "temperature": 50.0, "ece_after": 0.0}
+    again = calibrate_outputs(out, target, "energy", previous=stale)
+    assert again["temperature_source"] == "chosen on validation" and again["temperature"] == fresh["temperature"]
