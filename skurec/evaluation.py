@@ -378,7 +378,8 @@ def _gain_details(result: Mapping[str, Any], name: str, g: Mapping[str, Any]) ->
         )
     split = result.get("split")
     if split == "test":
-        parts.append("test split")
+        carved = result.get("test_split") == "carved"
+        parts.append("test split carved by stable hash (the catalogue gave none)" if carved else "test split")
     elif split:
         parts.append(
             f"scored on the {split} split the choices were made on (the catalogue has no test split): optimistic"

@@ -5,6 +5,7 @@ from typing import Any
 
 import dagster as dg
 
+from skurec import layout
 from skurec.catalogue.audit import tiers_of_classes
 from skurec.embeddings.training_data import load_training_data
 from skurec.evaluation import (
@@ -170,6 +171,7 @@ def _score(ws, data, models, hier, hier_files, groups, sc_map) -> tuple[dict, di
         "encoder": data.encoder_id,
         "encoder_pretrained": bool(data.encoder.get("pretrained", False)),
         "split": data.eval_split_name,
+        "test_split": (layout.audit_summary(ws) or {}).get("test_split"),  # given / carved / none
         "route_m": int(models["hierarchical_soft"].m),
         "hierarchical_digest": files_digest(hier_files),
         **result,

@@ -54,6 +54,8 @@ def test_first_line_states_top1_top3_gain_and_what_the_specialists_add(report: d
         round(100 * (acc["hierarchical_soft"]["top1"] - acc[GLOBAL_KEY]["top1"]), 1)
     )
     assert first.rstrip("*.").endswith("test split")
+    carved = render_markdown_report({**res, "split": "test", "test_split": "carved"}, []).splitlines()[0]
+    assert "test split carved by stable hash (the catalogue gave none)" in carved
     on_val = render_markdown_report({**res, "split": "val"}, []).splitlines()[0]
     assert "no test split" in on_val and "optimistic" in on_val
     gap = res["hierarchy"]["models"]["hierarchical_soft"]["gap"]["all"]
