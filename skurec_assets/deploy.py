@@ -53,7 +53,7 @@ with warnings.catch_warnings():
         # evaluation_report: the card of a full-rebuild candidate carries the evaluation of exactly that model, so the
         # evaluation must run first (the graph says what the code reads).
         deps=["fine_model", "image_embeddings", "evaluation_report"],
-        code_version="candidate-v1",
+        code_version="candidate-v2",
         output_required=False,
         io_manager_key=STEP_IO_KEY,
         resource_defs={STEP_IO_KEY: workdir_json_io_manager},

@@ -18,7 +18,7 @@ from skurec_resources import StorageResource
 @dg.asset(
     group_name=DEPLOY,
     deps=[deployed_model],
-    code_version="edge-v1",
+    code_version="edge-v2",
     automation_condition=dg.AutomationCondition.eager(),
     description=(
         "The deployed model as an edge bundle for the cart: ONNX encoder (with its view recipe and layers) and ONNX "

@@ -82,7 +82,7 @@ CONFUSION_FIGURE = "![confusion among the worst similar groups](confusion_simila
 @dg.asset(
     group_name=EVALUATE,
     deps=["fine_model", "flat_baselines", "similar_groups", *(asset for asset, _ in EXTRA_MODELS.values())],
-    code_version="eval-v1",
+    code_version="eval-v2",
     kinds={"pytorch"},
     description=(
         "Exact top-1 / top-3 of the hierarchical model (soft and hard routing), the coarse stage alone and the flat "
