@@ -10,16 +10,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from PIL import Image
-from support.deploy import deploy_model, train_small_hierarchy
+from support.edge import SKUS, edge_workdir
 from support.loop import sku_png
 
 from skurec.edge import BundleError, EdgeRunner, load_bundle
-from skurec.embeddings.cache import EmbeddingCache
-from skurec.encoders import load_encoder
-from skurec.models import FlatPrototype
 from skurec.serving.edge_export import (
     EdgeExportConfig,
     ParityError,
@@ -29,46 +25,15 @@ from skurec.serving.edge_export import (
     write_manifest,
 )
 from skurec.serving.recognizer import Recognizer
-from skurec.store.workspace import Workspace
 from skurec_assets.cli import main
 
-SKUS = ["sku-red", "sku-green", "sku-blue", "sku-yellow", "sku-white"]
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _workdir(root: Path, flat: bool = False, options: dict | None = None) -> tuple[Workspace, str]:
-    """Images on disk (train + val rows in the images table), a model trained on their tiny-ViT embeddings, deployed."""
-    ws = Workspace(str(root / "work"))
-    enc = load_encoder("tiny_random_vit", device="cpu", **(options or {}))
-    rows, images = [], []
-    (root / "img").mkdir(parents=True, exist_ok=True)
-    for j, sku in enumerate(SKUS):
-        for i in range(10):
-            p = root / "img" / f"{sku}-{i}.png"
-            p.write_bytes(sku_png(sku, 10_000 * j + i))
-            split = "val" if i < 3 else "train"
-            rows.append({"image_id": f"{sku}-{i}", "sku_id": sku, "image_uri": str(p), "split": split, "active": True})
-            images.append(Image.open(p).convert("RGB"))
-    table = pd.DataFrame(rows)
-    ws.write_table("images", table)
-    X = enc.embed_images(images)
-    EmbeddingCache(ws)._write_part(enc.encoder_id, table["image_id"].tolist(), X)  # exemplars come from the cache
-    y = table["sku_id"].to_numpy()
-    tr = (table["split"] == "train").to_numpy()
-    if flat:
-        model = FlatPrototype.fit(X[tr], y[tr], device="cpu")
-        n_sc = 1
-    else:
-        model = train_small_hierarchy(X[tr], y[tr], X[~tr], y[~tr], "case_study")
-        n_sc = model.n_superclasses
-    train = table[tr]
-    return ws, deploy_model(ws, model, enc, train["image_id"], train["sku_id"], n_sc)
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("edge")
-    ws, model_id = _workdir(root)
+    ws, model_id = edge_workdir(root)
     manifest = export_from_workdir(ws, root / "bundle")
     return ws, model_id, root / "bundle", manifest
 
@@ -149,7 +114,7 @@ def test_a_mismatched_bundle_fails_the_parity_check(exported, tmp_path):
     # a bundle whose embedding width does not fit the classifier is refused when opened
     enc_other = tmp_path / "wide"
     shutil.copytree(bundle, enc_other)
-    flat_ws, _ = _workdir(tmp_path / "flat", flat=True, options={"views": "tight", "layers": 1})
+    flat_ws, _ = edge_workdir(tmp_path / "flat", flat=True, options={"views": "tight", "layers": 1})
     flat = export_from_workdir(flat_ws, tmp_path / "flat_bundle")  # the zoomed view and a GeM layer, as ONNX
     assert flat["parity"]["top1_agreement"] == 1.0 and flat["encoder"]["options"]["views"] == "tight"
     assert json.loads((tmp_path / "flat_bundle" / "preprocess.json").read_text())["layers"] == 1

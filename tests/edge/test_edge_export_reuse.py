@@ -8,7 +8,7 @@ import hashlib
 import json
 
 import pytest
-from test_edge_bundle import _workdir
+from support.edge import edge_workdir
 
 from skurec import layout
 from skurec.edge import EdgeRunner
@@ -45,7 +45,7 @@ def test_the_parity_sample_is_stable_bounded_and_kept_when_images_arrive():
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    return _workdir(tmp_path_factory.mktemp("edge_reuse"))
+    return edge_workdir(tmp_path_factory.mktemp("edge_reuse"))
 
 
 def test_fp32_parity_runs_on_the_sample_and_says_of_how_many(workdir, tmp_path):
