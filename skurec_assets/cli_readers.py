@@ -56,18 +56,9 @@ def cmd_predict_bundle(args: argparse.Namespace) -> int:
         from skurec.store.workspace import Workspace
 
         queue = ReviewQueue(Workspace(str(Path(args.workdir).resolve())))
-    failed = queued = 0
-    for image in args.images:
-        try:
-            out = runner.predict(image, review_queue=queue)
-            queued += bool(out.get("queued_for_review"))
-            _add_tier(out, runner.tiers)
-        except EdgeInputError as exc:
-            failed += 1
-            out = {"image": image, "error": str(exc)}
-        _print_answer(out)
-    _print_queue_status(queue, queued)
-    return 1 if failed else 0
+    return _answer_images(
+        args.images, lambda image: runner.predict(image, review_queue=queue), EdgeInputError, runner.tiers, queue
+    )
 
 
 def _print_answer(out: dict) -> None:
@@ -117,13 +108,27 @@ def cmd_predict(args: argparse.Namespace) -> int:
         ws, args.model, device=args.device, checkpoint=checkpoint, top_k=args.top_k, threshold=args.threshold
     )
     queue = ReviewQueue(ws) if args.review_queue else None
+    explain = args.exemplars if args.explain else False
+    tiers = (rec.card.get("classes") or {}).get("tiers") or {}
+    return _answer_images(
+        args.images,
+        lambda image: rec.predict(image, review_queue=queue, explain=explain).to_dict(),
+        RecognizerError,
+        tiers,
+        queue,
+    )
+
+
+def _answer_images(images, answer, image_error: type[Exception], tiers: dict, queue) -> int:
+    """One JSON line per image (``answer(image) -> dict``; an ``image_error`` becomes that image's error line), the
+    review-queue status; exit status 1 when any image failed (the Recognizer and the edge runner answer alike)."""
     failed = queued = 0
-    for image in args.images:
+    for image in images:
         try:
-            out = rec.predict(image, review_queue=queue, explain=args.exemplars if args.explain else False).to_dict()
+            out = answer(image)
             queued += bool(out.get("queued_for_review"))
-            _add_tier(out, (rec.card.get("classes") or {}).get("tiers") or {})
-        except RecognizerError as exc:
+            _add_tier(out, tiers)
+        except image_error as exc:
             failed += 1
             out = {"image": image, "error": str(exc)}
         _print_answer(out)
