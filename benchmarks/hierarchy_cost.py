@@ -1,15 +1,16 @@
 """What training the specialist hierarchy costs, stage by stage, against the strong flat softmax (issues 11, 18).
 
-In the pipeline the hierarchy is trained by three assets: ``superclasses`` (the whole
-:func:`~skurec.models.train_specialist_hierarchy`, once per superclass size cap, to choose the cap), ``coarse_model``
-(the router refitted from the LDA statistics for the chosen superclasses) and ``fine_model`` (the specialists
-refitted, the routing width chosen, the validation top-1 soft / hard). This script runs the same core calls in one
+In the pipeline the hierarchy is trained by ``superclasses`` (the whole
+:func:`~skurec.models.train_specialist_hierarchy`, once per superclass size cap, to choose the cap), which hands the
+chosen router and specialists on to ``coarse_model`` and ``fine_model``; those two refit their stage (the router from
+the LDA statistics; the specialists and the routing width) only when their run config differs from the fit's, and
+those refits are the ``coarse`` / ``fine`` stages timed here (an upper bound of what a default run spends in them). This script runs the same core calls in one
 process on the same rows and prints the seconds of each stage, the three assets' total and its ratio to
 :func:`~skurec.models.fit_flat_softmax` (the ``flat_baselines`` asset's fit)::
 
     python3 benchmarks/hierarchy_cost.py --skus 2000 --images 60 --dim 32          # synthetic (seeded)
-    python3 benchmarks/hierarchy_cost.py --npz /tmp/skurec_real/grocery_efficientnet_lite2.npz \\
-        /tmp/skurec_real/grocery_mobilenetv2_100.npz                              # real features (81 SKUs)
+    python3 benchmarks/hierarchy_cost.py --npz bench_out/grocery_embeddings/grocery_efficientnet_lite2.npz \\
+        bench_out/grocery_embeddings/grocery_mobilenetv2_100.npz                              # real features (81 SKUs)
     python3 benchmarks/hierarchy_cost.py --skus 2000 --profile 30                   # + cProfile, top 30 by cumtime
 
 Synthetic catalogue: SKU means uniform on the sphere, a third of them paired with a look-alike (the partner's mean a

@@ -2,8 +2,8 @@
 Grocery Store embeddings: the strong flat softmax and the pipeline's hierarchy, fitted on train, chosen on val,
 scored once on test, for each whitening dimension (``none`` = the plain embeddings).
 
-    python3 benchmarks/pca_whitening.py /tmp/skurec_real/grocery_efficientnet_lite2.npz \
-        /tmp/skurec_real/grocery_mobilenetv2_100.npz          # several files: their concatenation
+    python3 benchmarks/pca_whitening.py bench_out/grocery_embeddings/grocery_efficientnet_lite2.npz \
+        bench_out/grocery_embeddings/grocery_mobilenetv2_100.npz          # several files: their concatenation
 """
 
 from __future__ import annotations

@@ -31,6 +31,9 @@ Examples::
     python3 benchmarks/scale.py --real-npz bench_out/grocery_embeddings/grocery_mobilenetv2_100.npz \\
         bench_out/grocery_embeddings/grocery_efficientnet_lite2.npz --sizes real 500 1000 2000 --out bench_out/scale.json
     python3 benchmarks/scale.py --catalogue-npz my_catalogue.npz --out bench_out/mine.json
+    python3 benchmarks/scale.py --real-npz bench_out/grocery_embeddings/grocery_mobilenetv2_100.npz \
+        --sizes real 500 1000 2000 --save-catalogues bench_out/cats --save-only   # calibrate + save, train nothing
+    python3 benchmarks/scale.py --catalogue-npz bench_out/cats/gen-500.npz --threads 1   # one saved catalogue
 """
 
 from __future__ import annotations
@@ -310,7 +313,12 @@ def main() -> None:
     ap.add_argument("--no-probe", dest="probe", action="store_false", help="skip the Adam probe reference row")
     ap.add_argument("--probe-only", action="store_true", help="train and score the Adam probe reference row only")
     ap.add_argument("--no-case-study", dest="case_study", action="store_false", help="skip the case_study recipe's row")
-    ap.add_argument("--save-catalogues", type=Path, help="also write each generated catalogue as .npz here")
+    ap.add_argument(
+        "--save-catalogues",
+        type=Path,
+        help="also write each catalogue of --sizes here (real.npz, gen-N.npz: the input of --catalogue-npz)",
+    )
+    ap.add_argument("--save-only", action="store_true", help="with --save-catalogues: write them, train nothing")
     ap.add_argument("--out", type=Path, help="write all results as JSON here")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
@@ -361,9 +369,13 @@ def main() -> None:
                 else generate(bank, int(size), cal.params, seed=args.seed, train_per_class=args.train_per_class)
             )
             gen_s = time.perf_counter() - t
-            if args.save_catalogues and size != "real":
-                args.save_catalogues.mkdir(parents=True, exist_ok=True)
-                cat.save_npz(args.save_catalogues / f"{bank.name}-{size}.npz")
+            if args.save_catalogues:
+                saved = args.save_catalogues / ("real.npz" if size == "real" else f"gen-{size}.npz")
+                saved.parent.mkdir(parents=True, exist_ok=True)
+                cat.save_npz(saved)
+                print(f"saved {saved}", flush=True)
+                if args.save_only:
+                    continue
             print(
                 f"{cat.name}: {cat.n_classes} SKUs, {len(cat.y_train)} / {len(cat.y_val)} / {len(cat.y_test)} "
                 f"train / val / test images ({gen_s:.1f}s) ...",
