@@ -17,7 +17,7 @@ from skurec.models import (
     superclass_names,
     train_hierarchy,
 )
-from skurec.store.artifacts import files_digest, write_files
+from skurec.store.artifacts import artifact_exists, files_digest, write_files
 from skurec_assets.embeddings import image_embeddings
 from skurec_assets.metadata import markdown_table
 from skurec_assets.training import CODE_VERSION, TRAIN
@@ -98,7 +98,7 @@ def case_study_model(
     ws = storage.workspace()
     data = load_training_data(ws)
     if len(data.val) == 0:  # the recipe chooses its head's stopping point and its routing width on validation
-        if ws.exists(f"{CASE_STUDY_DIR}/_files.json"):
+        if artifact_exists(ws, CASE_STUDY_DIR):
             ws.delete(CASE_STUDY_DIR)
         reason = "no validation split: the case study chooses its stopping and routing width on validation"
         context.log.warning(f"case study not trained ({reason}); the report has no case_study row")

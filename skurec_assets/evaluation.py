@@ -32,7 +32,7 @@ from skurec.layout import (
 from skurec.layout import superclass_map as load_superclass_map
 from skurec.models import load_classifier
 from skurec.models.similar import similar_class_set
-from skurec.store.artifacts import files_digest, read_files
+from skurec.store.artifacts import artifact_exists, files_digest, read_files
 from skurec_assets.metadata import markdown_table, png_markdown
 from skurec_resources import StorageResource
 
@@ -144,7 +144,7 @@ def _load_models(ws, route_m: int | None) -> tuple[Any, dict[str, bytes], dict[s
         **{
             name: load_classifier(read_files(ws, folder))
             for name, (_, folder) in EXTRA_MODELS.items()
-            if ws.exists(f"{folder}/_files.json")  # an asset may say why it trained nothing (the report notes it)
+            if artifact_exists(ws, folder)  # an asset may say why it trained nothing (the report notes it)
         },
     )
     return hier, hier_files, models

@@ -64,7 +64,7 @@ from skurec.models import (
 from skurec.models import similar_groups as derive_similar_groups
 from skurec.models.hierarchical import DEFAULT_ROUTE_M
 from skurec.models.serialization import nest, sub
-from skurec.store.artifacts import files_digest, read_files, write_files
+from skurec.store.artifacts import artifact_exists, files_digest, read_files, write_files
 from skurec.store.training_artifacts import (
     TRAINING_CODE_VERSION,
     load_lda_statistics,
@@ -126,7 +126,7 @@ def _training_set_table(data: TrainingData) -> bytes:
 
 def _flat_softmax(ws, classes: list[str]) -> FlatSoftmax | None:
     """The ``flat_baselines`` softmax when it exists and covers exactly these classes (the hierarchy reuses it)."""
-    if not ws.exists(f"{FLAT_LINEAR_DIR}/_files.json"):
+    if not artifact_exists(ws, FLAT_LINEAR_DIR):
         return None
     flat = load_classifier(read_files(ws, FLAT_LINEAR_DIR))
     return flat if isinstance(flat, FlatSoftmax) and list(flat.classes) == list(classes) else None
@@ -134,7 +134,7 @@ def _flat_softmax(ws, classes: list[str]) -> FlatSoftmax | None:
 
 def _global_rows(ws, classes: list[str]):
     """``(W, b, lda_scale)`` of the global scorer the ``superclasses`` selection chose (None: the LDA itself)."""
-    if not ws.exists(f"{GLOBAL_SCORER_DIR}/_files.json"):
+    if not artifact_exists(ws, GLOBAL_SCORER_DIR):
         return None
     g = load_classifier(read_files(ws, GLOBAL_SCORER_DIR))
     if list(g.classes) != list(classes):
@@ -168,7 +168,7 @@ def _write_fit(ws, chosen, superclass_version: str, stats_digest: str) -> str:
 def _hierarchy_fit(ws, sc_doc: dict) -> tuple[dict[str, bytes], dict] | None:
     """``(files, fit.json)`` of the superclasses' hierarchy fit when it was made on exactly these superclasses and LDA
     statistics; ``None`` otherwise (the caller fits its stage). Parts: ``sub(files, "router/")`` and ``"deployed/"``."""
-    if not ws.exists(f"{HIERARCHY_FIT_DIR}/_files.json"):
+    if not artifact_exists(ws, HIERARCHY_FIT_DIR):
         return None
     files = read_files(ws, HIERARCHY_FIT_DIR)
     fit = json.loads(files[FIT_JSON])
@@ -295,7 +295,7 @@ def _write_superclasses(ws, chosen, sc, selection: dict, classes, stats_digest: 
         gs = selection.get("global_scorer") or {}
         scorer = FlatSoftmax(classes, router.W, router.b, 1.0, metrics={"lda_scale": router.lda_scale, **gs})
         write_files(ws, GLOBAL_SCORER_DIR, scorer.to_files())
-    elif ws.exists(f"{GLOBAL_SCORER_DIR}/_files.json"):
+    elif artifact_exists(ws, GLOBAL_SCORER_DIR):
         ws.delete(GLOBAL_SCORER_DIR)  # no validation: the LDA is the global scorer
     doc = sc.to_json_dict()
     doc["version"] = hashlib.sha256(json.dumps([doc["classes"], doc["assignment"]]).encode()).hexdigest()
@@ -303,7 +303,7 @@ def _write_superclasses(ws, chosen, sc, selection: dict, classes, stats_digest: 
     doc["lda_statistics_digest"] = stats_digest
     if chosen is not None:  # the one fit: coarse_model and fine_model take its parts instead of fitting them again
         _write_fit(ws, chosen, doc["version"], stats_digest)
-    elif ws.exists(f"{HIERARCHY_FIT_DIR}/_files.json"):
+    elif artifact_exists(ws, HIERARCHY_FIT_DIR):
         ws.delete(HIERARCHY_FIT_DIR)  # no validation, no fit: the stages fit with their defaults
     ws.write_json(SUPERCLASSES_JSON, doc)
     return doc

@@ -28,7 +28,7 @@ from skurec.deployment.gate import GateConfig, GateReport, evaluate_gate, gate_k
 from skurec.deployment.training_table import TABLE_COLUMNS, LineageError, image_ids_sha256
 from skurec.evaluation import GAP_TOLERANCE
 from skurec.models import load_classifier
-from skurec.store.artifacts import files_digest, read_files
+from skurec.store.artifacts import artifact_exists, files_digest, read_files
 from skurec.store.model_store import ModelStore, new_model_id, now_iso
 from skurec.store.workspace import Workspace
 
@@ -78,7 +78,7 @@ def prepare_full_rebuild(ws: Workspace, model_id: str | None = None) -> tuple[Pu
     :class:`LineageError` / ``TamperedModelError`` when the training artifacts are inconsistent (an interrupted
     training run): such a model must never reach the gate.
     """
-    if not ws.exists(layout.TRAINING_MANIFEST) or not ws.exists(f"{layout.HIERARCHICAL_DIR}/_files.json"):
+    if not ws.exists(layout.TRAINING_MANIFEST) or not artifact_exists(ws, layout.HIERARCHICAL_DIR):
         return None, "no trained hierarchical model yet (run the full_rebuild job)"
     files = read_files(ws, layout.HIERARCHICAL_DIR)  # verifies every file: a half-written artifact raises here
     digest = files_digest(files)
@@ -149,7 +149,7 @@ def better_of_hierarchy_and_flat(ws: Workspace, hierarchical: Any, margin: float
     from skurec.embeddings.training_data import load_training_data
 
     choice: dict[str, Any] = {"deployed": "hierarchical", "margin": margin}
-    if not ws.exists(f"{layout.FLAT_LINEAR_DIR}/_files.json"):
+    if not artifact_exists(ws, layout.FLAT_LINEAR_DIR):
         return hierarchical, {**choice, "reason": "no flat baseline was trained"}
     data = load_training_data(ws)
     if len(data.val) == 0:

@@ -30,6 +30,11 @@ def write_files(ws: Workspace, rel_dir: str, files: dict[str, bytes]) -> str:
     return files_digest(files)
 
 
+def artifact_exists(ws: Workspace, rel_dir: str) -> bool:
+    """True when an artifact folder was written completely (its index is written last)."""
+    return ws.exists(f"{rel_dir}/{INDEX}")
+
+
 def read_files(ws: Workspace, rel_dir: str) -> dict[str, bytes]:
     if not ws.exists(f"{rel_dir}/{INDEX}"):
         raise FileNotFoundError(f"no artifact at {ws.uri(rel_dir)}; materialise the asset that writes it first")
